@@ -1,0 +1,61 @@
+"""mmcompress: prompt compression for LLMs and VLMs (hard, soft and multimodal methods on one core)."""
+from __future__ import annotations
+
+from . import hard  # noqa: F401  registers the hard methods
+from .api import compress
+from .budget import BudgetPlan, plan_budget, select_under_budget, topk_indices
+from .compressor import Compressor, CompressorConfig, HardCompressor, HardConfig, SegmentOutcome
+from .errors import (
+    BudgetError,
+    ConfigError,
+    ImageError,
+    InputFileError,
+    InvalidPromptError,
+    MMCompressError,
+    ModelNotFoundError,
+    UnknownCompressorError,
+)
+from .factory import add_config_path, create_compressor, list_configs
+from .models import load_language_model, load_tokenizer
+from .prompt import ImageSegment, Policy, Prompt, Role, TextSegment
+from .registry import Registry, get_compressor_class, list_compressors, register_compressor
+from .results import CompressedPrompt, SegmentSelection
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BudgetError",
+    "BudgetPlan",
+    "CompressedPrompt",
+    "Compressor",
+    "CompressorConfig",
+    "ConfigError",
+    "HardCompressor",
+    "HardConfig",
+    "ImageError",
+    "ImageSegment",
+    "InputFileError",
+    "InvalidPromptError",
+    "MMCompressError",
+    "ModelNotFoundError",
+    "Policy",
+    "Prompt",
+    "Registry",
+    "Role",
+    "SegmentOutcome",
+    "SegmentSelection",
+    "TextSegment",
+    "UnknownCompressorError",
+    "add_config_path",
+    "compress",
+    "create_compressor",
+    "get_compressor_class",
+    "list_compressors",
+    "list_configs",
+    "load_language_model",
+    "load_tokenizer",
+    "plan_budget",
+    "register_compressor",
+    "select_under_budget",
+    "topk_indices",
+]

@@ -1,0 +1,55 @@
+"""Command line: ``mmcompress compress | list | ...``.
+
+Each subcommand lives in its own module with ``add_parser(subparsers)``; add a module name to ``SUBCOMMANDS`` to
+add one. Errors from bad input print one line (``error: ...``) and exit with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from ..errors import MMCompressError
+
+SUBCOMMANDS = ["compress", "list_cmd"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mmcompress", description="Prompt compression for LLMs and VLMs.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress and model loading")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__name__}.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if not args.verbose:
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        _quiet_libraries()
+    try:
+        return int(args.func(args) or 0)
+    except MMCompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _quiet_libraries() -> None:
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,49 @@
+"""Helpers shared by subcommands: reading inputs, parsing ``--set key=value`` overrides."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, InputFileError
+
+
+def read_text(source: str | None) -> str:
+    """Text from a file path or ``-`` (stdin); a clear error for missing, unreadable or non-UTF-8 input."""
+    if source in (None, "-"):
+        data = sys.stdin.buffer.read()
+        where = "standard input"
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            raise InputFileError(f"{path} is a folder, not a text file")
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputFileError(f"input file not found: {path}") from None
+        except OSError as e:
+            raise InputFileError(f"cannot read {path}: {e.strerror or e}") from None
+        where = str(path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise InputFileError(f"{where} is not UTF-8 text (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                             "convert it, e.g. with iconv -t UTF-8") from None
+
+
+def looks_like_literal_text(arg: str) -> bool:
+    """A positional argument that is not a file but reads as a prompt (has spaces or an <image> marker)."""
+    return not Path(arg).expanduser().exists() and (any(c.isspace() for c in arg) or "<image>" in arg)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["unit=phrase", "seed=3"]`` -> ``{"unit": "phrase", "seed": 3}`` (values parsed as YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out

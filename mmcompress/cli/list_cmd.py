@@ -1,0 +1,42 @@
+"""``mmcompress list``: registered methods (by family) and shipped configs."""
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("list", help="list compression methods and shipped configs")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..factory import list_configs, load_config_file
+    from ..registry import COMPRESSORS
+
+    methods = [
+        {"name": name, "family": getattr(cls, "family", ""), "summary": _summary(cls)}
+        for name, cls in COMPRESSORS.items()
+    ]
+    configs = []
+    for stem, path in list_configs().items():
+        try:
+            method = load_config_file(path)[0]
+        except Exception as e:  # a broken config is listed, not fatal
+            method = f"(unreadable: {e})"
+        configs.append({"name": stem, "compressor": method, "path": str(path)})
+    if args.json:
+        print(json.dumps({"methods": methods, "configs": configs}, indent=2))
+        return 0
+    print("methods:")
+    for m in methods:
+        print(f"  {m['name']:<22} {m['family']:<8} {m['summary']}")
+    print("configs:")
+    for c in configs:
+        print(f"  {c['name']:<34} -> {c['compressor']}")
+    return 0
+
+
+def _summary(cls) -> str:
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return doc[0] if doc else ""

@@ -1,0 +1,101 @@
+"""``create_compressor(name | config.yaml | saved folder, **overrides)`` and the shipped YAML configs.
+
+A YAML config names its compressor and sets fields of its config dataclass::
+
+    compressor: selective_context
+    unit: phrase
+    rate: 0.5
+
+Keyword overrides beat the file. Shipped configs (``configs/**/*.yaml``) can be named by their file stem, e.g.
+``create_compressor("selective-context-phrase")``; :func:`add_config_path` adds more folders.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UnknownCompressorError
+from .registry import COMPRESSORS
+
+_CONFIG_PATHS: list[Path] = [Path(__file__).resolve().parent.parent / "configs"]
+SAVED_CONFIG_FILE = "mmcompress_config.json"  # written by save_pretrained of trainable compressors
+
+
+def add_config_path(path: str | Path) -> None:
+    """Add a folder of YAML configs to those searched by name."""
+    path = Path(path)
+    if path not in _CONFIG_PATHS:
+        _CONFIG_PATHS.append(path)
+
+
+def list_configs() -> dict[str, Path]:
+    """Shipped and added YAML configs by stem -> path."""
+    found: dict[str, Path] = {}
+    for root in _CONFIG_PATHS:
+        if root.is_dir():
+            for path in sorted(root.rglob("*.y*ml")):
+                found.setdefault(path.stem, path)
+    return found
+
+
+def load_config_file(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """Read a YAML config: ``(compressor name, fields)``."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config {path}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict) or "compressor" not in data:
+        raise ConfigError(f"config {path} must be a mapping with a 'compressor:' key naming the method")
+    data = dict(data)
+    return str(data.pop("compressor")), data
+
+
+def create_compressor(name_or_path: str | Path, **overrides: Any):
+    """Build a compressor from a registered name, a YAML config, a shipped config's name, or a saved folder."""
+    importlib.import_module("mmcompress")  # importing the package registers every family
+
+    if not isinstance(name_or_path, (str, Path)):
+        raise UnknownCompressorError(f"expected a compressor name or config path, got {type(name_or_path).__name__}")
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _from_saved(path, overrides)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        name, fields = load_config_file(path)
+        return _build(name, {**fields, **overrides})
+    key = text.strip().lower().replace("-", "_")
+    if key in COMPRESSORS:
+        return _build(key, overrides)
+    configs = list_configs()
+    if text in configs:
+        name, fields = load_config_file(configs[text])
+        return _build(name, {**fields, **overrides})
+    raise UnknownCompressorError(
+        f"unknown compressor {text!r}; methods: {', '.join(COMPRESSORS.names())}; "
+        f"configs: {', '.join(sorted(configs)) or 'none'}"
+    )
+
+
+def _build(name: str, fields: dict[str, Any]):
+    cls = COMPRESSORS.get(name)
+    return cls(**fields)
+
+
+def _from_saved(path: Path, overrides: dict[str, Any]):
+    meta_file = path / SAVED_CONFIG_FILE
+    if not meta_file.exists():
+        raise ConfigError(f"{path} is a folder but has no {SAVED_CONFIG_FILE}; it is not a saved mmcompress compressor")
+    meta = json.loads(meta_file.read_text())
+    cls = COMPRESSORS.get(meta["compressor"])
+    if not hasattr(cls, "from_pretrained"):
+        raise ConfigError(f"compressor {meta['compressor']!r} cannot be loaded from a folder")
+    return cls.from_pretrained(path, **overrides)

@@ -1,0 +1,13 @@
+"""Hard methods: drop or rewrite tokens and return shorter text. One method per file."""
+from .random_drop import RandomConfig, RandomDrop
+from .selective_context import SelectiveContext, SelectiveContextConfig
+from .truncate import Truncate, TruncateConfig
+
+__all__ = [
+    "RandomConfig",
+    "RandomDrop",
+    "SelectiveContext",
+    "SelectiveContextConfig",
+    "Truncate",
+    "TruncateConfig",
+]

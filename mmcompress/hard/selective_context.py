@@ -1,0 +1,165 @@
+"""Selective Context (Li et al., EMNLP 2023, arXiv 2310.06201; reference code liyucheng09/Selective_Context).
+
+Each token's self-information ``-log p(x_i | x_<i)`` under a causal LM is averaged over lexical units (tokens,
+phrases = spaCy tokens with noun chunks merged, or sentences) and the least informative units are dropped.
+
+Faithful to the reference: per-sentence scoring (each sentence after a start token, no cross-sentence context),
+mean aggregation, noun-chunk phrases. Unlike the reference:
+
+- the requested rate is met in the scorer's tokens (``budget_mode="tokens"``); the reference drops a *fraction of
+  units* below a percentile, which misses the rate when units differ in length (``budget_mode="reference"`` keeps
+  that rule);
+- whitespace is not collapsed: line breaks and paragraphs survive;
+- instructions, questions and kept segments are never touched; sentences of all prompts in a batch are scored in
+  a few batched forward passes instead of one pass each.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..budget import percentile_mask
+from ..compressor import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from ..errors import ConfigError
+from ..prompt import Policy
+from ..registry import register_compressor
+from ..results import CompressedPrompt, SegmentSelection
+from ..scoring.causal_lm import CausalLMScorer
+from ..text_units import Units, aggregate_scores, phrase_units, sentence_units, token_units, units_for
+
+
+@dataclass
+class SelectiveContextConfig(HardConfig):
+    """``rate``: fraction of tokens kept (the reference's ``reduce_ratio`` is ``1 - rate``).
+
+    ``unit``: token | word | phrase | sentence. ``context``: ``"sentence"`` scores each sentence alone (reference),
+    ``"segment"`` scores each token given everything before it in its segment.
+    """
+
+    unit: str = "phrase"
+    context: str = "sentence"
+    budget_mode: str = "tokens"
+    use_spacy: bool = True
+    max_batch_tokens: int = 8192
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.unit not in ("token", "word", "phrase", "sentence"):
+            raise ConfigError(f"unit must be token, word, phrase or sentence, got {self.unit!r}")
+        if self.context not in ("sentence", "segment"):
+            raise ConfigError(f"context must be 'sentence' or 'segment', got {self.context!r}")
+        if self.budget_mode not in ("tokens", "reference"):
+            raise ConfigError(f"budget_mode must be 'tokens' or 'reference', got {self.budget_mode!r}")
+
+
+@register_compressor("selective_context")
+class SelectiveContext(HardCompressor):
+    """Drop the lexical units with the lowest self-information."""
+
+    config_class = SelectiveContextConfig
+
+    @property
+    def scorer(self) -> CausalLMScorer:
+        if getattr(self, "_scorer", None) is None or self._scorer.model is not self.model:
+            self._scorer = CausalLMScorer(self.model, self.tokenizer, max_batch_tokens=self.config.max_batch_tokens)
+        return self._scorer
+
+    def compress_segments(self, request: Request) -> list[SegmentOutcome]:
+        return self._compress_requests([request])[0]
+
+    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 64,
+                       **kwargs: Any) -> list[CompressedPrompt]:
+        """Compress many prompts; their sentences are scored together in batched forward passes."""
+        from tqdm.auto import tqdm
+
+        prompts = list(prompts)
+        results: list[CompressedPrompt] = []
+        bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)
+        target_tokenizer = kwargs.pop("target_tokenizer", None)
+        for start in range(0, len(prompts), chunk):
+            requests = [self.prepare(p, **kwargs) for p in prompts[start : start + chunk]]
+            t0 = time.perf_counter()
+            outcomes = self._compress_requests(requests)
+            share = (time.perf_counter() - t0) / len(requests)
+            results += [self.finish(r, o, share, target_tokenizer) for r, o in zip(requests, outcomes)]
+            bar.update(len(requests))
+        bar.close()
+        return results
+
+    # ------------------------------------------------------------------------------------------------ steps
+    def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
+        cfg = self.config
+        jobs = [(r, k, seg.text) for r in requests for k, seg in enumerate(r.text_segments) if seg.policy is not Policy.KEEP]
+        timings = requests[0].timings
+        with timings("score"):
+            token_scores = self._score_texts([text for _, _, text in jobs])
+        with timings("units"):
+            if cfg.unit == "token":
+                units = [token_units(text, offsets) for (_, _, text), (offsets, _) in zip(jobs, token_scores)]
+            elif cfg.unit == "phrase":
+                units = phrase_units([text for _, _, text in jobs], use_spacy=cfg.use_spacy)
+            else:
+                units = [units_for(cfg.unit, text) for _, _, text in jobs]
+        per_request: dict[int, dict[int, tuple[Units, np.ndarray, np.ndarray]]] = {}
+        for (r, k, _), u, (offsets, scores) in zip(jobs, units, token_scores):
+            unit_scores, unit_costs = aggregate_scores(u.spans, offsets, scores)
+            per_request.setdefault(id(r), {})[k] = (u, unit_scores, unit_costs)
+        out = []
+        for r in requests:
+            found = per_request.get(id(r), {})
+            with r.timings("select"):
+                masks = self._select(r, found)
+            outcomes = []
+            for k, seg in enumerate(r.text_segments):
+                if k not in found:
+                    outcomes.append(keep_whole(seg))
+                    continue
+                u = found[k][0]
+                outcomes.append(SegmentOutcome(u.rebuild(masks[k]), SegmentSelection(cfg.unit, u.spans, masks[k])))
+            out.append(outcomes)
+        return out
+
+    def _select(self, request: Request, found: dict[int, tuple[Units, np.ndarray, np.ndarray]]) -> list:
+        n = len(request.text_segments)
+        scores = [found[k][1] if k in found else None for k in range(n)]
+        costs = [found[k][2] if k in found else None for k in range(n)]
+        if self.config.budget_mode == "tokens":
+            return allocate(request, scores, costs)
+        # reference rule: drop the lowest fraction of units, one percentile over the global-rate segments
+        masks: list[np.ndarray | None] = [None] * n
+        pooled = [k for k in found if request.text_segments[k].policy is Policy.GLOBAL]
+        global_rate = request.plan.pooled_target / max(1, sum(request.costs[k] for k in pooled))
+        for k in found:
+            seg = request.text_segments[k]
+            if seg.policy is Policy.OWN_RATE:
+                masks[k] = percentile_mask(scores[k], 1 - seg.rate)
+        if pooled:
+            joined = percentile_mask(np.concatenate([scores[k] for k in pooled]), 1 - global_rate)
+            bounds = np.cumsum([0] + [len(scores[k]) for k in pooled])
+            for j, k in enumerate(pooled):
+                masks[k] = joined[bounds[j] : bounds[j + 1]]
+        return masks
+
+    def _score_texts(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token offsets and self-information for each text, scored per sentence or per segment."""
+        if self.config.context == "segment":
+            return [(s.offsets, s.scores) for s in self.scorer.self_information(texts)]
+        sentences = []
+        for i, text in enumerate(texts):
+            for s, e in sentence_units(text).spans:
+                sentences.append((i, int(s), text[s:e]))
+        scored = self.scorer.self_information([t for _, _, t in sentences])
+        offsets: list[list[np.ndarray]] = [[] for _ in texts]
+        scores: list[list[np.ndarray]] = [[] for _ in texts]
+        for (i, start, _), sc in zip(sentences, scored):
+            offsets[i].append(sc.offsets + start)
+            scores[i].append(sc.scores)
+        return [
+            (np.concatenate(o) if o else np.zeros((0, 2), np.int64), np.concatenate(s) if s else np.zeros(0, np.float32))
+            for o, s in zip(offsets, scores)
+        ]
+

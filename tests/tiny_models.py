@@ -1,0 +1,95 @@
+"""Tiny, randomly initialised models and tokenizers built offline in the test session (well under a second).
+
+- ``make_bpe_tokenizer``: a byte-level BPE (GPT-2/Llama-3 style) trained on a few paragraphs of English.
+- ``make_wordpiece_tokenizer``: an uncased WordPiece (BERT style).
+- ``make_llama`` / ``make_gpt2``: causal LMs with a rotary (Llama) or learned absolute (GPT-2) position scheme and a
+  small context window, so "longer than the window" inputs are cheap to build.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = """\
+The quick brown fox jumps over the lazy dog. A journey of a thousand miles begins with a single step.
+Super Bowl 50 was an American football game to determine the champion of the National Football League for the 2015
+season. The American Football Conference champion Denver Broncos defeated the National Football Conference champion
+Carolina Panthers to earn their third Super Bowl title. The game was played on February 7, 2016, at Levi's Stadium in
+the San Francisco Bay Area at Santa Clara, California.
+Paris is the capital and most populous city of France. Berlin is the capital of Germany. The river flows to the sea.
+Photosynthesis converts light energy into chemical energy that can later be released to fuel the organism.
+What is the capital of France? Which team won the game? Answer the question using the documents.
+Neural networks learn representations from data; transformers use attention over tokens. 0123456789 !?,.;:'"()-
+"""
+
+
+def make_bpe_tokenizer(folder: Path | None = None, vocab_size: int = 400):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    if folder is not None:
+        fast.save_pretrained(folder)
+    return fast
+
+
+def make_wordpiece_tokenizer(folder: Path | None = None, vocab_size: int = 400):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+    if folder is not None:
+        fast.save_pretrained(folder)
+    return fast
+
+
+def make_llama(tokenizer, folder: Path | None = None, window: int = 128, seed: int = 0, hidden: int = 32, layers: int = 2):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=window,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).eval()
+    if folder is not None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return model
+
+
+def make_gpt2(tokenizer, folder: Path | None = None, window: int = 64, seed: int = 0):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=window, n_embd=32, n_layer=2, n_head=4,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = GPT2LMHeadModel(config).eval()
+    if folder is not None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+    return model
