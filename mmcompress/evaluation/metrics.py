@@ -1,0 +1,66 @@
+"""Answer and reconstruction metrics (numbers in [0, 1]).
+
+QA metrics follow the SQuAD evaluation script: answers are normalised (lowercase, no punctuation, no articles,
+single spaces) and scored against every gold answer, keeping the best. BLEU-4 comes from sacrebleu when installed.
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, golds: Sequence[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(g) for g in golds))
+
+
+def f1_score(prediction: str, golds: Sequence[str]) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    best = 0.0
+    for gold in golds:
+        gold_tokens = normalize_answer(gold).split()
+        common = Counter(pred_tokens) & Counter(gold_tokens)
+        same = sum(common.values())
+        if not pred_tokens or not gold_tokens:
+            best = max(best, float(pred_tokens == gold_tokens))
+            continue
+        if same == 0:
+            continue
+        precision, recall = same / len(pred_tokens), same / len(gold_tokens)
+        best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def contains_answer(text: str, golds: Sequence[str]) -> float:
+    """1.0 if any normalised gold answer appears in the normalised text (answer retention / accuracy)."""
+    norm = f" {normalize_answer(text)} "
+    return float(any(f" {normalize_answer(g)} " in norm for g in golds if normalize_answer(g)))
+
+
+def token_accuracy(predicted_ids: Sequence[int], reference_ids: Sequence[int]) -> float:
+    """Fraction of reference positions whose token is reproduced at the same position."""
+    if not reference_ids:
+        return 1.0 if not predicted_ids else 0.0
+    same = sum(1 for p, r in zip(predicted_ids, reference_ids) if p == r)
+    return same / len(reference_ids)
+
+
+def bleu4(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU-4 in [0, 1] (sacrebleu, 13a tokenisation)."""
+    try:
+        import sacrebleu
+    except ImportError as e:  # pragma: no cover - dev dependency
+        raise ImportError("BLEU needs sacrebleu: pip install sacrebleu") from e
+    return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100.0
