@@ -1,0 +1,345 @@
+"""The shared trainer: one loop for every trainable part of the toolkit (soft encoders, projectors, adapters,
+token classifiers), on ``accelerate``.
+
+The module trained is any ``nn.Module`` with
+
+- ``training_step(batch) -> dict`` holding ``"loss"`` (a scalar tensor) and optional float metrics,
+- optionally ``evaluation_step(batch) -> dict[str, float]`` (default: the training loss without gradients),
+- optionally ``save_pretrained(path)`` (called by the task's ``finalize``).
+
+Only parameters with ``requires_grad=True`` are optimised and checkpointed, so a frozen base LLM is never copied
+into a checkpoint. A checkpoint holds those parameters (safetensors), the optimizer and scheduler states, the step
+and the RNG states; ``resume=True`` continues from the latest one in ``output_dir`` with the same data order.
+
+Single CPU or GPU runs as is; several GPUs, DeepSpeed or FSDP through ``accelerate launch`` (see the README).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (a recipe's ``train:`` section)."""
+
+    output_dir: str = "runs/default"
+    max_steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    log_every: int = 10
+    eval_every: int = 0
+    eval_batches: int | None = None
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    seed: int = 0
+    num_workers: int = 0
+    resume: bool | str = False
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"schedule must be constant, linear or cosine, got {self.schedule!r}")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        for name in ("max_steps", "batch_size", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
+        values = dict(values or {})
+        unknown = sorted(set(values) - {f for f in cls.__dataclass_fields__})
+        if unknown:
+            raise ConfigError(f"unknown train settings {unknown}; valid: {sorted(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    last_loss: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    output_dir: str = ""
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds else 0.0
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    def schedule(step: int) -> float:
+        if config.warmup_steps and step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        span = max(1, config.max_steps - config.warmup_steps)
+        progress = min(1.0, (step - config.warmup_steps) / span)
+        if config.schedule == "linear":
+            return 1.0 - progress
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return schedule
+
+
+class Trainer:
+    """Train ``module`` on ``train_dataset`` under ``config``; see the module docstring for the contract."""
+
+    def __init__(
+        self,
+        module: nn.Module,
+        config: TrainConfig,
+        train_dataset: Dataset,
+        eval_dataset: Dataset | None = None,
+        collate_fn: Callable | None = None,
+    ):
+        from accelerate import Accelerator
+
+        if not hasattr(module, "training_step"):
+            raise ConfigError(f"{type(module).__name__} has no training_step(batch) method")
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+        set_seed(config.seed)
+        self.module = module
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError(f"{type(module).__name__} has no trainable parameters")
+        self.param_names = {id(p): n for n, p in module.named_parameters() if p.requires_grad}
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config))
+        self.train_dataset, self.collate_fn = train_dataset, collate_fn
+        self.eval_loader = (
+            DataLoader(eval_dataset, batch_size=config.batch_size, shuffle=False, collate_fn=collate_fn,
+                       num_workers=config.num_workers)
+            if eval_dataset is not None else None
+        )
+        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.module, self.optimizer, self.scheduler)
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0
+        self.history: list[dict[str, Any]] = []
+        self._forward = self._unwrapped().training_step
+        if config.compile:
+            self._forward = torch.compile(self._forward)
+
+    def _unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.module)
+
+    # ------------------------------------------------------------------------------------------------ loop
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        cfg = self.config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if cfg.resume:
+            self._resume()
+        log_file = (self.output_dir / "log.jsonl").open("a")
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress or not self.accelerator.is_main_process,
+                   desc="train", dynamic_ncols=True)
+        self.module.train()
+        t_start, t_window, loss_window, last_loss = time.perf_counter(), time.perf_counter(), [], float("nan")
+        metrics_window: dict[str, list[float]] = {}
+        batches = self._batches()
+        try:
+            while self.step < cfg.max_steps:
+                for _ in range(cfg.grad_accum):
+                    batch = next(batches)
+                    with self.accelerator.accumulate(self.module):
+                        out = self._forward(batch)
+                        loss = out["loss"]
+                        self.accelerator.backward(loss)
+                        if self.accelerator.sync_gradients and cfg.max_grad_norm:
+                            self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                        self.optimizer.step()  # no-ops until the last micro-batch of an accumulation
+                        self.scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    loss_window.append(float(loss.detach()))
+                    for k, v in out.items():
+                        if k != "loss":
+                            metrics_window.setdefault(k, []).append(float(v))
+                self.step += 1
+                bar.update(1)
+                last_loss = loss_window[-1]
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    now = time.perf_counter()
+                    record = {"step": self.step, "loss": float(np.mean(loss_window)), "lr": self.scheduler.get_last_lr()[0],
+                              "steps_per_s": len(loss_window) / cfg.grad_accum / max(now - t_window, 1e-9),
+                              **{k: float(np.mean(v)) for k, v in metrics_window.items()}}
+                    self._log(record, log_file)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                    loss_window, metrics_window, t_window = [], {}, now
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.eval_loader is not None:
+                    self._log({"step": self.step, **{f"eval/{k}": v for k, v in self.evaluate().items()}}, log_file)
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            log_file.close()
+        if self.eval_loader is not None and (not cfg.eval_every or cfg.max_steps % cfg.eval_every):
+            with (self.output_dir / "log.jsonl").open("a") as f:
+                self._log({"step": self.step, **{f"eval/{k}": v for k, v in self.evaluate().items()}}, f)
+        return TrainResult(steps=self.step, seconds=time.perf_counter() - t_start, last_loss=last_loss,
+                           history=self.history, output_dir=str(self.output_dir))
+
+    def _batches(self):
+        """Endless batches, epoch after epoch. Each epoch's order is a function of (seed, epoch) alone, so a resumed
+        run skips the batches it has seen and then sees exactly what an uninterrupted run would."""
+        while True:
+            order = torch.randperm(len(self.train_dataset), generator=torch.Generator().manual_seed(self.config.seed + self.epoch))
+            per_step = self.config.batch_size * self.accelerator.num_processes
+            loader = DataLoader(
+                self.train_dataset, batch_size=self.config.batch_size, sampler=order[self.batches_in_epoch * per_step :].tolist(),
+                collate_fn=self.collate_fn, num_workers=self.config.num_workers,
+                drop_last=len(self.train_dataset) > per_step,
+            )
+            if self.accelerator.num_processes > 1:
+                loader = self.accelerator.prepare_data_loader(loader)  # shards batches across processes
+            for batch in loader:
+                self.batches_in_epoch += 1
+                yield _to_device(batch, self.accelerator.device)
+            self.epoch += 1
+            self.batches_in_epoch = 0
+
+    def _log(self, record: dict[str, Any], file) -> None:
+        record = {k: v for k, v in record.items() if v is not None}
+        self.history.append(record)
+        if self.accelerator.is_main_process:
+            file.write(json.dumps(record) + "\n")
+            file.flush()
+        logger.info("%s", record)
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean of ``evaluation_step`` (or the training loss) over the eval set."""
+        if self.eval_loader is None:
+            return {}
+        module = self._unwrapped()
+        was_training = module.training
+        module.eval()
+        totals: dict[str, list[float]] = {}
+        for i, batch in enumerate(self.eval_loader):
+            if self.config.eval_batches is not None and i >= self.config.eval_batches:
+                break
+            batch = _to_device(batch, self.accelerator.device)
+            if hasattr(module, "evaluation_step"):
+                out = module.evaluation_step(batch)
+            else:
+                out = {k: float(v) for k, v in module.training_step(batch).items()}
+            for k, v in out.items():
+                totals.setdefault(k, []).append(float(v))
+        module.train(was_training)
+        return {k: float(np.mean(v)) for k, v in totals.items()}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().cpu().contiguous() for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        path = self.output_dir / f"{CHECKPOINT_PREFIX}{self.step}"
+        if not self.accelerator.is_main_process:
+            return path
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
+        torch.save({
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step,
+            "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "config": asdict(self.config),
+        }, tmp / "state.pt")
+        if path.exists():
+            import shutil
+
+            shutil.rmtree(path)
+        tmp.rename(path)
+        self._prune_checkpoints()
+        return path
+
+    def _prune_checkpoints(self) -> None:
+        import shutil
+
+        for old in checkpoints(self.output_dir)[: -self.config.keep_checkpoints or None]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _resume(self) -> None:
+        from safetensors.torch import load_file
+
+        resume = self.config.resume
+        path = Path(resume) if isinstance(resume, str) else (checkpoints(self.output_dir) or [None])[-1]
+        if path is None:
+            logger.warning("resume requested but no checkpoint in %s; starting fresh", self.output_dir)
+            return
+        if not (path / "state.pt").exists():
+            raise ConfigError(f"{path} is not a checkpoint (no state.pt)")
+        weights = load_file(str(path / "trainable.safetensors"))
+        missing = [n for n in self.trainable_state() if n not in weights]
+        if missing:
+            raise ConfigError(f"checkpoint {path} lacks trainable parameters {missing[:5]}")
+        self._unwrapped().load_state_dict(weights, strict=False)
+        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        logger.warning("resumed from %s at step %d", path, self.step)
+
+
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """Checkpoint folders in ``output_dir``, oldest first."""
+    root = Path(output_dir)
+    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def _to_device(batch: Any, device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch

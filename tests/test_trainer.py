@@ -1,0 +1,128 @@
+"""The shared trainer: learns, optimises only trainable parameters, checkpoints them alone, resumes exactly."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from mmcompress.cli import main
+from mmcompress.errors import ConfigError
+from mmcompress.training import TaskSetup, TrainConfig, Trainer, checkpoints, register_task, run_recipe
+from mmcompress.training.tasks import TASKS
+
+
+class Pairs(Dataset):
+    """y = x @ W for a fixed random W: a mapping a linear layer can learn."""
+
+    def __init__(self, n=256, dim=8, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, dim, generator=g)
+        self.y = self.x @ torch.randn(dim, dim, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+class Regressor(nn.Module):
+    def __init__(self, dim=8):
+        super().__init__()
+        self.frozen = nn.Linear(dim, dim)  # stands in for a frozen base model
+        self.frozen.requires_grad_(False)
+        self.head = nn.Linear(dim, dim)
+
+    def training_step(self, batch):
+        loss = nn.functional.mse_loss(self.head(batch["x"]) + 0 * self.frozen(batch["x"]), batch["y"])
+        return {"loss": loss, "abs_err": (self.head(batch["x"]) - batch["y"]).abs().mean().detach()}
+
+
+def _config(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), max_steps=60, batch_size=16, lr=5e-2, schedule="constant",
+                log_every=10, progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_trainer_learns_and_logs(tmp_path):
+    module = Regressor()
+    frozen_before = module.frozen.weight.clone()
+    data = Pairs()
+    first = nn.functional.mse_loss(module.head(data.x), data.y).item()
+    result = Trainer(module, _config(tmp_path, max_steps=150), data, eval_dataset=Pairs(64, seed=1)).train()
+    last = nn.functional.mse_loss(module.head(data.x), data.y).item()
+    assert last < 0.05 * first
+    assert torch.equal(module.frozen.weight, frozen_before)  # frozen parameters never move
+    lines = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    train_logs = [l for l in lines if "loss" in l]
+    assert [l["step"] for l in train_logs] == list(range(10, 151, 10))
+    assert train_logs[-1]["loss"] < train_logs[0]["loss"]
+    assert "abs_err" in train_logs[0] and "eval/loss" in lines[-1]
+    assert result.steps == 150
+
+
+def test_checkpoint_holds_only_trainable_parameters_and_resume_is_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    data = Pairs()
+    torch.manual_seed(0)
+    straight = Regressor()
+    Trainer(straight, _config(tmp_path / "a", max_steps=40, grad_accum=2), data).train()
+
+    torch.manual_seed(0)
+    interrupted = Regressor()
+    Trainer(interrupted, _config(tmp_path / "b", max_steps=20, grad_accum=2, save_every=10), data).train()
+    saved = checkpoints(tmp_path / "b" / "run")
+    assert [p.name for p in saved] == ["checkpoint-10", "checkpoint-20"]
+    assert set(load_file(str(saved[-1] / "trainable.safetensors"))) == {"head.weight", "head.bias"}
+
+    torch.manual_seed(123)  # the resumed run must not depend on the caller's RNG state or the fresh init
+    resumed = Regressor()
+    Trainer(resumed, _config(tmp_path / "b", max_steps=40, grad_accum=2, resume=True), data).train()
+    assert torch.allclose(resumed.head.weight, straight.head.weight, atol=1e-6)
+
+
+def test_bad_settings_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="schedule"):
+        TrainConfig(schedule="exponential")
+    with pytest.raises(ConfigError, match="unknown train settings"):
+        TrainConfig.from_dict({"learning_rate": 1.0})
+    module = Regressor()
+    module.head.requires_grad_(False)
+    with pytest.raises(ConfigError, match="no trainable parameters"):
+        Trainer(module, _config(tmp_path), Pairs())
+
+
+@pytest.fixture
+def toy_task():
+    name = "toy_regression_test"
+    if name not in TASKS:
+        @register_task(name)
+        def build(recipe):
+            module = Regressor(dim=recipe["model"]["dim"])
+            return TaskSetup(module, Pairs(dim=recipe["model"]["dim"]),
+                             finalize=lambda m, out: torch.save(m.head.state_dict(), out / "final.pt"))
+    return name
+
+
+def test_train_cli_runs_a_recipe_and_resumes(tmp_path, toy_task, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"task: {toy_task}\nmodel: {{dim: 4}}\ntrain: {{max_steps: 5, batch_size: 8, save_every: 5, progress: false}}\n")
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(recipe), "--output-dir", str(out)]) == 0
+    assert (out / "final.pt").exists() and (out / "recipe.yaml").exists()
+    assert main(["train", "--config", str(recipe), "--output-dir", str(out), "--resume",
+                 "--set", "train.max_steps=8"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["steps"] == 8
+    assert main(["train", "--config", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_run_recipe_rejects_unknown_task(tmp_path):
+    from mmcompress.errors import UnknownCompressorError
+
+    with pytest.raises(UnknownCompressorError, match="training task"):
+        run_recipe({"task": "no_such_task", "train": {"output_dir": str(tmp_path)}})
