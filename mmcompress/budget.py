@@ -105,9 +105,10 @@ def select_under_budget(
     """Keep the highest-scoring units whose total cost fits ``budget``; forced units first, order preserved.
 
     Units are taken best first; a unit that does not fit is skipped and smaller ones after it may still fit, so the
-    kept cost lands as close under the budget as the unit sizes allow. Then the best skipped unit is added if that
-    lands closer to the budget (or ties): with coarse units (sentences, documents) a budget smaller than any unit
-    keeps the best unit rather than nothing. NaN scores rank last. Ties keep the earlier unit. Returns a boolean mask.
+    kept cost lands as close under the budget as the unit sizes allow. Only when nothing fits at all is the best unit
+    kept anyway, if that lands at least as close to the budget: with coarse units (sentences, documents) a budget
+    smaller than any unit keeps the best unit rather than nothing. NaN scores rank last. Ties keep the earlier unit.
+    Returns a boolean mask.
     """
     scores = np.asarray(scores, dtype=np.float64)
     costs = np.asarray(costs, dtype=np.float64)
@@ -124,7 +125,7 @@ def select_under_budget(
             used += costs[i]
         elif first_skipped is None:
             first_skipped = i
-    if first_skipped is not None and used + costs[first_skipped] - budget <= budget - used:
+    if not keep.any() and first_skipped is not None and costs[first_skipped] - budget <= budget:
         keep[first_skipped] = True
     return keep
 

@@ -159,6 +159,7 @@ class HardCompressor(Compressor):
                 overrides["model"] = model_obj
         super().__init__(config, **overrides)
         self._tokenizer = tokenizer
+        self._load_seconds = 0.0  # one-time model loading, reported apart from the compression time
         if self._model is not None and self._tokenizer is None:
             raise ConfigError("pass tokenizer= together with a model object")
 
@@ -168,8 +169,10 @@ class HardCompressor(Compressor):
         if self._model is None:
             from .models import load_language_model
 
+            t0 = time.perf_counter()
             lm = load_language_model(self.config.model, self.config.device, self.config.dtype)
             self._model, self._tokenizer = lm.model, lm.tokenizer
+            self._load_seconds += time.perf_counter() - t0
         return self._model
 
     @property
@@ -177,7 +180,9 @@ class HardCompressor(Compressor):
         if self._tokenizer is None:
             from .models import load_tokenizer
 
+            t0 = time.perf_counter()
             self._tokenizer = load_tokenizer(self.config.model)
+            self._load_seconds += time.perf_counter() - t0
         return self._tokenizer
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -185,6 +190,13 @@ class HardCompressor(Compressor):
         if not texts:
             return []
         return [len(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def tokenize_with_offsets(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, character offsets (n, 2))`` per text in the counting tokenizer."""
+        if not texts:
+            return []
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        return [(np.asarray(i), np.asarray(o).reshape(-1, 2)) for i, o in zip(enc["input_ids"], enc["offset_mapping"])]
 
     # ---------------------------------------------------------------------------------------------- compress
     def compress(
@@ -260,7 +272,9 @@ class HardCompressor(Compressor):
             tok = target_tokenizer or self.config.target_tokenizer
             if tok is not None:
                 target_counts = _count_with(tok, [prompt.text, compressed.text])
-        timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        # "total" is this call's work; a one-time model load during the call is reported as "load" and left out
+        timings["load"], self._load_seconds = self._load_seconds, 0.0
+        timings["total"] = timings["prepare"] + timings["compress"] + timings["count"] - timings["load"]
         return CompressedPrompt(
             prompt=compressed, original=prompt, selections=selections, origin_tokens=origin,
             compressed_tokens=after, method=self.name, target_origin_tokens=target_counts[0],

@@ -20,8 +20,9 @@ _NAME = re.compile(r"^[a-z][a-z0-9_\-]*$")
 class Registry(Generic[T]):
     """A name -> class mapping with a decorator to fill it and clear errors for unknown names."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, *, name_attribute: str | None = None):
         self.kind = kind
+        self.name_attribute = name_attribute  # set on registered classes, e.g. Compressor.name
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -33,8 +34,8 @@ class Registry(Generic[T]):
             if existing is not None and existing is not obj:
                 raise ValueError(f"{self.kind} {name!r} is already registered to {existing!r}")
             self._items[name] = obj
-            if isinstance(obj, type):
-                obj.name = name  # type: ignore[attr-defined]
+            if self.name_attribute and isinstance(obj, type):
+                setattr(obj, self.name_attribute, name)
             return obj
 
         return decorator
@@ -57,7 +58,7 @@ class Registry(Generic[T]):
         return sorted(self._items.items())
 
 
-COMPRESSORS: Registry[Any] = Registry("compressor")
+COMPRESSORS: Registry[Any] = Registry("compressor", name_attribute="name")
 
 
 def register_compressor(name: str):

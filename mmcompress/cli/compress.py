@@ -56,7 +56,7 @@ def run(args) -> int:
     if args.input not in (None, "-") and looks_like_literal_text(args.input):
         text = args.input
     else:
-        text = read_text(args.input)
+        text = read_text(args.input).rstrip("\n")  # a file's final newline is not part of the prompt
     if not text.strip():
         raise InvalidPromptError("the prompt is empty: there is no text to compress")
     compressor = _compressor(args)
@@ -79,6 +79,8 @@ def run(args) -> int:
 def _stats_line(result) -> str:
     line = (f"--- {result.method}: {result.origin_tokens} -> {result.compressed_tokens} tokens "
             f"(rate {result.rate:.3f}, {result.ratio:.2f}x) in {result.timings.get('total', 0.0):.2f} s")
+    if result.timings.get("load"):
+        line += f" (+{result.timings['load']:.2f} s loading the model)"
     if result.target_origin_tokens is not None:
         line += f"; target tokenizer: {result.target_origin_tokens} -> {result.target_compressed_tokens}"
     return line

@@ -47,8 +47,7 @@ class RandomDrop(HardCompressor):
 
     def _units(self, text: str):
         if self.config.unit == "token":
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            return token_units(text, np.asarray(enc["offset_mapping"]).reshape(-1, 2))
+            return token_units(text, self.tokenize_with_offsets([text])[0][1])
         return units_for(self.config.unit, text)
 
 

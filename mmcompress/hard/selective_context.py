@@ -28,7 +28,7 @@ from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
 from ..results import CompressedPrompt, SegmentSelection
-from ..scoring.causal_lm import CausalLMScorer
+from ..scoring import CausalLMScorer, UnigramScorer
 from ..text_units import Units, aggregate_scores, phrase_units, sentence_units, token_units, units_for
 
 
@@ -37,9 +37,11 @@ class SelectiveContextConfig(HardConfig):
     """``rate``: fraction of tokens kept (the reference's ``reduce_ratio`` is ``1 - rate``).
 
     ``unit``: token | word | phrase | sentence. ``context``: ``"sentence"`` scores each sentence alone (reference),
-    ``"segment"`` scores each token given everything before it in its segment.
+    ``"segment"`` scores each token given everything before it in its segment. ``scorer``: ``"lm"`` (the causal LM
+    named by ``model``) or ``"unigram"`` (word frequencies; no model is run, only ``model``'s tokenizer counts).
     """
 
+    scorer: str = "lm"
     unit: str = "phrase"
     context: str = "sentence"
     budget_mode: str = "tokens"
@@ -52,6 +54,10 @@ class SelectiveContextConfig(HardConfig):
             raise ConfigError(f"unit must be token, word, phrase or sentence, got {self.unit!r}")
         if self.context not in ("sentence", "segment"):
             raise ConfigError(f"context must be 'sentence' or 'segment', got {self.context!r}")
+        if self.scorer not in ("lm", "unigram"):
+            raise ConfigError(f"scorer must be 'lm' or 'unigram', got {self.scorer!r}")
+        if self.scorer == "unigram" and self.unit == "token":
+            raise ConfigError("the unigram scorer scores words; use unit word, phrase or sentence")
         if self.budget_mode not in ("tokens", "reference"):
             raise ConfigError(f"budget_mode must be 'tokens' or 'reference', got {self.budget_mode!r}")
 
@@ -63,9 +69,12 @@ class SelectiveContext(HardCompressor):
     config_class = SelectiveContextConfig
 
     @property
-    def scorer(self) -> CausalLMScorer:
-        if getattr(self, "_scorer", None) is None or self._scorer.model is not self.model:
-            self._scorer = CausalLMScorer(self.model, self.tokenizer, max_batch_tokens=self.config.max_batch_tokens)
+    def scorer(self) -> CausalLMScorer | UnigramScorer:
+        if getattr(self, "_scorer", None) is None:
+            if self.config.scorer == "unigram":
+                self._scorer = UnigramScorer()
+            else:
+                self._scorer = CausalLMScorer(self.model, self.tokenizer, max_batch_tokens=self.config.max_batch_tokens)
         return self._scorer
 
     def compress_segments(self, request: Request) -> list[SegmentOutcome]:
@@ -104,9 +113,13 @@ class SelectiveContext(HardCompressor):
                 units = phrase_units([text for _, _, text in jobs], use_spacy=cfg.use_spacy)
             else:
                 units = [units_for(cfg.unit, text) for _, _, text in jobs]
+            # unit costs are counted in the tokenizer that counts the budget (the unigram scorer's words are not it)
+            count_offsets = ([offsets for offsets, _ in token_scores] if cfg.scorer == "lm"
+                             else [off for _, off in self.tokenize_with_offsets([text for _, _, text in jobs])])
         per_request: dict[int, dict[int, tuple[Units, np.ndarray, np.ndarray]]] = {}
-        for (r, k, _), u, (offsets, scores) in zip(jobs, units, token_scores):
-            unit_scores, unit_costs = aggregate_scores(u.spans, offsets, scores)
+        for (r, k, _), u, (offsets, scores), cost_offsets in zip(jobs, units, token_scores, count_offsets):
+            unit_scores, _ = aggregate_scores(u.spans, offsets, scores)
+            _, unit_costs = aggregate_scores(u.spans, cost_offsets, np.zeros(len(cost_offsets)))
             per_request.setdefault(id(r), {})[k] = (u, unit_scores, unit_costs)
         out = []
         for r in requests:

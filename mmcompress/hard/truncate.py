@@ -37,8 +37,7 @@ class Truncate(HardCompressor):
             if s.policy is Policy.KEEP:
                 units.append(None)
                 continue
-            enc = self.tokenizer(s.text, add_special_tokens=False, return_offsets_mapping=True)
-            units.append(token_units(s.text, np.asarray(enc["offset_mapping"]).reshape(-1, 2)))
+            units.append(token_units(s.text, self.tokenize_with_offsets([s.text])[0][1]))
         # positions run across segments, so the head/tail/middle is that of the whole compressible text
         total = sum(len(u) for u in units if u is not None)
         position = np.arange(total, dtype=np.float64)

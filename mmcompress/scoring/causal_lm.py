@@ -227,7 +227,10 @@ class CausalLMScorer:
         nll = torch.empty(n - 1, dtype=torch.float32, device=device)
         cache = new_cache(self.model)
         prev_state = None  # the last position of the previous chunk predicts this chunk's first token
-        for s in range(0, n, chunk):
+        from tqdm.auto import tqdm
+
+        for s in tqdm(range(0, n, chunk), desc="scoring long text", unit="chunk", leave=False,
+                      disable=None if n > 8 * chunk else True):  # None: shown on a terminal only
             e = min(n, s + chunk)
             positions = torch.arange(s, e, device=device)[None]
             states, cache, is_hidden = self._forward(ids[:, s:e], cache=cache, position_ids=positions)

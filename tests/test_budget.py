@@ -1,0 +1,73 @@
+"""Budget planning and selection, shared by every hard method and by visual-token reduction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmcompress import BudgetError, Policy, plan_budget, select_under_budget, topk_indices
+from mmcompress.budget import percentile_mask
+
+G, O, K = Policy.GLOBAL, Policy.OWN_RATE, Policy.KEEP
+
+
+def test_rate_covers_the_whole_prompt_and_kept_segments_take_their_share():
+    plan = plan_budget([10, 100, 50, 40], [K, G, O, K], [None, None, 0.5, None], rate=0.5)
+    assert plan.total_tokens == 200 and plan.target_tokens == 100
+    assert plan.segment_targets == (10, None, 25, 40)
+    assert plan.pooled_target == 100 - 10 - 25 - 40
+
+
+def test_target_tokens_and_errors():
+    assert plan_budget([30, 70], [K, G], [None, None], target_tokens=50).pooled_target == 20
+    with pytest.raises(BudgetError, match="larger than the prompt"):
+        plan_budget([30, 70], [K, G], [None, None], target_tokens=101)
+    with pytest.raises(BudgetError, match="below what the kept"):
+        plan_budget([30, 70], [K, G], [None, None], target_tokens=20)
+    with pytest.raises(BudgetError, match="below what the kept"):
+        plan_budget([60, 40], [K, G], [None, None], rate=0.5)
+    with pytest.raises(BudgetError, match="either rate or target_tokens"):
+        plan_budget([10], [G], [None], rate=0.5, target_tokens=5)
+
+
+@pytest.mark.parametrize("rate", [0, -0.1, 1.01, "0.5", True, float("nan")])
+def test_rate_outside_unit_interval(rate):
+    with pytest.raises(BudgetError, match="rate must be"):
+        plan_budget([10], [G], [None], rate=rate)
+
+
+def test_selection_fits_budget_keeps_forced_and_order():
+    scores = np.array([5.0, 1.0, 4.0, 3.0, 2.0])
+    costs = np.array([2, 1, 2, 1, 1])
+    keep = select_under_budget(scores, costs, budget=4)
+    assert keep.tolist() == [True, False, True, False, False]
+    forced = select_under_budget(scores, costs, budget=4, force=np.array([0, 1, 0, 0, 0], bool))
+    assert forced[1] and costs[forced].sum() <= 4
+
+
+def test_selection_skips_a_big_unit_for_smaller_ones_and_never_returns_nothing():
+    keep = select_under_budget(np.array([9.0, 8.0, 7.0]), np.array([5, 2, 2]), budget=4)
+    assert keep.tolist() == [False, True, True]
+    # one unit bigger than the budget: keeping it is closer to the budget than keeping nothing
+    assert select_under_budget(np.array([1.0]), np.array([46]), budget=23).tolist() == [True]
+    assert select_under_budget(np.array([1.0]), np.array([46]), budget=10).tolist() == [False]
+
+
+def test_nan_scores_rank_last():
+    keep = select_under_budget(np.array([np.nan, 1.0, 2.0]), np.ones(3), budget=2)
+    assert keep.tolist() == [False, True, True]
+
+
+def test_percentile_rule_of_the_reference():
+    keep = percentile_mask(np.arange(10.0), 0.3)
+    assert keep.sum() == 7 and not keep[:3].any()
+
+
+def test_topk_indices_batched_exact_sorted_and_forced():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.7], [0.8, 0.1, 0.2, 0.3]])
+    idx = topk_indices(scores, 2)
+    assert idx.tolist() == [[1, 3], [0, 3]]
+    forced = topk_indices(scores, 2, force=torch.tensor([True, False, False, False]))
+    assert forced.tolist() == [[0, 1], [0, 3]]
+    with pytest.raises(BudgetError, match="between 1 and 4"):
+        topk_indices(scores, 5)
