@@ -1,9 +1,16 @@
 """Hard methods: drop or rewrite tokens and return shorter text. One method per file."""
+from .llmlingua import LLMLingua, LLMLinguaConfig
+from .longllmlingua import LongLLMLingua, LongLLMLinguaConfig, recover
 from .random_drop import RandomConfig, RandomDrop
 from .selective_context import SelectiveContext, SelectiveContextConfig
 from .truncate import Truncate, TruncateConfig
 
 __all__ = [
+    "LLMLingua",
+    "LLMLinguaConfig",
+    "LongLLMLingua",
+    "LongLLMLinguaConfig",
+    "recover",
     "RandomConfig",
     "RandomDrop",
     "SelectiveContext",
