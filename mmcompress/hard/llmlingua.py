@@ -20,6 +20,8 @@ each behind an option whose default is the reference behaviour unless it only ch
   moves agreement by about 1% (``"full"`` restores it);
 - ``compress_tail=True`` also compresses the last partial window and prompts shorter than ``iterative_size``,
   which the reference leaves untouched (issue #196: short prompts miss the rate);
+- ``threshold_scope="window"`` thresholds each window on its own tokens, so the rate is met; the reference's
+  quantile over all tokens scored so far (kept ones included) drops more than asked (``"prompt"``, the default);
 - ``alignment="token"`` keeps a token by its own loss; the reference keeps token ``j`` by the loss of token
   ``j + 1`` (an off-by-one between its loss vector and its ids), the default ``"next"``;
 - ``force_context_number`` caps the number of ranked documents (in the reference it has no effect unless 0);
@@ -91,6 +93,7 @@ class LLMLinguaConfig(HardConfig):
     first_pass: str = "window"
     alignment: str = "next"
     compress_tail: bool = False
+    threshold_scope: str = "prompt"
     cache_sink: int = 10
     max_batch_tokens: int = 8192
 
@@ -106,6 +109,8 @@ class LLMLinguaConfig(HardConfig):
             raise ConfigError(f"rank_condition must be one of {CONDITIONS}, got {self.rank_condition!r}")
         if self.first_pass not in ("full", "window"):
             raise ConfigError(f"first_pass must be 'full' (reference) or 'window', got {self.first_pass!r}")
+        if self.threshold_scope not in ("prompt", "window"):
+            raise ConfigError(f"threshold_scope must be 'prompt' (reference) or 'window', got {self.threshold_scope!r}")
         if self.alignment not in ("next", "token"):
             raise ConfigError(f"alignment must be 'next' (reference) or 'token', got {self.alignment!r}")
         if not 0.0 <= float(self.dynamic_ratio) <= 1.0:
@@ -310,9 +315,12 @@ class LLMLingua(HardCompressor):
     def _fine(self, jobs: list[_Job]) -> list[np.ndarray | None]:
         cfg = self.config
         condition = cfg.condition_tokens or cfg.condition_compare
-        runner = IterativeCompressor(self.scorer, iterative_size=cfg.iterative_size, sink=cfg.cache_sink,
-                                     first_pass=cfg.first_pass, alignment=cfg.alignment,
-                                     compress_tail=cfg.compress_tail)
+        try:
+            runner = IterativeCompressor(self.scorer, iterative_size=cfg.iterative_size, sink=cfg.cache_sink,
+                                         first_pass=cfg.first_pass, alignment=cfg.alignment,
+                                         compress_tail=cfg.compress_tail, threshold_scope=cfg.threshold_scope)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         plans, active = [], []
         for job in jobs:
             docs_text = [job.texts[job.docs[d]] for d in job.used]
