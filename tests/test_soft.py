@@ -303,3 +303,36 @@ def test_tiny_compressor_learns_to_reconstruct_short_spans(cls, tiny_lm):
     module.eval()
     final = module.evaluation_step(batch)["token_accuracy"]
     assert first < 0.2 and final >= 0.9
+
+
+# ------------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("task", ["icae", "kv"])
+def test_train_recipe_runs_resumes_and_loads(task, tiny_dir, tmp_path):
+    import json
+
+    import yaml
+
+    from mmcompress.cli import main
+    from tiny_models import CORPUS
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([CORPUS] * 6))
+    recipe = {
+        "task": task,
+        "model": {"model": str(tiny_dir), "num_slots": 4, "chunk_tokens": 16, "lora_r": 4, "device": "cpu",
+                  "dtype": "float32"},
+        "data": {"text": str(text), "eval_fraction": 0.2, "context_tokens": 16, "continuation_tokens": 8,
+                 "lm_ratio": 0.5, "eval_examples": 4},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_every": 2,
+                  "log_every": 1, "eval_every": 2, "progress": False},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(path), "--set", "train.max_steps=2"]) == 0
+    assert main(["train", "--config", str(path), "--resume"]) == 0  # continues from checkpoint-2 to step 4
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert any("eval/token_accuracy" in r for r in log)
+    loaded = create_compressor(tmp_path / "run" / "final")
+    assert loaded.name == task and len(loaded.generate(loaded.compress(DOC), "Who?")) == 1
