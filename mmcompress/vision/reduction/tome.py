@@ -26,17 +26,16 @@ def bipartite_merge(x, metric, size, pos, r: int):
     src, unm = order[:, :r], order[:, r:]  # merged A tokens, kept A tokens
     dst = node_idx.gather(1, src)
 
-    def merge(a, bb, weighted: bool):
-        d = a.shape[-1]
-        src_v = gather_tokens(a, src)
-        w_src = gather_tokens(a_s.unsqueeze(-1).to(a.dtype), src) if weighted else 1.0
-        out = bb * (b_s.unsqueeze(-1).to(a.dtype) if weighted else 1.0)
-        out = out.scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, d), src_v * w_src)
+    def merge(a, bb):
+        """Size-weighted sums: unmerged A tokens, then B tokens with their merged A tokens added."""
+        a = a * a_s.unsqueeze(-1).to(a.dtype)
+        out = bb * b_s.unsqueeze(-1).to(a.dtype)
+        out = out.scatter_add(1, dst.unsqueeze(-1).expand(-1, -1, a.shape[-1]), gather_tokens(a, src))
         return torch.cat([gather_tokens(a, unm), out], dim=1)
 
     new_size = torch.cat([a_s.gather(1, unm), b_s.scatter_add(1, dst, a_s.gather(1, src))], dim=1)
-    x = merge(x.float(), b_x.float(), True) / new_size.unsqueeze(-1)
-    metric = torch.nn.functional.normalize(merge(metric, b_m, True), dim=-1)
+    x = merge(a_x.float(), b_x.float()) / new_size.unsqueeze(-1)
+    metric = torch.nn.functional.normalize(merge(a_m, b_m), dim=-1)
     new_pos = torch.cat([a_p.gather(1, unm), b_p.scatter_reduce(1, dst, a_p.gather(1, src), "amin")], dim=1)
     return x, metric, new_size, new_pos
 
