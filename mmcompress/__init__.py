@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from . import hard  # noqa: F401  registers the hard methods
+# --- Vision: encoders, adapters, visual-token reductions (registered as family "vision") ---
+from . import vision  # noqa: F401,E402
+# --- end Vision ---
 from .api import compress
 from .budget import BudgetPlan, plan_budget, select_under_budget, topk_indices
 from .compressor import Compressor, CompressorConfig, HardCompressor, HardConfig, SegmentOutcome
