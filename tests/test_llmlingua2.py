@@ -28,6 +28,17 @@ EXPECTED_WORDS = {
              "Stadium."],
 }
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a loaded machine more threads spin-wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 @pytest.fixture(scope="module", params=["bert", "roberta", "xlmr"])
 def family(request):
@@ -116,7 +127,7 @@ def test_rate_met_in_counting_tokenizer_and_keep_policies(compressor_parts):
         tok = load_tokenizer(compressor_parts[2])
         n0 = len(tok(prompt.text, add_special_tokens=False)["input_ids"])
         assert r.origin_tokens == n0
-        assert r.compressed_tokens <= round(rate * n0) + 3  # met, up to joining whitespace between kept words
+        assert r.compressed_tokens <= round(rate * n0)  # met in the counting tokenizer, separators included
         assert r.compressed_tokens >= 0.8 * rate * n0
         assert r.text.startswith("Answer the question using the documents.")
         assert r.text.endswith("What is the capital of France?")

@@ -1,4 +1,5 @@
 """Hard methods: drop or rewrite tokens and return shorter text. One method per file."""
+from . import llmlingua2_train  # noqa: F401  registers the "llmlingua2" training task
 from .llmlingua2 import LLMLingua2, LLMLingua2Config
 from .random_drop import RandomConfig, RandomDrop
 from .selective_context import SelectiveContext, SelectiveContextConfig
