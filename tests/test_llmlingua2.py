@@ -211,3 +211,23 @@ def test_batch_equals_one_by_one(compressor_parts):
     c = make(compressor_parts)
     prompts = [long_text(9), Prompt.from_documents([long_text(3), TEXT], question="Where?"), TEXT]
     assert [r.text for r in c.compress_batch(prompts, rate=0.5)] == [c.compress(p, rate=0.5).text for p in prompts]
+
+
+@pytest.mark.slow
+def test_real_minilm_words_keep_casing_and_chunk_at_512(tiny_dir):
+    """The real MiniLM (uncased WordPiece): words are spans of the original text, so casing survives, and a long
+    text is cut into chunks of at most 510 text tokens."""
+    from mmcompress.hard.llmlingua2_train import load_classifier_for_training
+
+    model, tok = load_classifier_for_training("minilm-l6")
+    scorer = TokenClassifierScorer(model.eval(), tok)
+    assert scorer.max_length == 512 and scorer.chunk_tokens == 510
+    (wp,) = scorer.word_probs([TEXT])
+    assert wp.words()[:7] == ["Paris", "is", "the", "capital", "of", "France", "."]
+    text = long_text(150)
+    tk = scorer.tokenize([text])[0]
+    chunks = scorer.chunks(tk, text)
+    assert len(chunks) >= 3 and all(e - s <= 510 for s, e in chunks)
+    c = LLMLingua2(classifier_model=model, classifier_tokenizer=tok, model=str(tiny_dir))
+    r = c.compress(Prompt.from_documents([text], question="Where?"), rate=0.4)
+    assert r.compressed_tokens <= round(0.4 * r.origin_tokens) and r.text.endswith("Where?")

@@ -50,7 +50,8 @@ CONFIG_FILE = "mmcompress_config.json"
 # ------------------------------------------------------------------------------------------------- passages
 def corpus_passages(path: str | Path, passage_words: int = 160, max_passages: int | None = None,
                     min_words: int = 40) -> list[str]:
-    """Passages of about ``passage_words`` words from a blank-line separated corpus, cut at sentence ends."""
+    """Passages of about ``passage_words`` words from a blank-line separated corpus, cut at sentence ends
+    (``max_passages`` of them, evenly spread over the corpus)."""
     from ..text_units import sentence_units
 
     path = Path(path).expanduser()
@@ -70,8 +71,9 @@ def corpus_passages(path: str | Path, passage_words: int = 160, max_passages: in
                 current, count = [], 0
         if count >= min_words:
             passages.append(" ".join(current))
-        if max_passages is not None and len(passages) >= max_passages:
-            return passages[:max_passages]
+    if max_passages is not None and len(passages) > max_passages:  # spread over the whole corpus, deterministically
+        picks = np.unique(np.linspace(0, len(passages) - 1, max_passages).round().astype(int))
+        passages = [passages[i] for i in picks]
     return passages
 
 
