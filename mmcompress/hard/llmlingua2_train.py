@@ -79,13 +79,19 @@ def corpus_passages(path: str | Path, passage_words: int = 160, max_passages: in
 
 # --------------------------------------------------------------------------------------------------- labels
 def kept_spans_from_result(result: Any) -> list[tuple[int, int]]:
-    """Character spans of the original (single-segment) text that a hard compressor kept."""
-    selections = [s for s in result.selections if s is not None]
-    original = result.original.text_segments[0].text if result.original.text_segments else ""
-    if len(selections) == 1 and selections[0].unit not in ("segment",) and len(selections[0].spans):
-        sel = selections[0]
-        return [(int(s), int(e)) for (s, e), k in zip(sel.spans, sel.kept) if k]
-    return align_kept_spans(original, result.text)
+    """Character spans of the passage (the prompt's first context or text segment) that a hard compressor kept:
+    its unit selection when it has one, else a word alignment of the compressed text."""
+    from ..prompt import Role
+
+    for seg, sel in zip(result.original.segments, result.selections):
+        if getattr(seg, "role", None) not in (Role.CONTEXT, Role.TEXT):
+            continue
+        if sel is not None and sel.unit == "segment":
+            return [(0, len(seg.text))] if bool(sel.kept.all()) else []
+        if sel is not None and len(sel.spans):
+            return [(int(s), int(e)) for (s, e), k in zip(sel.spans, sel.kept) if k]
+        return align_kept_spans(seg.text, result.text)
+    return []
 
 
 def align_kept_spans(original: str, compressed: str) -> list[tuple[int, int]]:
@@ -102,8 +108,9 @@ def align_kept_spans(original: str, compressed: str) -> list[tuple[int, int]]:
 
 
 def distil_labels(teacher: Any, passages: Sequence[str], rate: float, cache: str | Path | None = None,
-                  *, progress: bool = True, batch: int = 16) -> list[dict[str, Any]]:
-    """Teacher keep-spans for every passage, read from / appended to the JSONL ``cache``."""
+                  *, question: str | None = None, progress: bool = True, batch: int = 16) -> list[dict[str, Any]]:
+    """Teacher keep-spans for every passage, read from / appended to the JSONL ``cache``. ``question`` is passed
+    to question-aware teachers (LongLLMLingua); corpus passages have none of their own."""
     from tqdm.auto import tqdm
 
     done: dict[str, list] = {}
@@ -123,7 +130,8 @@ def distil_labels(teacher: Any, passages: Sequence[str], rate: float, cache: str
         try:
             for start in tqdm(range(0, len(todo), batch), disable=not progress, desc="teacher labels"):
                 chunk = todo[start : start + batch]
-                for text, result in zip(chunk, teacher.compress_batch(chunk, rate=rate)):
+                kwargs = {"question": question} if question else {}
+                for text, result in zip(chunk, teacher.compress_batch(chunk, rate=rate, **kwargs)):
                     done[text] = [list(s) for s in kept_spans_from_result(result)]
                     if handle is not None:
                         handle.write(json.dumps({"text": text, "kept_spans": done[text]}, ensure_ascii=False) + "\n")
@@ -291,6 +299,7 @@ def build_llmlingua2_task(recipe: dict[str, Any]) -> TaskSetup:
                                    data_cfg.get("max_passages"))
         teacher = create_compressor(teacher_cfg["method"], **dict(teacher_cfg.get("options") or {}))
         rows = distil_labels(teacher, passages, float(teacher_cfg.get("rate", 0.5)), data_cfg.get("labels_cache"),
+                             question=teacher_cfg.get("question"),
                              progress=bool(recipe.get("train", {}).get("progress", True)))
     if not rows:
         raise ConfigError("the llmlingua2 recipe found no labelled passages")
