@@ -33,10 +33,10 @@ def main() -> int:
     ap.add_argument("--data", default=str(SHARED / "data" / "multidoc_qa_dev.jsonl"))
     ap.add_argument("--golden", default=str(SHARED / "peer" / "golden_multidoc_dev.jsonl"))
     ap.add_argument("--methods", default=None, help="comma-separated (default: every hard method available)")
-    ap.add_argument("--limit", type=int, default=30)
-    ap.add_argument("--rates", default="0.5,0.4,0.33,0.2")
-    ap.add_argument("--reader-limit", type=int, default=10)
-    ap.add_argument("--reader-rates", default="0.5,0.33")
+    ap.add_argument("--limit", type=int, default=12)
+    ap.add_argument("--rates", default="0.5,0.4,0.2")
+    ap.add_argument("--reader-limit", type=int, default=6)
+    ap.add_argument("--reader-rates", default="0.4")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -93,7 +93,9 @@ def main() -> int:
     if args.reader_limit:
         reader = Reader(batch_size=4)
         reader_examples = examples[: args.reader_limit]
-        reader_systems = [build_system(m, reader) for m in wanted]
+        for s in systems:  # same compressions, now read by the reader
+            s.reader = reader
+        reader_systems = systems
         reader_rates = [float(x) for x in args.reader_rates.split(",")]
         rep2 = evaluate(reader_examples, reader_systems, reader_rates, reader, data_name=args.data, progress=True)
         rep2.write(out, "multidoc_quality_reader")

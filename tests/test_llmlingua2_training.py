@@ -113,3 +113,34 @@ def test_recipe_learns_labels_and_compresses_with_them(tmp_path, tiny_dir):
     assert words.probs[is_keep].mean() > 0.8 > 0.2 > words.probs[~is_keep].mean()
     out = compressor.compress(text, rate=0.5).text.lower()
     assert sum(w in out for w in ("paris", "france", "berlin", "germany", "river")) == 5
+
+
+def test_shipped_recipes_name_registered_parts():
+    from pathlib import Path
+
+    import mmcompress
+    from mmcompress.training import TASKS, load_recipe
+
+    root = Path(__file__).resolve().parent.parent / "configs" / "train"
+    for name in ("llmlingua2-minilm.yaml", "llmlingua2-minilm-selective-context.yaml"):
+        recipe = load_recipe(root / name, {"train.max_steps": 1})
+        assert recipe["task"] in TASKS and recipe["teacher"]["method"] in mmcompress.list_compressors("hard")
+        assert recipe["train"]["max_steps"] == 1 and recipe["model"]["encoder"] == "minilm-l6"
+    assert load_recipe(root / "llmlingua2-minilm.yaml")["teacher"]["method"] == "longllmlingua"
+
+
+def test_question_reaches_a_question_aware_teacher(tmp_path, tiny_dir):
+    from mmcompress.factory import create_compressor
+
+    seen = []
+    inner = create_compressor("random", model=str(tiny_dir), unit="word")
+
+    class QuestionAware:
+        def compress_batch(self, prompts, **kwargs):
+            seen.append(kwargs.get("question"))
+            return inner.compress_batch(prompts, **kwargs)
+
+    rows = distil_labels(QuestionAware(), [" ".join(SENTENCES)], 0.5, None, question="What matters?", progress=False)
+    assert seen == ["What matters?"] and rows[0]["kept_spans"]
+    # the question segment is not part of the passage's labels
+    assert max(e for _, e in rows[0]["kept_spans"]) <= len(" ".join(SENTENCES))
