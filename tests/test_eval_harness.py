@@ -202,7 +202,7 @@ def test_hard_system_reuses_compressions_across_runs(tiny_dir):
     compressor.compress_batch = lambda prompts, **kw: calls.append(len(prompts)) or original(prompts, **kw)
     system = HardCompressorSystem(compressor, None)
     first = system.run(EXAMPLES, 0.5)
-    system.reader = ScriptedReader({"Paris": "Paris"})
+    system.reader = ScriptedReader({"capital of France?": "Paris"})
     second = system.run(EXAMPLES[:1], 0.5)
     assert calls == [2] and second[0].prompt == first[0].prompt and second[0].answer == "Paris"
     assert first[0].answer is None  # the earlier outputs are not changed by the later reading
