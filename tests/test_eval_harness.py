@@ -27,6 +27,17 @@ EXAMPLES = [
     QAExample("b", "What is the capital of Germany?", ["Berlin"], DOCS, 1),
 ]
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread; on a loaded machine more threads spin-wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 
 class ScriptedReader:
     """Answers from a table, so the harness arithmetic can be checked exactly."""
@@ -180,3 +191,18 @@ def test_cli_eval_writes_outputs(capsys, tmp_path, tiny_dir):
     result = json.loads((tmp_path / "out" / "eval.json").read_text())
     assert {r["system"] for r in result["results"]} == {"truncate", "random"}  # the random floor is added
     assert all(r["em"] is None for r in result["results"]) and (tmp_path / "out" / "eval.png").exists()
+
+
+def test_hard_system_reuses_compressions_across_runs(tiny_dir):
+    from mmcompress.factory import create_compressor
+
+    compressor = create_compressor("random", model=str(tiny_dir))
+    calls = []
+    original = compressor.compress_batch
+    compressor.compress_batch = lambda prompts, **kw: calls.append(len(prompts)) or original(prompts, **kw)
+    system = HardCompressorSystem(compressor, None)
+    first = system.run(EXAMPLES, 0.5)
+    system.reader = ScriptedReader({"capital of France?": "Paris"})
+    second = system.run(EXAMPLES[:1], 0.5)
+    assert calls == [2] and second[0].prompt == first[0].prompt and second[0].answer == "Paris"
+    assert first[0].answer is None  # the earlier outputs are not changed by the later reading

@@ -16,6 +16,7 @@ precomputed outputs of another tool (:class:`PrecomputedSystem`). Register a bui
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -138,15 +139,17 @@ class HardCompressorSystem:
                  instruction: str | None = DEFAULT_INSTRUCTION):
         self.compressor, self.reader, self.instruction = compressor, reader, instruction
         self.name = name or compressor.name
+        self._done: dict[tuple[str, float, str | None], SystemOutput] = {}  # compressions reused across runs
 
     def run(self, examples: Sequence[QAExample], rate: float) -> list[SystemOutput]:
-        prompts = [ex.prompt(self.instruction) for ex in examples]
-        results = self.compressor.compress_batch(prompts, rate=rate)
-        outputs = [
-            SystemOutput(id=ex.id, origin_tokens=r.origin_tokens, compressed_tokens=r.compressed_tokens,
-                         seconds=float(r.timings.get("total", 0.0)), context=context_text(r.prompt), prompt=r.text)
-            for ex, r in zip(examples, results)
-        ]
+        todo = [ex for ex in examples if (ex.id, rate, self.instruction) not in self._done]
+        if todo:
+            results = self.compressor.compress_batch([ex.prompt(self.instruction) for ex in todo], rate=rate)
+            for ex, r in zip(todo, results):
+                self._done[ex.id, rate, self.instruction] = SystemOutput(
+                    id=ex.id, origin_tokens=r.origin_tokens, compressed_tokens=r.compressed_tokens,
+                    seconds=float(r.timings.get("total", 0.0)), context=context_text(r.prompt), prompt=r.text)
+        outputs = [dataclasses.replace(self._done[ex.id, rate, self.instruction]) for ex in examples]
         answer_all(self.reader, outputs)
         return outputs
 

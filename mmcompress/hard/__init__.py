@@ -1,4 +1,5 @@
 """Hard methods: drop or rewrite tokens and return shorter text. One method per file."""
+from . import llmlingua2_train  # noqa: F401  registers the "llmlingua2" training task
 from .llmlingua import LLMLingua, LLMLinguaConfig
 from .llmlingua2 import LLMLingua2, LLMLingua2Config
 from .longllmlingua import LongLLMLingua, LongLLMLinguaConfig, recover
@@ -13,11 +14,11 @@ __all__ = [
     "LLMLinguaConfig",
     "LongLLMLingua",
     "LongLLMLinguaConfig",
-    "recover",
     "RandomConfig",
     "RandomDrop",
     "SelectiveContext",
     "SelectiveContextConfig",
     "Truncate",
     "TruncateConfig",
+    "recover",
 ]

@@ -214,24 +214,26 @@ class LLMLingua2(HardCompressor):
         return out
 
     def _select_within_budget(self, request: Request, found: dict, max_rounds: int = 4) -> list:
-        """Select, then re-count the rebuilt global-rate text in the counting tokenizer: words glued together after a
-        drop can tokenize into more tokens than they cost apart, so the pooled budget shrinks by any excess and the
-        selection is redone (a few rounds at most)."""
-        pooled = [k for k in found if request.text_segments[k].policy is Policy.GLOBAL]
-        target = request.plan.pooled_target
+        """Select, then count the rebuilt prompt in the counting tokenizer: words glued together after a drop (and
+        the separators between segments) can take more tokens than the words cost apart, so the pooled budget
+        shrinks by any excess over the plan and the selection is redone (a few rounds at most)."""
+        if not any(request.text_segments[k].policy is Policy.GLOBAL for k in found):
+            return self._select(request, found)
         plan = request.plan
         masks = self._select(request, found)
         for _ in range(max_rounds):
-            if not pooled:
-                break
-            texts = [found[k][0].rebuild(masks[k]) for k in pooled]
-            used = sum(self.count_tokens([t for t in texts if t]))
-            excess = used - target
-            if excess <= 0:
+            excess = self._count_rebuilt(request, found, masks) - request.plan.target_tokens
+            if excess <= 0 or plan.pooled_target == 0:
                 break
             plan = dataclasses.replace(plan, pooled_target=max(0, plan.pooled_target - excess))
             masks = self._select(dataclasses.replace(request, plan=plan), found)
         return masks
+
+    def _count_rebuilt(self, request: Request, found: dict, masks: list) -> int:
+        by_index = {request.text_indices[k]: found[k][0].rebuild(masks[k]) for k in found}
+        segments = [seg.replace(text=by_index[i]) if i in by_index else seg for i, seg in enumerate(request.prompt.segments)]
+        segments = [seg for seg in segments if not hasattr(seg, "text") or seg.text.strip()]
+        return self.count_tokens([request.prompt.replace_segments(segments).text])[0]
 
     def _select(self, request: Request, found: dict[int, tuple[Units, np.ndarray, np.ndarray]]) -> list:
         cfg = self.config
