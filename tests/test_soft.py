@@ -7,6 +7,7 @@ import torch
 
 from mmcompress import create_compressor
 from mmcompress.errors import ConfigError, InvalidPromptError
+from mmcompress.prompt import Prompt, TextSegment
 from mmcompress.results import SoftPrompt, SoftSegment
 from mmcompress.soft.encoder import TASK_IDS, make_chunks, split_into_chunks
 from mmcompress.soft.icae import Icae
@@ -336,3 +337,60 @@ def test_train_recipe_runs_resumes_and_loads(task, tiny_dir, tmp_path):
     assert any("eval/token_accuracy" in r for r in log)
     loaded = create_compressor(tmp_path / "run" / "final")
     assert loaded.name == task and len(loaded.generate(loaded.compress(DOC), "Who?")) == 1
+
+
+def test_cli_compress_answers_from_a_saved_compressor(tiny_dir, tmp_path, capsys):
+    import json
+
+    from mmcompress.cli import main
+
+    build(Icae, tiny_dir).save_pretrained(tmp_path / "icae")
+    assert main(["compress", "--method", str(tmp_path / "icae"), DOC, "--question", "Who won?", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "icae" and isinstance(out["answer"], str)
+    assert [p["kind"] for p in out["prompts"][0]["pieces"]] == ["embeddings", "text"]
+    assert out["prompts"][0]["pieces"][1]["text"] == "Who won?"
+    assert main(["compress", "--method", str(tmp_path / "icae"), DOC]) == 0
+    assert "reconstruction above" in capsys.readouterr().out
+    assert main(["compress", "--method", str(tmp_path / "icae"), DOC, "--rate", "0.5"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+def test_hard_then_soft_pipeline_reports_total_ratio_and_stages(tiny_dir):
+    from mmcompress import Pipeline
+
+    soft_stage = build(Icae, tiny_dir)
+    pipe = Pipeline([{"compressor": "truncate", "model": str(tiny_dir), "rate": 0.5}, soft_stage])
+    docs = [DOC + " " + DOC2, "The quick brown fox jumps over the lazy dog. " * 3]
+    result = pipe.compress(docs, question="Who won?")
+    stages = result.extras["stages"]
+    assert [s["method"] for s in stages] == ["truncate", "icae"]
+    tok = soft_stage.tokenizer
+    original = Prompt.from_documents(docs, question="Who won?").text
+    assert result.origin_tokens == [len(tok(original, add_special_tokens=False)["input_ids"])]
+    assert result.ratio == pytest.approx(result.origin_total / result.compressed_total)
+    # the total is the product of the stages' ratios (same tokenizer throughout here)
+    assert result.ratio == pytest.approx(stages[0]["ratio"] * stages[1]["ratio"], rel=0.05)
+    assert result.ratio > soft_stage.compress(docs, question="Who won?").ratio * 1.3
+    assert result.items[0][-1].text == "Who won?"  # the question survives both stages verbatim
+    assert len(pipe.generate(result)) == 1
+    from mmcompress.evaluation.reconstruction import evaluate_reconstruction
+
+    report = evaluate_reconstruction(pipe, [DOC, DOC2], max_new_tokens=4)
+    assert report.texts == 2 and 0.0 <= report.bleu4 <= 1.0 and report.ratio > 1
+
+
+def test_pipeline_routes_a_role_to_its_own_method(tiny_dir):
+    from mmcompress import Pipeline
+
+    instruction = "Answer the question using the documents. Be brief and cite the document you used for it."
+    pipe = Pipeline([build(KvCompressor, tiny_dir)],
+                    routes={"instruction": {"compressor": "truncate", "model": str(tiny_dir), "rate": 0.5}})
+    result = pipe.compress([DOC], instruction=instruction, question="Who?")
+    first = result.items[0][0]
+    assert isinstance(first, TextSegment) and instruction.startswith(first.text) and len(first.text) < len(instruction)
+    assert [s["kind"] for s in result.extras["stages"]] == ["route:instruction", "stage"]
+    assert isinstance(result.items[0][1], SoftSegment) and result.items[0][1].kind == "kv"
+    assert len(pipe.generate(result)) == 1
+    with pytest.raises(ConfigError, match="only the last"):
+        Pipeline([build(Icae, tiny_dir), {"compressor": "truncate", "model": str(tiny_dir)}])
