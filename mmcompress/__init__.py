@@ -25,10 +25,13 @@ from .results import CompressedPrompt, SegmentSelection
 from . import soft  # noqa: E402,F401  registers the soft methods
 from .results import SoftPrompt, SoftSegment  # noqa: E402
 from .soft import SoftCompressor, SoftConfig  # noqa: E402
+from .pipeline import Pipeline, PipelineConfig  # noqa: E402  hard-then-soft and per-segment composition
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Pipeline",
+    "PipelineConfig",
     "SoftCompressor",
     "SoftConfig",
     "SoftPrompt",
