@@ -117,6 +117,8 @@ class VisualReduction(Compressor):
     needs_attention: ClassVar[bool] = False  # does reduce() read the CLS attention / keys?
 
     def __init__(self, config: ReductionConfig | None = None, *, encoder: Any = None, **overrides: Any):
+        if isinstance(encoder, str):  # a spec is a config field; an encoder object is used as is
+            overrides["encoder"], encoder = encoder, None
         super().__init__(config, **overrides)
         self._encoder = encoder
 
