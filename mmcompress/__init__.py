@@ -26,9 +26,16 @@ from . import soft  # noqa: E402,F401  registers the soft methods
 from .results import SoftPrompt, SoftSegment  # noqa: E402
 from .soft import SoftCompressor, SoftConfig  # noqa: E402
 
+# GIST, AutoCompressor and attention-side baselines (KV-cache presses)
+from . import kvcache  # noqa: E402,F401
+from .kvcache import KVPress, create_press, list_presses  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "KVPress",
+    "create_press",
+    "list_presses",
     "SoftCompressor",
     "SoftConfig",
     "SoftPrompt",

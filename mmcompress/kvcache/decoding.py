@@ -12,7 +12,13 @@ from typing import Any
 
 import torch
 
-from ..models.compat import cache_kwargs, new_cache, output_cache
+from ..models.compat import cache_kwargs as _cache_kwargs
+from ..models.compat import new_cache, output_cache
+
+
+def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:
+    """The cache keyword of ``model`` (looking through a peft wrapper, whose forward takes ``**kwargs``)."""
+    return _cache_kwargs(model.get_base_model() if hasattr(model, "get_base_model") else model, cache)
 
 
 @dataclass
