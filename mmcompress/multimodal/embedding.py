@@ -32,14 +32,17 @@ PAD = -2  # image_index / segment_index of padding
 
 @runtime_checkable
 class ImageEmbedder(Protocol):
-    """Image encoder + adapter: a list of images (PIL, arrays, tensors or paths) -> ``[n_images, K_img, D_llm]``.
+    """Image encoder + adapter: ``preprocess(images) -> pixels`` (CPU, in a collate function), then
+    ``embedder(pixels) -> [n_images, K_img, D_llm]`` (on the model's device, differentiable in the adapter).
 
     ``tokens_per_image`` is K_img, the number of LLM positions one image takes.
     """
 
     tokens_per_image: int
 
-    def __call__(self, images: Sequence[Any]) -> torch.Tensor: ...
+    def preprocess(self, images: Sequence[Any]) -> torch.Tensor: ...
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
 
 
 @dataclass
@@ -175,6 +178,27 @@ class InterleavedEmbedder:
             out.append(list(self.tokenizer(t, add_special_tokens=False)["input_ids"]) if t else [])
         return out
 
+    def plan(self, segments: Sequence[Segment] | Prompt, *, first_image: int = 0, leading_separator: bool = False,
+             separator: str | None = None, tokens_per_image: int | None = None) -> SequencePlan:
+        """Where every position comes from, before anything is embedded (what collate functions build)."""
+        if isinstance(segments, Prompt):
+            separator = segments.separator if separator is None else separator
+            segments = segments.segments
+        segments = list(segments)
+        k = tokens_per_image if tokens_per_image is not None else getattr(self.image_embedder, "tokens_per_image", None)
+        ids_per_segment = self.tokenize(segments, leading_separator=leading_separator, separator=separator)
+        plan = SequencePlan()
+        image = first_image
+        for s, (seg, seg_ids) in enumerate(zip(segments, ids_per_segment)):
+            plan.extend(seg_ids, TEXT, s)  # the segment's text, or the separator in front of an image
+            if isinstance(seg, ImageSegment):
+                if k is None:
+                    raise InvalidPromptError("this prompt has images but the embedder has no image embedder (adapter)")
+                plan.extend([-1] * k, image, s)
+                plan.images.append(seg.image)
+                image += 1
+        return plan
+
     def embed(self, segments: Sequence[Segment] | Prompt, *, image_features: torch.Tensor | None = None,
               first_image: int = 0, leading_separator: bool = False, separator: str | None = None) -> InterleavedSequence:
         """Embed ``segments`` in order.
@@ -191,34 +215,66 @@ class InterleavedEmbedder:
         if image_features is None and n_images:
             if self.image_embedder is None:
                 raise InvalidPromptError("this prompt has images but the embedder has no image embedder (adapter)")
-            image_features = self.image_embedder([s.image for s in segments if isinstance(s, ImageSegment)])
+            images = [s.image for s in segments if isinstance(s, ImageSegment)]
+            image_features = self.image_embedder(self.image_embedder.preprocess(images).to(self.device))
         if image_features is not None and image_features.shape[0] != n_images:
             raise InvalidPromptError(f"got features for {image_features.shape[0]} images but the segments hold {n_images}")
-        ids_per_segment = self.tokenize(segments, leading_separator=leading_separator, separator=separator)
-        flat_ids = [i for ids in ids_per_segment for i in ids]
-        dev = self.device
-        text_embeds = self.token_embedding(torch.tensor(flat_ids, dtype=torch.long, device=dev)) if flat_ids else None
-        pieces, ids, images, segs = [], [], [], []
-        cursor, image = 0, 0
-        for s, (seg, seg_ids) in enumerate(zip(segments, ids_per_segment)):
-            if seg_ids:  # the segment's text, or the separator in front of an image
-                pieces.append(text_embeds[cursor : cursor + len(seg_ids)])
-                ids.append(torch.tensor(seg_ids, dtype=torch.long))
-                images.append(torch.full((len(seg_ids),), TEXT, dtype=torch.long))
-                segs.append(torch.full((len(seg_ids),), s, dtype=torch.long))
-                cursor += len(seg_ids)
-            if isinstance(seg, ImageSegment):
-                feats = image_features[image].to(dev)
-                k = feats.shape[0]
-                pieces.append(feats.to(text_embeds.dtype if text_embeds is not None else feats.dtype))
-                ids.append(torch.full((k,), -1, dtype=torch.long))
-                images.append(torch.full((k,), first_image + image, dtype=torch.long))
-                segs.append(torch.full((k,), s, dtype=torch.long))
-                image += 1
-        if not pieces:
+        k = int(image_features.shape[1]) if image_features is not None else 0
+        plan = self.plan(segments, first_image=first_image, leading_separator=leading_separator, separator=separator,
+                         tokens_per_image=k)
+        if not plan.input_ids:
             raise InvalidPromptError("nothing to embed: the segments are empty")
-        return InterleavedSequence(torch.cat(pieces), torch.cat(ids).to(dev), torch.cat(images).to(dev),
-                                   torch.cat(segs).to(dev))
+        dev = self.device
+        ids = torch.tensor(plan.input_ids, dtype=torch.long, device=dev)
+        image_index = torch.tensor(plan.image_index, dtype=torch.long, device=dev)
+        embeds = self.token_embedding(ids.clamp(min=0))
+        if n_images:
+            flat = image_features.reshape(-1, image_features.shape[-1]).to(dev, embeds.dtype)
+            embeds = scatter_image_tokens(embeds, image_index - first_image, flat, k)
+        return InterleavedSequence(embeds, ids, image_index, torch.tensor(plan.segment_index, dtype=torch.long, device=dev))
+
+
+@dataclass
+class SequencePlan:
+    """Token ids (``-1`` at image positions), image number and segment number of every position; the images."""
+
+    input_ids: list[int] = field(default_factory=list)
+    image_index: list[int] = field(default_factory=list)
+    segment_index: list[int] = field(default_factory=list)
+    images: list[Any] = field(default_factory=list)
+
+    def extend(self, ids: Sequence[int], image: int, segment: int) -> None:
+        self.input_ids.extend(ids)
+        self.image_index.extend([image] * len(ids))
+        self.segment_index.extend([segment] * len(ids))
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def scatter_image_tokens(embeds: torch.Tensor, image_index: torch.Tensor, features: torch.Tensor,
+                         tokens_per_image: int) -> torch.Tensor:
+    """Put image features into the image positions of ``embeds`` (any leading shape, ``[..., T, D]``).
+
+    ``image_index`` (``[..., T]``) numbers the image of each position (``< 0`` for text and padding) in the order of
+    ``features`` ``[n_images * K, D]``; within an image, its positions take its K feature rows in order. Differentiable
+    in ``features`` (gradients reach the adapter).
+    """
+    is_image = image_index >= 0
+    # rank of each image position within its image block: positions of one image are contiguous
+    flat_index = image_index.reshape(-1)
+    flat_is = is_image.reshape(-1)
+    rank = torch.zeros_like(flat_index)
+    where = torch.nonzero(flat_is).flatten()
+    if where.numel():
+        first = torch.ones_like(where, dtype=torch.bool)
+        first[1:] = (flat_index[where[1:]] != flat_index[where[:-1]]) | (where[1:] != where[:-1] + 1)
+        block_start = torch.cummax(torch.where(first, torch.arange(len(where), device=where.device),
+                                               torch.zeros_like(where)), 0).values
+        rank[where] = torch.arange(len(where), device=where.device) - block_start
+    row = (flat_index.clamp(min=0) * tokens_per_image + rank).reshape(image_index.shape)
+    gathered = features[row.clamp(max=max(features.shape[0] - 1, 0))] if features.shape[0] else torch.zeros_like(embeds)
+    return torch.where(is_image[..., None], gathered.to(embeds.dtype), embeds)
 
 
 # ------------------------------------------------------------------------------------------------ segment policies
