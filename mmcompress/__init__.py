@@ -21,9 +21,18 @@ from .prompt import ImageSegment, Policy, Prompt, Role, TextSegment
 from .registry import Registry, get_compressor_class, list_compressors, register_compressor
 from .results import CompressedPrompt, SegmentSelection
 
+# soft compression (icae, kv, and the SoftCompressor base others build on)
+from . import soft  # noqa: E402,F401  registers the soft methods
+from .results import SoftPrompt, SoftSegment  # noqa: E402
+from .soft import SoftCompressor, SoftConfig  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "SoftCompressor",
+    "SoftConfig",
+    "SoftPrompt",
+    "SoftSegment",
     "BudgetError",
     "BudgetPlan",
     "CompressedPrompt",
