@@ -28,15 +28,16 @@ class GridMeanEmbedder(torch.nn.Module):
         self.tokens_per_image = grid * grid
         self.proj = torch.nn.Linear(3, dim)
 
-    def forward(self, images):
+    def preprocess(self, images):
         from mmcompress.image_io import to_pil_rgb
 
-        feats = []
-        for im in images:
-            x = torch.from_numpy(np.asarray(to_pil_rgb(im).resize((8, 8)), dtype=np.float32) / 255.0)
-            cells = x.reshape(self.grid, 8 // self.grid, self.grid, 8 // self.grid, 3).mean((1, 3)).reshape(-1, 3)
-            feats.append(self.proj(cells))
-        return torch.stack(feats)
+        return torch.stack([torch.from_numpy(np.asarray(to_pil_rgb(im).resize((8, 8)), dtype=np.float32) / 255.0)
+                            for im in images])
+
+    def forward(self, pixels):
+        g = self.grid
+        cells = pixels.reshape(-1, g, 8 // g, g, 8 // g, 3).mean((2, 4)).reshape(len(pixels), g * g, 3)
+        return self.proj(cells)
 
 
 def _solid(rgb):
@@ -68,7 +69,7 @@ def test_images_land_at_their_markers(embedder, tiny_lm):
     assert tok.decode(seq.input_ids[int(pos0[-1]) + 1 : int(pos1[0])].tolist()) == " Photo B: "
     assert tok.decode(seq.input_ids[int(pos1[-1]) + 1 :].tolist()) == " Which one is red?"
     # the image positions hold the embedder's output for that image, text positions the token embeddings
-    feats = embedder.image_embedder([red, blue])
+    feats = embedder.image_embedder(embedder.image_embedder.preprocess([red, blue]))
     assert torch.allclose(seq.embeds[pos0], feats[0]) and torch.allclose(seq.embeds[pos1], feats[1])
     text = seq.image_index == TEXT
     assert torch.allclose(seq.embeds[text], embedder.token_embedding(seq.input_ids[text]))

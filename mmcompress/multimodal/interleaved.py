@@ -23,7 +23,6 @@ tower and projector embed the images and whose language model is the encoder (Lo
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..compressor import Timings
 from ..errors import ConfigError, InvalidPromptError
-from ..prompt import ImageSegment, Prompt, TextSegment
+from ..prompt import Prompt, TextSegment
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
 from ..soft.base import SoftCompressor, _reject_budget, right_pad
@@ -43,9 +42,10 @@ from ..soft.icae import IcaeModel
 from ..soft.kv import KvCompressor, KvModel, spans_kv
 from ..soft.losses import IGNORE, sliced_lm_loss
 from .chunking import pack_blocks
-from .embedding import TEXT, InterleavedEmbedder, Layout, SequencePlan, scatter_image_tokens, split_layout
+from .embedding import InterleavedEmbedder, Layout, SequencePlan, scatter_image_tokens, split_layout
 from .vision_path import LlavaPath, build_encoder_adapter, is_llava
 
+IMAGE_PATH_FILE = "image_path.safetensors"
 STYLES = ("icae", "kv")
 MODES = ("soft", "full")
 LLAVA_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -71,7 +71,7 @@ class InterleavedConfig(EncoderConfig):
     mode: str = "soft"
     vision_encoder: str = "open_clip:mmc-vit-tiny-p8-64"
     adapter: str = "perceiver"
-    image_tokens: int = 16
+    image_tokens: int | None = 16
     adapter_kwargs: dict[str, Any] = field(default_factory=dict)
     train_vision_encoder: bool = False
     reduce_image_tokens: int | None = None
@@ -86,7 +86,7 @@ class InterleavedConfig(EncoderConfig):
             raise ConfigError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if int(self.image_tokens) < 1:
+        if self.image_tokens is not None and int(self.image_tokens) < 1:
             raise ConfigError(f"image_tokens must be >= 1, got {self.image_tokens}")
         if self.reduce_image_tokens is not None and int(self.reduce_image_tokens) < 1:
             raise ConfigError(f"reduce_image_tokens must be >= 1 (or null), got {self.reduce_image_tokens}")
@@ -288,7 +288,7 @@ class InterleavedCompressor(SoftCompressor):
         path = self._image_path_override
         if path is None and not llava:
             hidden = llm.get_input_embeddings().weight.shape[1]
-            path = build_encoder_adapter(cfg.vision_encoder, cfg.adapter, hidden, int(cfg.image_tokens),
+            path = build_encoder_adapter(cfg.vision_encoder, cfg.adapter, hidden, cfg.image_tokens,
                                          cfg.adapter_kwargs, train_encoder=cfg.train_vision_encoder,
                                          reduce_to=cfg.reduce_image_tokens)
         model_cls = InterleavedFullModel if cfg.mode == "full" else InterleavedSlotModel
@@ -449,6 +449,34 @@ class InterleavedCompressor(SoftCompressor):
             out += [t.strip() for t in self.generate(soft, **generate_kwargs)]
         return out
 
+    # ------------------------------------------------------------------------------------------- save / load
+    def save_pretrained(self, path):
+        """Trained tensors (adapter, LoRA, slots, markers) plus the image path's frozen encoder: a randomly initialised
+        tower cannot be rebuilt from its name, so it travels with the compressor (``image_path.safetensors``)."""
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        path = Path(super().save_pretrained(path))
+        own = getattr(self.module, "image_path", None)
+        if own is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in own.state_dict().items()},
+                      str(path / IMAGE_PATH_FILE))
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path, **overrides):
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        compressor = super().from_pretrained(path, **overrides)
+        file = Path(path) / IMAGE_PATH_FILE
+        own = getattr(compressor.module, "image_path", None)
+        if own is not None and file.is_file():
+            own.load_state_dict(load_file(str(file)))
+        return compressor
+
     def load_trainable(self, weights: dict[str, Any], source: str = "weights") -> None:
         module = self.module
         expected = {n for n, p in module.named_parameters() if p.requires_grad}
@@ -478,5 +506,3 @@ def rendered_text(prompt: Prompt, image_token: str = "<image>") -> str:
     return "".join(parts)
 
 
-__all__ = ["InterleavedCompressor", "InterleavedConfig", "EncodedItem", "collate_items", "rendered_text",
-           "ImageSegment", "TEXT", "time"]

@@ -25,15 +25,10 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def pool_image_tokens(features: torch.Tensor, tokens: int) -> torch.Tensor:
-    """``[n, K, D] -> [n, tokens, D]`` by adaptive average pooling over the token axis (2D when both are squares)."""
-    n, k, d = features.shape
-    if tokens >= k:
-        return features
-    side, new_side = int(round(k ** 0.5)), int(round(tokens ** 0.5))
-    if side * side == k and new_side * new_side == tokens:
-        grid = features.transpose(1, 2).reshape(n, d, side, side)
-        return nn.functional.adaptive_avg_pool2d(grid, new_side).reshape(n, d, tokens).transpose(1, 2)
-    return nn.functional.adaptive_avg_pool1d(features.transpose(1, 2), tokens).transpose(1, 2)
+    """``[n, K, D] -> [n, tokens, D]`` by average pooling (on the 2-D grid when both counts are squares, as M3 does)."""
+    from ..vision.adapters.pool import pool_tokens
+
+    return features if tokens >= features.shape[1] else pool_tokens(features, int(tokens))
 
 
 class EncoderAdapterPath(nn.Module):
