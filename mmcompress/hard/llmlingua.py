@@ -375,6 +375,7 @@ class LLMLingua(HardCompressor):
             result = runner.run(job.ids, job.start, window_plan_, compare=cfg.condition_compare, force=force,
                                 split_id=split_id, split_flags=flags, initial=initial.get(id(job)))
             job.request.extras["forward_tokens"] = result.forward_tokens
+            job.request.extras["max_cache"] = result.max_cache
             out.append(result.kept)
         return out
 
