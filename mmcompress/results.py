@@ -138,3 +138,179 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (np.integer, np.floating)):
         return value.item()
     return value
+
+
+# ------------------------------------------------------------------------------------------------ soft results
+@dataclass
+class SoftSegment:
+    """One span of a prompt compressed into ``K`` soft tokens.
+
+    Exactly one of the two forms is set, depending on how the method feeds its decoder:
+
+    - ``embeddings`` ``[K, D]``: soft tokens in the decoder's input-embedding space (icae, xrag, gist...), placed in
+      the decoder's ``inputs_embeds``;
+    - ``kv``: per-layer ``(keys, values)``, each ``[H_kv, K, d_head]`` (kv / 500xCompressor), handed to the decoder
+      as its cache. Keys are stored rotated as if the span sat at positions ``0..K-1``; the decoder-side code
+      re-rotates them to where the span lands in the prompt.
+
+    ``origin_tokens`` counts the text the span replaces (in the compressor's tokenizer); ``chunks`` says how many
+    encoder chunks of at most ``chunk_tokens`` it was split into (multi-span).
+    """
+
+    embeddings: Any = None
+    kv: tuple[tuple[Any, Any], ...] | None = None
+    origin_tokens: int = 0
+    chunks: int = 1
+    role: str = "context"
+    text: str | None = None  # the original text (kept for reconstruction metrics; None when not wanted)
+
+    def __post_init__(self) -> None:
+        if (self.embeddings is None) == (self.kv is None):
+            raise ValueError("a SoftSegment holds either embeddings [K, D] or per-layer kv, exactly one of them")
+
+    @property
+    def num_tokens(self) -> int:
+        """K: how many soft tokens (or cache positions) the span occupies in the decoder."""
+        return int(self.embeddings.shape[0]) if self.embeddings is not None else int(self.kv[0][0].shape[-2])
+
+    @property
+    def kind(self) -> str:
+        return "embeddings" if self.embeddings is not None else "kv"
+
+    def to(self, device: Any) -> SoftSegment:
+        import dataclasses as _dc
+
+        if self.embeddings is not None:
+            return _dc.replace(self, embeddings=self.embeddings.to(device))
+        return _dc.replace(self, kv=tuple((k.to(device), v.to(device)) for k, v in self.kv))
+
+
+Piece = Any  # a TextSegment kept verbatim, or a SoftSegment
+
+
+@dataclass
+class SoftPrompt:
+    """The result of a soft compressor: a batch of ``B`` prompts, each an ordered mix of text and soft pieces.
+
+    ``items[b]`` is the ordered list of pieces of prompt ``b``: :class:`~mmcompress.prompt.TextSegment` (kept as
+    text, e.g. an instruction or question) and :class:`SoftSegment` (compressed spans, e.g. documents). A prompt that
+    was a single text is one SoftSegment. ``origin_tokens[b]`` counts the whole original prompt, ``compressed_tokens[b]``
+    the decoder positions it now takes (soft tokens + kept text tokens), both in the compressor's tokenizer.
+
+    Convenience views: :attr:`embeddings` ``[B, K, D]`` (the soft tokens of each prompt concatenated, right-padded)
+    with :attr:`soft_mask` ``[B, K]``; ``soft_prompt[b]`` is a one-prompt SoftPrompt.
+    """
+
+    items: list[list[Piece]]
+    method: str
+    origin_tokens: list[int]
+    compressed_tokens: list[int]
+    timings: dict[str, float] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> SoftPrompt:
+        if isinstance(index, slice):
+            return SoftPrompt(self.items[index], self.method, self.origin_tokens[index], self.compressed_tokens[index],
+                              dict(self.timings), dict(self.extras))
+        index = range(len(self.items))[index]
+        return SoftPrompt([self.items[index]], self.method, [self.origin_tokens[index]],
+                          [self.compressed_tokens[index]], dict(self.timings), dict(self.extras))
+
+    @classmethod
+    def concat(cls, prompts: list[SoftPrompt]) -> SoftPrompt:
+        """Join several SoftPrompts of one method into one batch."""
+        if not prompts:
+            raise ValueError("nothing to concatenate")
+        out = cls([], prompts[0].method, [], [], {}, {})
+        for p in prompts:
+            if p.method != out.method:
+                raise ValueError(f"cannot batch soft prompts of {p.method!r} with {out.method!r}")
+            out.items += p.items
+            out.origin_tokens += p.origin_tokens
+            out.compressed_tokens += p.compressed_tokens
+            for k, v in p.timings.items():
+                out.timings[k] = out.timings.get(k, 0.0) + v
+        return out
+
+    def soft_segments(self, index: int = 0) -> list[SoftSegment]:
+        return [p for p in self.items[index] if isinstance(p, SoftSegment)]
+
+    @property
+    def soft_tokens(self) -> list[int]:
+        """Soft tokens per prompt (all its compressed spans together)."""
+        return [sum(s.num_tokens for s in item if isinstance(s, SoftSegment)) for item in self.items]
+
+    @property
+    def embeddings(self):
+        """``[B, K_max, D]``: each prompt's soft embeddings concatenated in order, right-padded with zeros."""
+        import torch
+
+        per_item = [[s.embeddings for s in item if isinstance(s, SoftSegment)] for item in self.items]
+        if any(s.kv is not None for item in self.items for s in item if isinstance(s, SoftSegment)):
+            raise AttributeError(f"{self.method} soft prompts are per-layer keys/values; use .items[b][i].kv")
+        flat = [torch.cat(x, 0) if x else None for x in per_item]
+        ref = next(x for x in flat if x is not None)
+        width = max(0 if x is None else x.shape[0] for x in flat)
+        out = ref.new_zeros(len(flat), width, ref.shape[-1])
+        for b, x in enumerate(flat):
+            if x is not None:
+                out[b, : x.shape[0]] = x
+        return out
+
+    @property
+    def soft_mask(self):
+        """``[B, K_max]`` bool: which rows of :attr:`embeddings` are real soft tokens."""
+        import torch
+
+        counts = self.soft_tokens
+        return torch.arange(max(counts) if counts else 0)[None, :] < torch.tensor(counts)[:, None]
+
+    @property
+    def origin_total(self) -> int:
+        return int(sum(self.origin_tokens))
+
+    @property
+    def compressed_total(self) -> int:
+        return int(sum(self.compressed_tokens))
+
+    @property
+    def rate(self) -> float:
+        return self.compressed_total / self.origin_total if self.origin_total else 1.0
+
+    @property
+    def ratio(self) -> float:
+        return self.origin_total / self.compressed_total if self.compressed_total else float("inf")
+
+    def to(self, device: Any) -> SoftPrompt:
+        items = [[p.to(device) if isinstance(p, SoftSegment) else p for p in item] for item in self.items]
+        return SoftPrompt(items, self.method, list(self.origin_tokens), list(self.compressed_tokens),
+                          dict(self.timings), dict(self.extras))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (tensors are described by shape, not dumped)."""
+        def piece(p):
+            if isinstance(p, SoftSegment):
+                return {"kind": p.kind, "soft_tokens": p.num_tokens, "origin_tokens": p.origin_tokens,
+                        "chunks": p.chunks, "role": p.role}
+            return {"kind": "text", "role": p.role.value, "text": p.text}
+
+        out = {
+            "method": self.method,
+            "origin_tokens": self.origin_total,
+            "compressed_tokens": self.compressed_total,
+            "rate": round(self.rate, 6),
+            "ratio": round(self.ratio, 6) if np.isfinite(self.ratio) else None,
+            "timings": {k: round(v, 6) for k, v in self.timings.items()},
+            "prompts": [{"origin_tokens": o, "compressed_tokens": c, "pieces": [piece(p) for p in item]}
+                        for item, o, c in zip(self.items, self.origin_tokens, self.compressed_tokens)],
+        }
+        if self.extras:
+            out["extras"] = _jsonable(self.extras)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"SoftPrompt(method={self.method!r}, batch={len(self)}, tokens={self.origin_total}->"
+                f"{self.compressed_total}, ratio={self.ratio:.2f}x)")
