@@ -1,0 +1,328 @@
+"""LLMLingua and LongLLMLingua: the mechanics on a tiny random Llama (window 128), then parity and a real-model tier."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmcompress import BudgetError, ConfigError, InvalidPromptError, Prompt, TextSegment, create_compressor
+from mmcompress.hard.longllmlingua import recover
+from mmcompress.scoring import CausalLMScorer
+from mmcompress.scoring.iterative import IterativeCompressor, rate_threshold, window_plan
+from mmcompress.scoring.ranking import rank_by_perplexity
+
+DOCS = [
+    "Paris is the capital and most populous city of France. The river flows to the sea. Berlin is the capital of "
+    "Germany. The quick brown fox jumps over the lazy dog.",
+    "Super Bowl 50 was an American football game to determine the champion of the National Football League for the "
+    "2015 season. The game was played on February 7, 2016.",
+    "Photosynthesis converts light energy into chemical energy that can later be released to fuel the organism.",
+    "Neural networks learn representations from data; transformers use attention over tokens. A journey of a "
+    "thousand miles begins with a single step.",
+]
+QUESTION = "What is the capital of France?"
+
+
+def make(name, tiny_lm, **kw):
+    model, tokenizer = tiny_lm
+    kw.setdefault("iterative_size", 24)
+    return create_compressor(name, model=model, tokenizer=tokenizer, **kw)
+
+
+def own_nll(model, ids):
+    """NLL of ids[1:] given everything before, by one plain forward pass."""
+    with torch.inference_mode():
+        logits = model(torch.as_tensor(ids)[None]).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(logits.float(), torch.as_tensor(ids[1:]), reduction="none").numpy()
+
+
+# ------------------------------------------------------------------------------------------------ shared pieces
+def test_window_plan_follows_the_reference_split():
+    plan = window_plan([30, 150, 40], [0.5, 0.6, 1.7], 100)
+    # the first window starts at offset 1 (99 tokens), a window spanning two pieces gets one sub-window per piece
+    assert plan == [[(30, 0.5), (69, 0.6)], [(81, 0.6), (19, 1.0)], [(21, 1.0)]]
+    long = window_plan([450], [0.3], 100)
+    assert [sum(d for d, _ in w) for w in long] == [99, 100, 100, 100, 51]
+
+
+def test_rate_threshold_keeps_about_the_rate():
+    values = np.random.default_rng(0).normal(size=1000).astype(np.float32)
+    for rate in (0.2, 0.5, 0.9):
+        assert abs((values > rate_threshold(values, rate)).mean() - rate) < 0.01
+    assert rate_threshold(values, 1.0) == float("-inf")
+    assert rate_threshold(np.array([np.nan, 1.0, 2.0], np.float32), 0.5) == 2.0  # NaN (unscored) is ignored
+
+
+def test_ranking_is_batched_and_question_aware(tiny_lm):
+    model, tokenizer = tiny_lm
+    scorer = CausalLMScorer(model, tokenizer)
+    plain = rank_by_perplexity(scorer, DOCS, condition="none")
+    # "none": each document's own mean NLL, highest first
+    for i, doc in enumerate(DOCS):
+        ids = tokenizer(doc)["input_ids"]
+        assert plain.scores[i] == pytest.approx(own_nll(model, ids).mean(), abs=1e-4)
+    assert list(plain.order) == list(np.argsort(-plain.scores, kind="stable"))
+    after = rank_by_perplexity(scorer, DOCS, QUESTION, condition="after")
+    # "after": the NLL of the question tokens given the document, lowest first
+    query = QUESTION + " We can get the answer to this question in the given documents."
+    ids = tokenizer(DOCS[2] + query)["input_ids"]
+    n_doc = len(tokenizer(DOCS[2])["input_ids"])
+    assert after.scores[2] == pytest.approx(own_nll(model, ids)[n_doc - 1 :].mean(), abs=1e-4)
+    assert list(after.order) == list(np.argsort(after.scores, kind="stable"))
+
+
+# ------------------------------------------------------------------------------------------------ ITPC
+def _ids(tokenizer, text):
+    return np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], np.int64)
+
+
+@pytest.mark.parametrize("first_pass", ["window", "full"])
+def test_window_scores_are_conditioned_on_kept_tokens(tiny_lm, first_pass):
+    model, tokenizer = tiny_lm
+    ids = _ids(tokenizer, " ".join(DOCS))
+    runner = IterativeCompressor(CausalLMScorer(model, tokenizer), iterative_size=24, first_pass=first_pass,
+                                 alignment="token")
+    result = runner.run(ids, 0, window_plan([len(ids) + 2], [0.5], 24))
+    kept = np.flatnonzero(result.kept)
+    assert 0.3 < result.kept.mean() < 0.9 and len(result.windows) >= 3
+    # a kept token of a finished window was re-scored given exactly the kept tokens before it
+    last_window_start = result.windows[-1][0]
+    check = [p for p in kept[1:] if p < last_window_start]
+    fresh = own_nll(model, ids[kept])
+    rank = {p: i for i, p in enumerate(kept)}
+    np.testing.assert_allclose([result.values[p] for p in check], [fresh[rank[p] - 1] for p in check], atol=2e-4)
+    # ... which differs from its score given the uncompressed prefix
+    full = own_nll(model, ids)
+    assert np.abs(np.array([result.values[p] - full[p - 1] for p in check])).max() > 1e-3
+    # KV reuse: each step feeds the previous (compressed) window and the new one, not the whole prefix
+    assert result.forward_tokens < 2 * len(ids)
+
+
+def test_reference_alignment_keeps_a_token_by_the_next_tokens_loss(tiny_lm):
+    model, tokenizer = tiny_lm
+    ids = _ids(tokenizer, DOCS[0] + " " + DOCS[1])
+    runner = IterativeCompressor(CausalLMScorer(model, tokenizer), iterative_size=24, first_pass="full")
+    result = runner.run(ids, 0, window_plan([len(ids) + 2], [0.5], 24))
+    lo, hi = result.windows[0]  # decided on the first pass alone: token p by the full-context loss of p + 1
+    full = own_nll(model, ids)  # full[p] is the loss of token p + 1
+    assert np.array_equal(result.kept[lo:hi], full[lo:hi] > result.thresholds[0])
+    assert not np.array_equal(result.kept[lo:hi], np.r_[np.nan, full][lo:hi] > result.thresholds[0])
+
+
+def test_contrastive_scores_compare_with_and_without_the_question(tiny_lm):
+    model, tokenizer = tiny_lm
+    prefix = _ids(tokenizer, QUESTION + "\n\n")
+    ctx = _ids(tokenizer, DOCS[0] + " " + DOCS[1])
+    ids = np.concatenate([prefix, ctx])
+    runner = IterativeCompressor(CausalLMScorer(model, tokenizer), iterative_size=24, alignment="token",
+                                 compress_tail=True)
+    result = runner.run(ids, len(prefix), window_plan([len(ctx) + 2], [0.5], 24), compare=True)
+    assert result.kept[: len(prefix)].all()  # the question prefix is never dropped
+    lo, hi = result.windows[-1]
+    hi = min(hi, len(ids) - 1)  # the very last token is always kept
+    diff = result.self_values[lo:hi] - result.values[lo:hi]
+    assert np.array_equal(result.kept[lo:hi], ~(diff <= result.thresholds[-1]))
+    # the self stream scores the kept context without the question; the main stream with it
+    kept = np.flatnonzero(result.kept)
+    ctx_kept = kept[kept >= len(prefix)]
+    finished = [p for p in ctx_kept[1:] if p < result.windows[-1][0]]
+    alone, rank_alone = own_nll(model, ids[ctx_kept]), {p: i for i, p in enumerate(ctx_kept)}
+    with_q, rank_q = own_nll(model, ids[kept]), {p: i for i, p in enumerate(kept)}
+    np.testing.assert_allclose([result.self_values[p] for p in finished],
+                               [alone[rank_alone[p] - 1] for p in finished], atol=2e-4)
+    np.testing.assert_allclose([result.values[p] for p in finished], [with_q[rank_q[p] - 1] for p in finished],
+                               atol=2e-4)
+
+
+def test_long_input_keeps_the_cache_within_the_window(tiny_lm):
+    model, tokenizer = tiny_lm
+    ids = _ids(tokenizer, " ".join(DOCS * 12))
+    assert len(ids) > 8 * 128
+    runner = IterativeCompressor(CausalLMScorer(model, tokenizer), iterative_size=24, compress_tail=True)
+    result = runner.run(ids, 0, window_plan([len(ids) + 2], [0.4], 24))
+    assert result.max_cache <= 128
+    assert 0.25 < result.kept.mean() < 0.6
+    assert result.kept[:10].any() and result.kept[-30:].any()  # evicted positions still reach the output
+
+
+# ------------------------------------------------------------------------------------------------ compressors
+def test_llmlingua_keeps_instruction_and_question_and_meets_the_rate(tiny_lm):
+    c = make("llmlingua", tiny_lm, compress_tail=True)
+    res = c.compress(DOCS, instruction="Answer briefly.", question=QUESTION, rate=0.5)
+    assert res.text.startswith("Answer briefly.\n\n") and res.text.endswith("\n\n" + QUESTION)
+    assert 0.3 < res.rate < 0.7
+    assert res.extras["ranking"]["kept_documents"]  # the budget controller ran
+    for rate in (0.3, 0.5):  # per-window thresholds meet the rate
+        ctx = make("llmlingua", tiny_lm, context_filter=False, compress_tail=True, threshold_scope="window")
+        assert abs(ctx.compress(DOCS, rate=rate).rate - rate) < 0.05
+
+
+def test_reference_mode_leaves_a_short_prompt_uncompressed(tiny_lm):
+    text = DOCS[2]
+    assert make("llmlingua", tiny_lm, iterative_size=60).compress(text, rate=0.5).text == text  # llmlingua #196
+    assert make("llmlingua", tiny_lm, iterative_size=60, compress_tail=True).compress(text, rate=0.5).rate < 0.8
+
+
+def test_keep_policies_are_honoured(tiny_lm):
+    prompt = Prompt((
+        TextSegment("Use the documents.", role="instruction"),
+        TextSegment(DOCS[0], role="context", keep=True),
+        TextSegment(DOCS[1], role="context", rate=0.8),
+        TextSegment(DOCS[3], role="context"),
+        TextSegment(QUESTION, role="question"),
+    ))
+    res = make("llmlingua", tiny_lm, compress_tail=True, context_filter=False).compress(prompt, rate=0.6)
+    texts = [s.text for s in res.prompt.segments]
+    assert texts[0] == "Use the documents." and texts[1] == DOCS[0] and texts[-1] == QUESTION
+    own, pooled = res.selections[2], res.selections[3]
+    assert own.kept.mean() > pooled.kept.mean()  # the own-rate segment keeps more than the pooled one
+    with pytest.raises(BudgetError):
+        make("llmlingua", tiny_lm).compress(prompt, rate=0.2)  # below what the kept segments take
+
+
+def test_keep_split_preserves_blank_lines_by_the_tokenizers_newline(tiny_lm):
+    model, tokenizer = tiny_lm
+    text = "\n\n".join(DOCS * 2)
+    c = make("llmlingua", tiny_lm, keep_split=True, compress_tail=True)
+    assert c.newline_id == tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    res = c.compress(text, rate=0.3)
+    assert res.rate < 0.6 and res.text.count("\n\n") == text.count("\n\n")
+
+
+def test_reordering(tiny_lm):
+    kw = dict(context_budget="*100", token_filter=False)  # keep every document whole: only the order changes
+    sort = make("longllmlingua", tiny_lm, reorder="sort", **kw).compress(DOCS, question=QUESTION)
+    order = sort.extras["ranking"]["order"]
+    docs = [s.text for s in sort.prompt.segments if s.role.value == "context"]
+    assert docs == [DOCS[i] for i in order]
+    two = make("longllmlingua", tiny_lm, reorder="two_stage", **kw).compress(DOCS, question=QUESTION)
+    docs = [s.text for s in two.prompt.segments if s.role.value == "context"]
+    assert docs == [DOCS[i] for i in order[0::2] + order[1::2][::-1]]  # the best at both ends
+    original = make("longllmlingua", tiny_lm, reorder="original", **kw).compress(DOCS, question=QUESTION)
+    assert [s.text for s in original.prompt.segments if s.role.value == "context"] == DOCS
+
+
+def test_dynamic_ratio_gives_better_documents_more_tokens(tiny_lm):
+    docs = [d + " " + d for d in DOCS]
+    kw = dict(context_budget="*100", compress_tail=True, alignment="token", reorder="original")
+    res = make("longllmlingua", tiny_lm, dynamic_ratio=0.4, **kw).compress(docs, question=QUESTION, rate=0.5)
+    order = res.extras["ranking"]["order"]
+    kept = {i: res.selections[i].kept.mean() for i in range(len(docs))}  # selections follow the input order
+    assert kept[order[0]] > kept[order[-1]] + 0.2
+    flat = make("longllmlingua", tiny_lm, dynamic_ratio=0.0, **kw).compress(docs, question=QUESTION, rate=0.5)
+    spread = [flat.selections[i].kept.mean() for i in range(len(docs))]
+    assert max(spread) - min(spread) < kept[order[0]] - kept[order[-1]]
+
+
+def test_forced_documents_survive_the_budget(tiny_lm):
+    kw = dict(context_budget="-1000", token_filter=False)  # the budget runs out at the first ranked document
+    res = make("longllmlingua", tiny_lm, **kw).compress(DOCS, question=QUESTION)
+    assert len(res.extras["ranking"]["kept_documents"]) == 1
+    forced = make("longllmlingua", tiny_lm, force_context_ids=[3], **kw).compress(DOCS, question=QUESTION)
+    assert 3 in forced.extras["ranking"]["kept_documents"] and DOCS[3] in forced.text
+
+
+def test_question_aware_token_scores_depend_on_the_question(tiny_lm):
+    c = make("longllmlingua", tiny_lm, context_filter=False, compress_tail=True)
+    a = c.compress(DOCS, question=QUESTION, rate=0.5).text
+    b = c.compress(DOCS, question="Which team won the Super Bowl game in 2016?", rate=0.5).text
+    assert a.split("\n\n")[:-1] != b.split("\n\n")[:-1]
+    with pytest.raises(InvalidPromptError, match="question"):
+        c.compress(DOCS, rate=0.5)
+
+
+def test_batch_matches_one_by_one(tiny_lm):
+    prompts = [Prompt.from_documents(DOCS[i:] + DOCS[:i], question=QUESTION) for i in range(3)]
+    for name, first_pass in (("llmlingua", "full"), ("longllmlingua", "window")):
+        c = make(name, tiny_lm, first_pass=first_pass, compress_tail=True)
+        batch = c.compress_batch(prompts, rate=0.5)
+        for p, b in zip(prompts, batch):
+            assert b.text == c.compress(p, rate=0.5).text
+
+
+def test_sentence_filter_keeps_whole_sentences(tiny_lm):
+    c = make("llmlingua", tiny_lm, sentence_filter=True, token_filter=False, context_filter=False,
+             keep_first_sentence=1)
+    res = c.compress(DOCS[:2], rate=0.4)
+    body = res.text
+    assert DOCS[0].split(". ")[0] in body  # the bonus keeps the first sentence
+    assert res.rate < 0.8
+
+
+def test_recover_maps_an_answer_back_to_the_original(tiny_lm):
+    _, tokenizer = tiny_lm
+    original = "The quick brown fox jumps over the lazy dog near the river."
+    compressed = "The quick fox over lazy dog river."
+    out = recover(original, compressed, "The quick fox over", tokenizer)
+    assert out == "The quick brown fox jumps over"  # the words compression cut come back
+    assert recover(original, compressed, "nothing here", tokenizer) == "nothing here"
+
+
+def test_bad_config_is_a_config_error(tiny_lm):
+    with pytest.raises(ConfigError, match="context_budget"):
+        make("llmlingua", tiny_lm, context_budget="lots")
+    with pytest.raises(ConfigError, match="reorder"):
+        make("longllmlingua", tiny_lm, reorder="random")
+    with pytest.raises(ConfigError, match="iterative_size"):
+        make("llmlingua", tiny_lm, iterative_size=100).compress(DOCS, rate=0.5)
+
+
+def test_yaml_configs_and_cli_run(tiny_dir, capsys, tmp_path):
+    from mmcompress.cli import main
+
+    for name in ("llmlingua", "longllmlingua"):
+        c = create_compressor(name, model=str(tiny_dir), iterative_size=24)  # the configs/ stem name
+        assert type(c).__name__.lower() == name
+    yaml_c = create_compressor("configs/hard/longllmlingua.yaml", model=str(tiny_dir), iterative_size=24)
+    assert yaml_c.config.condition_compare and yaml_c.config.reorder == "sort"
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps({"documents": DOCS, "question": QUESTION}) + "\n")
+    code = main(["compress", str(path), "--jsonl", "--method", "configs/hard/longllmlingua.yaml", "--model",
+                 str(tiny_dir), "--set", "iterative_size=24", "--rate", "0.5"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    row = json.loads(out.out.strip().splitlines()[-1])
+    assert row["compressed_prompt"].endswith(QUESTION) and row["compressed_tokens"] < row["origin_tokens"]
+    code = main(["compress", str(path), "--jsonl", "--method", "llmlingua", "--model", str(tiny_dir),
+                 "--set", "reorder=sideways"])
+    assert code == 2 and "reorder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ parity, real model
+@pytest.mark.slow
+def test_parity_with_the_published_package(smollm2):
+    """A few rows of the golden file (llmlingua 0.2.2 outputs with SmolLM2), with the reference first pass."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from conftest import SHARED, shared_file
+
+    golden_path = SHARED / "peer" / "golden_multidoc_dev.jsonl"
+    if not golden_path.exists():
+        pytest.skip(f"{golden_path} is absent")
+    data = shared_file("multidoc_qa_dev.jsonl")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import llmlingua_parity as parity
+
+    golden = {(r["id"], r["setting"]): r["compressed_prompt"] for r in map(json.loads, golden_path.open())}
+    first_id = next(iter(golden))[0]
+    rows = [r for r in map(json.loads, data.open()) if r["id"] == first_id]
+    settings = {k: parity.SETTINGS[k] for k in ("llmlingua", "llmlingua_tokens")}
+    ours = parity.ours_rows(rows, {first_id}, smollm2, "full", settings)
+    spec = importlib.util.spec_from_file_location("agreement", SHARED / "peer" / "agreement.py")
+    agreement = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agreement)
+    encode = lambda s: smollm2.tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    for r in ours:
+        assert agreement.agreement(golden[(r["id"], r["setting"])], r["compressed_prompt"], encode) >= 0.95
+
+
+@pytest.mark.slow
+def test_real_model_longllmlingua_short(smollm2):
+    c = create_compressor("longllmlingua", model=smollm2.model, tokenizer=smollm2.tokenizer)
+    res = c.compress(DOCS, question=QUESTION, rate=0.5)
+    assert res.text.endswith(QUESTION) and res.rate < 0.8
+    assert "Paris" in res.text  # the document that answers the question survives the question-aware ranking
