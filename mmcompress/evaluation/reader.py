@@ -56,10 +56,13 @@ class Reader:
 
             self.config = replace(config, **overrides)
         self._model, self._tokenizer = model, tokenizer
+        self._given_model = model is not None
 
     @property
     def name(self) -> str:
-        return self.config.model if self._model is None else getattr(self._model.config, "_name_or_path", "model")
+        if self._given_model:
+            return getattr(self._model.config, "_name_or_path", None) or type(self._model).__name__
+        return self.config.model
 
     @property
     def model(self):
