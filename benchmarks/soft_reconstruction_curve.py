@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--eval-texts", type=int, default=8)
     ap.add_argument("--output-dir", default="runs/curve")
     ap.add_argument("--train-only", action="store_true", help="train and checkpoint; evaluate later with --eval-only")
+    ap.add_argument("--points", default=None, help="steps to evaluate, e.g. 0,4 (default: 0 and every checkpoint)")
     ap.add_argument("--eval-only", action="store_true",
                     help="only evaluate the checkpoints an earlier run left in --output-dir (train and evaluate in "
                          "two processes when one would run past a time limit)")
@@ -53,18 +54,26 @@ def main() -> None:
 
     from safetensors.torch import load_file
 
+    torch.manual_seed(0)  # step 0 = a freshly initialised compressor, the same one every run
     compressor = COMPRESSORS.get(args.method)(**recipe["model"])
     tok = compressor.tokenizer
     texts = [tok.decode(w) for w in held_out_windows(recipe, tok)[: args.eval_texts]]
     fresh = {n: p.detach().clone() for n, p in compressor.module.named_parameters() if p.requires_grad}
     points = []
-    for step, weights in [(0, fresh)] + [(int(p.name.split("-")[1]), load_file(str(p / "trainable.safetensors")))
-                                         for p in checkpoints(out_dir)]:
-        compressor.load_trainable(weights)
+    wanted = None if args.points is None else {int(x) for x in args.points.split(",")}
+    saved = [(int(p.name.split("-")[1]), p) for p in checkpoints(out_dir)]
+    for step, where in [(0, None)] + saved:
+        if wanted is not None and step not in wanted:
+            continue
+        compressor.load_trainable(fresh if where is None else load_file(str(where / "trainable.safetensors")))
         report = evaluate_reconstruction(compressor, texts, batch_size=args.eval_texts)
         points.append({"step": step, "bleu4": report.bleu4, "token_accuracy": report.token_accuracy,
                        "ratio": report.ratio, "sample": report.outputs[0][:200]})
         print(json.dumps(points[-1]), flush=True)
+        write(args, out_dir, points, texts)  # each point is kept even if a time limit stops the run
+
+
+def write(args, out_dir: Path, points: list[dict], texts: list[str]) -> None:
     log = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines()]
     train_acc = [{"step": r["step"], "loss": r["loss"], "token_accuracy": r.get("token_accuracy")} for r in log if "loss" in r]
     train_seconds = sum(1.0 / r["steps_per_s"] for r in log if r.get("steps_per_s"))  # log_every=1: one step per record
@@ -78,7 +87,8 @@ def main() -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     cmd = (f"PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py --method {args.method} --steps {args.steps} "
-           f"--eval-every {args.eval_every} --batch-size {args.batch_size} --lr {args.lr} --eval-texts {args.eval_texts}")
+           f"--eval-every {args.eval_every} --batch-size {args.batch_size} --lr {args.lr} --eval-texts {args.eval_texts}"
+           + (f" --points {args.points}" if args.points else ""))
     lines = [f"# {args.method} reconstruction at 4x vs steps ({args.model}, shortened CPU schedule)", "",
              f"Machine: {machine}. Training: {args.steps} steps of batch {args.batch_size} in {train_seconds:.0f} s "
              f"({steps_per_s:.4f} steps/s). Command: `{cmd}` (run as `--train-only` then `--eval-only` with the same "
@@ -90,7 +100,6 @@ def main() -> None:
               "| step | loss | token accuracy |", "|---|---|---|"]
     lines += [f"| {r['step']} | {r['loss']:.3f} | {r['token_accuracy']:.3f} |" for r in train_acc]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
