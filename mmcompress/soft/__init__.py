@@ -9,19 +9,20 @@ frozen LLM reads in place of the text.
 - :mod:`.xrag`: xRAG (a frozen sentence encoder's embedding projected to one LLM token per document), and
   :mod:`.xrag_task` its ``xrag`` training task;
 - :mod:`.losses`: training objectives (autoencoding, continuation, QA) and the sliced loss;
-- :mod:`.tasks`: the ``icae`` / ``kv`` training tasks behind ``mmcompress train``.
+- :mod:`.tasks`: the ``icae`` / ``kv`` training tasks behind ``mmcompress train``;
+- :mod:`.gist`: GIST tokens (gist attention mask, only the gists' keys/values cached);
+- :mod:`.autocompressor`: AutoCompressor (summary vectors accumulated over segments).
 """
-import importlib as _importlib
-
 from ..results import SoftPrompt, SoftSegment
+from . import tasks  # noqa: F401  registers the icae / kv training tasks
 from .base import SoftCompressor, SoftConfig, left_pad, load_private_model, right_pad
+from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel, SoftEncoder, make_chunks, split_into_chunks
+from .icae import Icae, IcaeConfig, IcaeModel
+from .kv import KvCompressor, KvConfig, KvModel
+from . import autocompressor, gist, xrag, xrag_task  # noqa: F401,E402  register their methods and tasks
 
-__all__ = ["SoftCompressor", "SoftConfig", "SoftPrompt", "SoftSegment", "left_pad", "load_private_model", "right_pad"]
-
-# method modules register themselves; they are optional while the family is being built
-for _name in ("encoder", "icae", "kv", "losses", "tasks", "xrag", "xrag_task", "gist", "autocompressor"):
-    try:
-        _importlib.import_module(f"{__name__}.{_name}")
-    except ModuleNotFoundError as _e:  # pragma: no cover - only while a module does not exist yet
-        if _e.name != f"{__name__}.{_name}":
-            raise
+__all__ = [
+    "Chunks", "EncoderCompressor", "EncoderConfig", "Icae", "IcaeConfig", "IcaeModel", "KvCompressor", "KvConfig",
+    "KvModel", "SlotModel", "SoftCompressor", "SoftConfig", "SoftEncoder", "SoftPrompt", "SoftSegment", "left_pad",
+    "load_private_model", "make_chunks", "right_pad", "split_into_chunks",
+]
