@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..training.tasks import TaskSetup, register_task
+from .tasks import resolve_data_path
 from .xrag import (
     PARAPHRASE_INSTRUCTIONS,
     XRAGModel,
@@ -38,9 +39,7 @@ from .xrag import (
 # ------------------------------------------------------------------------------------------------------- data
 def read_documents(path: str | Path) -> list[str]:
     """Documents of a plain-text corpus: blocks separated by blank lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"corpus not found: {path}")
+    path = resolve_data_path(path)
     blocks = path.read_text(encoding="utf-8").split("\n\n")
     return [" ".join(b.split()) for b in blocks if b.strip()]
 
@@ -70,9 +69,7 @@ def paraphrase_split(path: str | Path, passage_words: int = 48, eval_fraction: f
 
 
 def read_qa(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"QA file not found: {path}")
+    path = resolve_data_path(path)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     for i, row in enumerate(rows):
         missing = {"context", "question", "answers"} - set(row)
