@@ -345,3 +345,34 @@ def test_real_minilm_and_smollm2_compress_and_answer():
     assert soft.soft_tokens == [1] and soft.embeddings.shape == (1, 1, 576)
     answer = xrag.generate(soft, max_new_tokens=8)[0]
     assert isinstance(answer, str) and answer
+
+
+def test_shipped_recipes_chain_paraphrase_into_squad(tiny_xrag_dirs, tmp_path):
+    """Both shipped recipes run as written (tiny models and data swapped in); stage 2 starts from stage 1."""
+    from pathlib import Path
+
+    from mmcompress.training import load_recipe, run_recipe
+
+    bert, llm = tiny_xrag_dirs
+    configs = Path(__file__).resolve().parent.parent / "configs" / "train"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(SENTENCES[i:] + SENTENCES[:i]) for i in range(6)))
+    squad = tmp_path / "squad.jsonl"
+    squad.write_text("\n".join(json.dumps({"title": f"t{i % 3}", "context": s, "question": "What is it about?",
+                                           "answers": [s.split()[-1]]}) for i, s in enumerate(SENTENCES)))
+    small = {"model.model": str(llm), "model.encoder": str(bert), "model.dtype": "float32", "train.max_steps": 2,
+             "train.batch_size": 2, "train.progress": False, "train.eval_batches": 1}
+    stage1 = load_recipe(configs / "xrag-paraphrase.yaml", {**small, "data.path": str(corpus), "data.passage_words": 12,
+                                                            "train.output_dir": str(tmp_path / "s1")})
+    run_recipe(stage1)
+    stage2 = load_recipe(configs / "xrag-squad.yaml", {**small, "data.path": str(squad), "data.eval_rows": 2,
+                                                       "model.init_from": str(tmp_path / "s1" / "final"),
+                                                       "train.lr": 0.0,  # so stage 2 must end where stage 1 did
+                                                       "train.output_dir": str(tmp_path / "s2")})
+    assert stage2["objective"]["kl"] > 0 and stage2["model"]["max_chunks"] == 1
+    run_recipe(stage2)
+    first = XRAG.from_pretrained(tmp_path / "s1" / "final").trainable_state_dict()
+    second = XRAG.from_pretrained(tmp_path / "s2" / "final").trainable_state_dict()
+    assert set(first) == set(second) and all(torch.equal(first[k], second[k]) for k in first)
+    log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    assert any("kl" in r for r in log)  # self-distillation ran
