@@ -28,6 +28,7 @@ from einops import rearrange
 from torch import nn
 
 from ..errors import ConfigError, InvalidPromptError
+from ..prompt import Role
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import SoftCompressor, SoftConfig
@@ -414,7 +415,8 @@ class XRAG(SoftCompressor):
 
         def close_run() -> None:
             if run:
-                parts.append(("Refer to the background document: " if task != "ae" else "") + " ".join(run))
+                joiner = " " if all(r == MARKER for r in run) else "\n\n"
+                parts.append(("Refer to the background document: " if task != "ae" else "") + joiner.join(run))
                 run.clear()
 
         for piece in pieces:
@@ -423,6 +425,8 @@ class XRAG(SoftCompressor):
                     raise ConfigError("xrag reads embedding soft segments; this one holds keys/values")
                 run.append(MARKER)
                 counts.append(piece.num_tokens)
+            elif piece.role is Role.CONTEXT:  # a document kept as text is shown the way soft ones are
+                run.append(piece.text)
             else:
                 close_run()
                 parts.append(piece.text)
