@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mmcompress import create_compressor
+from mmcompress import Prompt, create_compressor
 from mmcompress.errors import ConfigError, InvalidPromptError
 from mmcompress.soft.base import left_pad
 from mmcompress.soft.xrag import (
@@ -388,3 +388,19 @@ def test_full_text_context_uses_the_same_layout_as_soft_context(tiny_xrag):
     assert (text_counts, soft_counts) == ([], [1])
     assert text_user == rag_user_message("Which city?", SENTENCES[2])  # the benchmark's full-context prompt
     assert soft_user == rag_user_message("Which city?", MARKER)       # what the projector was trained on
+
+
+def test_precomputed_embeddings_answer_like_the_documents(tiny_xrag_dirs):
+    xrag = _xrag(tiny_xrag_dirs)
+    with torch.no_grad():
+        for p in xrag.module.projector.parameters():
+            p.mul_(8)
+    index = xrag.sentence_embeddings(SENTENCES)  # e.g. a retrieval index built once
+    assert index.shape == (len(SENTENCES), xrag.module.encoder.dim)
+    from_index = xrag.compress_embeddings([index[:2], index[3:4]], ["Which city?", "What?"])
+    from_text = xrag.compress_batch([Prompt.from_documents(SENTENCES[:2], question="Which city?"),
+                                     Prompt.from_documents(SENTENCES[3:4], question="What?")])
+    assert torch.allclose(from_index.embeddings, from_text.embeddings, rtol=1e-4, atol=1e-4)  # other padding
+    assert xrag.generate(from_index, max_new_tokens=6) == xrag.generate(from_text, max_new_tokens=6)
+    with pytest.raises(InvalidPromptError, match="questions"):
+        xrag.compress_embeddings([index[:1]], ["a", "b"])

@@ -30,7 +30,7 @@ from torch import nn
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import Role
 from ..registry import register_compressor
-from ..results import SoftSegment
+from ..results import SoftPrompt, SoftSegment
 from .base import SoftCompressor, SoftConfig
 
 MARKER = "<|xrag|>"  # stands for the projected tokens while a prompt is rendered as text; never tokenized
@@ -395,6 +395,36 @@ class XRAG(SoftCompressor):
         origin = self.count_tokens(texts)
         return [SoftSegment(embeddings=e, origin_tokens=o, chunks=c // module.tokens_per_chunk, text=t)
                 for e, o, c, t in zip(torch.split(flat, counts), origin, counts, texts)]
+
+    def sentence_embeddings(self, documents: Sequence[str]) -> torch.Tensor:
+        """``[n, d_enc]``: the frozen encoder's embedding of each document's first chunk, e.g. to build a retrieval
+        index once and answer from it later with :meth:`compress_embeddings`."""
+        batch, _ = self.module.encoder.tokenize_chunks(documents, max_chunks=1)
+        with torch.no_grad():
+            return self.module.encoder(**{k: v.to(self.device) for k, v in batch.items()})
+
+    def compress_embeddings(self, embeddings: Any, question: str | Sequence[str] | None = None) -> SoftPrompt:
+        """A :class:`SoftPrompt` from precomputed sentence embeddings, without the documents' text: ``embeddings``
+        is one ``[n_docs, d_enc]`` tensor per prompt (or one tensor for a single prompt). xRAG's point: the retriever
+        already holds these vectors, so answering costs the projector and the reader only. Origin token counts are
+        unknown here and reported as 0."""
+        from ..prompt import TextSegment
+
+        per_prompt = [embeddings] if isinstance(embeddings, torch.Tensor) else list(embeddings)
+        questions = [question] * len(per_prompt) if question is None or isinstance(question, str) else list(question)
+        if len(questions) != len(per_prompt):
+            raise InvalidPromptError(f"got {len(questions)} questions for {len(per_prompt)} prompts")
+        module, items, counts = self.module, [], []
+        for emb, q in zip(per_prompt, questions):
+            emb = torch.as_tensor(emb).reshape(-1, module.encoder.dim).to(self.device)
+            with torch.no_grad():
+                soft = module.projector(emb.to(module.projector.net[0].weight.dtype))
+            pieces: list[Any] = [SoftSegment(embeddings=s, origin_tokens=0, chunks=1) for s in soft]
+            if q:
+                pieces.append(TextSegment(q, role=Role.QUESTION))
+            items.append(pieces)
+            counts.append(int(soft.shape[0] * soft.shape[1]) + (self.count_tokens([q])[0] if q else 0))
+        return SoftPrompt(items, self.name, [0] * len(items), counts)
 
     def load_trainable(self, weights: dict[str, Any], source: str = "weights") -> None:
         """Load a saved projector; a projector of another shape (other encoder, LLM, hidden size or ``num_slots``)
