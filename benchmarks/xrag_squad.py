@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     compressors = [(label, Path(path), create_compressor(path, max_chunks=args.max_chunks))
                    for label, path in specs]
     reader = compressors[0][2]
-    print(f"{len(rows)} held-out rows; reader {reader.config.model} ({reader.config.dtype}) on {reader.device}", flush=True)
+    print(f"{len(rows)} held-out rows; reader {reader.config.model} ({reader.config.dtype}) on {reader.device}",
+          flush=True)
 
     results = []
     machine = f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s), " + (
@@ -145,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # the first compressor and both baselines first, so that a run cut short still has the main comparison
     t0 = time.perf_counter()
-    preds = text_answers(reader, [rag_user_message(r["question"]) for r in rows], args.batch_size, args.max_new_tokens)
+    instruction = reader.config.answer_instruction  # the same prompt as the xrag conditions, minus the soft token
+    preds = text_answers(reader, [rag_user_message(r["question"], None, instruction) for r in rows], args.batch_size,
+                         args.max_new_tokens)
     record("no context", preds, [0] * len(rows), time.perf_counter() - t0)
     run_xrag(*compressors[0])
     t0 = time.perf_counter()
-    preds = text_answers(reader, [rag_user_message(r["question"], r["context"]) for r in rows], args.batch_size,
+    preds = text_answers(reader, [rag_user_message(r["question"], r["context"], instruction) for r in rows],
+                         args.batch_size,
                          args.max_new_tokens)
     record("full context", preds, reader.count_tokens([r["context"] for r in rows]), time.perf_counter() - t0)
     for spec in compressors[1:]:
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# xRAG on SQuAD ({report['rows']} held-out rows, reader {report['reader']}, {report['reader_dtype']})", "",
+    title = f"# xRAG on SQuAD ({report['rows']} held-out rows, reader {report['reader']}, {report['reader_dtype']})"
+    lines = [title, "",
              f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
              "| condition | context tokens | EM | F1 | contains answer | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
@@ -170,8 +175,10 @@ def markdown(report: dict) -> str:
         if "training" in r:
             t = r["training"]
             train = (t.get("recipe") or {}).get("train") or {}
-            lines += ["", f"**{r['condition']}**: {t['path']}, {t.get('steps')} steps at batch {train.get('batch_size')} "
-                      f"(lr {train.get('lr')}), train loss {t.get('first_loss')} -> {t.get('last_loss')}"]
+            lines += ["", f"**{r['condition']}**: {t['path']}, {t.get('steps')} steps at batch "
+                      f"{train.get('batch_size')} "
+                      f"(lr {train.get('lr')}), train loss {t.get('first_loss')} -> {t.get('last_loss')}, "
+                      f"last held-out eval {t.get('last_eval')}"]
     return "\n".join(lines) + "\n"
 
 

@@ -381,7 +381,8 @@ def test_shipped_recipes_chain_paraphrase_into_squad(tiny_xrag_dirs, tmp_path):
 def test_full_text_context_uses_the_same_layout_as_soft_context(tiny_xrag):
     from mmcompress.prompt import Prompt, Role, TextSegment
 
-    as_text = Prompt((TextSegment(SENTENCES[2], role=Role.CONTEXT, keep=True), TextSegment("Which city?", role=Role.QUESTION)))
+    as_text = Prompt((TextSegment(SENTENCES[2], role=Role.CONTEXT, keep=True),
+                      TextSegment("Which city?", role=Role.QUESTION)))
     soft = tiny_xrag.compress_batch([as_text, Prompt.from_documents([SENTENCES[2]], question="Which city?")])
     text_user, text_counts = tiny_xrag.user_message(soft.items[0], "qa", None)
     soft_user, soft_counts = tiny_xrag.user_message(soft.items[1], "qa", None)

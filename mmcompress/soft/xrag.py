@@ -94,7 +94,8 @@ class SentenceEncoder(nn.Module):
     def train(self, mode: bool = True) -> SentenceEncoder:
         return super().train(False)  # frozen: dropout stays off even while the projector trains
 
-    def tokenize_chunks(self, texts: Sequence[str], max_chunks: int | None = None) -> tuple[dict[str, torch.Tensor], list[int]]:
+    def tokenize_chunks(self, texts: Sequence[str],
+                        max_chunks: int | None = None) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Split every text into windows of at most ``max_tokens`` encoder tokens (special tokens included).
 
         Returns the padded encoder batch of all chunks, in document order, and the number of chunks per text.
@@ -130,7 +131,8 @@ def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
     pooling = folder / "1_Pooling" / "config.json"
     if pooling.exists():
         cfg = json.loads(pooling.read_text())
-        settings["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else "max" if cfg.get("pooling_mode_max_tokens") else "mean"
+        settings["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
+                               else "max" if cfg.get("pooling_mode_max_tokens") else "mean")
     modules = folder / "modules.json"
     if modules.exists():
         settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
@@ -184,7 +186,8 @@ def markers(n: int) -> str:
     return " ".join([MARKER] * n)
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right", labels: Sequence[Sequence[int]] | None = None):
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right",
+             labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
     """Pad id lists into ``input_ids``, ``attention_mask`` and ``slot_mask`` (and ``labels`` with -100)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -299,7 +302,8 @@ class XRAGModel(nn.Module):
     # ------------------------------------------------------------------------------------------------ loss
     def label_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
         """Logits at the positions that predict a label, and those labels: the LM head never sees the prompt."""
-        hidden = self.llm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.to(self.device)).last_hidden_state
+        mask = attention_mask.to(self.device)
+        hidden = self.llm.base_model(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state
         labels = labels.to(self.device)
         predicts = labels[:, 1:] != -100
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][predicts]).float()
@@ -316,7 +320,7 @@ class XRAGModel(nn.Module):
         if obj.kl and "teacher_input_ids" in batch:
             with torch.no_grad():
                 teacher_embeds = self.llm.get_input_embeddings()(batch["teacher_input_ids"].to(self.device))
-                teacher, teacher_targets = self.label_logits(teacher_embeds, batch["teacher_attention_mask"], batch["teacher_labels"])
+                teacher, _ = self.label_logits(teacher_embeds, batch["teacher_attention_mask"], batch["teacher_labels"])
             if teacher.shape != logits.shape:
                 raise RuntimeError("teacher and student label counts differ; the collate function must align answers")
             kl = distill_kl(logits, teacher, obj.temperature, obj.distill_topk)
@@ -335,7 +339,8 @@ class XRAGModel(nn.Module):
         return tokenize_with_slots(self.tokenizer, render_chat(self.tokenizer, user, system), slot_counts)
 
 
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, topk: int | None = None) -> torch.Tensor:
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+               topk: int | None = None) -> torch.Tensor:
     """``T^2 * KL(teacher || student)`` averaged over positions (xRAG's ``get_kl_loss``)."""
     if topk:
         idx = teacher.topk(topk, dim=-1).indices
@@ -476,7 +481,8 @@ class XRAG(SoftCompressor):
         ids = module.prompt_ids(user, counts, self.config.system)
         batch = pad_rows([ids], self.tokenizer.pad_token_id)
         soft = [p.embeddings for p in pieces if isinstance(p, SoftSegment)]
-        flat = torch.cat(soft).to(self.device) if soft else torch.zeros(0, module.llm.get_input_embeddings().embedding_dim)
+        width = module.llm.get_input_embeddings().embedding_dim
+        flat = torch.cat(soft).to(self.device) if soft else torch.zeros(0, width)
         return module.splice(batch["input_ids"], batch["slot_mask"], flat)[0]
 
     def generate(self, soft_prompts: Any, question: Any = None, *, task: str = "qa", max_new_tokens: int | None = None,

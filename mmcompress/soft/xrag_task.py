@@ -27,6 +27,7 @@ from ..training.tasks import TaskSetup, register_task
 from .tasks import resolve_data_path
 from .xrag import (
     PARAPHRASE_INSTRUCTIONS,
+    QA_INSTRUCTION,
     XRAGModel,
     XRAGObjective,
     markers,
@@ -113,13 +114,15 @@ class XRAGCollator:
     prompts, so teacher and student label positions line up one to one."""
 
     def __init__(self, model: XRAGModel, kind: str, *, max_label_tokens: int = 96, teacher: bool = False,
-                 fixed_instruction: bool = False, system: str | None = None):
+                 fixed_instruction: bool = False, system: str | None = None,
+                 answer_instruction: str | None = QA_INSTRUCTION):
         if kind not in ("paraphrase", "qa"):
             raise ConfigError(f"data.kind must be paraphrase or qa, got {kind!r}")
         self.model, self.kind, self.teacher = model, kind, teacher
         self.max_label_tokens = max_label_tokens
         self.fixed_instruction = fixed_instruction  # evaluation: the same instruction every time
-        self.system = system
+        self.system = system  # the same system message and answer instruction the compressor generates with
+        self.answer_instruction = answer_instruction
 
     def _answer_ids(self, text: str) -> list[int]:
         tok = self.model.tokenizer
@@ -136,13 +139,15 @@ class XRAGCollator:
                 index = (i if self.fixed_instruction else int(torch.randint(len(PARAPHRASE_INSTRUCTIONS), ())))
                 user, answer = paraphrase_prompt(index), row
             else:
-                user, answer = rag_user_message(row["question"], markers(1)), row["answers"][0]
+                user = rag_user_message(row["question"], markers(1), self.answer_instruction)
+                answer = row["answers"][0]
             target = self._answer_ids(answer)
             prompt = model.prompt_ids(user, [counts[i]], self.system)
             student.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
             if self.teacher:
-                t_prompt = model.prompt_ids(rag_user_message(row["question"], row["context"]), [], self.system)
+                t_user = rag_user_message(row["question"], row["context"], self.answer_instruction)
+                t_prompt = model.prompt_ids(t_user, [], self.system)
                 teacher.append(t_prompt + target)
                 teacher_labels.append([-100] * len(t_prompt) + target)
         pad = model.tokenizer.pad_token_id
@@ -150,7 +155,8 @@ class XRAGCollator:
         batch.update({f"enc_{k}": v for k, v in enc.items()})
         if self.teacher:
             t = pad_rows(teacher, pad, labels=teacher_labels)
-            batch.update(teacher_input_ids=t["input_ids"], teacher_attention_mask=t["attention_mask"], teacher_labels=t["labels"])
+            batch.update(teacher_input_ids=t["input_ids"], teacher_attention_mask=t["attention_mask"],
+                         teacher_labels=t["labels"])
         return batch
 
 
@@ -174,7 +180,8 @@ def build(recipe: dict[str, Any]) -> TaskSetup:
     max_train, max_eval = data.pop("max_train", None), data.pop("max_eval", None)
     seed = int(data.pop("seed", 0))
     if kind == "paraphrase":
-        train, held = paraphrase_split(path, int(data.pop("passage_words", 48)), float(data.pop("eval_fraction", 0.1)), seed)
+        words, fraction = int(data.pop("passage_words", 48)), float(data.pop("eval_fraction", 0.1))
+        train, held = paraphrase_split(path, words, fraction, seed)
     elif kind == "qa":
         train, held = qa_split(path, int(data.pop("eval_rows", 200)), seed)
     else:
@@ -183,8 +190,10 @@ def build(recipe: dict[str, Any]) -> TaskSetup:
         raise ConfigError(f"unknown data settings {sorted(data)} for task xrag")
     train, held = train[:max_train] if max_train else train, held[:max_eval] if max_eval else held
     distill = kind == "qa" and module.objective.kl > 0
-    collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill)
-    eval_collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill, fixed_instruction=True)
+    layout = {"system": compressor.config.system, "answer_instruction": compressor.config.answer_instruction}
+    collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill, **layout)
+    eval_collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill,
+                                fixed_instruction=True, **layout)
 
     def collate_fn(rows):
         return (collate if module.training else eval_collate)(rows)
