@@ -5,6 +5,7 @@ JSONL (xRAG's two stages). Recipes: ``configs/train/xrag-paraphrase.yaml``, ``co
     model: {model: smollm2-135m, encoder: minilm-l6, tokens_per_chunk: 1, init_from: null}
     data: {kind: paraphrase, path: corpus.txt, passage_words: 48, eval_fraction: 0.1}     # or
     data: {kind: qa, path: squad.jsonl, eval_rows: 200}
+          # both: max_label_tokens (96), max_train / max_eval (row caps), seed (split seed, 0)
     objective: {nll: 1.0, kl: 2.0, temperature: 1.0}
     train: {...}                                                                            # TrainConfig
 
