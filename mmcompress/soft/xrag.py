@@ -283,14 +283,6 @@ class XRAGModel(nn.Module):
         soft = self.projector(embeddings.to(self.projector.net[0].weight.dtype))
         return rearrange(soft, "n k d -> (n k) d")
 
-    def embed_documents(self, documents: Sequence[str]) -> list[torch.Tensor]:
-        """One ``(tokens, d_llm)`` tensor per document; all chunks of all documents go through the encoder at once."""
-        if not documents:
-            return []
-        batch, counts = self.encoder_batch(documents)
-        flat = self.project(batch)
-        return list(torch.split(flat, counts))
-
     def splice(self, input_ids: torch.Tensor, slot_mask: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         """Token embeddings of ``input_ids`` with the slot positions filled, row by row, by the rows of ``soft``."""
         embeds = self.llm.get_input_embeddings()(input_ids.to(self.device))
