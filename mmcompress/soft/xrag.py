@@ -79,7 +79,7 @@ class SentenceEncoder(nn.Module):
         except OSError as e:
             raise ModelNotFoundError(f"could not load sentence encoder {name!r} from {path}: {e}") from None
         self.model.requires_grad_(False)
-        st = _sentence_transformers_settings(Path(path))
+        st = _sentence_transformers_settings(path)
         self.pooling = st.get("pooling", "mean") if pooling == "auto" else pooling
         if self.pooling not in ("mean", "cls", "max"):
             raise ConfigError(f"encoder pooling must be auto, mean, cls or max, got {self.pooling!r}")
@@ -126,20 +126,34 @@ class SentenceEncoder(nn.Module):
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
+def _sentence_transformers_settings(source: str) -> dict[str, Any]:
+    """Pooling, normalisation and window from a sentence-transformers folder or cached hub repo (if it is one)."""
     settings: dict[str, Any] = {}
-    pooling = folder / "1_Pooling" / "config.json"
-    if pooling.exists():
+    pooling = _model_file(source, "1_Pooling/config.json")
+    if pooling:
         cfg = json.loads(pooling.read_text())
         settings["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
                                else "max" if cfg.get("pooling_mode_max_tokens") else "mean")
-    modules = folder / "modules.json"
-    if modules.exists():
+    modules = _model_file(source, "modules.json")
+    if modules:
         settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-    st_config = folder / "sentence_bert_config.json"
-    if st_config.exists():
+    st_config = _model_file(source, "sentence_bert_config.json")
+    if st_config:
         settings["max_seq_length"] = json.loads(st_config.read_text()).get("max_seq_length")
     return settings
+
+
+def _model_file(source: str, name: str) -> Path | None:
+    folder = Path(source)
+    if folder.is_dir():
+        return folder / name if (folder / name).is_file() else None
+    try:  # a hub id: only what is already in the local cache (never a download)
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source, name)
+        return Path(found) if isinstance(found, str) else None
+    except Exception:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------------ projector
