@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from . import hard  # noqa: F401  registers the hard methods
+# --- Vision: encoders, adapters, visual-token reductions (registered as family "vision") ---
+from . import vision  # noqa: F401,E402
+# --- end Vision ---
 from .api import compress
 from .budget import BudgetPlan, plan_budget, select_under_budget, topk_indices
 from .compressor import Compressor, CompressorConfig, HardCompressor, HardConfig, SegmentOutcome
@@ -27,9 +30,16 @@ from .results import SoftPrompt, SoftSegment  # noqa: E402
 from .soft import SoftCompressor, SoftConfig  # noqa: E402
 from .pipeline import Pipeline, PipelineConfig  # noqa: E402  hard-then-soft and per-segment composition
 
+# GIST, AutoCompressor and attention-side baselines (KV-cache presses)
+from . import kvcache  # noqa: E402,F401
+from .kvcache import KVPress, create_press, list_presses  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "KVPress",
+    "create_press",
+    "list_presses",
     "Pipeline",
     "PipelineConfig",
     "SoftCompressor",

@@ -60,3 +60,40 @@ def _to_uint8_hwc(array: Any):
     if np.issubdtype(array.dtype, np.floating):
         array = np.clip(array * 255.0 if array.max() <= 1.0 else array, 0, 255)
     return array.astype(np.uint8)
+
+
+def load_images(images: Any) -> list:
+    """One image or a list of images (any form :func:`to_pil_rgb` takes) -> a list of RGB PIL images."""
+    if images is None:
+        raise ImageError("no image was given")
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise ImageError("the list of images is empty")
+        return [to_pil_rgb(im) for im in images]
+    return [to_pil_rgb(images)]
+
+
+# CLIP's normalisation (open_clip and HF CLIP image processors use the same numbers)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def pixel_values(images: Any, size: int | tuple[int, int], mean=CLIP_MEAN, std=CLIP_STD):
+    """Images -> a normalised float tensor ``[B, 3, H, W]``: resize the short side to ``size``, centre crop.
+
+    This is the CLIP evaluation transform; encoders with their own processor (open_clip, HF) use that instead.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    h, w = (size, size) if isinstance(size, int) else size
+    out = []
+    for im in load_images(images):
+        scale = max(h / im.height, w / im.width)
+        im = im.resize((max(w, round(im.width * scale)), max(h, round(im.height * scale))), Image.BICUBIC)
+        left, top = (im.width - w) // 2, (im.height - h) // 2
+        arr = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.float32) / 255.0
+        out.append(torch.from_numpy(arr).permute(2, 0, 1))
+    x = torch.stack(out)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)

@@ -19,7 +19,7 @@ from .base import SoftCompressor, SoftConfig, left_pad, load_private_model, righ
 __all__ = ["SoftCompressor", "SoftConfig", "SoftPrompt", "SoftSegment", "left_pad", "load_private_model", "right_pad"]
 
 # method modules register themselves; they are optional while the family is being built
-for _name in ("encoder", "icae", "kv", "losses", "tasks", "xrag", "xrag_task"):
+for _name in ("encoder", "icae", "kv", "losses", "tasks", "xrag", "xrag_task", "gist", "autocompressor"):
     try:
         _importlib.import_module(f"{__name__}.{_name}")
     except ModuleNotFoundError as _e:  # pragma: no cover - only while a module does not exist yet

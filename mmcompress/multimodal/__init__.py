@@ -1,0 +1,29 @@
+"""Interleaved image-text prompts: one embedded sequence, chunking that never splits an image, QA tasks, and the
+``interleaved`` compressor that turns the whole compressible part into one shared set of soft tokens."""
+from __future__ import annotations
+
+from .chunking import chunk_sequence, chunk_spans, pack_blocks
+from .embedding import (
+    ImageEmbedder,
+    InterleavedBatch,
+    InterleavedEmbedder,
+    InterleavedSequence,
+    Layout,
+    pad_sequences,
+    split_layout,
+    split_trailing_question,
+)
+
+__all__ = [
+    "ImageEmbedder",
+    "InterleavedBatch",
+    "InterleavedEmbedder",
+    "InterleavedSequence",
+    "Layout",
+    "chunk_sequence",
+    "chunk_spans",
+    "pack_blocks",
+    "pad_sequences",
+    "split_layout",
+    "split_trailing_question",
+]

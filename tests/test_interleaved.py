@@ -1,0 +1,234 @@
+"""The interleaved compressor on tiny models: batched embedding, chunking, gradients, generate, save/load, LLaVA
+decoder, CLI and YAML, and a toy interleaved task learned on CPU."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmcompress.multimodal.interleaved import InterleavedCompressor
+from mmcompress.prompt import Prompt
+
+REPO = Path(__file__).resolve().parent.parent
+COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
+
+
+def _solid(name: str, size: int = 32) -> np.ndarray:
+    return np.full((size, size, 3), COLOURS[name], dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny_parts():
+    from tiny_models import make_bpe_tokenizer, make_llama
+
+    tok = make_bpe_tokenizer()
+    return tok, make_llama
+
+
+def _make(tiny_parts, style: str = "icae", mode: str = "soft", seed: int = 0, **kw) -> InterleavedCompressor:
+    tok, make_llama = tiny_parts
+    torch.manual_seed(seed)
+    fields = dict(num_slots=4, chunk_tokens=40, style=style, mode=mode, vision_encoder="open_clip:mmc-vit-micro",
+                  adapter="mlp", image_tokens=None, lora_r=4, max_new_tokens=4)
+    fields.update(kw)
+    return InterleavedCompressor(model=make_llama(tok, window=512, seed=seed), tokenizer=tok, **fields)
+
+
+@pytest.fixture(scope="module")
+def icae(tiny_parts):
+    return _make(tiny_parts)
+
+
+def test_batched_embedding_matches_single_prompt_embedding(icae):
+    prompts = [Prompt.from_interleaved("Photo A: <image> Photo B: <image> Which one is red?", [_solid("red"), _solid("blue")]),
+               Prompt.from_interleaved("One more: <image> done. What colour?", [_solid("green")])]
+    items = [icae.example_item(p, "red") for p in prompts]
+    batch = icae.collate(items)
+    module = icae.module
+    with torch.no_grad():
+        embeds = module.embed_chunks(batch)
+        for b, prompt in enumerate(prompts):
+            layout_seq = icae.embedder().embed(icae.layout(prompt)[1].compressed)
+            rows = (batch["chunk_span"] == b).nonzero().flatten()
+            got = torch.cat([embeds[r][batch["chunk_mask"][r].bool()] for r in rows])
+            assert torch.allclose(got, layout_seq.embeds, atol=1e-6)
+
+
+def test_training_chunks_never_split_an_image(icae):
+    k = icae.tokens_per_image
+    images = [_solid(c) for c in ("red", "green", "blue", "red", "green")]
+    prompt = Prompt.from_interleaved("Intro. " + " then ".join(["<image>"] * 5) + " What?", images)
+    batch = icae.collate([icae.example_item(prompt, "x")])
+    assert batch["chunk_ids"].shape[0] > 1 and batch["chunk_mask"].sum(1).max() <= icae.config.chunk_tokens
+    for i in range(5):
+        rows = (batch["chunk_image"] == i).any(1).nonzero().flatten()
+        assert len(rows) == 1 and int((batch["chunk_image"] == i).sum()) == k
+
+
+@pytest.mark.parametrize("style", ["icae", "kv"])
+def test_gradients_reach_adapter_and_encoder_only(tiny_parts, style):
+    comp = _make(tiny_parts, style=style)
+    prompt = Prompt.from_interleaved("A: <image> B: <image> Which one is red?", [_solid("red"), _solid("blue")])
+    batch = comp.collate([comp.example_item(prompt, "the first")] * 2)
+    module = comp.module
+    module.train()
+    module.zero_grad()
+    module.training_step(batch)["loss"].backward()
+    grads = {n: p.grad for n, p in module.named_parameters()}
+    trained = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert any(".adapter." in n for n in trained) and any("lora_" in n for n in trained)
+    assert {"markers", "encoder.slots"} <= trained
+    assert not any("image_path.encoder." in n for n in trained)  # the vision tower is frozen
+    assert not any(("lora_" not in n and ".adapter." not in n and n not in ("markers", "encoder.slots")) for n in trained)
+    # every trained part gets a gradient (in kv style the last layer's MLP feeds no cached key/value, so LoRA there
+    # has none: that is the method, not a leak)
+    essential = [n for n in trained if "lora_" not in n or ".layers.0." in n]
+    assert all(grads[n] is not None for n in essential), [n for n in essential if grads[n] is None]
+    assert any(grads[n].abs().sum() > 0 for n in trained if ".adapter." in n and grads[n] is not None)
+    assert all(grads[n] is None for n in grads if n not in trained)
+
+
+@pytest.mark.parametrize("style", ["icae", "kv"])
+def test_compress_generate_and_save_load_round_trip(tiny_parts, tmp_path, style):
+    from mmcompress import create_compressor
+
+    comp = _make(tiny_parts, style=style)
+    with torch.no_grad():  # move the LoRA off zero so a lost adapter would show in the outputs
+        for n, p in comp.module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    text = "Photo A: <image> Photo B: <image> Which one is red?"
+    images = [_solid("red"), _solid("blue")]
+    soft = comp.compress(text, images=images)
+    item = soft.items[0]
+    assert [type(p).__name__ for p in item] == ["SoftSegment", "TextSegment"]
+    assert item[1].text == "Which one is red?"  # the question stays text
+    assert soft.soft_tokens == [comp.config.num_slots * item[0].chunks]
+    k = comp.tokens_per_image
+    n_text = len(comp.tokenizer("Photo A:  Photo B:  ", add_special_tokens=False)["input_ids"])
+    assert abs(soft.origin_tokens[0] - (2 * k + n_text + len(comp.tokenizer("Which one is red?")["input_ids"]))) <= 3
+    answer = comp.generate(soft)
+    assert isinstance(answer[0], str)
+    path = comp.save_pretrained(tmp_path / "saved")
+    assert (path / "image_path.safetensors").exists()
+    _, make_llama = tiny_parts
+    loaded = create_compressor(str(path), model=make_llama(comp.tokenizer, window=512, seed=0), tokenizer=comp.tokenizer)
+    assert isinstance(loaded, InterleavedCompressor) and loaded.config.style == style
+    again = loaded.compress(text, images=images)
+    first = soft.items[0][0]
+    second = again.items[0][0]
+    if style == "icae":
+        assert torch.allclose(first.embeddings, second.embeddings, atol=1e-5)
+    else:
+        assert all(torch.allclose(a[0], b[0], atol=1e-5) for a, b in zip(first.kv, second.kv))
+    assert loaded.generate(again) == answer
+
+
+def test_full_mode_is_the_uncompressed_reference(tiny_parts):
+    comp = _make(tiny_parts, mode="full")
+    text = "Photo A: <image> Photo B: <image> Which one is red?"
+    soft = comp.compress(text, images=[_solid("red"), _solid("blue")])
+    seg = soft.items[0][0]
+    assert seg.num_tokens == seg.origin_tokens and soft.ratio == pytest.approx(1.0)
+    trained = [n for n, p in comp.module.named_parameters() if p.requires_grad]
+    assert trained and all(".adapter." in n for n in trained)
+    assert isinstance(comp.generate(soft)[0], str)
+
+
+def test_prompt_errors_are_clear(icae):
+    from mmcompress.errors import InvalidPromptError
+
+    with pytest.raises(InvalidPromptError, match="1 <image> marker"):
+        icae.compress("A: <image>", images=[])
+    with pytest.raises(InvalidPromptError, match="nothing to compress"):
+        icae.compress(Prompt.from_documents([], question="Only a question?"))
+
+
+def test_llava_decoder(tmp_path):
+    from vision_tiny import make_llava
+
+    model, tok = make_llava(image_size=32, patch=8)
+    comp = InterleavedCompressor(model=model, tokenizer=tok, num_slots=4, chunk_tokens=64, lora_r=4, max_new_tokens=3)
+    assert comp.uses_llava and comp.tokens_per_image == 16
+    images = [_solid("red"), _solid("blue")]
+    prompt = Prompt.from_interleaved("Photo A: <image> Photo B: <image> Which one is red?", images)
+    batch = comp.collate([comp.example_item(prompt, "the first")])
+    module = comp.module
+    module.training_step(batch)["loss"].backward()
+    trained = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert any("multi_modal_projector" in n for n in trained)  # LLaVA's adapter trains
+    assert not any("vision_tower" in n for n in trained)  # its tower does not
+    assert not any("lora_" in n and "language_model" not in n for n in trained)  # LoRA only in the LLM
+    grads = [p.grad for n, p in module.named_parameters() if "multi_modal_projector" in n]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    soft = comp.compress(prompt)
+    assert soft.soft_tokens == [4] and soft.origin_tokens[0] > 32
+    out = comp.generate(soft)
+    assert len(out) == 1 and isinstance(out[0], str)
+    # the LLaVA model's own image embedding (tower + projector) is what lands at the markers
+    feats = comp.image_path(comp.image_path.preprocess(images))
+    with torch.no_grad():
+        ref = model.model.get_image_features(pixel_values=comp.image_path.preprocess(images)).pooler_output
+    assert torch.allclose(feats, torch.stack(list(ref)), atol=1e-5)
+
+
+def _toy_examples(n: int, seed: int):
+    rng = np.random.default_rng(seed)
+    names = list(COLOURS)
+    out = []
+    for _ in range(n):
+        a, b = rng.choice(len(names), 2, replace=False)
+        target = int(rng.integers(2))
+        colour = names[(a, b)[target]]
+        prompt = Prompt.from_interleaved(f"A: <image> B: <image> Which is {colour}?",
+                                         [_solid(names[a]), _solid(names[b])])
+        out.append((prompt, "A" if target == 0 else "B"))
+    return out
+
+
+def _learnable_llama(tokenizer, seed: int = 0):
+    """A tiny Llama whose random logits are not flat (larger init), so a frozen random decoder can be steered."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         initializer_range=0.2, tie_word_embeddings=True, pad_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+def test_toy_interleaved_task_is_learned_on_cpu(tiny_parts, tmp_path):
+    """Two coloured squares and "Which is red?" -> "A" / "B": compressed to 4 shared soft tokens, answered by the
+    frozen decoder. The answer needs both images and the question's colour, so text alone cannot give it."""
+    from mmcompress.multimodal.tasks import answer_correct
+    from mmcompress.multimodal.training import ItemDataset
+    from mmcompress.training import TrainConfig, Trainer
+
+    tok, _ = tiny_parts
+    torch.manual_seed(0)
+    comp = InterleavedCompressor(model=_learnable_llama(tok), tokenizer=tok, num_slots=4, chunk_tokens=40,
+                                 vision_encoder="open_clip:mmc-vit-micro", adapter="mlp", image_tokens=None, lora_r=8,
+                                 lora_alpha=16, max_new_tokens=5)
+    test = _toy_examples(24, 1)
+    comp.module.eval()
+    before = np.mean([answer_correct(a, g) for a, (_, g) in zip(comp.answer([p for p, _ in test], batch_size=24), test)])
+    train = [comp.example_item(p, a) for p, a in _toy_examples(64, 0)]
+    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=100, batch_size=16, lr=1e-2, schedule="constant", max_grad_norm=0.0,
+                         log_every=30, progress=False, seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread is fastest on a shared machine
+    try:
+        result = Trainer(comp.module, config, ItemDataset(train), None, comp.collate).train()
+    finally:
+        torch.set_num_threads(threads)
+    assert result.seconds < 60
+    comp.module.eval()
+    answers = comp.answer([p for p, _ in test], batch_size=24)
+    accuracy = np.mean([answer_correct(a, g) for a, (_, g) in zip(answers, test)])
+    assert before <= 0.6 and accuracy >= 0.9, (before, accuracy, answers[:6])
