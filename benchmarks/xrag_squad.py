@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -111,9 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     compressors = [(label, Path(path), create_compressor(path, max_chunks=args.max_chunks))
                    for label, path in specs]
     reader = compressors[0][2]
-    print(f"{len(rows)} held-out rows; reader {reader.config.model} ({reader.config.dtype}) on {reader.device}", flush=True)
+    print(f"{len(rows)} held-out rows; reader {reader.config.model} ({reader.config.dtype}) on {reader.device}",
+          flush=True)
 
     results = []
+    machine = f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s), " + (
+        torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
+    report = {"benchmark": "xrag_squad", "command": "PYTHONPATH=. python " + shlex.join(sys.argv), "machine": machine,
+              "reader": reader.config.model, "reader_dtype": reader.config.dtype, "rows": len(rows),
+              "split": {"data": args.data, "eval_rows": args.eval_rows, "seed": args.seed}, "results": results}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def write() -> None:  # after every condition, so a run cut short keeps what it measured
+        out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(report))
 
     def record(name: str, predictions: list[str], context_tokens: list[int], seconds: float, **extra) -> None:
         metrics = score(predictions, rows)
@@ -122,36 +135,37 @@ def main(argv: list[str] | None = None) -> int:
                         "seconds": round(seconds, 1), **extra, "examples": [
                             {"question": r["question"], "gold": r["answers"][0], "prediction": p}
                             for r, p in list(zip(rows, predictions))[:5]]})
+        write()
         print(f"{name:34s} EM {metrics['exact_match']:.3f}  F1 {metrics['f1']:.3f}  "
               f"contains {metrics['contains_answer']:.3f}  ({seconds:.0f} s)", flush=True)
 
-    t0 = time.perf_counter()
-    preds = text_answers(reader, [rag_user_message(r["question"]) for r in rows], args.batch_size, args.max_new_tokens)
-    record("no context", preds, [0] * len(rows), time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    preds = text_answers(reader, [rag_user_message(r["question"], r["context"]) for r in rows], args.batch_size,
-                         args.max_new_tokens)
-    record("full context", preds, reader.count_tokens([r["context"] for r in rows]), time.perf_counter() - t0)
-    for label, path, xrag in compressors:
+    def run_xrag(label: str, path: Path, xrag) -> None:
         t0 = time.perf_counter()
         preds, soft_tokens = xrag_answers(xrag, rows, args.batch_size, args.max_new_tokens)
         record(label, preds, soft_tokens, time.perf_counter() - t0, training=training_info(path))
 
-    machine = f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s), " + (
-        torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
-    report = {"benchmark": "xrag_squad", "command": "PYTHONPATH=. python " + " ".join(sys.argv), "machine": machine,
-              "reader": reader.config.model, "reader_dtype": reader.config.dtype, "rows": len(rows),
-              "split": {"data": args.data, "eval_rows": args.eval_rows, "seed": args.seed}, "results": results}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    # the first compressor and both baselines first, so that a run cut short still has the main comparison
+    t0 = time.perf_counter()
+    instruction = reader.config.answer_instruction  # the same prompt as the xrag conditions, minus the soft token
+    preds = text_answers(reader, [rag_user_message(r["question"], None, instruction) for r in rows], args.batch_size,
+                         args.max_new_tokens)
+    record("no context", preds, [0] * len(rows), time.perf_counter() - t0)
+    run_xrag(*compressors[0])
+    t0 = time.perf_counter()
+    preds = text_answers(reader, [rag_user_message(r["question"], r["context"], instruction) for r in rows],
+                         args.batch_size,
+                         args.max_new_tokens)
+    record("full context", preds, reader.count_tokens([r["context"] for r in rows]), time.perf_counter() - t0)
+    for spec in compressors[1:]:
+        run_xrag(*spec)
+
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
     return 0
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# xRAG on SQuAD ({report['rows']} held-out rows, reader {report['reader']}, {report['reader_dtype']})", "",
+    title = f"# xRAG on SQuAD ({report['rows']} held-out rows, reader {report['reader']}, {report['reader_dtype']})"
+    lines = [title, "",
              f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
              "| condition | context tokens | EM | F1 | contains answer | seconds |", "|---|---:|---:|---:|---:|---:|"]
     for r in report["results"]:
@@ -161,8 +175,10 @@ def markdown(report: dict) -> str:
         if "training" in r:
             t = r["training"]
             train = (t.get("recipe") or {}).get("train") or {}
-            lines += ["", f"**{r['condition']}**: {t['path']}, {t.get('steps')} steps at batch {train.get('batch_size')} "
-                      f"(lr {train.get('lr')}), train loss {t.get('first_loss')} -> {t.get('last_loss')}"]
+            lines += ["", f"**{r['condition']}**: {t['path']}, {t.get('steps')} steps at batch "
+                      f"{train.get('batch_size')} "
+                      f"(lr {train.get('lr')}), train loss {t.get('first_loss')} -> {t.get('last_loss')}, "
+                      f"last held-out eval {t.get('last_eval')}"]
     return "\n".join(lines) + "\n"
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from mmcompress import create_compressor
+from mmcompress import Prompt, create_compressor
 from mmcompress.errors import ConfigError, InvalidPromptError
 from mmcompress.soft.base import left_pad
 from mmcompress.soft.xrag import (
@@ -345,3 +345,63 @@ def test_real_minilm_and_smollm2_compress_and_answer():
     assert soft.soft_tokens == [1] and soft.embeddings.shape == (1, 1, 576)
     answer = xrag.generate(soft, max_new_tokens=8)[0]
     assert isinstance(answer, str) and answer
+
+
+def test_shipped_recipes_chain_paraphrase_into_squad(tiny_xrag_dirs, tmp_path):
+    """Both shipped recipes run as written (tiny models and data swapped in); stage 2 starts from stage 1."""
+    from pathlib import Path
+
+    from mmcompress.training import load_recipe, run_recipe
+
+    bert, llm = tiny_xrag_dirs
+    configs = Path(__file__).resolve().parent.parent / "configs" / "train"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(" ".join(SENTENCES[i:] + SENTENCES[:i]) for i in range(6)))
+    squad = tmp_path / "squad.jsonl"
+    squad.write_text("\n".join(json.dumps({"title": f"t{i % 3}", "context": s, "question": "What is it about?",
+                                           "answers": [s.split()[-1]]}) for i, s in enumerate(SENTENCES)))
+    small = {"model.model": str(llm), "model.encoder": str(bert), "model.dtype": "float32", "train.max_steps": 2,
+             "train.batch_size": 2, "train.progress": False, "train.eval_batches": 1}
+    stage1 = load_recipe(configs / "xrag-paraphrase.yaml", {**small, "data.path": str(corpus), "data.passage_words": 12,
+                                                            "train.output_dir": str(tmp_path / "s1")})
+    run_recipe(stage1)
+    stage2 = load_recipe(configs / "xrag-squad.yaml", {**small, "data.path": str(squad), "data.eval_rows": 2,
+                                                       "model.init_from": str(tmp_path / "s1" / "final"),
+                                                       "train.lr": 0.0,  # so stage 2 must end where stage 1 did
+                                                       "train.output_dir": str(tmp_path / "s2")})
+    assert stage2["objective"]["kl"] > 0 and stage2["model"]["max_chunks"] == 1
+    run_recipe(stage2)
+    first = XRAG.from_pretrained(tmp_path / "s1" / "final").trainable_state_dict()
+    second = XRAG.from_pretrained(tmp_path / "s2" / "final").trainable_state_dict()
+    assert set(first) == set(second) and all(torch.equal(first[k], second[k]) for k in first)
+    log = [json.loads(line) for line in (tmp_path / "s2" / "log.jsonl").read_text().splitlines()]
+    assert any("kl" in r for r in log)  # self-distillation ran
+
+
+def test_full_text_context_uses_the_same_layout_as_soft_context(tiny_xrag):
+    from mmcompress.prompt import Prompt, Role, TextSegment
+
+    as_text = Prompt((TextSegment(SENTENCES[2], role=Role.CONTEXT, keep=True),
+                      TextSegment("Which city?", role=Role.QUESTION)))
+    soft = tiny_xrag.compress_batch([as_text, Prompt.from_documents([SENTENCES[2]], question="Which city?")])
+    text_user, text_counts = tiny_xrag.user_message(soft.items[0], "qa", None)
+    soft_user, soft_counts = tiny_xrag.user_message(soft.items[1], "qa", None)
+    assert (text_counts, soft_counts) == ([], [1])
+    assert text_user == rag_user_message("Which city?", SENTENCES[2])  # the benchmark's full-context prompt
+    assert soft_user == rag_user_message("Which city?", MARKER)       # what the projector was trained on
+
+
+def test_precomputed_embeddings_answer_like_the_documents(tiny_xrag_dirs):
+    xrag = _xrag(tiny_xrag_dirs)
+    with torch.no_grad():
+        for p in xrag.module.projector.parameters():
+            p.mul_(8)
+    index = xrag.sentence_embeddings(SENTENCES)  # e.g. a retrieval index built once
+    assert index.shape == (len(SENTENCES), xrag.module.encoder.dim)
+    from_index = xrag.compress_embeddings([index[:2], index[3:4]], ["Which city?", "What?"])
+    from_text = xrag.compress_batch([Prompt.from_documents(SENTENCES[:2], question="Which city?"),
+                                     Prompt.from_documents(SENTENCES[3:4], question="What?")])
+    assert torch.allclose(from_index.embeddings, from_text.embeddings, rtol=1e-4, atol=1e-4)  # other padding
+    assert xrag.generate(from_index, max_new_tokens=6) == xrag.generate(from_text, max_new_tokens=6)
+    with pytest.raises(InvalidPromptError, match="questions"):
+        xrag.compress_embeddings([index[:1]], ["a", "b"])

@@ -28,8 +28,9 @@ from einops import rearrange
 from torch import nn
 
 from ..errors import ConfigError, InvalidPromptError
+from ..prompt import Role
 from ..registry import register_compressor
-from ..results import SoftSegment
+from ..results import SoftPrompt, SoftSegment
 from .base import SoftCompressor, SoftConfig
 
 MARKER = "<|xrag|>"  # stands for the projected tokens while a prompt is rendered as text; never tokenized
@@ -78,7 +79,7 @@ class SentenceEncoder(nn.Module):
         except OSError as e:
             raise ModelNotFoundError(f"could not load sentence encoder {name!r} from {path}: {e}") from None
         self.model.requires_grad_(False)
-        st = _sentence_transformers_settings(Path(path))
+        st = _sentence_transformers_settings(path)
         self.pooling = st.get("pooling", "mean") if pooling == "auto" else pooling
         if self.pooling not in ("mean", "cls", "max"):
             raise ConfigError(f"encoder pooling must be auto, mean, cls or max, got {self.pooling!r}")
@@ -93,7 +94,8 @@ class SentenceEncoder(nn.Module):
     def train(self, mode: bool = True) -> SentenceEncoder:
         return super().train(False)  # frozen: dropout stays off even while the projector trains
 
-    def tokenize_chunks(self, texts: Sequence[str], max_chunks: int | None = None) -> tuple[dict[str, torch.Tensor], list[int]]:
+    def tokenize_chunks(self, texts: Sequence[str],
+                        max_chunks: int | None = None) -> tuple[dict[str, torch.Tensor], list[int]]:
         """Split every text into windows of at most ``max_tokens`` encoder tokens (special tokens included).
 
         Returns the padded encoder batch of all chunks, in document order, and the number of chunks per text.
@@ -124,19 +126,34 @@ class SentenceEncoder(nn.Module):
         return F.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
-def _sentence_transformers_settings(folder: Path) -> dict[str, Any]:
+def _sentence_transformers_settings(source: str) -> dict[str, Any]:
+    """Pooling, normalisation and window from a sentence-transformers folder or cached hub repo (if it is one)."""
     settings: dict[str, Any] = {}
-    pooling = folder / "1_Pooling" / "config.json"
-    if pooling.exists():
+    pooling = _model_file(source, "1_Pooling/config.json")
+    if pooling:
         cfg = json.loads(pooling.read_text())
-        settings["pooling"] = "cls" if cfg.get("pooling_mode_cls_token") else "max" if cfg.get("pooling_mode_max_tokens") else "mean"
-    modules = folder / "modules.json"
-    if modules.exists():
+        settings["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
+                               else "max" if cfg.get("pooling_mode_max_tokens") else "mean")
+    modules = _model_file(source, "modules.json")
+    if modules:
         settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-    st_config = folder / "sentence_bert_config.json"
-    if st_config.exists():
+    st_config = _model_file(source, "sentence_bert_config.json")
+    if st_config:
         settings["max_seq_length"] = json.loads(st_config.read_text()).get("max_seq_length")
     return settings
+
+
+def _model_file(source: str, name: str) -> Path | None:
+    folder = Path(source)
+    if folder.is_dir():
+        return folder / name if (folder / name).is_file() else None
+    try:  # a hub id: only what is already in the local cache (never a download)
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(source, name)
+        return Path(found) if isinstance(found, str) else None
+    except Exception:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------------ projector
@@ -183,7 +200,8 @@ def markers(n: int) -> str:
     return " ".join([MARKER] * n)
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right", labels: Sequence[Sequence[int]] | None = None):
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right",
+             labels: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
     """Pad id lists into ``input_ids``, ``attention_mask`` and ``slot_mask`` (and ``labels`` with -100)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -279,14 +297,6 @@ class XRAGModel(nn.Module):
         soft = self.projector(embeddings.to(self.projector.net[0].weight.dtype))
         return rearrange(soft, "n k d -> (n k) d")
 
-    def embed_documents(self, documents: Sequence[str]) -> list[torch.Tensor]:
-        """One ``(tokens, d_llm)`` tensor per document; all chunks of all documents go through the encoder at once."""
-        if not documents:
-            return []
-        batch, counts = self.encoder_batch(documents)
-        flat = self.project(batch)
-        return list(torch.split(flat, counts))
-
     def splice(self, input_ids: torch.Tensor, slot_mask: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         """Token embeddings of ``input_ids`` with the slot positions filled, row by row, by the rows of ``soft``."""
         embeds = self.llm.get_input_embeddings()(input_ids.to(self.device))
@@ -298,7 +308,8 @@ class XRAGModel(nn.Module):
     # ------------------------------------------------------------------------------------------------ loss
     def label_logits(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor):
         """Logits at the positions that predict a label, and those labels: the LM head never sees the prompt."""
-        hidden = self.llm.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask.to(self.device)).last_hidden_state
+        mask = attention_mask.to(self.device)
+        hidden = self.llm.base_model(inputs_embeds=inputs_embeds, attention_mask=mask).last_hidden_state
         labels = labels.to(self.device)
         predicts = labels[:, 1:] != -100
         logits = self.llm.get_output_embeddings()(hidden[:, :-1][predicts]).float()
@@ -315,7 +326,7 @@ class XRAGModel(nn.Module):
         if obj.kl and "teacher_input_ids" in batch:
             with torch.no_grad():
                 teacher_embeds = self.llm.get_input_embeddings()(batch["teacher_input_ids"].to(self.device))
-                teacher, teacher_targets = self.label_logits(teacher_embeds, batch["teacher_attention_mask"], batch["teacher_labels"])
+                teacher, _ = self.label_logits(teacher_embeds, batch["teacher_attention_mask"], batch["teacher_labels"])
             if teacher.shape != logits.shape:
                 raise RuntimeError("teacher and student label counts differ; the collate function must align answers")
             kl = distill_kl(logits, teacher, obj.temperature, obj.distill_topk)
@@ -334,7 +345,8 @@ class XRAGModel(nn.Module):
         return tokenize_with_slots(self.tokenizer, render_chat(self.tokenizer, user, system), slot_counts)
 
 
-def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0, topk: int | None = None) -> torch.Tensor:
+def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
+               topk: int | None = None) -> torch.Tensor:
     """``T^2 * KL(teacher || student)`` averaged over positions (xRAG's ``get_kl_loss``)."""
     if topk:
         idx = teacher.topk(topk, dim=-1).indices
@@ -395,6 +407,36 @@ class XRAG(SoftCompressor):
         return [SoftSegment(embeddings=e, origin_tokens=o, chunks=c // module.tokens_per_chunk, text=t)
                 for e, o, c, t in zip(torch.split(flat, counts), origin, counts, texts)]
 
+    def sentence_embeddings(self, documents: Sequence[str]) -> torch.Tensor:
+        """``[n, d_enc]``: the frozen encoder's embedding of each document's first chunk, e.g. to build a retrieval
+        index once and answer from it later with :meth:`compress_embeddings`."""
+        batch, _ = self.module.encoder.tokenize_chunks(documents, max_chunks=1)
+        with torch.no_grad():
+            return self.module.encoder(**{k: v.to(self.device) for k, v in batch.items()})
+
+    def compress_embeddings(self, embeddings: Any, question: str | Sequence[str] | None = None) -> SoftPrompt:
+        """A :class:`SoftPrompt` from precomputed sentence embeddings, without the documents' text: ``embeddings``
+        is one ``[n_docs, d_enc]`` tensor per prompt (or one tensor for a single prompt). xRAG's point: the retriever
+        already holds these vectors, so answering costs the projector and the reader only. Origin token counts are
+        unknown here and reported as 0."""
+        from ..prompt import TextSegment
+
+        per_prompt = [embeddings] if isinstance(embeddings, torch.Tensor) else list(embeddings)
+        questions = [question] * len(per_prompt) if question is None or isinstance(question, str) else list(question)
+        if len(questions) != len(per_prompt):
+            raise InvalidPromptError(f"got {len(questions)} questions for {len(per_prompt)} prompts")
+        module, items, counts = self.module, [], []
+        for emb, q in zip(per_prompt, questions):
+            emb = torch.as_tensor(emb).reshape(-1, module.encoder.dim).to(self.device)
+            with torch.no_grad():
+                soft = module.projector(emb.to(module.projector.net[0].weight.dtype))
+            pieces: list[Any] = [SoftSegment(embeddings=s, origin_tokens=0, chunks=1) for s in soft]
+            if q:
+                pieces.append(TextSegment(q, role=Role.QUESTION))
+            items.append(pieces)
+            counts.append(int(soft.shape[0] * soft.shape[1]) + (self.count_tokens([q])[0] if q else 0))
+        return SoftPrompt(items, self.name, [0] * len(items), counts)
+
     def load_trainable(self, weights: dict[str, Any], source: str = "weights") -> None:
         """Load a saved projector; a projector of another shape (other encoder, LLM, hidden size or ``num_slots``)
         is a :class:`ConfigError`, not a size-mismatch traceback."""
@@ -414,7 +456,8 @@ class XRAG(SoftCompressor):
 
         def close_run() -> None:
             if run:
-                parts.append(("Refer to the background document: " if task != "ae" else "") + " ".join(run))
+                joiner = " " if all(r == MARKER for r in run) else "\n\n"
+                parts.append(("Refer to the background document: " if task != "ae" else "") + joiner.join(run))
                 run.clear()
 
         for piece in pieces:
@@ -423,6 +466,8 @@ class XRAG(SoftCompressor):
                     raise ConfigError("xrag reads embedding soft segments; this one holds keys/values")
                 run.append(MARKER)
                 counts.append(piece.num_tokens)
+            elif piece.role is Role.CONTEXT:  # a document kept as text is shown the way soft ones are
+                run.append(piece.text)
             else:
                 close_run()
                 parts.append(piece.text)
@@ -442,7 +487,8 @@ class XRAG(SoftCompressor):
         ids = module.prompt_ids(user, counts, self.config.system)
         batch = pad_rows([ids], self.tokenizer.pad_token_id)
         soft = [p.embeddings for p in pieces if isinstance(p, SoftSegment)]
-        flat = torch.cat(soft).to(self.device) if soft else torch.zeros(0, module.llm.get_input_embeddings().embedding_dim)
+        width = module.llm.get_input_embeddings().embedding_dim
+        flat = torch.cat(soft).to(self.device) if soft else torch.zeros(0, width)
         return module.splice(batch["input_ids"], batch["slot_mask"], flat)[0]
 
     def generate(self, soft_prompts: Any, question: Any = None, *, task: str = "qa", max_new_tokens: int | None = None,

@@ -5,6 +5,7 @@ JSONL (xRAG's two stages). Recipes: ``configs/train/xrag-paraphrase.yaml``, ``co
     model: {model: smollm2-135m, encoder: minilm-l6, tokens_per_chunk: 1, init_from: null}
     data: {kind: paraphrase, path: corpus.txt, passage_words: 48, eval_fraction: 0.1}     # or
     data: {kind: qa, path: squad.jsonl, eval_rows: 200}
+          # both: max_label_tokens (96), max_train / max_eval (row caps), seed (split seed, 0)
     objective: {nll: 1.0, kl: 2.0, temperature: 1.0}
     train: {...}                                                                            # TrainConfig
 
@@ -24,8 +25,10 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..training.tasks import TaskSetup, register_task
+from .tasks import resolve_data_path
 from .xrag import (
     PARAPHRASE_INSTRUCTIONS,
+    QA_INSTRUCTION,
     XRAGModel,
     XRAGObjective,
     markers,
@@ -38,9 +41,7 @@ from .xrag import (
 # ------------------------------------------------------------------------------------------------------- data
 def read_documents(path: str | Path) -> list[str]:
     """Documents of a plain-text corpus: blocks separated by blank lines."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"corpus not found: {path}")
+    path = resolve_data_path(path)
     blocks = path.read_text(encoding="utf-8").split("\n\n")
     return [" ".join(b.split()) for b in blocks if b.strip()]
 
@@ -70,9 +71,7 @@ def paraphrase_split(path: str | Path, passage_words: int = 48, eval_fraction: f
 
 
 def read_qa(path: str | Path) -> list[dict[str, Any]]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"QA file not found: {path}")
+    path = resolve_data_path(path)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     for i, row in enumerate(rows):
         missing = {"context", "question", "answers"} - set(row)
@@ -116,13 +115,15 @@ class XRAGCollator:
     prompts, so teacher and student label positions line up one to one."""
 
     def __init__(self, model: XRAGModel, kind: str, *, max_label_tokens: int = 96, teacher: bool = False,
-                 fixed_instruction: bool = False, system: str | None = None):
+                 fixed_instruction: bool = False, system: str | None = None,
+                 answer_instruction: str | None = QA_INSTRUCTION):
         if kind not in ("paraphrase", "qa"):
             raise ConfigError(f"data.kind must be paraphrase or qa, got {kind!r}")
         self.model, self.kind, self.teacher = model, kind, teacher
         self.max_label_tokens = max_label_tokens
         self.fixed_instruction = fixed_instruction  # evaluation: the same instruction every time
-        self.system = system
+        self.system = system  # the same system message and answer instruction the compressor generates with
+        self.answer_instruction = answer_instruction
 
     def _answer_ids(self, text: str) -> list[int]:
         tok = self.model.tokenizer
@@ -139,13 +140,15 @@ class XRAGCollator:
                 index = (i if self.fixed_instruction else int(torch.randint(len(PARAPHRASE_INSTRUCTIONS), ())))
                 user, answer = paraphrase_prompt(index), row
             else:
-                user, answer = rag_user_message(row["question"], markers(1)), row["answers"][0]
+                user = rag_user_message(row["question"], markers(1), self.answer_instruction)
+                answer = row["answers"][0]
             target = self._answer_ids(answer)
             prompt = model.prompt_ids(user, [counts[i]], self.system)
             student.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
             if self.teacher:
-                t_prompt = model.prompt_ids(rag_user_message(row["question"], row["context"]), [], self.system)
+                t_user = rag_user_message(row["question"], row["context"], self.answer_instruction)
+                t_prompt = model.prompt_ids(t_user, [], self.system)
                 teacher.append(t_prompt + target)
                 teacher_labels.append([-100] * len(t_prompt) + target)
         pad = model.tokenizer.pad_token_id
@@ -153,7 +156,8 @@ class XRAGCollator:
         batch.update({f"enc_{k}": v for k, v in enc.items()})
         if self.teacher:
             t = pad_rows(teacher, pad, labels=teacher_labels)
-            batch.update(teacher_input_ids=t["input_ids"], teacher_attention_mask=t["attention_mask"], teacher_labels=t["labels"])
+            batch.update(teacher_input_ids=t["input_ids"], teacher_attention_mask=t["attention_mask"],
+                         teacher_labels=t["labels"])
         return batch
 
 
@@ -177,7 +181,8 @@ def build(recipe: dict[str, Any]) -> TaskSetup:
     max_train, max_eval = data.pop("max_train", None), data.pop("max_eval", None)
     seed = int(data.pop("seed", 0))
     if kind == "paraphrase":
-        train, held = paraphrase_split(path, int(data.pop("passage_words", 48)), float(data.pop("eval_fraction", 0.1)), seed)
+        words, fraction = int(data.pop("passage_words", 48)), float(data.pop("eval_fraction", 0.1))
+        train, held = paraphrase_split(path, words, fraction, seed)
     elif kind == "qa":
         train, held = qa_split(path, int(data.pop("eval_rows", 200)), seed)
     else:
@@ -186,8 +191,10 @@ def build(recipe: dict[str, Any]) -> TaskSetup:
         raise ConfigError(f"unknown data settings {sorted(data)} for task xrag")
     train, held = train[:max_train] if max_train else train, held[:max_eval] if max_eval else held
     distill = kind == "qa" and module.objective.kl > 0
-    collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill)
-    eval_collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill, fixed_instruction=True)
+    layout = {"system": compressor.config.system, "answer_instruction": compressor.config.answer_instruction}
+    collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill, **layout)
+    eval_collate = XRAGCollator(module, kind, max_label_tokens=max_label_tokens, teacher=distill,
+                                fixed_instruction=True, **layout)
 
     def collate_fn(rows):
         return (collate if module.training else eval_collate)(rows)
