@@ -17,7 +17,7 @@ Shortened CPU schedule (this machine): the ``embedding`` objective (image tokens
 embedding of the class word; no LLM backward pass) instead of the LLM answer loss, and evaluation on the first
 ``--eval-size`` images of the 20% test split. Phases run separately to keep each run short::
 
-    nice -n 5 python benchmarks/vision_small_vlm.py train --steps 250
+    nice -n 5 python benchmarks/vision_small_vlm.py train --steps 200
     nice -n 5 python benchmarks/vision_small_vlm.py eval --settings full resampler
     nice -n 5 python benchmarks/vision_small_vlm.py eval --settings visionzip prumerge tome vision_pool ...
     python benchmarks/vision_small_vlm.py report
@@ -89,7 +89,7 @@ def cmd_train(args):
     pixels = preprocess_all(joint.full.encoder, train.images)
     ds = ImageLabelDataset(pixels, train.labels, augment=True)
     cfg = TrainConfig(output_dir=str(RUN), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=0.05, warmup_steps=30, log_every=25, progress=False, seed=0)
+                      weight_decay=0.05, warmup_steps=20, log_every=10, progress=False, seed=0)
     t0 = time.perf_counter()
     result = Trainer(joint, cfg, ds).train()
     RUN.mkdir(parents=True, exist_ok=True)
@@ -177,8 +177,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
-    t.add_argument("--steps", type=int, default=250)
-    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--steps", type=int, default=200)
+    t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
     e = sub.add_parser("eval")
     e.add_argument("--settings", nargs="+", default=["full", "resampler"] + REDUCTIONS)
