@@ -17,8 +17,8 @@ Shortened CPU schedule (this machine): the ``embedding`` objective (image tokens
 embedding of the class word; no LLM backward pass) instead of the LLM answer loss, and evaluation on the first
 ``--eval-size`` images of the 20% test split. Phases run separately to keep each run short::
 
-    nice -n 5 timeout 600 python benchmarks/vision_small_vlm.py train --steps 200            # stops at 10 min
-    nice -n 5 timeout 600 python benchmarks/vision_small_vlm.py train --steps 200 --resume   # continues
+    nice -n 5 timeout 600 python benchmarks/vision_small_vlm.py train --steps 120            # stops at 10 min
+    nice -n 5 timeout 600 python benchmarks/vision_small_vlm.py train --steps 120 --resume   # continues
     nice -n 5 python benchmarks/vision_small_vlm.py eval --settings full resampler
     nice -n 5 python benchmarks/vision_small_vlm.py eval --settings visionzip prumerge tome vision_pool ...
     python benchmarks/vision_small_vlm.py report
@@ -134,7 +134,7 @@ def cmd_eval(args):
         if args.llm:
             closed = greedy = 0
             for i in range(0, n, args.batch_size):
-                x, y = pixels[i:i + args.batch_size], labels[i:i + args.batch_size]
+                x, y = pixels[i:min(i + args.batch_size, n)], labels[i:min(i + args.batch_size, n)]
                 pred = vlm.predict(x, tokens=tokens, reduction=reduction)
                 closed += int((pred["closed"] == y).sum())
                 greedy += int((pred["greedy"] == vlm.answer_ids[y]).sum())
@@ -197,7 +197,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
-    t.add_argument("--steps", type=int, default=200)
+    t.add_argument("--steps", type=int, default=120)
     t.add_argument("--batch-size", type=int, default=32)
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in runs/")
