@@ -191,7 +191,7 @@ class Systems:
 
 
 # ------------------------------------------------------------------------------------------------ the run
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     from mmcompress.models import load_language_model
 
     lm = load_language_model("smollm2-135m", device="cpu", dtype="float32")
@@ -231,6 +231,8 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "em": exact_match(answer, ex.answers), "f1": f1_score(answer, ex.answers),
                         "contains": contains_answer(answer, ex.answers), **extras})
                 print(f"{data} {method} @ {rate}: {time.perf_counter() - t_method:.0f}s", flush=True)
+                if save is not None:
+                    save(rows, systems.notes)  # a run cut short by its time limit keeps what it finished
     return rows, systems.notes
 
 
@@ -252,9 +254,10 @@ def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"Equal-budget QA benchmark, reader SmolLM2-135M-Instruct, machine: {meta['machine']}.", "",
-             f"Rows per dataset: {meta['n']}; answers up to {meta['max_new_tokens']} tokens, greedy; longdoc "
-             f"articles cut to their first {meta['max_doc_tokens']} tokens; multidoc documents per question: "
-             f"{meta.get('max_docs') or 10} (gold + distractors).", ""]
+             f"Answers up to {meta['max_new_tokens']} tokens, greedy, one question at a time. Subsets (CPU budget): "
+             + "; ".join(f"{d}: {', '.join(f'{k}={v}' for k, v in cfg.items())}" for d, cfg in
+                         sorted(meta.get("datasets", {}).items()))
+             + " (multidoc: the gold paragraph and the first distractors; longdoc: each article's first tokens).", ""]
     for name, note in sorted(meta.get("notes", {}).items()):
         lines.append(f"- {name}: {note}")
     lines += ["", "| data | method | family | budget | KV kept | KV MiB | peak KV MiB | EM | F1 | contains | "
@@ -315,18 +318,25 @@ def main() -> None:
     json_path = out.with_suffix(".json")
     previous = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": [], "meta": {"notes": {}}}
     t0 = time.perf_counter()
+
+    def save(rows: list[dict[str, Any]], notes: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any], set]:
+        done = {(r["data"], r["method"], r["rate"]) for r in rows}
+        all_rows = [r for r in previous["rows"] if (r["data"], r["method"], r["rate"]) not in done] + rows
+        settings = {d: ({"n": args.n, "max_docs": args.max_docs or 10} if d == "multidoc" else
+                        {"n": args.n, "max_doc_tokens": args.max_doc_tokens}) for d in args.data}
+        meta = {"machine": machine(), "max_new_tokens": args.max_new_tokens,
+                "datasets": {**previous["meta"].get("datasets", {}), **settings},
+                "notes": {**previous["meta"].get("notes", {}), **notes},
+                "commands": sorted(set(previous["meta"].get("commands", [])) | {" ".join(sys.argv[1:])})}
+        table = aggregate(all_rows)
+        json_path.write_text(json.dumps({"meta": meta, "table": table, "rows": all_rows}, indent=1) + "\n")
+        out.with_suffix(".md").write_text(markdown(table, meta))
+        plot(table, out.with_suffix(".png"), machine())
+        return table, meta, {(d, m) for d, m, _ in done}
+
     with torch.no_grad():
-        rows, notes = run(args)
-    done = {(r["data"], r["method"]) for r in rows}
-    all_rows = [r for r in previous["rows"] if (r["data"], r["method"]) not in done] + rows
-    meta = {"machine": machine(), "n": args.n, "max_new_tokens": args.max_new_tokens, "max_doc_tokens": args.max_doc_tokens,
-            "max_docs": args.max_docs,
-            "notes": {**previous["meta"].get("notes", {}), **notes},
-            "commands": sorted(set(previous["meta"].get("commands", [])) | {" ".join(sys.argv[1:])})}
-    table = aggregate(all_rows)
-    json_path.write_text(json.dumps({"meta": meta, "table": table, "rows": all_rows}, indent=1) + "\n")
-    out.with_suffix(".md").write_text(markdown(table, meta))
-    plot(table, out.with_suffix(".png"), machine())
+        rows, notes = run(args, save)
+    table, meta, done = save(rows, notes)
     print(markdown([t for t in table if (t["data"], t["method"]) in done], meta))
     print(f"{time.perf_counter() - t0:.0f}s; wrote {json_path}, .md, .png")
 
