@@ -25,6 +25,7 @@ from .results import CompressedPrompt, SegmentSelection
 from . import soft  # noqa: E402,F401  registers the soft methods
 from .results import SoftPrompt, SoftSegment  # noqa: E402
 from .soft import SoftCompressor, SoftConfig  # noqa: E402
+from .pipeline import Pipeline, PipelineConfig  # noqa: E402  hard-then-soft and per-segment composition
 
 # GIST, AutoCompressor and attention-side baselines (KV-cache presses)
 from . import kvcache  # noqa: E402,F401
@@ -36,6 +37,8 @@ __all__ = [
     "KVPress",
     "create_press",
     "list_presses",
+    "Pipeline",
+    "PipelineConfig",
     "SoftCompressor",
     "SoftConfig",
     "SoftPrompt",

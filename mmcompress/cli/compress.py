@@ -64,7 +64,11 @@ def run(args) -> int:
                                  target_tokenizer=args.target_tokenizer, **budget)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        if args.json:
+        if hasattr(compressor, "generate") and hasattr(result, "items"):  # soft methods (SoftPrompt)
+            from ..soft.cli import write_soft_result
+
+            write_soft_result(compressor, result, args, out)
+        elif args.json:
             json.dump(result.to_dict(), out, ensure_ascii=False, indent=2)
             out.write("\n")
         else:
