@@ -165,3 +165,20 @@ def test_recipe_trains_saves_and_loads(tiny_dir, tmp_path):
     loaded = create_compressor(str(tmp_path / "run" / "final"), device="cpu", dtype="float32")
     assert isinstance(loaded, GistCompressor) and loaded.config.num_slots == 2
     assert loaded.compress(TEXTS[0]).items[0][0].num_tokens == 2
+
+
+def test_gist_is_a_system_of_the_evaluation_harness(gist, tiny_lm):
+    from mmcompress.evaluation.harness import QAExample, evaluate
+    from mmcompress.evaluation.reader import Reader
+
+    model, tokenizer = tiny_lm
+    reader = Reader(model=model, tokenizer=tokenizer, max_new_tokens=3)
+    examples = [QAExample("a", "Who jumps?", ["fox"], [TEXTS[0], TEXTS[1]]),
+                QAExample("b", "What is the capital of France?", ["Paris"], [TEXTS[1]])]
+    system = gist.qa_system(reader)
+    report = evaluate(examples, [system], [0.25], reader)
+    result = report.results[0]
+    assert result.system == "gist" and gist.config.chunk_tokens == 12  # num_slots / rate
+    assert result.rate < 0.6  # documents became 3 gists per 12 tokens; instruction and question stay text
+    outputs = system.run(examples, 0.25)
+    assert [o.answer for o in outputs] == [o.answer for o in system.run(examples[::-1], 0.25)][::-1]  # batch-invariant
