@@ -181,3 +181,14 @@ def test_presses_are_systems_of_the_evaluation_harness(tiny_lm):
     assert kept_all == whole
     report = evaluate(examples, [build_system("streaming_llm", reader)], [0.5], reader)
     assert report.results[0].system == "streaming_llm" and 0.4 < report.results[0].rate < 0.8
+
+
+@pytest.mark.slow
+def test_real_model_answers_after_a_snapkv_press(smollm2):
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    context = tokenizer("Paris is the capital and most populous city of France. " * 8, return_tensors="pt").input_ids
+    pressed = prefill(model, context, SnapKVPress(rate=0.25, window_size=16))
+    assert pressed.cache_entries == round(0.25 * context.shape[1])
+    question = tokenizer(" The capital of France is", add_special_tokens=False).input_ids
+    answer = generate_from_cache(model, pressed, [question], max_new_tokens=3)
+    assert "Paris" in tokenizer.decode(answer.token_ids[0])
