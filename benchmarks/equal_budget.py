@@ -260,10 +260,10 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              + " (multidoc: the gold paragraph and the first distractors; longdoc: each article's first tokens).", ""]
     for name, note in sorted(meta.get("notes", {}).items()):
         lines.append(f"- {name}: {note}")
-    lines += ["", "| data | method | family | budget | KV kept | KV MiB | peak KV MiB | EM | F1 | contains | "
-              "compress s | prefill s | decode tok/s |", "|" + " --- |" * 13]
+    lines += ["", "| data | n | method | family | budget | KV kept | KV MiB | peak KV MiB | EM | F1 | contains | "
+              "compress s | prefill s | decode tok/s |", "|" + " --- |" * 14]
     for t in table:
-        lines.append(f"| {t['data']} | {t['method']} | {t['family']} | {t['budget']:.2f} | {t['kv_fraction']:.3f} | "
+        lines.append(f"| {t['data']} | {t['n']} | {t['method']} | {t['family']} | {t['budget']:.2f} | {t['kv_fraction']:.3f} | "
                      f"{t['kv_mib']:.2f} | {t['peak_kv_mib']:.2f} | {t['em']:.3f} | {t['f1']:.3f} | "
                      f"{t['contains']:.3f} | {t['compress_s']:.3f} | {t['prefill_s']:.3f} | {t['decode_tok_s']:.1f} |")
     return "\n".join(lines) + "\n"
