@@ -165,3 +165,40 @@ def test_recipe_trains_saves_and_loads(tiny_dir, tmp_path):
     loaded = create_compressor(str(tmp_path / "run" / "final"), device="cpu", dtype="float32")
     assert isinstance(loaded, GistCompressor) and loaded.config.num_slots == 2
     assert loaded.compress(TEXTS[0]).items[0][0].num_tokens == 2
+
+
+def test_gist_is_a_system_of_the_evaluation_harness(gist, tiny_lm):
+    from mmcompress.evaluation.harness import QAExample, evaluate
+    from mmcompress.evaluation.reader import Reader
+
+    model, tokenizer = tiny_lm
+    reader = Reader(model=model, tokenizer=tokenizer, max_new_tokens=3)
+    examples = [QAExample("a", "Who jumps?", ["fox"], [TEXTS[0], TEXTS[1]]),
+                QAExample("b", "What is the capital of France?", ["Paris"], [TEXTS[1]])]
+    system = gist.qa_system(reader)
+    report = evaluate(examples, [system], [0.25], reader)
+    result = report.results[0]
+    assert result.system == "gist" and gist.config.chunk_tokens == 12  # num_slots / rate
+    assert result.rate < 0.6  # documents became 3 gists per 12 tokens; instruction and question stay text
+    outputs = system.run(examples, 0.25)
+    assert [o.answer for o in outputs] == [o.answer for o in system.run(examples[::-1], 0.25)][::-1]  # batch-invariant
+
+
+@pytest.mark.slow
+def test_real_model_gist_cache_equals_masked_forward(smollm2):
+    gist = GistCompressor(model=smollm2.model, tokenizer=smollm2.tokenizer, num_slots=4, chunk_tokens=64)
+    try:
+        tok = gist.tokenizer
+        after = tok(" The capital is", add_special_tokens=False)["input_ids"]
+        text_ids = tok(TEXTS[1], add_special_tokens=False)["input_ids"]
+        reference = _continuation_logits_full(gist, text_ids, after)
+        layers, position, _ = gist._row_cache(gist.compress(TEXTS[1]).items[0])
+        from mmcompress.soft.gist import stack_row_caches
+
+        context = stack_row_caches(gist.decoder, [(layers, position)])
+        with torch.no_grad():
+            out = gist.decoder(input_ids=torch.tensor([after]), attention_mask=torch.ones(1, 4 + len(after), dtype=torch.long),
+                               position_ids=4 + torch.arange(len(after))[None], **cache_kwargs(gist.decoder, context.cache))
+        torch.testing.assert_close(out.logits[0], reference, atol=2e-3, rtol=1e-3)
+    finally:
+        gist.module.llm.unload()

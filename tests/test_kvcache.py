@@ -159,3 +159,36 @@ def test_registry_and_bad_settings():
         create_press("knorm", window_size=4)
     with pytest.raises(ConfigError, match="rate"):
         KnormPress(rate=0.0)
+
+
+def test_presses_are_systems_of_the_evaluation_harness(tiny_lm):
+    from mmcompress.evaluation.harness import QAExample, build_system, evaluate
+    from mmcompress.evaluation.reader import Reader
+    from mmcompress.kvcache.qa import split_prompt
+
+    model, tokenizer = tiny_lm
+    reader = Reader(model=model, tokenizer=tokenizer, max_new_tokens=4)
+    examples = [QAExample("a", "What is the capital of France?", ["Paris"],
+                          ["Paris is the capital and most populous city of France.", "Berlin is the capital of Germany."])]
+    context_ids, question_ids = split_prompt(reader, examples[0], "Answer the question using the documents.")
+    system = build_system("snapkv", reader, window_size=4)
+    out = system.run(examples, 0.5)[0]
+    assert out.extras["kv_entries"] == round(len(context_ids) * 0.5)
+    assert out.compressed_tokens == out.extras["kv_entries"] + len(question_ids)
+    # keeping everything answers exactly like the reader on the whole prompt read in one pass
+    kept_all = build_system("knorm", reader).run(examples, 1.0)[0].answer
+    whole = reader.generate(input_ids=torch.tensor([context_ids + question_ids]))[0]
+    assert kept_all == whole
+    report = evaluate(examples, [build_system("streaming_llm", reader)], [0.5], reader)
+    assert report.results[0].system == "streaming_llm" and 0.4 < report.results[0].rate < 0.8
+
+
+@pytest.mark.slow
+def test_real_model_answers_after_a_snapkv_press(smollm2):
+    model, tokenizer = smollm2.model, smollm2.tokenizer
+    context = tokenizer("Paris is the capital and most populous city of France. " * 8, return_tensors="pt").input_ids
+    pressed = prefill(model, context, SnapKVPress(rate=0.25, window_size=16))
+    assert pressed.cache_entries == round(0.25 * context.shape[1])
+    question = tokenizer(" The capital of France is", add_special_tokens=False).input_ids
+    answer = generate_from_cache(model, pressed, [question], max_new_tokens=3)
+    assert "Paris" in tokenizer.decode(answer.token_ids[0])

@@ -17,3 +17,5 @@ __all__ = [
     "StreamingLLMPress", "attention_layers", "create_press", "generate_from_cache", "left_pad", "list_presses",
     "prefill", "register_press",
 ]
+
+from . import qa  # noqa: E402,F401  registers the presses as QA systems of the evaluation harness

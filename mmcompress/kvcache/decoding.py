@@ -42,17 +42,23 @@ class CachedContext:
 
 
 @torch.no_grad()
-def prefill(model: Any, input_ids: torch.Tensor, press: Any = None) -> CachedContext:
-    """Read ``input_ids`` ``(B, T)`` (unpadded) into a fresh cache, compressing each layer with ``press`` if given."""
+def prefill(model: Any, input_ids: torch.Tensor | None = None, press: Any = None, *,
+            inputs_embeds: torch.Tensor | None = None) -> CachedContext:
+    """Read ``input_ids`` ``(B, T)`` or ``inputs_embeds`` ``(B, T, D)`` (unpadded) into a fresh cache, compressing
+    each layer with ``press`` if given."""
     import contextlib
 
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("pass exactly one of input_ids or inputs_embeds")
+    x = input_ids if input_ids is not None else inputs_embeds
     cache = new_cache(model)
+    inputs = {"input_ids": input_ids} if input_ids is not None else {"inputs_embeds": inputs_embeds}
     with press(model) if press is not None else contextlib.nullcontext():
-        model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
-    batch, length = input_ids.shape
+        model(**inputs, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
+    batch, length = x.shape[:2]
     entries = int(cache.get_seq_length())
-    return CachedContext(cache, torch.ones(batch, entries, dtype=torch.long, device=input_ids.device),
-                         torch.full((batch,), length, dtype=torch.long, device=input_ids.device), [length] * batch)
+    return CachedContext(cache, torch.ones(batch, entries, dtype=torch.long, device=x.device),
+                         torch.full((batch,), length, dtype=torch.long, device=x.device), [length] * batch)
 
 
 def keep_first_in_cache(cache: Any, n: int) -> None:

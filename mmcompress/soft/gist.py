@@ -159,6 +159,12 @@ class GistCompressor(SoftCompressor):
 
     config_class = GistConfig
 
+    def qa_system(self, reader: Any):
+        """A system of the QA evaluation harness; see :mod:`.reader_system`."""
+        from .reader_system import SoftReaderSystem
+
+        return SoftReaderSystem(self, reader)
+
     def build_module(self) -> GistModule:
         if not is_rotary(self.llm):
             raise ConfigError("gist caching re-rotates the gists' keys, so it needs a RoPE model (Llama, Qwen, "
