@@ -26,6 +26,9 @@ from . import soft  # noqa: E402,F401  registers the soft methods
 from .results import SoftPrompt, SoftSegment  # noqa: E402
 from .soft import SoftCompressor, SoftConfig  # noqa: E402
 
+# --- interleaved image-text (multimodal family): registers the "interleaved" compressor and training task
+from . import multimodal  # noqa: F401,E402
+
 __version__ = "0.1.0"
 
 __all__ = [
