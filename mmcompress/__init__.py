@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from . import hard  # noqa: F401  registers the hard methods
+# --- Vision: encoders, adapters, visual-token reductions (registered as family "vision") ---
+from . import vision  # noqa: F401,E402
+# --- end Vision ---
 from .api import compress
 from .budget import BudgetPlan, plan_budget, select_under_budget, topk_indices
 from .compressor import Compressor, CompressorConfig, HardCompressor, HardConfig, SegmentOutcome
@@ -25,6 +28,7 @@ from .results import CompressedPrompt, SegmentSelection
 from . import soft  # noqa: E402,F401  registers the soft methods
 from .results import SoftPrompt, SoftSegment  # noqa: E402
 from .soft import SoftCompressor, SoftConfig  # noqa: E402
+from .pipeline import Pipeline, PipelineConfig  # noqa: E402  hard-then-soft and per-segment composition
 
 # --- interleaved image-text (multimodal family): registers the "interleaved" compressor and training task
 from . import multimodal  # noqa: F401,E402
@@ -32,6 +36,8 @@ from . import multimodal  # noqa: F401,E402
 __version__ = "0.1.0"
 
 __all__ = [
+    "Pipeline",
+    "PipelineConfig",
     "SoftCompressor",
     "SoftConfig",
     "SoftPrompt",

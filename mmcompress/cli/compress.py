@@ -23,6 +23,10 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="scorer model: HF id, local folder or alias (default: smollm2-135m)")
     p.add_argument("--target-tokenizer", help="also count tokens with this tokenizer (the LLM the prompt is for)")
     p.add_argument("--image", action="append", default=None, help="image file for an <image> marker (repeatable)")
+    # Vision methods (see mmcompress/vision/cli.py): visual tokens per image, and the VLM's answer length
+    p.add_argument("--tokens", "-k", type=int, help="vision methods: visual tokens kept per image")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="vision methods with --model: tokens to generate")
+    p.add_argument("--template", help="vision methods with --model: prompt template, e.g. 'USER: {prompt} ASSISTANT:'")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="set a config field of the method, e.g. --set unit=sentence")
     p.add_argument("--json", action="store_true", help="print a JSON object with the text and statistics")
@@ -59,12 +63,22 @@ def run(args) -> int:
         text = read_text(args.input).rstrip("\n")  # a file's final newline is not part of the prompt
     if not text.strip():
         raise InvalidPromptError("the prompt is empty: there is no text to compress")
+    from ..vision.cli import is_vision_method
+
+    if is_vision_method(args.method):
+        from ..vision.cli import run_vision
+
+        return run_vision(args, text, parse_overrides(args.overrides))
     compressor = _compressor(args)
     result = compressor.compress(text, question=args.question, instruction=args.instruction, images=args.image,
                                  target_tokenizer=args.target_tokenizer, **budget)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
-        if args.json:
+        if hasattr(compressor, "generate") and hasattr(result, "items"):  # soft methods (SoftPrompt)
+            from ..soft.cli import write_soft_result
+
+            write_soft_result(compressor, result, args, out)
+        elif args.json:
             json.dump(result.to_dict(), out, ensure_ascii=False, indent=2)
             out.write("\n")
         else:

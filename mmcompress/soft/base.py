@@ -243,13 +243,33 @@ class SoftCompressor(Compressor):
         emb = self.llm.get_input_embeddings()
         return emb(torch.tensor(ids, dtype=torch.long, device=self.device))
 
+    def format_question(self, question: str, task: str) -> str:
+        """How a question reads after the soft prompt (methods trained with a QA template apply it here)."""
+        return question
+
+    def split_pieces(self, pieces: Sequence[Any], task: str, question: str | None) -> tuple[list[Any], list[str]]:
+        """Split one prompt into ``(head, tail texts)``: the head runs up to the last soft span; the marker goes
+        between them; the tail is the kept text after the last span (questions formatted for ``task``) and then
+        ``question``. Text after a piece starts with its separator."""
+        last = max((k for k, p in enumerate(pieces) if isinstance(p, SoftSegment)), default=-1)
+        head, tail = list(pieces[: last + 1]), []
+        for k in range(last + 1, len(pieces)):
+            piece = pieces[k]
+            text = self.format_question(piece.text, task) if piece.role.value == "question" else piece.text
+            sep = "" if k == last + 1 else (piece.sep if piece.sep is not None else "\n\n")
+            tail.append(sep + text)
+        if question:
+            tail.append(("\n\n" if tail else "") + self.format_question(question, task))
+        return head, tail
+
     def decoder_embeddings(self, pieces: Sequence[Any], task: str, question: str | None):
-        """``[T, D]``: one prompt's decoder input: its pieces in order (soft tokens as they are, text embedded),
-        then this method's marker for ``task``, then ``question``. Text after a piece starts with the separator."""
+        """``[T, D]``: one prompt's decoder input: its pieces up to the last soft span (soft tokens as they are,
+        text embedded), this method's marker for ``task``, then the kept text after it and ``question``."""
         import torch
 
+        head, tail = self.split_pieces(pieces, task, question)
         parts = []
-        for k, piece in enumerate(pieces):
+        for k, piece in enumerate(head):
             if isinstance(piece, SoftSegment):
                 if piece.embeddings is None:
                     raise ConfigError(f"{self.name} got a KV soft segment; generate it with the method that made it")
@@ -260,8 +280,8 @@ class SoftCompressor(Compressor):
         marker = self.marker(task)
         if marker is not None:
             parts.append(marker.to(self.device, self.llm.dtype))
-        if question:
-            parts.append(self.embed_text(question))
+        if tail:
+            parts.append(self.embed_text("".join(tail)))
         return torch.cat([p for p in parts if p.shape[0]], 0)
 
     # ------------------------------------------------------------------------------------------- save / load
@@ -311,10 +331,12 @@ class SoftCompressor(Compressor):
         module = self.module
         expected = {n for n, p in module.named_parameters() if p.requires_grad}
         missing = sorted(expected - set(weights))
-        unexpected = sorted(set(weights) - {n for n, _ in module.named_parameters()})
+        params = dict(module.named_parameters())
+        unexpected = sorted(set(weights) - set(params))
+        unexpected += sorted(n for n in set(weights) & set(params) if tuple(weights[n].shape) != tuple(params[n].shape))
         if missing or unexpected:
             raise ConfigError(f"{source} does not match {self.name} with this config: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]} (was it saved with other num_slots / lora settings?)")
+                              f"unexpected or mis-shaped {unexpected[:3]} (was it saved with other num_slots / lora settings?)")
         module.load_state_dict(weights, strict=False)
 
 

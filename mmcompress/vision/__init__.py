@@ -5,6 +5,8 @@
 """
 from .adapters import (ADAPTERS, AdapterConfig, MLPProjector, PerceiverResampler, PoolAdapter, QFormer,
                        VisionAdapter, create_adapter, pool_tokens)
+from . import reduction  # noqa: F401  registers the reductions as compressors
+from . import training  # noqa: F401  registers the small_vlm training task
 from .encoders import (ENCODERS, EncoderOutput, HFVisionEncoder, LlavaTowerEncoder, OpenCLIPEncoder, VisionEncoder,
                        create_encoder, register_open_clip_config)
 
@@ -27,3 +29,8 @@ __all__ = [
     "pool_tokens",
     "register_open_clip_config",
 ]
+from .reduction import (FastV, PoolReduction, PruMerge, RandomReduction, StridedReduction, ToMe, VisionZip,
+                        VisualReduction, VisualTokens)
+
+__all__ += ["FastV", "PoolReduction", "PruMerge", "RandomReduction", "StridedReduction", "ToMe", "VisionZip",
+            "VisualReduction", "VisualTokens"]

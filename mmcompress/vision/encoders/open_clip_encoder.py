@@ -27,8 +27,8 @@ _STUB_TEXT = {"context_length": 8, "vocab_size": 49408, "width": 32, "heads": 2,
 # Small ViTs for CPU work on small images (random init; no pretrained weights exist for these).
 TOOLKIT_CONFIGS: dict[str, dict[str, Any]] = {
     # 32x32 input, 4x4 patches -> 64 patch tokens: CIFAR-sized images at full resolution
-    "mmc-vit-tiny-p4-32": {"embed_dim": 192, "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 192,
-                                                             "layers": 4, "head_width": 48, "mlp_ratio": 2.0}},
+    "mmc-vit-tiny-p4-32": {"embed_dim": 128, "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 128,
+                                                             "layers": 4, "head_width": 32, "mlp_ratio": 2.0}},
     # 64x64 input, 8x8 patches -> 64 tokens
     "mmc-vit-tiny-p8-64": {"embed_dim": 192, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 192,
                                                              "layers": 4, "head_width": 48, "mlp_ratio": 2.0}},

@@ -1,0 +1,195 @@
+"""Small VLM on CIFAR-10: accuracy at K = 1, 4, 16 and the full patch count, learned vs training-free compression.
+
+Model: open_clip ViT (``mmc-vit-tiny-p4-32``: 32 px, 4 px patches -> 64 patch tokens, width 128, 4 blocks; random
+init, trained) -> adapter -> frozen SmolLM2-135M, asked ``"Question: What is in the image?\\nImage: <K tokens>\\n
+Answer:"``. Two adapters share the ViT and are trained together:
+
+- ``full``: a linear projector (LLaVA-1's; depth 1 to fit the CPU run), one LLM token per patch (64 tokens);
+- ``resampler``: a Perceiver resampler with 16 nested latents (MQT-style: a random K in {1, 4, 16} per step).
+
+Training-free reductions (VisionZip, PruMerge, ToMe, pooling, random, strided) shrink the patch tokens of the
+``full`` model to K before its projector.
+
+Accuracy is read from the LLM's next-token logits at the answer position: ``closed`` = the highest-scoring class
+name among the 10 (closed-set answer), ``greedy`` = the open-vocabulary greedy token is the class name.
+
+Shortened CPU schedule (this machine): the ``embedding`` objective (image tokens pulled toward the LLM's input
+embedding of the class word; no LLM backward pass) instead of the LLM answer loss, and evaluation on the first
+``--eval-size`` images of the 20% test split. Phases run separately to keep each run short::
+
+    nice -n 5 python benchmarks/vision_small_vlm.py train --steps 200
+    nice -n 5 python benchmarks/vision_small_vlm.py eval --settings full resampler
+    nice -n 5 python benchmarks/vision_small_vlm.py eval --settings visionzip prumerge tome vision_pool ...
+    python benchmarks/vision_small_vlm.py report
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from mmcompress.vision.training import ImageLabelDataset, build_small_vlm, load_npz_split, preprocess_all  # noqa: E402
+
+DATA = Path(os.environ.get("MMCOMPRESS_SHARED", "/work/shared")) / "data" / "cifar10_dev.npz"
+RUN = ROOT / "runs" / "vision_small_vlm"
+RESULTS = ROOT / "benchmarks" / "results"
+KS = [1, 4, 16]
+REDUCTIONS = ["visionzip", "prumerge", "tome", "vision_pool", "vision_random", "vision_strided"]
+ENCODER = "open_clip:mmc-vit-tiny-p4-32"
+
+
+class Joint(nn.Module):
+    """Two SmallVLMs sharing one ViT, trained together."""
+
+    def __init__(self, full, resampler, nested: list[int]):
+        super().__init__()
+        self.full, self.resampler, self.nested = full, resampler, nested
+        self.resampler.encoder = self.full.encoder  # one shared tower
+
+    def training_step(self, batch):
+        patches = self.full.encoder(batch["pixels"]).patch_tokens
+        k = random.choice(self.nested)
+        a = self.full.loss_on(self.full.adapter(patches), batch["label"])
+        b = self.resampler.loss_on(self.resampler.adapter(patches, tokens=k), batch["label"])
+        return {"loss": a["loss"] + b["loss"], "acc_full": a["acc"], "acc_resampler": b["acc"]}
+
+
+def build(lm=None, tok=None):
+    from mmcompress.models import load_language_model
+
+    train, test = load_npz_split(DATA, 0.8, seed=0)
+    if lm is None:
+        lm, tok = load_language_model("smollm2-135m", device="cpu", dtype="float32")
+    common = {"encoder": ENCODER, "objective": "embedding"}
+    full = build_small_vlm({**common, "adapter": {"name": "mlp", "tokens": None, "depth": 1}}, train.classes, lm, tok)
+    res = build_small_vlm({**common, "adapter": {"name": "perceiver", "tokens": 16, "depth": 2, "heads": 4,
+                                                 "dim_head": 32, "max_patches": 64}}, train.classes, lm, tok)
+    return Joint(full, res, KS), train, test
+
+
+def cmd_train(args):
+    from safetensors.torch import save_model
+
+    from mmcompress.training import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    joint, train, test = build()
+    pixels = preprocess_all(joint.full.encoder, train.images)
+    ds = ImageLabelDataset(pixels, train.labels, augment=True)
+    cfg = TrainConfig(output_dir=str(RUN), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=0.05, warmup_steps=20, log_every=10, progress=False, seed=0)
+    t0 = time.perf_counter()
+    result = Trainer(joint, cfg, ds).train()
+    RUN.mkdir(parents=True, exist_ok=True)
+    save_model(joint, str(RUN / "joint.safetensors"))  # the shared tower is stored once
+    info = {"steps": result.steps, "seconds": round(time.perf_counter() - t0, 1), "batch_size": args.batch_size,
+            "lr": args.lr, "last": result.history[-1] if result.history else {}}
+    (RUN / "train_info.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2))
+
+
+@torch.no_grad()
+def cmd_eval(args):
+    from safetensors.torch import load_model
+
+    from mmcompress import create_compressor
+
+    joint, train, test = build()
+    load_model(joint, str(RUN / "joint.safetensors"))
+    joint.eval()
+    n = args.eval_size
+    pixels = preprocess_all(joint.full.encoder, test.images[:n])
+    labels = torch.as_tensor(test.labels[:n])
+    out_file = RESULTS / "vision_small_vlm.json"
+    results = json.loads(out_file.read_text()) if out_file.exists() else {}
+    results.setdefault("rows", {})
+
+    def evaluate(name, vlm, tokens=None, reduction=None):
+        t0 = time.perf_counter()
+        closed = greedy = probe = 0
+        for i in range(0, n, args.batch_size):
+            x, y = pixels[i:i + args.batch_size], labels[i:i + args.batch_size]
+            pred = vlm.predict(x, tokens=tokens, reduction=reduction)
+            closed += int((pred["closed"] == y).sum())
+            greedy += int((pred["greedy"] == vlm.answer_ids[y]).sum())
+            img = vlm.image_tokens(x, tokens, reduction)
+            table = vlm.llm.get_input_embeddings().weight[vlm.answer_ids]
+            sim = nn.functional.normalize(img, dim=-1) @ nn.functional.normalize(table, dim=-1).T
+            probe += int((sim.mean(1).argmax(-1) == y).sum())
+        k = tokens if tokens is not None else 64
+        row = {"setting": name, "k": k, "closed_acc": closed / n, "greedy_acc": greedy / n,
+               "embedding_probe_acc": probe / n, "n": n, "seconds": round(time.perf_counter() - t0, 1)}
+        results["rows"][f"{name}@{k}"] = row
+        print(json.dumps(row), flush=True)
+        out_file.write_text(json.dumps(results, indent=2))
+
+    for setting in args.settings:
+        if setting == "full":
+            evaluate("full (mlp, all patches)", joint.full)
+        elif setting == "resampler":
+            for k in KS:
+                evaluate("resampler (trained)", joint.resampler, tokens=k)
+        else:
+            for k in args.ks or KS:
+                evaluate(setting, joint.full, tokens=k, reduction=create_compressor(setting, tokens=k))
+    results["meta"] = {
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU (shared with other jobs)",
+        "schedule": "shortened CPU run: embedding objective, eval on the first n test images",
+        "encoder": ENCODER, "patches": 64, "lm": "SmolLM2-135M-Instruct (frozen)", "data": "cifar10_dev.npz 80/20 split seed 0",
+        "train": json.loads((RUN / "train_info.json").read_text()) if (RUN / "train_info.json").exists() else None,
+    }
+    out_file.write_text(json.dumps(results, indent=2))
+
+
+def cmd_report(args):
+    results = json.loads((RESULTS / "vision_small_vlm.json").read_text())
+    rows = list(results["rows"].values())
+    full = next((r for r in rows if r["setting"].startswith("full")), None)
+    lines = ["# Small VLM on CIFAR-10 (CPU shortened run)", "",
+             f"Machine: {results['meta']['machine']}. {results['meta']['schedule']}.", "",
+             "| setting | K | closed-set acc | greedy acc | embedding probe acc | % of full (closed) | n |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (not r["setting"].startswith("full"), r["setting"], r["k"])):
+        rel = f"{100 * r['closed_acc'] / full['closed_acc']:.1f}%" if full and full["closed_acc"] else "-"
+        lines.append(f"| {r['setting']} | {r['k']} | {r['closed_acc']:.3f} | {r['greedy_acc']:.3f} | "
+                     f"{r['embedding_probe_acc']:.3f} | {rel} | {r['n']} |")
+    train = results["meta"].get("train") or {}
+    lines += ["", f"Training: {train.get('steps')} steps, batch {train.get('batch_size')}, {train.get('seconds')} s.",
+              "Command: see benchmarks/vision_small_vlm.py docstring."]
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "vision_small_vlm.md").write_text(text)
+    print(text)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--steps", type=int, default=200)
+    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--lr", type=float, default=2e-3)
+    e = sub.add_parser("eval")
+    e.add_argument("--settings", nargs="+", default=["full", "resampler"] + REDUCTIONS)
+    e.add_argument("--ks", nargs="+", type=int)
+    e.add_argument("--eval-size", type=int, default=100)
+    e.add_argument("--batch-size", type=int, default=50)
+    sub.add_parser("report")
+    args = p.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""The shared soft encoder: the base LLM under a LoRA adapter (peft) reads a chunk of input embeddings followed by
+``K`` learned memory slots; what comes out at the slot positions is the soft prompt. The decoder is the same LLM
+with the adapter switched off (``with encoder.decoder():``), so it is exactly the frozen base model.
+
+Inputs of any length are split into chunks of at most ``chunk_tokens`` (ICAE's multi-span scheme: ``n =
+ceil(T / L)`` chunks of near-equal length), all chunks of a batch are encoded in **one** forward pass (left-padded,
+so the slots sit at the same indices in every row), and each span's slots are concatenated in chunk order.
+
+The encoder works on ``inputs_embeds``: :meth:`SoftEncoder.encode_embeds` does not care whether a row came from
+token embeddings or from an image adapter. Two outputs:
+
+- ``"hidden"``: the slots' last hidden states ``[N, K, D]`` (ICAE);
+- ``"kv"``: the slots' keys and values at every layer, ``[N, H_kv, K, d]`` each (500xCompressor).
+
+Positions. In ``"standard"`` mode a chunk's tokens sit at ``0..L_i-1`` and its slots at ``L_i..L_i+K-1``. In
+``"prefix"`` mode (used for KV) the whole row is shifted so that slot ``j`` of chunk ``c`` of a span sits at
+position ``c*K + j``: with rotary embeddings attention depends only on relative positions, so the encoder computes
+the same thing, but the cached keys come out rotated exactly as a decoder cache of ``n*K`` prefix tokens would be,
+and the decoder simply continues at position ``n*K``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import repeat
+from torch import nn
+
+from ..errors import ConfigError
+from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
+from .base import SoftConfig
+
+
+@dataclass
+class EncoderConfig(SoftConfig):
+    """A soft method built on :class:`SoftEncoder`: LoRA settings on top of :class:`SoftConfig`.
+
+    ``lora_targets`` is "all-linear" (every linear layer but the LM head, the default of issue 4's recipe) or a list
+    of module names such as ``["q_proj", "v_proj"]`` (ICAE v1). ``gradient_checkpointing`` trades compute for memory.
+    """
+
+    lora_r: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_targets: Any = "all-linear"
+    gradient_checkpointing: bool = False
+    max_input_tokens: int = 4096  # longer inputs are rejected with a clear error, not silently truncated
+    qa_template: str = "Question: {question}\nAnswer:"  # how questions read after the [FT]/qa marker
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if int(self.lora_r) < 1:
+            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+
+
+def split_into_chunks(ids: Sequence[int], chunk_tokens: int) -> list[list[int]]:
+    """ICAE multi-span: ``n = ceil(T / L)`` chunks of near-equal length ``ceil(T / n)`` (an empty input: one empty)."""
+    ids = list(ids)
+    if not ids:
+        return [[]]
+    n = math.ceil(len(ids) / chunk_tokens)
+    size = math.ceil(len(ids) / n)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+@dataclass
+class Chunks:
+    """A batch of chunks ready for the encoder (left-padded).
+
+    ``ids`` ``[N, L]``, ``mask`` ``[N, L]``; ``span`` ``[N]`` says which span (input text) each chunk belongs to and
+    ``index`` ``[N]`` its position within that span; ``spans`` is the number of spans, ``lengths`` the token count
+    of each span.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    span: torch.Tensor
+    index: torch.Tensor
+    lengths: list[int]
+
+    @property
+    def spans(self) -> int:
+        return len(self.lengths)
+
+    def chunks_per_span(self) -> list[int]:
+        return torch.bincount(self.span, minlength=self.spans).tolist()
+
+
+def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: int) -> Chunks:
+    """Split each span's ids into chunks and left-pad them into one batch."""
+    rows, span, index = [], [], []
+    for s, ids in enumerate(token_ids):
+        for c, chunk in enumerate(split_into_chunks(ids, chunk_tokens)):
+            rows.append(chunk)
+            span.append(s)
+            index.append(c)
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for n, r in enumerate(rows):
+        if r:
+            ids[n, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[n, width - len(r):] = 1
+    return Chunks(ids, mask, torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids])
+
+
+class SoftEncoder(nn.Module):
+    """Base LLM + LoRA + ``num_slots`` memory slots; see the module docstring."""
+
+    def __init__(self, llm: nn.Module, config: EncoderConfig):
+        from peft import LoraConfig, get_peft_model
+
+        super().__init__()
+        self.num_slots = int(config.num_slots)
+        self.chunk_tokens = int(config.chunk_tokens)
+        for p in llm.parameters():
+            p.requires_grad_(False)
+        targets = config.lora_targets
+        lora = LoraConfig(r=int(config.lora_r), lora_alpha=int(config.lora_alpha), lora_dropout=float(config.lora_dropout),
+                          target_modules=targets if isinstance(targets, str) else list(targets), bias="none")
+        self.peft = get_peft_model(llm, lora)
+        if config.gradient_checkpointing:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            llm.enable_input_require_grads()
+        table = llm.get_input_embeddings().weight.detach()
+        # slots start near typical token embeddings so the first steps see in-distribution inputs
+        init = table.float().mean(0) + torch.randn(self.num_slots, table.shape[1]) * table.float().std()
+        self.slots = nn.Parameter(init.to(table.dtype))
+        self.rotary = is_rotary(llm)
+
+    # ------------------------------------------------------------------------------------------------- parts
+    @property
+    def llm(self) -> nn.Module:
+        """The causal LM (with LoRA layers injected; under :meth:`decoder` they are switched off)."""
+        return self.peft.get_base_model()
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The transformer without the LM head (LlamaModel, Qwen2Model, ...)."""
+        llm = self.llm
+        return getattr(llm, llm.base_model_prefix)
+
+    @property
+    def lm_head(self) -> nn.Module:
+        return self.llm.get_output_embeddings()
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+    @contextmanager
+    def decoder(self):
+        """The frozen decoder: the adapter is off inside this block."""
+        with self.peft.disable_adapter():
+            yield
+
+    # ------------------------------------------------------------------------------------------------ encode
+    def encode(self, chunks: Chunks, output: str = "hidden", positions: str = "standard"):
+        chunks_ids = chunks.ids.to(self.slots.device)
+        return self.encode_embeds(self.embed(chunks_ids), chunks.mask.to(self.slots.device),
+                                  chunks.index.to(self.slots.device), output=output, positions=positions)
+
+    def encode_embeds(self, embeds: torch.Tensor, mask: torch.Tensor, chunk_index: torch.Tensor | None = None,
+                      output: str = "hidden", positions: str = "standard"):
+        """Encode left-padded chunk embeddings ``[N, L, D]`` (``mask`` ``[N, L]``) with the slots appended.
+
+        Returns ``[N, K, D]`` hidden states (``output="hidden"``) or a list over layers of ``(keys, values)``
+        ``[N, H_kv, K, d]`` (``output="kv"``). ``chunk_index`` ``[N]`` (chunk number within its span) is needed for
+        ``positions="prefix"``.
+        """
+        if output not in ("hidden", "kv"):
+            raise ValueError(f"output must be 'hidden' or 'kv', got {output!r}")
+        n, width, _ = embeds.shape
+        k = self.num_slots
+        slots = repeat(self.slots, "k d -> n k d", n=n).to(embeds.dtype)
+        inputs = torch.cat([embeds, slots], dim=1)
+        full_mask = torch.cat([mask, mask.new_ones(n, k)], dim=1)
+        lengths = mask.sum(1)
+        offset = torch.zeros_like(lengths)
+        if positions == "prefix":
+            if not self.rotary:
+                raise ConfigError("prefix positions (the kv method) need a model with rotary position embeddings")
+            if chunk_index is None:
+                raise ValueError("positions='prefix' needs chunk_index")
+            offset = chunk_index.to(lengths.device) * k - lengths
+        elif positions != "standard":
+            raise ValueError(f"positions must be 'standard' or 'prefix', got {positions!r}")
+        idx = torch.arange(width + k, device=embeds.device)[None, :]
+        position_ids = idx - (width - lengths)[:, None] + offset[:, None]
+        position_ids = torch.where(full_mask.bool(), position_ids, torch.zeros_like(position_ids))
+        if output == "hidden":
+            out = self.backbone(inputs_embeds=inputs, attention_mask=full_mask, position_ids=position_ids, use_cache=False)
+            return out.last_hidden_state[:, -k:]
+        cache = new_cache(self.llm)
+        out = self.backbone(inputs_embeds=inputs, attention_mask=full_mask, position_ids=position_ids, use_cache=True,
+                            **cache_kwargs(self.backbone, cache))
+        cache = output_cache(out) or cache
+        return [(layer.keys[:, :, -k:], layer.values[:, :, -k:]) for layer in cache.layers]
+
+
+def gather_spans(per_chunk: torch.Tensor, chunks: Chunks) -> list[torch.Tensor]:
+    """Concatenate each span's chunk outputs in chunk order: ``[N, K, ...]`` -> per span ``[n_s * K, ...]``.
+
+    Chunks of a span are consecutive rows (``make_chunks`` order), so this is a split, not a gather."""
+    counts = chunks.chunks_per_span()
+    return [x.flatten(0, 1) for x in torch.split(per_chunk, counts, dim=0)]
+
+
+# ----------------------------------------------------------------------------------------- trainable model
+TASK_IDS = {"ae": 0, "lm": 1, "qa": 2}  # marker rows: ICAE's [AE], [LM] and [FT] tokens
+
+
+class SlotModel(nn.Module):
+    """The trainable model of an encoder-based soft method: :class:`SoftEncoder` plus learned task markers.
+
+    Subclasses implement :meth:`decoder_hidden`: run the frozen decoder on the soft prompt and the text that
+    follows it, and return the decoder's last hidden states and the labels aligned with them. The loss is computed
+    from the labelled positions only (:func:`~mmcompress.soft.losses.sliced_lm_loss`).
+
+    A training batch (see :func:`~mmcompress.soft.losses.collate`) holds the chunks to compress (``chunk_ids``,
+    ``chunk_mask``, ``chunk_span``, ``chunk_index``), the decoder text after the marker (``tail_ids``,
+    ``tail_mask``, ``labels`` with -100 where there is no loss) and the ``task`` of each example.
+    """
+
+    encoder_output = "hidden"
+    positions = "standard"
+
+    def __init__(self, llm: nn.Module, config: EncoderConfig):
+        super().__init__()
+        self.encoder = SoftEncoder(llm, config)
+        table = llm.get_input_embeddings().weight.detach().float()
+        init = table.mean(0) + torch.randn(len(TASK_IDS), table.shape[1]) * table.std()
+        self.markers = nn.Parameter(init.to(llm.get_input_embeddings().weight.dtype))
+
+    def chunks_from_batch(self, batch: dict[str, Any]) -> Chunks:
+        lengths = torch.bincount(batch["chunk_span"], minlength=batch["tail_ids"].shape[0]).tolist()
+        return Chunks(batch["chunk_ids"], batch["chunk_mask"], batch["chunk_span"], batch["chunk_index"], lengths)
+
+    def compress_chunks(self, chunks: Chunks):
+        return self.encoder.encode(chunks, output=self.encoder_output, positions=self.positions)
+
+    def decoder_hidden(self, encoded: Any, chunks: Chunks, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden [B, T, D], labels [B, T])`` of the frozen decoder reading the soft prompt then the tail."""
+        raise NotImplementedError
+
+    def forward(self, **batch: Any) -> dict[str, torch.Tensor]:
+        return self.training_step(batch)
+
+    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        from .losses import sliced_lm_loss
+
+        chunks = self.chunks_from_batch(batch)
+        encoded = self.compress_chunks(chunks)
+        hidden, labels = self.decoder_hidden(encoded, chunks, batch)
+        loss, accuracy = sliced_lm_loss(hidden, labels, self.encoder.lm_head)
+        return {"loss": loss, "token_accuracy": accuracy}
+
+    @torch.no_grad()
+    def evaluation_step(self, batch: dict[str, Any]) -> dict[str, float]:
+        out = self.training_step(batch)
+        return {k: float(v) for k, v in out.items()}
+
+    def marker_embeddings(self, task: torch.Tensor) -> torch.Tensor:
+        """``[B, 1, D]`` marker of each example's task."""
+        return self.markers[task][:, None, :]
+
+
+class EncoderCompressor:
+    """Mixin of compressors built on :class:`SlotModel` (icae, kv): build, encode spans, markers, decoder mode."""
+
+    module_class: type[SlotModel] = SlotModel
+    encode_batch_chunks = 64  # chunks per encoder forward when compressing
+
+    def build_module(self):
+        return self.module_class(self.llm, self.config)
+
+    def marker(self, task: str):
+        if task not in TASK_IDS:
+            raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
+        return self.module.markers[TASK_IDS[task]][None]
+
+    def decoder_mode(self):
+        return self.module.encoder.decoder()
+
+    def format_question(self, question: str, task: str) -> str:
+        return self.config.qa_template.format(question=question) if task == "qa" else question
+
+    def tokenize_spans(self, texts: Sequence[str]) -> list[list[int]]:
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        for text, row in zip(texts, ids):
+            if len(row) > self.config.max_input_tokens:
+                from ..errors import InvalidPromptError
+
+                raise InvalidPromptError(
+                    f"a segment has {len(row)} tokens, more than max_input_tokens={self.config.max_input_tokens}; "
+                    "raise max_input_tokens or split the document")
+        return ids
+
+    def encode_chunks(self, texts: Sequence[str]) -> tuple[list[Any], Chunks]:
+        """Encode every chunk of every text (in batches of ``encode_batch_chunks``); per-chunk outputs + chunks."""
+        module = self.module
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad)
+        outs = []
+        for start in range(0, chunks.ids.shape[0], self.encode_batch_chunks):
+            part = slice(start, start + self.encode_batch_chunks)
+            sub = Chunks(chunks.ids[part], chunks.mask[part], chunks.span[part], chunks.index[part], chunks.lengths)
+            outs.append(module.compress_chunks(sub))
+        return outs, chunks

@@ -1,0 +1,69 @@
+"""ICAE, the In-context Autoencoder (Ge et al., ICLR 2024; getao/icae).
+
+The encoder (base LLM + LoRA) reads each chunk followed by ``K`` memory slots; the slots' **last hidden states** are
+the soft prompt. The decoder (the same LLM, adapter off) reads them as ``inputs_embeds``, then a learned task marker
+([AE] regenerate, [LM] continue, [FT]/"qa" answer), then the text that follows. Long inputs are split into chunks of
+at most ``chunk_tokens`` and their slots concatenated (v2's multi-span scheme), all chunks in one encoder batch.
+
+Compared with :mod:`.kv` (500xCompressor): ICAE hands the decoder K *input vectors*, so everything the decoder gets
+must pass through its first layer; the KV method hands it K keys/values at *every* layer.
+
+    from mmcompress import create_compressor
+    icae = create_compressor("icae", model="smollm2-135m", num_slots=32, chunk_tokens=128)
+    soft = icae.compress(["a long document ..."], question="What ...?")   # documents soft, question kept as text
+    icae.generate(soft)                                                     # -> ["answer"]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..registry import register_compressor
+from ..results import SoftSegment
+from .base import SoftCompressor, right_pad
+from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel, gather_spans
+
+
+@dataclass
+class IcaeConfig(EncoderConfig):
+    """ICAE settings: see :class:`~mmcompress.soft.encoder.EncoderConfig` (``num_slots`` per ``chunk_tokens``)."""
+
+
+class IcaeModel(SlotModel):
+    """Slots' last hidden states -> decoder ``inputs_embeds`` (then marker, then the tail text)."""
+
+    encoder_output = "hidden"
+    positions = "standard"
+
+    def decoder_hidden(self, encoded: torch.Tensor, chunks: Chunks, batch: dict[str, Any]):
+        soft = gather_spans(encoded, chunks)  # per example [n_b * K, D]
+        markers = self.marker_embeddings(batch["task"])
+        tails = self.encoder.embed(batch["tail_ids"])
+        rows, masks, labels = [], [], []
+        for b, s in enumerate(soft):
+            rows.append(torch.cat([s, markers[b], tails[b]], 0))
+            head = s.shape[0] + 1
+            masks.append(torch.cat([batch["tail_mask"].new_ones(head), batch["tail_mask"][b]]))
+            labels.append(torch.cat([batch["labels"].new_full((head,), -100), batch["labels"][b]]))
+        inputs, _ = right_pad(rows)
+        mask, _ = right_pad(masks, 0)
+        labels, _ = right_pad(labels, -100)
+        with self.encoder.decoder():
+            out = self.encoder.backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state, labels
+
+
+@register_compressor("icae")
+class Icae(EncoderCompressor, SoftCompressor):
+    """ICAE: a prompt's compressible text becomes ``num_slots`` soft embeddings per chunk of ``chunk_tokens``."""
+
+    config_class = IcaeConfig
+    module_class = IcaeModel
+
+    def encode_spans(self, texts):
+        outs, chunks = self.encode_chunks(texts)
+        hidden = torch.cat(outs, 0)
+        return [SoftSegment(embeddings=h.detach(), origin_tokens=n, chunks=c, text=t)
+                for h, n, c, t in zip(gather_spans(hidden, chunks), chunks.lengths, chunks.chunks_per_span(), texts)]

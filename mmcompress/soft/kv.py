@@ -1,0 +1,189 @@
+"""500xCompressor (Li, Su, Collier, ACL 2025; ZongqianLi/500xCompressor): the soft prompt is the memory slots'
+**keys and values at every layer**, handed to the frozen decoder as its cache.
+
+Same encoder, chunking, markers and objectives as :mod:`.icae`; what differs is what crosses from encoder to
+decoder:
+
+============  ==================================================  ==============================================
+              icae                                                kv
+============  ==================================================  ==============================================
+soft prompt   K last-layer hidden states ``[K, D]``               K keys + values per layer ``L x 2 x [H, K, d]``
+decoder gets  them as ``inputs_embeds`` (enters at layer 0)       them as a cache prefix (enters at every layer)
+storage       K x D numbers                                       2 x L x K x H_kv x d numbers (30x more for
+                                                                  SmolLM2-135M: 30 layers, 3 KV heads of 64)
+decoder cost  reads K extra positions through every layer         no compute for the K positions (attention only)
+positions     soft tokens take positions 0..K-1 like text        cached keys are rotated as positions 0..K-1
+============  ==================================================  ==============================================
+
+Positions are exact: the encoder places slot ``j`` of chunk ``c`` at position ``c*K + j`` (shifting the chunk's
+text to negative positions, which rotary attention does not notice), so the cache is what a decoder would have
+built for ``n*K`` prefix tokens and the decoder continues at ``n*K``. When kept text precedes a soft span in a
+mixed prompt, the span's keys are re-rotated to where it lands (:func:`shift_rotary_keys`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import rearrange
+
+from ..errors import ConfigError
+from ..models.compat import cache_kwargs, new_cache, output_cache
+from ..registry import register_compressor
+from ..results import SoftSegment
+from .base import SoftCompressor, _as_batch, _per_item, left_pad
+from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel
+
+
+@dataclass
+class KvConfig(EncoderConfig):
+    """500xCompressor settings: see :class:`~mmcompress.soft.encoder.EncoderConfig`."""
+
+
+def spans_kv(layers: list[tuple[torch.Tensor, torch.Tensor]], chunks: Chunks):
+    """Per-layer ``[N, H, K, d]`` chunk KV -> per span, per layer ``([H, n_s*K, d], [H, n_s*K, d])``."""
+    counts = chunks.chunks_per_span()
+    out = [[] for _ in counts]
+    for keys, values in layers:
+        for s, (k, v) in enumerate(zip(torch.split(keys, counts), torch.split(values, counts))):
+            out[s].append((rearrange(k, "n h k d -> h (n k) d"), rearrange(v, "n h k d -> h (n k) d")))
+    return out
+
+
+def build_cache(model: Any, per_item: list[list[tuple[torch.Tensor, torch.Tensor]]]):
+    """A DynamicCache from per-item, per-layer ``[H, C_b, d]`` KV, left-padded to ``C_max``; and its mask ``[B, C]``."""
+    lengths = [item[0][0].shape[-2] for item in per_item]
+    width = max(lengths)
+    cache = new_cache(model)
+    for layer in range(len(per_item[0])):
+        ks, vs = [], []
+        for item, n in zip(per_item, lengths):
+            k, v = item[layer]
+            pad = width - n
+            ks.append(torch.nn.functional.pad(k, (0, 0, pad, 0)))
+            vs.append(torch.nn.functional.pad(v, (0, 0, pad, 0)))
+        cache.update(torch.stack(ks), torch.stack(vs), layer)
+    ref = per_item[0][0][0]
+    mask = torch.zeros(len(per_item), width, dtype=torch.long, device=ref.device)
+    for b, n in enumerate(lengths):
+        mask[b, width - n:] = 1
+    return cache, mask, torch.tensor(lengths, device=ref.device)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def shift_rotary_keys(keys: torch.Tensor, delta: int, backbone: Any) -> torch.Tensor:
+    """Rotate post-RoPE keys ``[..., T, d]`` by ``delta`` positions (R(p + delta) = R(delta) R(p))."""
+    if delta == 0:
+        return keys
+    pos = torch.full((1, keys.shape[-2]), int(delta), device=keys.device, dtype=torch.long)
+    cos, sin = backbone.rotary_emb(keys, pos)  # [1, T, d]
+    return keys * cos[0].to(keys.dtype) + _rotate_half(keys) * sin[0].to(keys.dtype)
+
+
+class KvModel(SlotModel):
+    """Slots' per-layer keys/values -> the decoder's cache; the decoder reads marker + tail after it."""
+
+    encoder_output = "kv"
+    positions = "prefix"
+
+    def decoder_hidden(self, encoded, chunks: Chunks, batch: dict[str, Any]):
+        per_item = spans_kv(encoded, chunks)
+        cache, cache_mask, lengths = build_cache(self.encoder.llm, per_item)
+        tails = torch.cat([self.marker_embeddings(batch["task"]), self.encoder.embed(batch["tail_ids"])], 1)
+        tail_mask = torch.cat([batch["tail_mask"][:, :1].new_ones(len(per_item), 1), batch["tail_mask"]], 1)
+        mask = torch.cat([cache_mask, tail_mask], 1)
+        position_ids = lengths[:, None] + torch.arange(tails.shape[1], device=tails.device)[None, :]
+        backbone = self.encoder.backbone
+        with self.encoder.decoder():
+            out = backbone(inputs_embeds=tails, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                           **cache_kwargs(backbone, cache))
+        labels = torch.cat([batch["labels"][:, :1].new_full((len(per_item), 1), -100), batch["labels"]], 1)
+        return out.last_hidden_state, labels
+
+
+@register_compressor("kv")
+class KvCompressor(EncoderCompressor, SoftCompressor):
+    """500xCompressor: ``num_slots`` cached keys/values per layer per chunk of ``chunk_tokens``."""
+
+    config_class = KvConfig
+    module_class = KvModel
+
+    def build_module(self):
+        from ..models.compat import is_rotary
+
+        if not is_rotary(self.llm):
+            raise ConfigError("the kv method needs a model with rotary position embeddings (Llama, Qwen, Mistral...)")
+        return super().build_module()
+
+    def encode_spans(self, texts):
+        outs, chunks = self.encode_chunks(texts)
+        layers = [(torch.cat([o[i][0] for o in outs]), torch.cat([o[i][1] for o in outs])) for i in range(len(outs[0]))]
+        return [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in item), origin_tokens=n, chunks=c, text=t)
+                for item, n, c, t in zip(spans_kv(layers, chunks), chunks.lengths, chunks.chunks_per_span(), texts)]
+
+    # ------------------------------------------------------------------------------------------------ decode
+    def prefix_kv(self, pieces) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One prompt's decoder cache, per layer ``[H, C, d]``: soft spans' KV re-rotated to their place, kept text
+        run through the decoder after what precedes it."""
+        backbone = self.module.encoder.backbone
+        layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        length = 0
+        for k, piece in enumerate(pieces):
+            if isinstance(piece, SoftSegment):
+                if piece.kv is None:
+                    raise ConfigError(f"{self.name} got an embedding soft segment; use the method that made it")
+                new = [(shift_rotary_keys(key.to(self.device), length, backbone), val.to(self.device))
+                       for key, val in piece.kv]
+                count = piece.num_tokens
+            else:
+                sep = (piece.sep if piece.sep is not None else "\n\n") if k else ""
+                embeds = self.embed_text(sep + piece.text)[None]
+                if embeds.shape[1] == 0:
+                    continue
+                cache = new_cache(self.llm)
+                if layers is not None:
+                    for i, (key, val) in enumerate(layers):
+                        cache.update(key[None], val[None], i)
+                positions = torch.arange(length, length + embeds.shape[1], device=self.device)[None]
+                with self.decoder_mode():
+                    out = backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True,
+                                   **cache_kwargs(backbone, cache))
+                cache = output_cache(out) or cache
+                count = embeds.shape[1]
+                new = [(layer.keys[0, :, -count:], layer.values[0, :, -count:]) for layer in cache.layers]
+            layers = new if layers is None else [(torch.cat([a, c], -2), torch.cat([b, d], -2))
+                                                 for (a, b), (c, d) in zip(layers, new)]
+            length += count
+        if layers is None:
+            raise ConfigError("the soft prompt is empty")
+        return layers
+
+    def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
+        """Batched generation with each prompt's KV as the decoder cache (left-padded, positions per prompt)."""
+        soft = _as_batch(soft_prompts)
+        questions = _per_item(question, len(soft))
+        with torch.no_grad():
+            prefixes, tails = [], []
+            for item, q in zip(soft.items, questions):
+                head, tail = self.split_pieces(item, task, q)
+                prefixes.append(self.prefix_kv(head))
+                parts = [self.marker(task).to(self.device, self.llm.dtype)]
+                if tail:
+                    parts.append(self.embed_text("".join(tail)))
+                tails.append(torch.cat(parts, 0))
+            cache, cache_mask, lengths = build_cache(self.llm, prefixes)
+            tail, tail_mask = left_pad(tails)
+            # generate() expects inputs to span the cached positions too; they are skipped, so zeros do
+            inputs = torch.cat([tail.new_zeros(len(tails), cache_mask.shape[1], tail.shape[-1]), tail], 1)
+            mask = torch.cat([cache_mask, tail_mask], 1)
+            kwargs = self._generate_defaults(max_new_tokens)
+            kwargs.update(generate_kwargs)
+            with self.decoder_mode():
+                out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, **cache_kwargs(self.llm, cache),
+                                        **kwargs)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)

@@ -1,0 +1,165 @@
+"""Training objectives of encoder-based soft methods and their training tasks.
+
+Objectives (ICAE, 500xCompressor), each an example of ``(context ids -> compressed, tail ids -> decoder text,
+labels)``:
+
+- **autoencoding** ("ae"): regenerate the compressed text from the slots: tail = text + EOS, all labelled;
+- **continuation** ("lm"): compress a prefix, predict the text that follows: tail = continuation, labelled after the
+  first ``lm_skip_tokens`` (ICAE's ``leave_tokens_for_lm``);
+- **QA** ("qa", ICAE's [FT]): compress a context, answer a question: tail = question prompt (no loss) + answer + EOS.
+
+The loss is computed where labels are, only: hidden states are sliced *before* the LM head, so a step never builds
+full-vocabulary logits for the compressed context or the prompt, and only the labelled rows go through float32
+cross-entropy (:func:`sliced_lm_loss`).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .encoder import TASK_IDS, make_chunks
+
+IGNORE = -100
+
+
+def sliced_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module):
+    """Next-token cross-entropy over the labelled positions of ``labels`` ``[B, T]`` (hidden ``[B, T, D]``).
+
+    Position ``t`` predicts ``labels[t + 1]``. Returns ``(mean loss, token accuracy)``; only the ``M`` labelled rows
+    go through ``lm_head``, so the logits are ``[M, V]`` instead of ``[B, T, V]``.
+    """
+    targets = labels[:, 1:]
+    where = targets != IGNORE
+    picked = hidden[:, :-1][where]  # [M, D]
+    if picked.shape[0] == 0:
+        zero = hidden.sum() * 0.0
+        return zero, zero.detach()
+    logits = lm_head(picked).float()
+    gold = targets[where]
+    loss = F.cross_entropy(logits, gold)
+    accuracy = (logits.detach().argmax(-1) == gold).float().mean()
+    return loss, accuracy
+
+
+def full_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module):
+    """The unoptimised reference: full-vocabulary float32 logits at every position, then the masked loss."""
+    logits = lm_head(hidden).float()
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
+    where = labels[:, 1:] != IGNORE
+    accuracy = (logits[:, :-1].argmax(-1)[where] == labels[:, 1:][where]).float().mean()
+    return loss, accuracy
+
+
+# ------------------------------------------------------------------------------------------------ examples
+@dataclass
+class Example:
+    """One training example: ``context`` is compressed; the decoder reads ``prompt`` (no loss) then ``target``."""
+
+    context: list[int]
+    prompt: list[int]
+    target: list[int]
+    task: str
+    skip: int = 0  # leading target tokens without loss (continuation)
+
+
+def collate(examples: list[Example], chunk_tokens: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch examples: left-padded chunks for the encoder, right-padded tails with labels for the decoder."""
+    chunks = make_chunks([e.context for e in examples], chunk_tokens, pad_id)
+    tails = [e.prompt + e.target for e in examples]
+    width = max(len(t) for t in tails)
+    tail_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros(len(examples), width, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    for b, (e, t) in enumerate(zip(examples, tails)):
+        tail_ids[b, : len(t)] = torch.tensor(t, dtype=torch.long)
+        tail_mask[b, : len(t)] = 1
+        start = len(e.prompt) + e.skip
+        labels[b, start : len(t)] = torch.tensor(t[start:], dtype=torch.long)
+    return {"chunk_ids": chunks.ids, "chunk_mask": chunks.mask, "chunk_span": chunks.span,
+            "chunk_index": chunks.index, "tail_ids": tail_ids, "tail_mask": tail_mask, "labels": labels,
+            "task": torch.tensor([TASK_IDS[e.task] for e in examples], dtype=torch.long)}
+
+
+def text_windows(text: str, tokenizer: Any, window: int, stride: int | None = None) -> list[list[int]]:
+    """Token windows of ``window`` ids over a text (non-overlapping by default)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    stride = stride or window
+    return [ids[i : i + window] for i in range(0, max(1, len(ids) - window + 1), stride) if len(ids[i : i + window]) == window]
+
+
+class PretrainDataset(torch.utils.data.Dataset):
+    """Autoencoding + continuation examples from token windows of plain text.
+
+    Each item is a window of ``context_tokens + continuation_tokens`` ids. With probability ``lm_ratio`` (fixed per
+    item by a seeded draw, so every epoch and every resumed run sees the same examples) it is a continuation
+    example (compress the first ``context_tokens``, predict the rest); otherwise an autoencoding example of the
+    first ``context_tokens``.
+    """
+
+    def __init__(self, windows: list[list[int]], context_tokens: int, continuation_tokens: int, lm_ratio: float,
+                 eos_id: int, seed: int = 0, lm_skip_tokens: int = 0):
+        self.windows = windows
+        self.context_tokens, self.continuation_tokens = context_tokens, continuation_tokens
+        rng = random.Random(seed)
+        self.is_lm = [continuation_tokens > 0 and rng.random() < lm_ratio for _ in windows]
+        self.eos_id, self.lm_skip_tokens = eos_id, lm_skip_tokens
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> Example:
+        w = self.windows[i]
+        context = w[: self.context_tokens]
+        if self.is_lm[i]:
+            return Example(context, [], w[self.context_tokens :], "lm", skip=self.lm_skip_tokens)
+        return Example(context, [], context + [self.eos_id], "ae")
+
+
+class QADataset(torch.utils.data.Dataset):
+    """QA fine-tuning examples from SQuAD-style JSONL rows ``{context, question, answers}``."""
+
+    def __init__(self, rows: list[dict[str, Any]], tokenizer: Any, max_context_tokens: int, template: str):
+        self.examples = []
+        eos = tokenizer.eos_token_id
+        for row in rows:
+            answers = row.get("answers") or []
+            answer = answers[0] if answers and isinstance(answers[0], str) else (answers[0].get("text") if answers else None)
+            if not answer:
+                continue
+            context = tokenizer(row["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
+            prompt = tokenizer(template.format(question=row["question"]), add_special_tokens=False)["input_ids"]
+            target = tokenizer(" " + answer.strip(), add_special_tokens=False)["input_ids"] + [eos]
+            self.examples.append(Example(context, prompt, target, "qa"))
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+QA_TEMPLATE = "Question: {question}\nAnswer:"
+
+
+def split_corpus(path: str | Path, eval_fraction: float) -> tuple[str, str]:
+    """The corpus as (train text, held-out text): the last ``eval_fraction`` of its lines are held out."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training text not found: {path}")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    cut = int(len(lines) * (1.0 - eval_fraction))
+    return "\n".join(lines[:cut]), "\n".join(lines[cut:])
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"QA data not found: {path}")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,147 @@
+"""Training tasks ``icae`` and ``kv``: pretrain (autoencoding + continuation on plain text) and/or QA fine-tuning of
+an encoder-based soft compressor, run by ``mmcompress train --config configs/train/<recipe>.yaml``.
+
+Recipe sections::
+
+    task: icae                      # or kv
+    model:                          # fields of IcaeConfig / KvConfig (base model, num_slots, chunk_tokens, lora_*)
+      model: smollm2-135m
+      num_slots: 32
+      chunk_tokens: 128
+    init_from: null                 # a saved compressor folder to start from (e.g. pretrain -> QA fine-tuning)
+    data:
+      text: ../shared/data/corpus_wiki_news.txt   # plain text; documents separated by blank lines
+      eval_fraction: 0.05           # the last 5% of documents are held out (evaluation and reported metrics)
+      context_tokens: 128           # tokens compressed per example
+      continuation_tokens: 0        # > 0: continuation examples predict this many following tokens
+      lm_ratio: 0.0                 # fraction of continuation examples (ICAE: 0.4-0.6 once AE works)
+      qa: null                      # SQuAD-style JSONL: adds QA examples ({context, question, answers})
+      qa_eval_fraction: 0.1
+      eval_examples: 64
+    train: {output_dir: runs/icae, max_steps: 1000, batch_size: 8, lr: 1e-4, ...}   # TrainConfig
+
+The trained compressor is saved to ``<output_dir>/final`` (``create_compressor`` loads it); checkpoints hold only the
+trained tensors and resume exactly (``--set train.resume=true``).
+"""
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..training.tasks import TaskSetup, register_task
+from .losses import QA_TEMPLATE, PretrainDataset, QADataset, collate, read_jsonl
+
+DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "context_tokens": 128, "continuation_tokens": 0,
+                 "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": QA_TEMPLATE,
+                 "eval_examples": 64, "max_train_examples": None, "seed": 0}
+
+
+def resolve_data_path(path: str | Path) -> Path:
+    """A data path as written in a recipe: as is, or relative to the working folder or any folder above it (so
+    ``../shared/data/x`` works from the repository and from a worktree beside it)."""
+    path = Path(path).expanduser()
+    if path.exists():
+        return path
+    stripped = Path(*[p for p in path.parts if p != ".."]) if not path.is_absolute() else path
+    for folder in [Path.cwd(), *Path.cwd().parents]:
+        if (folder / stripped).exists():
+            return folder / stripped
+    raise ConfigError(f"data file not found: {path}")
+
+
+def documents(path: str | Path) -> list[str]:
+    text = resolve_data_path(path).read_text(encoding="utf-8")
+    return [d.strip() for d in text.split("\n\n") if d.strip()]
+
+
+def split_documents(docs: list[str], eval_fraction: float) -> tuple[list[str], list[str]]:
+    """The last ``eval_fraction`` of the documents are held out (a contiguous tail: no document is in both)."""
+    if not 0.0 <= eval_fraction < 1.0:
+        raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    cut = len(docs) - max(1, int(round(len(docs) * eval_fraction))) if eval_fraction else len(docs)
+    return docs[:cut], docs[cut:]
+
+
+def windows(docs: list[str], tokenizer: Any, size: int) -> list[list[int]]:
+    """Non-overlapping windows of ``size`` tokens within each document."""
+    out = []
+    for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
+        out += [ids[i : i + size] for i in range(0, len(ids) - size + 1, size)]
+    return out
+
+
+def held_out_windows(recipe: dict[str, Any], tokenizer: Any) -> list[list[int]]:
+    """The held-out windows of a recipe's text (what reconstruction is reported on)."""
+    data = {**DATA_DEFAULTS, **(recipe.get("data") or {})}
+    _, held = split_documents(documents(data["text"]), data["eval_fraction"])
+    return windows(held, tokenizer, data["context_tokens"])
+
+
+def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
+    train_parts, eval_parts = [], []
+    size = data["context_tokens"] + data["continuation_tokens"]
+    if data["text"]:
+        train_docs, eval_docs = split_documents(documents(data["text"]), data["eval_fraction"])
+        train_w, eval_w = windows(train_docs, tokenizer, size), windows(eval_docs, tokenizer, size)
+        if not train_w:
+            raise ConfigError(f"{data['text']} has no window of {size} tokens to train on")
+        random.Random(data["seed"]).shuffle(train_w)
+        if data["max_train_examples"]:
+            train_w = train_w[: int(data["max_train_examples"])]
+        make = functools.partial(PretrainDataset, context_tokens=data["context_tokens"],
+                                 continuation_tokens=data["continuation_tokens"], lm_ratio=data["lm_ratio"], eos_id=eos,
+                                 lm_skip_tokens=data["lm_skip_tokens"])
+        train_parts.append(make(train_w, seed=data["seed"]))
+        eval_parts.append(make(eval_w[: data["eval_examples"]], seed=data["seed"] + 1))
+    if data["qa"]:
+        rows = read_jsonl(resolve_data_path(data["qa"]))
+        cut = len(rows) - max(1, int(len(rows) * data["qa_eval_fraction"]))
+        train_parts.append(QADataset(rows[:cut], tokenizer, data["context_tokens"] * 8, data["qa_template"]))
+        eval_parts.append(QADataset(rows[cut:][: data["eval_examples"]], tokenizer, data["context_tokens"] * 8,
+                                    data["qa_template"]))
+    if not train_parts:
+        raise ConfigError("the recipe's data section needs 'text' (plain text) and/or 'qa' (JSONL)")
+    cat = lambda parts: parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)  # noqa: E731
+    return cat(train_parts), cat(eval_parts)
+
+
+def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
+    from ..factory import create_compressor
+    from ..registry import COMPRESSORS
+
+    data = {**DATA_DEFAULTS, **(recipe.get("data") or {})}
+    unknown = sorted(set(data) - set(DATA_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown data settings {unknown}; valid: {sorted(DATA_DEFAULTS)}")
+    fields = dict(recipe.get("model") or {})
+    if recipe.get("init_from"):
+        compressor = COMPRESSORS.get(method).from_pretrained(resolve_data_path(recipe["init_from"]), **fields)
+    else:
+        compressor = create_compressor(method, **fields)
+    tokenizer = compressor.tokenizer
+    if data["qa"]:
+        compressor.config.qa_template = data["qa_template"]
+    train, held = build_datasets(data, tokenizer, tokenizer.eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    module = compressor.module
+    module.train()
+    return TaskSetup(module=module, train_dataset=train, eval_dataset=held,
+                     collate_fn=functools.partial(collate, chunk_tokens=compressor.config.chunk_tokens, pad_id=pad),
+                     finalize=lambda _m, out: compressor.save_pretrained(Path(out) / "final"))
+
+
+@register_task("icae")
+def build_icae(recipe: dict[str, Any]) -> TaskSetup:
+    """Train an ICAE compressor (see the module docstring for the recipe)."""
+    return _build(recipe, "icae")
+
+
+@register_task("kv")
+def build_kv(recipe: dict[str, Any]) -> TaskSetup:
+    """Train a 500xCompressor (kv) compressor (same recipe as icae)."""
+    return _build(recipe, "kv")

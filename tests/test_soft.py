@@ -1,0 +1,396 @@
+"""Soft compression (icae, kv) on tiny random Llamas: gradients, chunk masks and positions, the KV cache contract,
+batched generation with mixed text/soft prompts, save/load, and a learning test."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcompress import create_compressor
+from mmcompress.errors import ConfigError, InvalidPromptError
+from mmcompress.prompt import Prompt, TextSegment
+from mmcompress.results import SoftPrompt, SoftSegment
+from mmcompress.soft.encoder import TASK_IDS, make_chunks, split_into_chunks
+from mmcompress.soft.icae import Icae
+from mmcompress.soft.kv import KvCompressor, shift_rotary_keys
+from mmcompress.soft.losses import IGNORE, Example, collate, full_lm_loss, sliced_lm_loss
+
+METHODS = [Icae, KvCompressor]
+DOC = "Super Bowl 50 was an American football game to determine the champion of the National Football League."
+DOC2 = "Paris is the capital and most populous city of France."
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(cls, tiny_dir, **kw):
+    fields = {"num_slots": 4, "chunk_tokens": 16, "lora_r": 4, "max_new_tokens": 6, "device": "cpu", "dtype": "float32"}
+    fields.update(kw)
+    return cls(model=str(tiny_dir), **fields)
+
+
+def perturb(compressor, seed=0):
+    """Give the LoRA B matrices non-zero values (fresh LoRA is the identity), as after some training."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in compressor.module.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+def batch_for(compressor, texts, task="ae"):
+    tok = compressor.tokenizer
+    examples = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        examples.append(Example(ids, [], ids + [tok.eos_token_id], task))
+    return collate(examples, compressor.config.chunk_tokens, tok.pad_token_id)
+
+
+# --------------------------------------------------------------------------------------------- chunking
+def test_split_into_chunks_is_near_equal_and_lossless():
+    ids = list(range(37))
+    chunks = split_into_chunks(ids, 16)
+    assert [len(c) for c in chunks] == [13, 13, 11]  # ceil(37/16)=3 chunks of ceil(37/3)=13
+    assert sum(chunks, []) == ids
+    assert split_into_chunks(list(range(16)), 16) == [list(range(16))]
+    batch = make_chunks([list(range(5)), list(range(20))], 16, pad_id=99)
+    assert batch.chunks_per_span() == [1, 2]
+    assert batch.ids[0].tolist() == [99] * 5 + list(range(5))  # left-padded: slots land at the same index
+    assert batch.index.tolist() == [0, 0, 1]
+
+
+# --------------------------------------------------------------------------------------------- gradients
+@pytest.mark.parametrize("cls", METHODS)
+def test_gradients_reach_only_trainable_parameters(cls, tiny_dir):
+    c = build(cls, tiny_dir)
+    perturb(c)
+    module = c.module
+    module.train()
+    out = module.training_step(batch_for(c, [DOC, DOC2]))
+    out["loss"].backward()
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert trainable and all(("lora_" in n) or n in ("markers", "encoder.slots") for n in trainable)
+    for name, p in module.named_parameters():
+        if name not in trainable:
+            assert p.grad is None, f"frozen {name} got a gradient"
+    grads = {n: p.grad for n, p in module.named_parameters() if n in trainable}
+    assert grads["encoder.slots"].abs().sum() > 0
+    assert grads["markers"][TASK_IDS["ae"]].abs().sum() > 0 and grads["markers"][TASK_IDS["qa"]].abs().sum() == 0
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_A" in n)
+    # a few hundred parameters on the tiny model: adapter + slots + markers, nothing of the base
+    base = sum(p.numel() for n, p in module.named_parameters() if n not in trainable)
+    assert sum(p.numel() for n, p in module.named_parameters() if n in trainable) < 0.2 * base
+
+
+def test_sliced_loss_equals_full_vocabulary_loss(tiny_dir):
+    c = build(Icae, tiny_dir)
+    batch = batch_for(c, [DOC, DOC2])
+    module = c.module
+    chunks = module.chunks_from_batch(batch)
+    hidden, labels = module.decoder_hidden(module.compress_chunks(chunks), chunks, batch)
+    a, acc_a = sliced_lm_loss(hidden, labels, module.encoder.lm_head)
+    b, acc_b = full_lm_loss(hidden, labels, module.encoder.lm_head)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(acc_a, acc_b)
+    assert (labels != IGNORE).sum() == sum(len(c.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
+                                           for t in (DOC, DOC2))
+
+
+# ---------------------------------------------------------------------------------- masks and positions
+@pytest.mark.parametrize("output", ["hidden", "kv"])
+def test_padded_chunk_batch_equals_each_chunk_alone(output, tiny_dir):
+    c = build(KvCompressor, tiny_dir)
+    perturb(c)
+    enc = c.module.encoder
+    tok = c.tokenizer
+    spans = [tok(t, add_special_tokens=False)["input_ids"] for t in (DOC, DOC2, "The river flows to the sea.")]
+    positions = "prefix" if output == "kv" else "standard"
+    together = enc.encode(make_chunks(spans, 16, tok.pad_token_id), output=output, positions=positions)
+    chunks = make_chunks(spans, 16, tok.pad_token_id)
+    row = 0
+    for s in spans:
+        alone = enc.encode(make_chunks([s], 16, tok.pad_token_id), output=output, positions=positions)
+        n = len(split_into_chunks(s, 16))
+        if output == "hidden":
+            assert torch.allclose(together[row : row + n], alone, atol=1e-5)
+        else:
+            for (k1, v1), (k2, v2) in zip(together, alone):
+                assert torch.allclose(k1[row : row + n], k2, atol=1e-5) and torch.allclose(v1[row : row + n], v2, atol=1e-5)
+        row += n
+    assert row == chunks.ids.shape[0] and chunks.ids.shape[0] > len(spans)  # some span was split
+
+
+def test_prefix_positions_are_a_rotation_of_standard_ones(tiny_dir):
+    """Prefix mode = same computation, keys rotated so that chunk c's slots sit at positions c*K..c*K+K-1."""
+    c = build(KvCompressor, tiny_dir)
+    perturb(c)
+    enc = c.module.encoder
+    ids = c.tokenizer(DOC, add_special_tokens=False)["input_ids"]
+    chunks = make_chunks([ids], 16, c.tokenizer.pad_token_id)
+    std = enc.encode(chunks, output="kv", positions="standard")
+    pre = enc.encode(chunks, output="kv", positions="prefix")
+    lengths = chunks.mask.sum(1)
+    backbone = enc.backbone
+    for n in range(chunks.ids.shape[0]):
+        delta = int(chunks.index[n]) * enc.num_slots - int(lengths[n])
+        for (ks, vs), (kp, vp) in zip(std, pre):
+            assert torch.allclose(vs[n], vp[n], atol=1e-5)  # values carry no position
+            assert torch.allclose(shift_rotary_keys(ks[n], delta, backbone), kp[n], atol=1e-5)
+    assert torch.allclose(enc.encode(chunks, "hidden", "standard"), enc.encode(chunks, "hidden", "prefix"), atol=1e-5)
+
+
+def test_kv_cache_matches_a_manual_decoder_forward(tiny_dir):
+    """With an empty context the slots' KV is the decoder's own cache of the slot embeddings (fresh LoRA = identity):
+    decoding marker + text after that cache must equal one plain forward over [slots, marker, text]."""
+    c = build(KvCompressor, tiny_dir)
+    module = c.module
+    tok = c.tokenizer
+    texts = ["Paris is the capital.", "The quick brown fox jumps over the lazy dog."]
+    examples = [Example([], [], tok(t, add_special_tokens=False)["input_ids"], "lm") for t in texts]
+    batch = collate(examples, 16, tok.pad_token_id)
+    chunks = module.chunks_from_batch(batch)
+    hidden, labels = module.decoder_hidden(module.compress_chunks(chunks), chunks, batch)
+    llm = module.encoder.llm
+    for b, t in enumerate(texts):
+        ids = torch.tensor(tok(t, add_special_tokens=False)["input_ids"])
+        inputs = torch.cat([module.encoder.slots, module.markers[TASK_IDS["lm"]][None], llm.get_input_embeddings()(ids)])
+        with module.encoder.decoder():
+            manual = module.encoder.backbone(inputs_embeds=inputs[None]).last_hidden_state[0, module.encoder.num_slots:]
+        assert torch.allclose(hidden[b, : 1 + len(ids)], manual, atol=1e-4)
+        # and the logits the loss reads are those of that forward
+        assert torch.allclose(llm.lm_head(hidden[b, : 1 + len(ids)]), llm.lm_head(manual), atol=1e-4)
+
+
+def test_shift_rotary_keys_composes_positions(tiny_lm):
+    model, _ = tiny_lm
+    backbone = model.model
+    keys = torch.randn(2, 5, 8)  # [H, T, d]
+    pos = torch.arange(5)[None]
+    cos, sin = backbone.rotary_emb(keys, pos)
+    from mmcompress.soft.kv import _rotate_half
+
+    rotated = keys * cos[0] + _rotate_half(keys) * sin[0]
+    cos7, sin7 = backbone.rotary_emb(keys, pos + 7)
+    assert torch.allclose(shift_rotary_keys(rotated, 7, backbone), keys * cos7[0] + _rotate_half(keys) * sin7[0], atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- compress/generate
+@pytest.mark.parametrize("cls", METHODS)
+def test_compress_keeps_instruction_and_question_as_text(cls, tiny_dir):
+    c = build(cls, tiny_dir)
+    soft = c.compress([DOC, DOC2], instruction="Answer briefly.", question="Which city?")
+    assert isinstance(soft, SoftPrompt) and len(soft) == 1
+    kinds = [type(p).__name__ for p in soft.items[0]]
+    assert kinds == ["TextSegment", "SoftSegment", "SoftSegment", "TextSegment"]
+    assert soft.items[0][0].text == "Answer briefly." and soft.items[0][-1].text == "Which city?"
+    doc = soft.items[0][1]
+    n = len(c.tokenizer(DOC, add_special_tokens=False)["input_ids"])
+    assert doc.origin_tokens == n and doc.chunks == -(-n // 16) and doc.num_tokens == 4 * doc.chunks
+    assert soft.origin_tokens[0] == len(c.tokenizer(soft_text(DOC, DOC2), add_special_tokens=False)["input_ids"])
+    assert soft.ratio > 1.5 and soft.to_dict()["prompts"][0]["pieces"][1]["kind"] == doc.kind
+
+
+def soft_text(*docs):
+    return "\n\n".join(["Answer briefly.", *docs, "Which city?"])
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_batched_generation_equals_one_by_one(cls, tiny_dir):
+    c = build(cls, tiny_dir)
+    perturb(c)
+    prompts = [[DOC], [DOC2, DOC], ["The river flows to the sea."]]
+    soft = c.compress_batch(prompts, instruction="Use the documents.")
+    questions = ["Who won?", "Which city is the capital of France?", None]
+    together = c.generate(soft, questions)
+    alone = [c.generate(soft[i], questions[i])[0] for i in range(len(prompts))]
+    assert together == alone
+    assert len(set(together)) > 1  # the prompts differ, so (even random) outputs do
+    recon = c.reconstruct(c.compress(DOC))
+    assert isinstance(recon[0], str)
+
+
+def test_icae_embeddings_view_and_bad_input(tiny_dir):
+    c = build(Icae, tiny_dir)
+    soft = c.compress_batch([DOC, DOC2])
+    emb = soft.embeddings
+    assert emb.shape[0] == 2 and emb.shape[2] == c.llm.config.hidden_size
+    assert soft.soft_mask.sum(1).tolist() == soft.soft_tokens
+    with pytest.raises(InvalidPromptError, match="empty"):
+        c.compress("   ")
+    with pytest.raises(ConfigError, match="fixed ratio"):
+        c.compress(DOC, rate=0.5)
+    with pytest.raises(InvalidPromptError, match="max_input_tokens"):
+        build(Icae, tiny_dir, max_input_tokens=8).compress(DOC)
+    with pytest.raises(ValueError, match="exactly one"):
+        SoftSegment()
+
+
+# ------------------------------------------------------------------------------------------------ save/load
+@pytest.mark.parametrize("cls", METHODS)
+def test_save_load_round_trip_gives_identical_outputs(cls, tiny_dir, tmp_path):
+    c = build(cls, tiny_dir)
+    perturb(c, seed=3)
+    with torch.no_grad():
+        c.module.encoder.slots.add_(0.1)
+    c.save_pretrained(tmp_path / "saved")
+    files = sorted(p.name for p in (tmp_path / "saved").iterdir())
+    assert files == ["mmcompress_config.json", "trainable.safetensors"]
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tmp_path / "saved" / "trainable.safetensors"))
+    assert set(saved) == {n for n, p in c.module.named_parameters() if p.requires_grad}  # no base weights
+    loaded = create_compressor(tmp_path / "saved")
+    assert type(loaded) is cls and loaded.config == c.config
+    a, b = c.compress(DOC), loaded.compress(DOC)
+    sa, sb = a.items[0][0], b.items[0][0]
+    if cls is Icae:
+        assert torch.equal(sa.embeddings, sb.embeddings)
+    else:
+        assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(sa.kv, sb.kv))
+    assert c.generate(a, "Who?") == loaded.generate(b, "Who?")
+    fresh = build(cls, tiny_dir)
+    assert fresh.generate(fresh.compress(DOC), "Who?") != c.generate(a, "Who?") or not torch.equal(
+        fresh.module.encoder.slots, c.module.encoder.slots)
+
+
+def test_loading_with_a_different_shape_fails_clearly(tiny_dir, tmp_path):
+    c = build(Icae, tiny_dir)
+    c.save_pretrained(tmp_path / "s")
+    with pytest.raises(ConfigError, match="does not match"):
+        Icae.from_pretrained(tmp_path / "s", lora_r=8)
+    with pytest.raises(ConfigError, match="not 'kv'"):
+        KvCompressor.from_pretrained(tmp_path / "s")
+
+
+# ------------------------------------------------------------------------------------------------- learning
+def _learnable_llama(tokenizer):
+    """A tiny Llama whose random logits are not flat (larger init) and with no zeroed padding row."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         initializer_range=0.2, tie_word_embeddings=True, pad_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_tiny_compressor_learns_to_reconstruct_short_spans(cls, tiny_lm):
+    _, tok = tiny_lm
+    from tiny_models import CORPUS
+
+    ids = tok(CORPUS, add_special_tokens=False)["input_ids"]
+    spans = [ids[i : i + 6] for i in range(0, 48, 6)]
+    torch.manual_seed(0)
+    c = cls(model=_learnable_llama(tok), tokenizer=tok, num_slots=4, chunk_tokens=6, lora_r=8, lora_alpha=16)
+    module = c.module
+    module.train()
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
+    batch = collate([Example(s, [], s + [tok.eos_token_id], "ae") for s in spans], 6, tok.pad_token_id)
+    first = None
+    for _ in range(150):
+        out = module.training_step(batch)
+        first = first if first is not None else float(out["token_accuracy"])
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        if out["token_accuracy"] >= 0.95:
+            break
+    module.eval()
+    final = module.evaluation_step(batch)["token_accuracy"]
+    assert first < 0.2 and final >= 0.9
+
+
+# ------------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize("task", ["icae", "kv"])
+def test_train_recipe_runs_resumes_and_loads(task, tiny_dir, tmp_path):
+    import json
+
+    import yaml
+
+    from mmcompress.cli import main
+    from tiny_models import CORPUS
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([CORPUS] * 6))
+    recipe = {
+        "task": task,
+        "model": {"model": str(tiny_dir), "num_slots": 4, "chunk_tokens": 16, "lora_r": 4, "device": "cpu",
+                  "dtype": "float32"},
+        "data": {"text": str(text), "eval_fraction": 0.2, "context_tokens": 16, "continuation_tokens": 8,
+                 "lm_ratio": 0.5, "eval_examples": 4},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_every": 2,
+                  "log_every": 1, "eval_every": 2, "progress": False},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(path), "--set", "train.max_steps=2"]) == 0
+    assert main(["train", "--config", str(path), "--resume"]) == 0  # continues from checkpoint-2 to step 4
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in log if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    assert any("eval/token_accuracy" in r for r in log)
+    loaded = create_compressor(tmp_path / "run" / "final")
+    assert loaded.name == task and len(loaded.generate(loaded.compress(DOC), "Who?")) == 1
+
+
+def test_cli_compress_answers_from_a_saved_compressor(tiny_dir, tmp_path, capsys):
+    import json
+
+    from mmcompress.cli import main
+
+    build(Icae, tiny_dir).save_pretrained(tmp_path / "icae")
+    assert main(["compress", "--method", str(tmp_path / "icae"), DOC, "--question", "Who won?", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "icae" and isinstance(out["answer"], str)
+    assert [p["kind"] for p in out["prompts"][0]["pieces"]] == ["embeddings", "text"]
+    assert out["prompts"][0]["pieces"][1]["text"] == "Who won?"
+    assert main(["compress", "--method", str(tmp_path / "icae"), DOC]) == 0
+    assert "reconstruction above" in capsys.readouterr().out
+    assert main(["compress", "--method", str(tmp_path / "icae"), DOC, "--rate", "0.5"]) == 2
+
+
+# ------------------------------------------------------------------------------------------------- pipeline
+def test_hard_then_soft_pipeline_reports_total_ratio_and_stages(tiny_dir):
+    from mmcompress import Pipeline
+
+    soft_stage = build(Icae, tiny_dir)
+    pipe = Pipeline([{"compressor": "truncate", "model": str(tiny_dir), "rate": 0.5}, soft_stage])
+    docs = [DOC + " " + DOC2, "The quick brown fox jumps over the lazy dog. " * 3]
+    result = pipe.compress(docs, question="Who won?")
+    stages = result.extras["stages"]
+    assert [s["method"] for s in stages] == ["truncate", "icae"]
+    tok = soft_stage.tokenizer
+    original = Prompt.from_documents(docs, question="Who won?").text
+    assert result.origin_tokens == [len(tok(original, add_special_tokens=False)["input_ids"])]
+    assert result.ratio == pytest.approx(result.origin_total / result.compressed_total)
+    # the total is the product of the stages' ratios (same tokenizer throughout here)
+    assert result.ratio == pytest.approx(stages[0]["ratio"] * stages[1]["ratio"], rel=0.05)
+    assert result.ratio > soft_stage.compress(docs, question="Who won?").ratio * 1.3
+    assert result.items[0][-1].text == "Who won?"  # the question survives both stages verbatim
+    assert len(pipe.generate(result)) == 1
+    from mmcompress.evaluation.reconstruction import evaluate_reconstruction
+
+    report = evaluate_reconstruction(pipe, [DOC, DOC2], max_new_tokens=4)
+    assert report.texts == 2 and 0.0 <= report.bleu4 <= 1.0 and report.ratio > 1
+
+
+def test_pipeline_routes_a_role_to_its_own_method(tiny_dir):
+    from mmcompress import Pipeline
+
+    instruction = "Answer the question using the documents. Be brief and cite the document you used for it."
+    pipe = Pipeline([build(KvCompressor, tiny_dir)],
+                    routes={"instruction": {"compressor": "truncate", "model": str(tiny_dir), "rate": 0.5}})
+    result = pipe.compress([DOC], instruction=instruction, question="Who?")
+    first = result.items[0][0]
+    assert isinstance(first, TextSegment) and instruction.startswith(first.text) and len(first.text) < len(instruction)
+    assert [s["kind"] for s in result.extras["stages"]] == ["route:instruction", "stage"]
+    assert isinstance(result.items[0][1], SoftSegment) and result.items[0][1].kind == "kv"
+    assert len(pipe.generate(result)) == 1
+    with pytest.raises(ConfigError, match="only the last"):
+        Pipeline([build(Icae, tiny_dir), {"compressor": "truncate", "model": str(tiny_dir)}])

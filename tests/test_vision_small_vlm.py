@@ -1,0 +1,119 @@
+"""SmallVLM: open_clip ViT + adapter + frozen LLM (tiny Llama here); both objectives train, the frozen LLM stays
+frozen and out of checkpoints, reductions plug in before the adapter, save/load round trip, the training task."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmcompress.errors import ConfigError
+from mmcompress.vision.adapters import create_adapter
+from mmcompress.vision.encoders import create_encoder
+from mmcompress.vision.small_vlm import SmallVLM, SmallVLMConfig
+
+
+def single_token_words(tokenizer, n=3):
+    words = []
+    for piece in sorted(tokenizer.get_vocab()):
+        w = piece[1:]
+        if piece.startswith("\u0120") and w.isalpha() and len(w) >= 3 \
+                and len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1:
+            words.append(w)
+    assert len(words) >= n
+    return words[:n]
+
+
+@pytest.fixture
+def vlm(tiny_lm):
+    model, tok = tiny_lm
+    torch.manual_seed(0)
+    enc = create_encoder("open_clip:mmc-vit-micro")
+    adapter = create_adapter("perceiver", in_dim=32, out_dim=model.config.hidden_size, tokens=4, heads=2, dim_head=8)
+    return SmallVLM(enc, adapter, model, tok, single_token_words(tok), SmallVLMConfig(objective="qa"))
+
+
+def test_shapes_and_prediction(vlm):
+    pixels = torch.randn(3, 3, 32, 32)
+    assert vlm.image_tokens(pixels).shape == (3, 4, 32)
+    assert vlm.image_tokens(pixels, tokens=2).shape == (3, 2, 32)
+    pred = vlm.predict(pixels)
+    assert pred["closed"].shape == (3,) and int(pred["closed"].max()) < 3
+    assert len(vlm.generate(pixels[:1], max_new_tokens=2)) == 1
+
+
+def test_prefix_cache_gives_the_same_logits_as_the_full_prompt(vlm):
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        cached = vlm.answer_logits(pixels)
+        embed = vlm.llm.get_input_embeddings()
+        x = torch.cat([embed(vlm._prefix_ids).expand(2, -1, -1), vlm.image_tokens(pixels),
+                       embed(vlm._suffix_ids).expand(2, -1, -1)], 1)
+        full = vlm.llm(inputs_embeds=x).logits[:, -1]
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("objective", ["qa", "embedding"])
+def test_training_step_updates_vision_side_only(vlm, objective):
+    vlm.config.objective = objective
+    llm_before = [p.clone() for p in vlm.llm.parameters()]
+    params = [p for p in vlm.parameters() if p.requires_grad]
+    assert params and all(not p.requires_grad for p in vlm.llm.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    batch = {"pixels": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 0])}
+    losses = []
+    for _ in range(15):
+        out = vlm.training_step(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    # the tiny random LLM has near-zero logit scale, so the answer loss can only move a little there
+    assert losses[-1] < (0.7 if objective == "embedding" else 0.995) * losses[0], losses
+    assert all(p.grad is not None for p in vlm.adapter.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(llm_before, vlm.llm.parameters()))
+    assert not any(k.startswith("lm") for k in vlm.state_dict())  # the frozen LLM is not part of checkpoints
+
+
+def test_reduction_before_adapter(vlm):
+    from mmcompress import create_compressor
+
+    pixels = torch.randn(2, 3, 32, 32)
+    mlp = create_adapter("mlp", in_dim=32, out_dim=32)
+    vlm.adapter = mlp
+    assert vlm.image_tokens(pixels).shape == (2, 16, 32)
+    assert vlm.image_tokens(pixels, tokens=4, reduction=create_compressor("visionzip", tokens=4)).shape == (2, 4, 32)
+
+
+def test_save_and_load(vlm, tmp_path, tiny_lm):
+    vlm.save_pretrained(tmp_path / "svlm")
+    loaded = SmallVLM.from_pretrained(tmp_path / "svlm", *tiny_lm)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.answer_logits(pixels), vlm.answer_logits(pixels))
+
+
+def test_multi_token_answers_are_rejected(tiny_lm):
+    model, tok = tiny_lm
+    enc = create_encoder("open_clip:mmc-vit-micro")
+    adapter = create_adapter("pool", in_dim=32, out_dim=32, tokens=4)
+    with pytest.raises(ConfigError, match="single token"):
+        SmallVLM(enc, adapter, model, tok, ["photosynthesis"])
+
+
+def test_small_vlm_task_builds_from_a_recipe(tmp_path, tiny_dir, tiny_lm):
+    from mmcompress.training import TASKS
+
+    rng = np.random.default_rng(0)
+    tok_words = single_token_words(tiny_lm[1], 2)
+    np.savez(tmp_path / "d.npz", images=rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8),
+             labels=np.array(tok_words * 5))
+    setup = TASKS.get("small_vlm")({
+        "task": "small_vlm",
+        "model": {"encoder": "open_clip:mmc-vit-micro", "lm": str(tiny_dir), "objective": "embedding",
+                  "adapter": {"name": "perceiver", "tokens": 4, "heads": 2, "dim_head": 8}, "nested_tokens": [1, 4]},
+        "data": {"npz": str(tmp_path / "d.npz"), "train_fraction": 0.8},
+    })
+    assert len(setup.train_dataset) == 8 and len(setup.eval_dataset) == 2
+    batch = torch.utils.data.default_collate([setup.train_dataset[i] for i in range(4)])
+    assert torch.isfinite(setup.module.training_step(batch)["loss"])
+    assert set(setup.module.evaluation_step(batch)) == {"closed_acc", "greedy_acc"}
