@@ -50,7 +50,7 @@ def evaluate(comp, prompts, examples, batch_size: int) -> dict:
     answers, origin, compressed, soft_tokens = [], [], [], []
     for start in range(0, len(prompts), batch_size):
         soft = comp.compress_batch(prompts[start : start + batch_size])
-        answers += [a.strip() for a in comp.generate(soft)]
+        answers += [a.strip() for a in comp.generate(soft, max_new_tokens=4)]
         compressed += soft.compressed_tokens
         origin += soft.origin_tokens
         soft_tokens += soft.soft_tokens

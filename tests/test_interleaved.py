@@ -232,3 +232,88 @@ def test_toy_interleaved_task_is_learned_on_cpu(tiny_parts, tmp_path):
     answers = comp.answer([p for p, _ in test], batch_size=24)
     accuracy = np.mean([answer_correct(a, g) for a, (_, g) in zip(answers, test)])
     assert before <= 0.6 and accuracy >= 0.9, (before, accuracy, answers[:6])
+
+
+def test_nested_slots_are_prefixes_of_the_full_set(tiny_parts):
+    comp = _make(tiny_parts, num_slots=6, slot_schedule=[2, 4, 6], chunk_tokens=64)
+    text = "Photo A: <image> Photo B: <image> Which one is red?"
+    images = [_solid("red"), _solid("blue")]
+    comp.module.eval()
+    full = comp.compress(text, images=images)
+    two = comp.set_slots(2).compress(text, images=images)
+    assert full.soft_tokens == [6] and two.soft_tokens == [2] and two.ratio > full.ratio
+    # slots are causal: the first two of six are exactly what a two-slot read gives
+    assert torch.allclose(two.items[0][0].embeddings, full.items[0][0].embeddings[:2], atol=1e-6)
+    comp.set_slots(None)
+    comp.module.train()
+    drawn = {comp.module.active_slots() for _ in range(40)}
+    comp.module.eval()
+    assert drawn == {2, 4, 6}
+    from mmcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_slots=6"):
+        _make(tiny_parts, num_slots=6, slot_schedule=[8])
+
+
+def test_yaml_config_and_cli_with_a_saved_compressor(tiny_dir, tmp_path):
+    from PIL import Image
+
+    from mmcompress import create_compressor
+
+    config = tmp_path / "interleaved.yaml"
+    config.write_text(f"compressor: interleaved\nmodel: {tiny_dir}\nnum_slots: 4\nchunk_tokens: 64\n"
+                      "vision_encoder: open_clip:mmc-vit-micro\nadapter: mlp\nimage_tokens: null\nlora_r: 4\n"
+                      "max_new_tokens: 3\ndevice: cpu\ndtype: float32\n")
+    comp = create_compressor(str(config))
+    assert isinstance(comp, InterleavedCompressor) and comp.config.num_slots == 4
+    assert create_compressor("interleaved-shapes").config.adapter == "perceiver"  # shipped config, by stem
+    saved = comp.save_pretrained(tmp_path / "saved")
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(_solid("red")).save(a)
+    Image.fromarray(_solid("blue")).save(b)
+    cmd = [sys.executable, "-m", "mmcompress", "compress", "--method", str(saved), "--image", str(a), "--image", str(b),
+           "Photo A: <image> Photo B: <image> Which one is red?", "--json"]
+    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    assert out["method"] == "interleaved" and isinstance(out["answer"], str)
+    pieces = out["prompts"][0]["pieces"]
+    assert [p["kind"] for p in pieces] == ["embeddings", "text"] and pieces[1]["text"] == "Which one is red?"
+    assert pieces[0]["soft_tokens"] == 4 and out["origin_tokens"] > 2 * comp.tokens_per_image
+    # one image for two markers: a one-line error and exit code 2
+    bad = subprocess.run(cmd[:-2] + ["Photo A: <image> Photo B: <image> Which?"][:0] + ["A: <image> B: <image> C: <image>"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    assert bad.returncode == 2 and "3 <image> marker(s) but 2 image(s)" in bad.stderr
+
+
+@pytest.mark.shared
+def test_training_recipe_runs_and_loads(tiny_dir, tmp_path):
+    pytest.importorskip("easy_vqa")
+    import yaml
+
+    from mmcompress import create_compressor
+    from mmcompress.cli import main
+
+    recipe = {
+        "task": "interleaved",
+        "model": {"model": str(tiny_dir), "num_slots": 4, "slot_schedule": [2, 4], "chunk_tokens": 64, "lora_r": 4,
+                  "vision_encoder": "open_clip:mmc-vit-micro", "adapter": "pool", "image_tokens": 4,
+                  "device": "cpu", "dtype": "float32", "max_new_tokens": 3},
+        "data": {"source": "shapes", "train_examples": 8, "eval_examples": 2, "num_images": [2], "max_images": 60,
+                 "mix": {"qa": 1.0, "caption": 0.5, "ae": 0.5}},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "lr": 1.0e-3,
+                  "log_every": 1, "progress": False},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(path)]) == 0
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2] and any("eval/loss" in r for r in log)
+    loaded = create_compressor(str(tmp_path / "run" / "final"))
+    assert isinstance(loaded, InterleavedCompressor) and loaded.config.slot_schedule == [2, 4]
+    from mmcompress.multimodal.tasks import build_examples
+
+    example = build_examples("shapes", "test", 1, num_images=(2,), max_images=30)[0]
+    assert len(loaded.answer([example.prompt()])) == 1
