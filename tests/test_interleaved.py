@@ -317,3 +317,33 @@ def test_training_recipe_runs_and_loads(tiny_dir, tmp_path):
 
     example = build_examples("shapes", "test", 1, num_images=(2,), max_images=30)[0]
     assert len(loaded.answer([example.prompt()])) == 1
+
+
+def test_small_vlm_of_the_vision_family(tiny_parts, tmp_path):
+    from mmcompress import create_compressor
+    from mmcompress.vision.adapters import create_adapter
+    from mmcompress.vision.encoders import create_encoder
+    from mmcompress.vision.small_vlm import SmallVLM
+
+    tok, make_llama = tiny_parts
+    torch.manual_seed(0)
+    llm = make_llama(tok, window=512)
+    encoder = create_encoder("open_clip:mmc-vit-micro")
+    vlm = SmallVLM(encoder, create_adapter("perceiver", in_dim=32, out_dim=32, tokens=4, depth=1, heads=2, dim_head=8),
+                   llm, tok, answers=["A", "B"])
+    before = {n: p.clone() for n, p in vlm.llm.named_parameters()}
+    comp = InterleavedCompressor.from_small_vlm(vlm, num_slots=2, chunk_tokens=64, lora_r=4, max_new_tokens=3)
+    images = [_solid("red"), _solid("blue")]
+    soft = comp.compress("Photo A: <image> Photo B: <image> Which one is red?", images=images)
+    assert comp.tokens_per_image == 4 and soft.soft_tokens == [2]
+    # the VLM's own adapter embeds the images; its LLM is copied, not modified
+    pixels = comp.image_path.preprocess(images)
+    with torch.no_grad():
+        assert torch.allclose(comp.image_path(pixels), vlm.adapter(vlm.encoder(pixels).patch_tokens), atol=1e-6)
+    assert not any("lora" in n for n, _ in vlm.llm.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in vlm.llm.named_parameters())
+    assert len(comp.generate(soft)) == 1
+    saved = comp.save_pretrained(tmp_path / "s")
+    loaded = create_compressor(str(saved), model=make_llama(tok, window=512), tokenizer=tok)
+    with torch.no_grad():
+        assert torch.allclose(loaded.image_path(pixels), comp.image_path(pixels), atol=1e-6)

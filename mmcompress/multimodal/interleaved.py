@@ -297,6 +297,26 @@ class InterleavedCompressor(SoftCompressor):
         super().__init__(config, tokenizer=tokenizer, **overrides)
         self._image_path_override = image_path
 
+    @classmethod
+    def from_small_vlm(cls, vlm: Any, **overrides: Any) -> InterleavedCompressor:
+        """Compress interleaved prompts for the vision family's :class:`~mmcompress.vision.small_vlm.SmallVLM`: its
+        (trained) encoder and adapter embed the images, a copy of its LLM is the soft encoder (LoRA) and decoder
+        (the VLM itself is left untouched)."""
+        import copy
+
+        from .vision_path import EncoderAdapterPath
+
+        adapter = copy.deepcopy(vlm.adapter)
+        acfg = adapter.config.to_dict()
+        fields = {"vision_encoder": f"open_clip:{vlm.encoder.name}" if getattr(vlm.encoder, "kind", "") == "open_clip"
+                  else str(getattr(vlm.encoder, "name", "custom")),
+                  "adapter": adapter.name, "image_tokens": acfg.pop("tokens"),
+                  "adapter_kwargs": {k: v for k, v in acfg.items() if k not in ("in_dim", "out_dim")}}
+        fields.update(overrides)
+        llm = copy.deepcopy(vlm.llm)
+        path = EncoderAdapterPath(copy.deepcopy(vlm.encoder), adapter)
+        return cls(model=llm, tokenizer=vlm.tokenizer, image_path=path, **fields)
+
     # ------------------------------------------------------------------------------------------------ parts
     @property
     def uses_llava(self) -> bool:
