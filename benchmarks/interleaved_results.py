@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mmcompress.multimodal.tasks import answer_correct, build_examples
-from mmcompress.prompt import ImageSegment, Prompt, TextSegment
+from mmcompress.prompt import Prompt, TextSegment
 
 OUT = Path(__file__).resolve().parent / "results"
 
@@ -61,10 +61,15 @@ def evaluate(comp, prompts, examples, batch_size: int) -> dict:
                 {"question": e.question, "answer": e.answer, "prediction": a} for a, e in list(zip(answers, examples))[:4]]}
 
 
-def original_tokens(comp_full, prompts) -> list[int]:
-    """Positions of the uncompressed prompt: text tokens + 16 adapter tokens per image, question included."""
-    soft = comp_full.compress_batch(prompts)
-    return list(soft.origin_tokens)
+def original_tokens(comp, prompts) -> list[int]:
+    """Positions of the uncompressed prompt: text tokens + adapter tokens of every image, question included (counted
+    from the embedding plan, without running a model)."""
+    out = []
+    for p in prompts:
+        prompt, layout = comp.layout(p)
+        kept = [s.text for s in layout.prefix + layout.suffix if isinstance(s, TextSegment)]
+        out.append(len(comp.plan_compressed(layout, prompt.separator)) + sum(comp.count_tokens(kept)))
+    return out
 
 
 def run_full(path: str, examples, prompts, hard_prompts, batch_size: int) -> list[dict]:
@@ -102,8 +107,15 @@ def run_soft(path: str, full_path: str, examples, prompts, hard_prompts, batch_s
     return rows
 
 
+def _order(row: dict) -> tuple:
+    import re
+
+    k = re.search(r"K=(\d+)", row["method"])
+    return row["method"][:3], int(k.group(1)) if k else 0
+
+
 def write_report(data: dict) -> None:
-    rows = data["rows"]
+    rows = sorted(data["rows"], key=_order)
     ref = next((r["accuracy"] for r in rows if r["method"].startswith("(a)")), None)
     lines = [
         "# Interleaved image-text prompts: accuracy vs compression",
@@ -155,7 +167,7 @@ def main() -> None:
             new += run_full(args.full, examples, prompts, hard_prompts, args.batch_size)
         if args.part in ("soft", "all"):
             new += run_soft(args.soft, args.full, examples, prompts, hard_prompts, args.batch_size)
-        data["rows"] = sorted(keep + new, key=lambda r: r["method"])
+        data["rows"] = sorted(keep + new, key=_order)
         json_path.write_text(json.dumps(data, indent=2) + "\n")
     write_report(data)
     print((OUT / "interleaved.md").read_text())
