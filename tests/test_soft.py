@@ -394,3 +394,20 @@ def test_pipeline_routes_a_role_to_its_own_method(tiny_dir):
     assert len(pipe.generate(result)) == 1
     with pytest.raises(ConfigError, match="only the last"):
         Pipeline([build(Icae, tiny_dir), {"compressor": "truncate", "model": str(tiny_dir)}])
+
+
+@pytest.mark.parametrize("cls", METHODS)
+def test_small_qa_eval_compressed_full_and_no_context(cls, tiny_dir):
+    from mmcompress.evaluation.soft_qa import evaluate_soft_qa
+
+    c = build(cls, tiny_dir)
+    rows = [{"context": DOC, "question": "Which league?", "answers": [{"text": "National Football League"}]},
+            {"context": DOC2, "question": "Capital of France?", "answers": ["Paris"]},
+            {"context": "Berlin is the capital of Germany.", "question": "Germany?", "answers": ["Berlin"]}]
+    reports = {s: evaluate_soft_qa(c, rows, batch_size=2, max_new_tokens=3, setting=s)
+               for s in ("compressed", "full_context", "no_context")}
+    assert all(r.questions == 3 and len(r.answers) == 3 and 0 <= r.f1 <= 1 for r in reports.values())
+    assert reports["compressed"].ratio > 1.0 and reports["full_context"].ratio == pytest.approx(1.0, abs=0.01)
+    mixed = c.compress_batch([Prompt.from_documents([DOC], question="Who?"),
+                              Prompt((TextSegment("Who?", role="question"),))])
+    assert mixed.soft_tokens[1] == 0 and len(c.generate(mixed)) == 2  # a batch with and without soft spans

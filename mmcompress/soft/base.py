@@ -184,9 +184,11 @@ class SoftCompressor(Compressor):
                         pieces.append(seg)
                 items.append(pieces)
                 origin.append(self.count_tokens([p.text])[0])
-                kept = [s.text for s in pieces if isinstance(s, TextSegment)]
-                compressed.append(sum(self.count_tokens(kept)) + sum(s.num_tokens for s in pieces
-                                                                     if isinstance(s, SoftSegment)))
+                # kept text is counted as the decoder reads it, separators included
+                kept = "".join(((p.separator if s.sep is None else s.sep) if i else "") + s.text
+                               for i, s in enumerate(p.segments) if (b, i) not in by_position)
+                compressed.append((self.count_tokens([kept])[0] if kept else 0)
+                                  + sum(s.num_tokens for s in pieces if isinstance(s, SoftSegment)))
         timings["total"] = timings["prepare"] + timings["compress"] + timings["count"]
         return SoftPrompt(items, self.name, origin, compressed, dict(timings))
 

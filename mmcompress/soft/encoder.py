@@ -227,6 +227,7 @@ class SlotModel(nn.Module):
 
     encoder_output = "hidden"
     positions = "standard"
+    full_vocab_loss = False  # True: the unoptimised loss (full-vocab float32 logits everywhere), for benchmarks
 
     def __init__(self, llm: nn.Module, config: EncoderConfig):
         super().__init__()
@@ -250,12 +251,13 @@ class SlotModel(nn.Module):
         return self.training_step(batch)
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        from .losses import sliced_lm_loss
+        from .losses import full_lm_loss, sliced_lm_loss
 
         chunks = self.chunks_from_batch(batch)
         encoded = self.compress_chunks(chunks)
         hidden, labels = self.decoder_hidden(encoded, chunks, batch)
-        loss, accuracy = sliced_lm_loss(hidden, labels, self.encoder.lm_head)
+        loss_fn = full_lm_loss if self.full_vocab_loss else sliced_lm_loss
+        loss, accuracy = loss_fn(hidden, labels, self.encoder.lm_head)
         return {"loss": loss, "token_accuracy": accuracy}
 
     @torch.no_grad()

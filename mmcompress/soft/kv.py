@@ -159,8 +159,12 @@ class KvCompressor(EncoderCompressor, SoftCompressor):
             layers = new if layers is None else [(torch.cat([a, c], -2), torch.cat([b, d], -2))
                                                  for (a, b), (c, d) in zip(layers, new)]
             length += count
-        if layers is None:
-            raise ConfigError("the soft prompt is empty")
+        if layers is None:  # nothing before the marker: an empty cache
+            cfg = self.llm.config
+            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+            dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            empty = torch.zeros(heads, 0, dim, device=self.device, dtype=self.llm.dtype)
+            layers = [(empty, empty) for _ in range(cfg.num_hidden_layers)]
         return layers
 
     def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
@@ -176,6 +180,9 @@ class KvCompressor(EncoderCompressor, SoftCompressor):
                 if tail:
                     parts.append(self.embed_text("".join(tail)))
                 tails.append(torch.cat(parts, 0))
+            if all(p[0][0].shape[-2] == 0 for p in prefixes):  # no soft span anywhere: plain text generation
+                return SoftCompressor.generate(self, soft, questions, task=task, max_new_tokens=max_new_tokens,
+                                               **generate_kwargs)
             cache, cache_mask, lengths = build_cache(self.llm, prefixes)
             tail, tail_mask = left_pad(tails)
             # generate() expects inputs to span the cached positions too; they are skipped, so zeros do
