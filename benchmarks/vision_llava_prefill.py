@@ -82,8 +82,9 @@ def main():
         return torch.cat([model.get_input_embeddings()(text[:, :4]), image_tokens,
                           model.get_input_embeddings()(text[:, 4:])], dim=1)
 
-    full_img = torch.randn(1, 576, 4096)
-    small_img = torch.randn(1, args.tokens, 4096)
+    hidden = model.config.text_config.hidden_size
+    full_img = torch.randn(1, 576, hidden)
+    small_img = torch.randn(1, args.tokens, hidden)
     results = {}
     for name, img in (("576", full_img), (str(args.tokens), small_img)):
         x = embeds(img)

@@ -70,7 +70,8 @@ def test_pool_tokens_is_grid_average():
 
 def test_adapter_learns_toy_mapping_with_shared_trainer(tmp_path):
     """Targets are a fixed function of the patches: output token j is its own random linear map of the mean patch.
-    A trained adapter must get far below the loss of predicting the mean target."""
+    A trained adapter must get far below the loss of predicting the mean target. 300 steps: about 12 s on an idle
+    2-core CPU (no wall-clock assertion: the shared CI machine may be loaded)."""
     from mmcompress.training import TrainConfig, Trainer
 
     g = torch.Generator().manual_seed(0)
@@ -87,5 +88,5 @@ def test_adapter_learns_toy_mapping_with_shared_trainer(tmp_path):
     result = Trainer(adapter, cfg, data, collate_fn=torch.utils.data.default_collate).train()
     with torch.no_grad():
         final = torch.nn.functional.mse_loss(adapter(patches), target).item()
-    assert result.seconds < 60
+    assert result.steps == 300
     assert final < 0.3 * baseline, (final, baseline)

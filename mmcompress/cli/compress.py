@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--target-tokenizer", help="also count tokens with this tokenizer (the LLM the prompt is for)")
     p.add_argument("--image", action="append", default=None, help="image file for an <image> marker (repeatable)")
     # Vision methods (see mmcompress/vision/cli.py): visual tokens per image, and the VLM's answer length
-    p.add_argument("--tokens", "-k", type=int, help="vision methods: visual tokens kept per image")
+    p.add_argument("--tokens", type=int, help="vision methods: visual tokens kept per image")
     p.add_argument("--max-new-tokens", type=int, default=32, help="vision methods with --model: tokens to generate")
     p.add_argument("--template", help="vision methods with --model: prompt template, e.g. 'USER: {prompt} ASSISTANT:'")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",

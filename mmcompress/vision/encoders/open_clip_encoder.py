@@ -29,6 +29,9 @@ TOOLKIT_CONFIGS: dict[str, dict[str, Any]] = {
     # 32x32 input, 4x4 patches -> 64 patch tokens: CIFAR-sized images at full resolution
     "mmc-vit-tiny-p4-32": {"embed_dim": 128, "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 128,
                                                              "layers": 4, "head_width": 32, "mlp_ratio": 2.0}},
+    # the same grid, narrower and shallower: what a shared 2-core CPU trains in minutes
+    "mmc-vit-nano-p4-32": {"embed_dim": 64, "vision_cfg": {"image_size": 32, "patch_size": 4, "width": 64,
+                                                            "layers": 3, "head_width": 32, "mlp_ratio": 2.0}},
     # 64x64 input, 8x8 patches -> 64 tokens
     "mmc-vit-tiny-p8-64": {"embed_dim": 192, "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 192,
                                                              "layers": 4, "head_width": 48, "mlp_ratio": 2.0}},
