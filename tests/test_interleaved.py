@@ -3,8 +3,6 @@ decoder, CLI and YAML, and a toy interleaved task learned on CPU."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,6 @@ import torch
 from mmcompress.multimodal.interleaved import InterleavedCompressor
 from mmcompress.prompt import Prompt
 
-REPO = Path(__file__).resolve().parent.parent
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 
 
@@ -255,7 +252,7 @@ def test_nested_slots_are_prefixes_of_the_full_set(tiny_parts):
         _make(tiny_parts, num_slots=6, slot_schedule=[8])
 
 
-def test_yaml_config_and_cli_with_a_saved_compressor(tiny_dir, tmp_path):
+def test_yaml_config_and_cli_with_a_saved_compressor(tiny_dir, tmp_path, capsys):
     from PIL import Image
 
     from mmcompress import create_compressor
@@ -271,21 +268,18 @@ def test_yaml_config_and_cli_with_a_saved_compressor(tiny_dir, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     Image.fromarray(_solid("red")).save(a)
     Image.fromarray(_solid("blue")).save(b)
-    cmd = [sys.executable, "-m", "mmcompress", "compress", "--method", str(saved), "--image", str(a), "--image", str(b),
-           "Photo A: <image> Photo B: <image> Which one is red?", "--json"]
-    run = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
-    assert run.returncode == 0, run.stderr[-2000:]
-    out = json.loads(run.stdout)
+    from mmcompress.cli import main
+
+    args = ["compress", "--method", str(saved), "--image", str(a), "--image", str(b)]
+    assert main(args + ["Photo A: <image> Photo B: <image> Which one is red?", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert out["method"] == "interleaved" and isinstance(out["answer"], str)
     pieces = out["prompts"][0]["pieces"]
     assert [p["kind"] for p in pieces] == ["embeddings", "text"] and pieces[1]["text"] == "Which one is red?"
     assert pieces[0]["soft_tokens"] == 4 and out["origin_tokens"] > 2 * comp.tokens_per_image
-    # one image for two markers: a one-line error and exit code 2
-    bad = subprocess.run(cmd[:-2] + ["Photo A: <image> Photo B: <image> Which?"][:0] + ["A: <image> B: <image> C: <image>"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
-    assert bad.returncode == 2 and "3 <image> marker(s) but 2 image(s)" in bad.stderr
+    # three markers for two images: a one-line error and exit code 2
+    assert main(args + ["A: <image> B: <image> C: <image>"]) == 2
+    assert "3 <image> marker(s) but 2 image(s)" in capsys.readouterr().err
 
 
 @pytest.mark.shared
