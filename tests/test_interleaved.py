@@ -3,7 +3,6 @@ decoder, CLI and YAML, and a toy interleaved task learned on CPU."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -341,3 +340,21 @@ def test_small_vlm_of_the_vision_family(tiny_parts, tmp_path):
     loaded = create_compressor(str(saved), model=make_llama(tok, window=512), tokenizer=tok)
     with torch.no_grad():
         assert torch.allclose(loaded.image_path(pixels), comp.image_path(pixels), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_smollm2_compresses_an_interleaved_prompt(smollm2):
+    """The embedded default: SmolLM2-135M as encoder (LoRA) and decoder, a random-init open_clip ViT + Perceiver."""
+    import copy
+
+    torch.manual_seed(0)  # a copy: LoRA is injected into the model it is given, and the fixture is shared
+    comp = InterleavedCompressor(model=copy.deepcopy(smollm2.model), tokenizer=smollm2.tokenizer, num_slots=8,
+                                 max_new_tokens=2,
+                                 vision_encoder="open_clip:mmc-vit-tiny-p8-64", adapter="perceiver", image_tokens=16)
+    text = "Photo A: <image> Photo B: <image> Photo C: <image> Which one shows a red shape?"
+    soft = comp.compress(text, images=[_solid("red", 64), _solid("blue", 64), _solid("green", 64)])
+    question = len(smollm2.tokenizer("Which one shows a red shape?", add_special_tokens=False)["input_ids"])
+    assert soft.soft_tokens == [8] and soft.compressed_tokens == [8 + question]
+    assert soft.origin_tokens[0] >= 3 * 16 + question + 6
+    assert soft.items[0][0].embeddings.shape == (8, smollm2.model.config.hidden_size)
+    assert isinstance(comp.generate(soft)[0], str)
