@@ -30,12 +30,19 @@ from .results import SoftPrompt, SoftSegment  # noqa: E402
 from .soft import SoftCompressor, SoftConfig  # noqa: E402
 from .pipeline import Pipeline, PipelineConfig  # noqa: E402  hard-then-soft and per-segment composition
 
+# GIST, AutoCompressor and attention-side baselines (KV-cache presses)
+from . import kvcache  # noqa: E402,F401
+from .kvcache import KVPress, create_press, list_presses  # noqa: E402
+
 # --- interleaved image-text (multimodal family): registers the "interleaved" compressor and training task
 from . import multimodal  # noqa: F401,E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "KVPress",
+    "create_press",
+    "list_presses",
     "Pipeline",
     "PipelineConfig",
     "SoftCompressor",

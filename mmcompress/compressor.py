@@ -109,6 +109,7 @@ class SegmentOutcome:
 
     text: str
     selection: SegmentSelection
+    sep: str | None = None  # new separator before the segment (None: unchanged)
 
 
 @dataclass
@@ -130,6 +131,9 @@ class Request:
     text_indices: list[int]  # positions of the text segments in prompt.segments
     costs: list[int]  # scorer tokens per text segment
     timings: Timings = field(default_factory=Timings)
+    # methods that reorder segments (LongLLMLingua) set ``order``: the text segment shown in each text slot
+    order: list[int] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)  # method-specific details copied to the result
 
     @property
     def text_segments(self) -> list[TextSegment]:
@@ -253,6 +257,9 @@ class HardCompressor(Compressor):
         if len(outcomes) != len(request.text_indices):
             raise RuntimeError(f"{self.name} returned {len(outcomes)} outcomes for {len(request.text_indices)} segments")
         by_index = dict(zip(request.text_indices, outcomes))
+        shown = dict(zip(request.text_indices, request.text_indices))  # slot -> segment shown there
+        if request.order is not None:
+            shown = {slot: request.text_indices[k] for slot, k in zip(request.text_indices, request.order)}
         new_segments, selections = [], []
         for i, seg in enumerate(prompt.segments):
             if isinstance(seg, ImageSegment):
@@ -263,8 +270,11 @@ class HardCompressor(Compressor):
             if seg.policy is Policy.KEEP and outcome.text != seg.text:
                 raise RuntimeError(f"{self.name} changed a kept segment; this is a bug")
             selections.append(outcome.selection)
-            if outcome.text.strip():
-                new_segments.append(seg.replace(text=outcome.text))
+            j = shown[i]
+            placed, placed_outcome = prompt.segments[j], by_index[j]
+            if placed_outcome.text.strip():
+                sep = placed.sep if placed_outcome.sep is None else placed_outcome.sep
+                new_segments.append(placed.replace(text=placed_outcome.text, sep=sep))
         compressed = prompt.replace_segments(new_segments)
         with timings("count"):
             origin, after = self.count_tokens([prompt.text, compressed.text])
@@ -278,7 +288,7 @@ class HardCompressor(Compressor):
         return CompressedPrompt(
             prompt=compressed, original=prompt, selections=selections, origin_tokens=origin,
             compressed_tokens=after, method=self.name, target_origin_tokens=target_counts[0],
-            target_compressed_tokens=target_counts[1], timings=dict(timings),
+            target_compressed_tokens=target_counts[1], timings=dict(timings), extras=dict(request.extras),
         )
 
 

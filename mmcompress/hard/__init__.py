@@ -1,13 +1,24 @@
 """Hard methods: drop or rewrite tokens and return shorter text. One method per file."""
+from . import llmlingua2_train  # noqa: F401  registers the "llmlingua2" training task
+from .llmlingua import LLMLingua, LLMLinguaConfig
+from .llmlingua2 import LLMLingua2, LLMLingua2Config
+from .longllmlingua import LongLLMLingua, LongLLMLinguaConfig, recover
 from .random_drop import RandomConfig, RandomDrop
 from .selective_context import SelectiveContext, SelectiveContextConfig
 from .truncate import Truncate, TruncateConfig
 
 __all__ = [
+    "LLMLingua",
+    "LLMLingua2",
+    "LLMLingua2Config",
+    "LLMLinguaConfig",
+    "LongLLMLingua",
+    "LongLLMLinguaConfig",
     "RandomConfig",
     "RandomDrop",
     "SelectiveContext",
     "SelectiveContextConfig",
     "Truncate",
     "TruncateConfig",
+    "recover",
 ]

@@ -1,0 +1,135 @@
+"""LLMLingua-2 student vs its teacher: agreement, answer retention and speed, side by side in one run.
+
+    PYTHONPATH=. python benchmarks/llmlingua2_vs_teacher.py [--classifier runs/llmlingua2-minilm/classifier]
+        [--teacher selective_context] [--data ../shared/data/multidoc_qa_dev.jsonl] [--limit 30]
+
+- agreement: on the recipe's held-out passages (never trained on), the teacher and the student compress each at
+  the teacher's rate; we report the token-sequence similarity of the two outputs (difflib ratio over SmolLM2
+  tokens, as ../shared/peer/agreement.py computes it; 1.0 = identical) and the student's word-label accuracy and
+  keep-F1 against the teacher's labels;
+- answer retention and compression latency on multi-document QA prompts at several rates (random as the floor);
+- speed-up: the teacher's mean seconds per prompt over the student's, measured in the same run.
+Writes benchmarks/results/llmlingua2_vs_teacher.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MMCOMPRESS_SHARED", REPO.parent / "shared"))
+if not SHARED.exists():
+    SHARED = Path("/work/shared")
+
+
+def similarity(a: str, b: str, encode) -> float:
+    ta, tb = encode(a), encode(b)
+    if not ta and not tb:
+        return 1.0
+    return difflib.SequenceMatcher(None, ta, tb, autojunk=False).ratio()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/llmlingua2-minilm", help="training output folder (classifier + held-out)")
+    ap.add_argument("--classifier", help="classifier folder (default: RUN/classifier)")
+    ap.add_argument("--teacher", default=None, help="teacher compressor (default: the recipe's)")
+    ap.add_argument("--data", default=str(SHARED / "data" / "multidoc_qa_dev.jsonl"))
+    ap.add_argument("--limit", type=int, default=30)
+    ap.add_argument("--passages", type=int, default=30)
+    ap.add_argument("--rates", default="0.5,0.33")
+    ap.add_argument("--out", default="benchmarks/results/llmlingua2_vs_teacher")
+    args = ap.parse_args()
+
+    import yaml
+
+    from mmcompress.evaluation.harness import HardCompressorSystem, evaluate, load_qa_file
+    from mmcompress.factory import create_compressor
+    from mmcompress.hard.llmlingua2_train import kept_spans_from_result, word_labels
+    from mmcompress.models import load_tokenizer
+
+    run = Path(args.run)
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+    teacher_cfg = recipe.get("teacher") or {}
+    teacher_name = args.teacher or teacher_cfg.get("method", "selective_context")
+    teacher_rate = float(teacher_cfg.get("rate", 0.5))
+    teacher = create_compressor(teacher_name, **(teacher_cfg.get("options") or {}))
+    student = create_compressor(args.classifier or str(run / "classifier"))
+    random = create_compressor("random")
+    tok = load_tokenizer("smollm2-135m")
+    encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
+
+    # warm both (model loading is not compression time)
+    for c in (teacher, student, random):
+        c.compress("Warm up the model with a short sentence. And another one here.", rate=0.5)
+
+    # ---- agreement on held-out passages
+    held = [json.loads(x) for x in (run / "eval_passages.jsonl").read_text().splitlines() if x.strip()][: args.passages]
+    texts = [r["text"] for r in held]
+    t_out = teacher.compress_batch(texts, rate=teacher_rate)
+    s_out = student.compress_batch(texts, rate=teacher_rate)
+    sims = [similarity(a.text, b.text, encode) for a, b in zip(t_out, s_out)]
+    rand_sims = [similarity(a.text, random.compress(t, rate=teacher_rate).text, encode) for a, t in zip(t_out, texts)]
+    scorer = student.scorer
+    accs, f1s = [], []
+    for text, t_res, s_res in zip(texts, t_out, s_out):
+        spans = scorer.tokenize([text])[0].spans
+        gold = word_labels(spans, kept_spans_from_result(t_res))
+        pred = word_labels(spans, kept_spans_from_result(s_res))
+        accs.append(float((gold == pred).mean()))
+        tp = float(((gold == 1) & (pred == 1)).sum())
+        p, r = tp / max(1, pred.sum()), tp / max(1, gold.sum())
+        f1s.append(2 * p * r / (p + r) if p + r else 0.0)
+    agreement = {"passages": len(texts), "rate": teacher_rate, "token_similarity": float(np.mean(sims)),
+                 "token_similarity_random_vs_teacher": float(np.mean(rand_sims)),
+                 "word_label_accuracy": float(np.mean(accs)), "keep_f1": float(np.mean(f1s))}
+
+    # ---- retention and latency on QA prompts
+    rates = [float(x) for x in args.rates.split(",")]
+    examples = load_qa_file(args.data, args.limit)
+    systems = [HardCompressorSystem(teacher, None, name=f"{teacher_name} (teacher)"),
+               HardCompressorSystem(student, None, name="llmlingua2 (student)"),
+               HardCompressorSystem(random, None, name="random")]
+    t0 = time.perf_counter()
+    report = evaluate(examples, systems, rates, None, data_name=args.data)
+    by = {(r.system, r.requested_rate): r for r in report.results}
+    speedups = {str(rate): by[(systems[0].name, rate)].latency_s / by[(systems[1].name, rate)].latency_s for rate in rates}
+    out = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch threads "
+                   f"{__import__('torch').get_num_threads()}",
+        "teacher": teacher_name, "teacher_options": teacher_cfg.get("options"), "student": str(args.classifier or run / "classifier"),
+        "encoder": (recipe.get("model") or {}).get("encoder"), "train_steps": (recipe.get("train") or {}).get("max_steps"),
+        "agreement": agreement, "qa": report.to_dict()["results"], "qa_examples": len(examples),
+        "qa_original_retention": report.original["retention"], "speedup_teacher_over_student": speedups,
+        "seconds": round(time.perf_counter() - t0, 1), "command": " ".join(["python", *sys.argv]),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
+    md = [f"# LLMLingua-2 (MiniLM student) vs its teacher ({teacher_name})", "",
+          f"Machine: {out['machine']}. Command: `{out['command']}`", "",
+          f"Agreement on {len(texts)} held-out corpus passages at rate {teacher_rate}: token-sequence similarity "
+          f"{agreement['token_similarity']:.3f} (random vs teacher: {agreement['token_similarity_random_vs_teacher']:.3f}), "
+          f"word-label accuracy {agreement['word_label_accuracy']:.3f}, keep-F1 {agreement['keep_f1']:.3f}.", "",
+          f"Multi-document QA ({len(examples)} rows of `{Path(args.data).name}`; original answer retention "
+          f"{report.original['retention']:.3f}):", "",
+          "| method | requested rate | achieved rate | answer retention | latency (s/prompt) |", "| --- | --- | --- | --- | --- |"]
+    for r in report.results:
+        md.append(f"| {r.system} | {r.requested_rate} | {r.rate:.3f} | {r.retention:.3f} | {r.latency_s:.3f} |")
+    md += ["", "Speed-up of the student over the teacher (compression time per prompt): "
+           + ", ".join(f"{v:.1f}x at rate {k}" for k, v in speedups.items()), ""]
+    Path(args.out + ".md").write_text("\n".join(md))
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Quality of the hard methods on multi-document QA, and LongLLMLingua against the published package.
+
+    PYTHONPATH=. python benchmarks/multidoc_quality.py [--limit 30] [--rates 0.5,0.4,0.33,0.2]
+        [--reader-limit 10] [--reader-rates 0.5,0.33] [--methods random,selective_context,llmlingua2,...]
+
+1. Answer retention, achieved rate and latency of every method at every rate on the first ``--limit`` rows of
+   ../shared/data/multidoc_qa_dev.jsonl (no reader: cheap enough for more rows).
+2. The published llmlingua 0.2.2's outputs for the same rows (../shared/peer/golden_multidoc_dev.jsonl) scored the
+   same way: ``longllmlingua`` at rate 0.4, ``llmlingua`` at 0.5 and ``llmlingua_tokens`` at 0.33.
+3. Reader accuracy (SmolLM2-135M-Instruct answering from the original and the compressed prompt: EM, F1,
+   contains-answer) on the first ``--reader-limit`` rows at ``--reader-rates``.
+Writes benchmarks/results/multidoc_quality{,_reader}.{json,md,png} and multidoc_quality_summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("MMCOMPRESS_SHARED", REPO.parent / "shared"))
+if not SHARED.exists():
+    SHARED = Path("/work/shared")
+GOLDEN_RATES = {"llmlingua": 0.5, "llmlingua_tokens": 0.33, "longllmlingua": 0.4}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(SHARED / "data" / "multidoc_qa_dev.jsonl"))
+    ap.add_argument("--golden", default=str(SHARED / "peer" / "golden_multidoc_dev.jsonl"))
+    ap.add_argument("--methods", default=None, help="comma-separated (default: every hard method available)")
+    ap.add_argument("--limit", type=int, default=12)
+    ap.add_argument("--rates", default="0.5,0.4,0.2")
+    ap.add_argument("--reader-limit", type=int, default=6)
+    ap.add_argument("--reader-rates", default="0.4")
+    ap.add_argument("--out", default="benchmarks/results")
+    args = ap.parse_args()
+
+    import mmcompress
+    from mmcompress.evaluation import Reader, build_system, evaluate, load_qa_file
+    from mmcompress.evaluation.harness import PrecomputedSystem
+    from mmcompress.models import load_tokenizer
+
+    available = set(mmcompress.list_compressors("hard"))
+    wanted = args.methods.split(",") if args.methods else [
+        m for m in ("random", "selective_context", "llmlingua2", "llmlingua", "longllmlingua") if m in available]
+    rates = [float(x) for x in args.rates.split(",")]
+    out = Path(args.out)
+    examples = load_qa_file(args.data, args.limit)
+    systems = [build_system(m, None) for m in wanted]
+    report = evaluate(examples, systems, rates, None, data_name=args.data, progress=True)
+
+    golden_rows = [json.loads(x) for x in Path(args.golden).read_text().splitlines() if x.strip()]
+    tok = load_tokenizer("smollm2-135m")
+    for setting, rate in GOLDEN_RATES.items():
+        texts = {r["id"]: r["compressed_prompt"] for r in golden_rows if r["setting"] == setting}
+        seconds = {r["id"]: r["seconds"] for r in golden_rows if r["setting"] == setting}
+        rows = [ex for ex in examples if ex.id in texts]
+        if not rows:
+            continue
+        peer = PrecomputedSystem(f"{setting} (llmlingua 0.2.2)", texts, tok, None, seconds=seconds)
+        extra = evaluate(rows, [peer], [rate], None, data_name=args.data)
+        report.results += extra.results
+        report.rows += extra.rows
+    paths = report.write(out, "multidoc_quality")
+    print(report.markdown())
+
+    by = {(r.system, r.requested_rate): r for r in report.results}
+    summary = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU", "rows": len(examples),
+               "methods": wanted, "rates": rates, "command": " ".join(["python", *sys.argv])}
+    ours, peer = by.get(("longllmlingua", 0.4)), by.get(("longllmlingua (llmlingua 0.2.2)", 0.4))
+    if peer is not None:
+        summary["published_longllmlingua_retention_at_0.4"] = peer.retention
+        summary["published_longllmlingua_rows"] = peer.n
+    if ours is not None and peer is not None:
+        same = [r for r in report.rows if r["system"] == "longllmlingua" and r["rate"] == 0.4
+                and r["id"] in {x["id"] for x in report.rows if x["system"].startswith("longllmlingua (")}]
+        summary["longllmlingua_retention_at_0.4_same_rows"] = sum(r["retention"] for r in same) / max(1, len(same))
+        summary["longllmlingua_at_least_published"] = summary["longllmlingua_retention_at_0.4_same_rows"] >= peer.retention
+    beats = {}
+    for m in wanted:
+        if m == "random":
+            continue
+        beats[m] = {str(rate): (by[(m, rate)].retention, by[("random", rate)].retention,
+                                by[(m, rate)].retention > by[("random", rate)].retention) for rate in rates
+                    if (m, rate) in by and ("random", rate) in by}
+    summary["retention_vs_random"] = beats
+
+    if args.reader_limit:
+        reader = Reader(batch_size=4)
+        reader_examples = examples[: args.reader_limit]
+        for s in systems:  # same compressions, now read by the reader
+            s.reader = reader
+        reader_systems = systems
+        reader_rates = [float(x) for x in args.reader_rates.split(",")]
+        rep2 = evaluate(reader_examples, reader_systems, reader_rates, reader, data_name=args.data, progress=True)
+        rep2.write(out, "multidoc_quality_reader")
+        print(rep2.markdown())
+        summary["reader"] = {"rows": len(reader_examples), "original": rep2.original,
+                             "results": rep2.to_dict()["results"]}
+    (out / "multidoc_quality_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "reader"}, indent=2))
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""LLMLingua-2 (Pan et al., Findings of ACL 2024, arXiv 2403.12968; reference: microsoft/LLMLingua,
+``PromptCompressor.compress_prompt_llmlingua2``).
+
+A bidirectional encoder with a token-classification head labels every word keep or drop; the words with the highest
+keep probability are kept under the budget. No causal LM runs, so it is fast and question-agnostic.
+
+Faithful to the reference: chunks of at most the encoder's limit cut at sentence ends, word probability = mean (or
+first) of its tokens' keep probabilities, ``force_tokens`` and digits (``force_reserve_digit``) ranked first,
+``drop_consecutive`` for repeated forced tokens, the optional document-level filter (``context_level_filter``,
+documents with the lowest mean word probability dropped first). Unlike the reference:
+
+- words come from the tokenizer's ``word_ids()``, so any BERT, RoBERTa or XLM-R style classifier works (the
+  reference knows three model names and raises for the rest);
+- the output is the original text with dropped words removed (the reference re-joins tokens with
+  ``convert_tokens_to_string``, which lowercases with uncased models and loses line breaks);
+- the rate is met globally over all documents in the counting tokenizer (``model``, by default SmolLM2's), by
+  top-k under the budget; the reference thresholds each 512-token chunk at the rate's percentile of tiktoken counts;
+- forced words rank above all others but the budget still holds (the reference may exceed it);
+- instructions, questions and kept segments are never touched, and many prompts share the encoder's batches.
+
+The default classifier is the one the ``llmlingua2`` training recipe produced last (see
+:func:`default_classifier`); pass ``classifier=`` a folder or HF id to use another (e.g.
+``microsoft/llmlingua-2-xlm-roberta-large-meetingbank`` when it is in the local HF cache).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..compressor import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from ..errors import ConfigError
+from ..prompt import Policy
+from ..registry import register_compressor
+from ..results import CompressedPrompt, SegmentSelection
+from ..scoring.token_classifier import TokenClassifierScorer, WordProbs
+from ..text_units import Units, aggregate_scores
+
+DEFAULT_CLASSIFIER_ENV = "MMCOMPRESS_LLMLINGUA2_CLASSIFIER"
+_DIGIT = re.compile(r"\d")
+_FORCED_SCORE = 2.0  # above any probability
+
+
+@dataclass
+class LLMLingua2Config(HardConfig):
+    """``classifier``: token-classification model (folder, HF id or alias); None = :func:`default_classifier`.
+    ``model`` only provides the tokenizer that counts the budget.
+
+    ``token_to_word``: mean | first. ``force_tokens``: strings kept whenever the budget allows (each word overlapping
+    an occurrence is forced). ``force_reserve_digit``: also force words holding a digit. ``drop_consecutive``: drop a
+    forced token that repeats with nothing kept in between. ``context_level_filter``: first drop whole documents by
+    mean word probability, keeping ``context_level_rate`` of them (default ``(rate + 1) / 2``).
+    """
+
+    classifier: str | None = None
+    token_to_word: str = "mean"
+    force_tokens: list[str] = field(default_factory=list)
+    force_reserve_digit: bool = False
+    drop_consecutive: bool = False
+    max_seq_len: int | None = None
+    batch_size: int = 32
+    keep_label: int = 1
+    chunk_end_tokens: list[str] = field(default_factory=lambda: [".", "\n"])
+    context_level_filter: bool = False
+    context_level_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.token_to_word not in ("mean", "first"):
+            raise ConfigError(f"token_to_word must be 'mean' or 'first', got {self.token_to_word!r}")
+        if isinstance(self.force_tokens, str) or not all(isinstance(t, str) and t for t in self.force_tokens):
+            raise ConfigError(f"force_tokens must be a list of non-empty strings, got {self.force_tokens!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.context_level_rate is not None and not 0 < self.context_level_rate <= 1:
+            raise ConfigError(f"context_level_rate must be in (0, 1], got {self.context_level_rate}")
+
+
+def default_classifier() -> str | None:
+    """Where the default classifier is: ``$MMCOMPRESS_LLMLINGUA2_CLASSIFIER``, else the folder the training recipe
+    registered last (``<mmcompress cache>/llmlingua2/default.json``), else ``runs/llmlingua2-minilm/classifier``."""
+    from ..models.loading import cache_dir
+
+    env = os.environ.get(DEFAULT_CLASSIFIER_ENV)
+    if env:
+        return env
+    pointer = cache_dir() / "llmlingua2" / "default.json"
+    if pointer.is_file():
+        try:
+            path = json.loads(pointer.read_text())["path"]
+            if Path(path, "config.json").is_file():
+                return path
+        except (ValueError, KeyError):
+            pass
+    local = Path("runs/llmlingua2-minilm/classifier")
+    return str(local.resolve()) if (local / "config.json").is_file() else None
+
+
+def register_default_classifier(path: str | Path) -> Path:
+    """Make ``path`` the classifier that ``llmlingua2`` uses when none is named."""
+    from ..models.loading import cache_dir
+
+    pointer = cache_dir() / "llmlingua2" / "default.json"
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(json.dumps({"path": str(Path(path).resolve())}))
+    return pointer
+
+
+@register_compressor("llmlingua2")
+class LLMLingua2(HardCompressor):
+    """Keep the words a token classifier labels most likely to keep (LLMLingua-2)."""
+
+    config_class = LLMLingua2Config
+
+    def __init__(self, config: LLMLingua2Config | None = None, *, classifier_model: Any = None,
+                 classifier_tokenizer: Any = None, **overrides: Any):
+        super().__init__(config, **overrides)
+        self._scorer: TokenClassifierScorer | None = None
+        if classifier_model is not None:
+            if classifier_tokenizer is None:
+                raise ConfigError("pass classifier_tokenizer= together with classifier_model=")
+            self._scorer = self._make_scorer(classifier_model, classifier_tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides: Any) -> LLMLingua2:
+        """A saved classifier folder (written by the training recipe) as a compressor."""
+        path = Path(path)
+        meta = json.loads((path / "mmcompress_config.json").read_text())
+        return cls(**{**meta.get("config", {}), "classifier": str(path), **overrides})
+
+    # ---------------------------------------------------------------------------------------------- scorer
+    def _make_scorer(self, model: Any, tokenizer: Any) -> TokenClassifierScorer:
+        cfg = self.config
+        return TokenClassifierScorer(model, tokenizer, max_length=cfg.max_seq_len, batch_size=cfg.batch_size,
+                                     keep_label=cfg.keep_label, token_to_word=cfg.token_to_word,
+                                     chunk_end_tokens=cfg.chunk_end_tokens)
+
+    @property
+    def scorer(self) -> TokenClassifierScorer:
+        if self._scorer is None:
+            name = self.config.classifier or default_classifier()
+            if name is None:
+                raise ConfigError(
+                    "llmlingua2 needs a token classifier and none was given or found: pass classifier=<folder or HF "
+                    "id>, set $MMCOMPRESS_LLMLINGUA2_CLASSIFIER, or train one with "
+                    "`mmcompress train --config configs/train/llmlingua2-minilm.yaml`")
+            t0 = time.perf_counter()
+            loaded = TokenClassifierScorer.load(name, self.config.device, self.config.dtype)
+            self._scorer = self._make_scorer(loaded.model, loaded.tokenizer)
+            self._load_seconds += time.perf_counter() - t0
+        return self._scorer
+
+    # -------------------------------------------------------------------------------------------- compress
+    def compress_segments(self, request: Request) -> list[SegmentOutcome]:
+        return self._compress_requests([request])[0]
+
+    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 64,
+                       **kwargs: Any) -> list[CompressedPrompt]:
+        """Compress many prompts; the chunks of all their documents share the encoder's batches."""
+        from tqdm.auto import tqdm
+
+        prompts = list(prompts)
+        target_tokenizer = kwargs.pop("target_tokenizer", None)
+        results: list[CompressedPrompt] = []
+        bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)
+        for start in range(0, len(prompts), chunk):
+            requests = [self.prepare(p, **kwargs) for p in prompts[start : start + chunk]]
+            t0 = time.perf_counter()
+            outcomes = self._compress_requests(requests)
+            share = (time.perf_counter() - t0) / len(requests)
+            results += [self.finish(r, o, share, target_tokenizer) for r, o in zip(requests, outcomes)]
+            bar.update(len(requests))
+        bar.close()
+        return results
+
+    def word_probabilities(self, texts: Sequence[str]) -> list[WordProbs]:
+        """The classifier's keep probability of every word of each text (before forcing)."""
+        return self.scorer.word_probs(list(texts))
+
+    def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
+        jobs = [(r, k, seg.text) for r in requests for k, seg in enumerate(r.text_segments) if seg.policy is not Policy.KEEP]
+        timings = requests[0].timings
+        scorer = self.scorer
+        with timings("score"):
+            words = scorer.word_probs([text for _, _, text in jobs])
+        with timings("units"):
+            count_offsets = [off for _, off in self.tokenize_with_offsets([text for _, _, text in jobs])]
+        found: dict[int, dict[int, tuple[Units, np.ndarray, np.ndarray]]] = {}
+        for (r, k, text), wp, offsets in zip(jobs, words, count_offsets):
+            units = Units(text, wp.spans)
+            _, costs = aggregate_scores(wp.spans, offsets, np.zeros(len(offsets)))
+            found.setdefault(id(r), {})[k] = (units, wp.probs, costs)
+        out = []
+        for r in requests:
+            per = found.get(id(r), {})
+            with r.timings("select"):
+                masks = self._select_within_budget(r, per)
+            outcomes = []
+            for k, seg in enumerate(r.text_segments):
+                if k not in per:
+                    outcomes.append(keep_whole(seg))
+                    continue
+                units = per[k][0]
+                outcomes.append(SegmentOutcome(units.rebuild(masks[k]), SegmentSelection("word", units.spans, masks[k])))
+            out.append(outcomes)
+        return out
+
+    def _select_within_budget(self, request: Request, found: dict, max_rounds: int = 4) -> list:
+        """Select, then count the rebuilt prompt in the counting tokenizer: words glued together after a drop (and
+        the separators between segments) can take more tokens than the words cost apart, so the pooled budget
+        shrinks by any excess over the plan and the selection is redone (a few rounds at most)."""
+        if not any(request.text_segments[k].policy is Policy.GLOBAL for k in found):
+            return self._select(request, found)
+        plan = request.plan
+        masks = self._select(request, found)
+        for _ in range(max_rounds):
+            excess = self._count_rebuilt(request, found, masks) - request.plan.target_tokens
+            if excess <= 0 or plan.pooled_target == 0:
+                break
+            plan = dataclasses.replace(plan, pooled_target=max(0, plan.pooled_target - excess))
+            masks = self._select(dataclasses.replace(request, plan=plan), found)
+        return masks
+
+    def _count_rebuilt(self, request: Request, found: dict, masks: list) -> int:
+        by_index = {request.text_indices[k]: found[k][0].rebuild(masks[k]) for k in found}
+        segments = [seg.replace(text=by_index[i]) if i in by_index else seg for i, seg in enumerate(request.prompt.segments)]
+        segments = [seg for seg in segments if not hasattr(seg, "text") or seg.text.strip()]
+        return self.count_tokens([request.prompt.replace_segments(segments).text])[0]
+
+    def _select(self, request: Request, found: dict[int, tuple[Units, np.ndarray, np.ndarray]]) -> list:
+        cfg = self.config
+        n = len(request.text_segments)
+        scores: list[np.ndarray | None] = [None] * n
+        costs: list[np.ndarray | None] = [None] * n
+        forced: dict[int, np.ndarray] = {}
+        for k, (units, probs, unit_costs) in found.items():
+            forced[k] = self._forced(units)
+            scores[k] = np.where(forced[k], _FORCED_SCORE, probs)
+            costs[k] = unit_costs
+        if cfg.context_level_filter:
+            self._filter_documents(request, found, scores)
+        masks = allocate(request, scores, costs)
+        if cfg.drop_consecutive and cfg.force_tokens:
+            for k, (units, _, _) in found.items():
+                masks[k] = _drop_consecutive(units, masks[k], set(cfg.force_tokens))
+        return masks
+
+    def _forced(self, units: Units) -> np.ndarray:
+        """Words overlapping an occurrence of a force token, and (optionally) words with a digit."""
+        cfg = self.config
+        mask = np.zeros(len(units), dtype=bool)
+        if cfg.force_reserve_digit:
+            mask |= np.array([bool(_DIGIT.search(w)) for w in units.strings()], dtype=bool)
+        if cfg.force_tokens and len(units):
+            spans = units.spans
+            for token in cfg.force_tokens:
+                for m in re.finditer(re.escape(token), units.text):
+                    mask |= (spans[:, 0] < m.end()) & (spans[:, 1] > m.start())
+        return mask
+
+    def _filter_documents(self, request: Request, found: dict, scores: list) -> None:
+        """Coarse step: documents whose mean word probability is below the percentile lose their words' rank."""
+        pooled = [k for k in found if request.text_segments[k].policy is Policy.GLOBAL and len(found[k][1])]
+        if len(pooled) < 2:
+            return
+        rate = self.config.context_level_rate
+        if rate is None:
+            rate = (request.plan.pooled_target / max(1, sum(request.costs[k] for k in pooled)) + 1) / 2
+        doc_scores = np.array([found[k][1].mean() for k in pooled])
+        threshold = np.percentile(doc_scores, 100 * (1 - rate))
+        for k, s in zip(pooled, doc_scores):
+            if s < threshold:
+                scores[k] = scores[k] - 3.0  # below every word of a kept document; used only if budget is left
+
+
+def _drop_consecutive(units: Units, mask: np.ndarray, force_tokens: set[str]) -> np.ndarray:
+    """Unkeep a forced token equal to the previous kept word (e.g. ``". ."`` left after the words between went)."""
+    mask = mask.copy()
+    words = units.strings()
+    previous = None
+    for i in np.flatnonzero(mask):
+        if words[i] in force_tokens and words[i] == previous:
+            mask[i] = False
+            continue
+        previous = words[i]
+    return mask
