@@ -34,6 +34,9 @@ from .pipeline import Pipeline, PipelineConfig  # noqa: E402  hard-then-soft and
 from . import kvcache  # noqa: E402,F401
 from .kvcache import KVPress, create_press, list_presses  # noqa: E402
 
+# --- interleaved image-text (multimodal family): registers the "interleaved" compressor and training task
+from . import multimodal  # noqa: F401,E402
+
 __version__ = "0.1.0"
 
 __all__ = [

@@ -3,9 +3,6 @@ decoder, CLI and YAML, and a toy interleaved task learned on CPU."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ import torch
 from mmcompress.multimodal.interleaved import InterleavedCompressor
 from mmcompress.prompt import Prompt
 
-REPO = Path(__file__).resolve().parent.parent
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 
 
@@ -232,3 +228,133 @@ def test_toy_interleaved_task_is_learned_on_cpu(tiny_parts, tmp_path):
     answers = comp.answer([p for p, _ in test], batch_size=24)
     accuracy = np.mean([answer_correct(a, g) for a, (_, g) in zip(answers, test)])
     assert before <= 0.6 and accuracy >= 0.9, (before, accuracy, answers[:6])
+
+
+def test_nested_slots_are_prefixes_of_the_full_set(tiny_parts):
+    comp = _make(tiny_parts, num_slots=6, slot_schedule=[2, 4, 6], chunk_tokens=64)
+    text = "Photo A: <image> Photo B: <image> Which one is red?"
+    images = [_solid("red"), _solid("blue")]
+    comp.module.eval()
+    full = comp.compress(text, images=images)
+    two = comp.set_slots(2).compress(text, images=images)
+    assert full.soft_tokens == [6] and two.soft_tokens == [2] and two.ratio > full.ratio
+    # slots are causal: the first two of six are exactly what a two-slot read gives
+    assert torch.allclose(two.items[0][0].embeddings, full.items[0][0].embeddings[:2], atol=1e-6)
+    comp.set_slots(None)
+    comp.module.train()
+    drawn = {comp.module.active_slots() for _ in range(40)}
+    comp.module.eval()
+    assert drawn == {2, 4, 6}
+    from mmcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="num_slots=6"):
+        _make(tiny_parts, num_slots=6, slot_schedule=[8])
+
+
+def test_yaml_config_and_cli_with_a_saved_compressor(tiny_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from mmcompress import create_compressor
+
+    config = tmp_path / "interleaved.yaml"
+    config.write_text(f"compressor: interleaved\nmodel: {tiny_dir}\nnum_slots: 4\nchunk_tokens: 64\n"
+                      "vision_encoder: open_clip:mmc-vit-micro\nadapter: mlp\nimage_tokens: null\nlora_r: 4\n"
+                      "max_new_tokens: 3\ndevice: cpu\ndtype: float32\n")
+    comp = create_compressor(str(config))
+    assert isinstance(comp, InterleavedCompressor) and comp.config.num_slots == 4
+    assert create_compressor("interleaved-shapes").config.adapter == "perceiver"  # shipped config, by stem
+    saved = comp.save_pretrained(tmp_path / "saved")
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(_solid("red")).save(a)
+    Image.fromarray(_solid("blue")).save(b)
+    from mmcompress.cli import main
+
+    args = ["compress", "--method", str(saved), "--image", str(a), "--image", str(b)]
+    assert main(args + ["Photo A: <image> Photo B: <image> Which one is red?", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "interleaved" and isinstance(out["answer"], str)
+    pieces = out["prompts"][0]["pieces"]
+    assert [p["kind"] for p in pieces] == ["embeddings", "text"] and pieces[1]["text"] == "Which one is red?"
+    assert pieces[0]["soft_tokens"] == 4 and out["origin_tokens"] > 2 * comp.tokens_per_image
+    # three markers for two images: a one-line error and exit code 2
+    assert main(args + ["A: <image> B: <image> C: <image>"]) == 2
+    assert "3 <image> marker(s) but 2 image(s)" in capsys.readouterr().err
+
+
+@pytest.mark.shared
+def test_training_recipe_runs_and_loads(tiny_dir, tmp_path):
+    pytest.importorskip("easy_vqa")
+    import yaml
+
+    from mmcompress import create_compressor
+    from mmcompress.cli import main
+
+    recipe = {
+        "task": "interleaved",
+        "model": {"model": str(tiny_dir), "num_slots": 4, "slot_schedule": [2, 4], "chunk_tokens": 64, "lora_r": 4,
+                  "vision_encoder": "open_clip:mmc-vit-micro", "adapter": "pool", "image_tokens": 4,
+                  "device": "cpu", "dtype": "float32", "max_new_tokens": 3},
+        "data": {"source": "shapes", "train_examples": 8, "eval_examples": 2, "num_images": [2], "max_images": 60,
+                 "mix": {"qa": 1.0, "caption": 0.5, "ae": 0.5}},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "lr": 1.0e-3,
+                  "log_every": 1, "progress": False},
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(path)]) == 0
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2] and any("eval/loss" in r for r in log)
+    loaded = create_compressor(str(tmp_path / "run" / "final"))
+    assert isinstance(loaded, InterleavedCompressor) and loaded.config.slot_schedule == [2, 4]
+    from mmcompress.multimodal.tasks import build_examples
+
+    example = build_examples("shapes", "test", 1, num_images=(2,), max_images=30)[0]
+    assert len(loaded.answer([example.prompt()])) == 1
+
+
+def test_small_vlm_of_the_vision_family(tiny_parts, tmp_path):
+    from mmcompress import create_compressor
+    from mmcompress.vision.adapters import create_adapter
+    from mmcompress.vision.encoders import create_encoder
+    from mmcompress.vision.small_vlm import SmallVLM
+
+    tok, make_llama = tiny_parts
+    torch.manual_seed(0)
+    llm = make_llama(tok, window=512)
+    encoder = create_encoder("open_clip:mmc-vit-micro")
+    vlm = SmallVLM(encoder, create_adapter("perceiver", in_dim=32, out_dim=32, tokens=4, depth=1, heads=2, dim_head=8),
+                   llm, tok, answers=["A", "B"])
+    before = {n: p.clone() for n, p in vlm.llm.named_parameters()}
+    comp = InterleavedCompressor.from_small_vlm(vlm, num_slots=2, chunk_tokens=64, lora_r=4, max_new_tokens=3)
+    images = [_solid("red"), _solid("blue")]
+    soft = comp.compress("Photo A: <image> Photo B: <image> Which one is red?", images=images)
+    assert comp.tokens_per_image == 4 and soft.soft_tokens == [2]
+    # the VLM's own adapter embeds the images; its LLM is copied, not modified
+    pixels = comp.image_path.preprocess(images)
+    with torch.no_grad():
+        assert torch.allclose(comp.image_path(pixels), vlm.adapter(vlm.encoder(pixels).patch_tokens), atol=1e-6)
+    assert not any("lora" in n for n, _ in vlm.llm.named_parameters())
+    assert all(torch.equal(p, before[n]) for n, p in vlm.llm.named_parameters())
+    assert len(comp.generate(soft)) == 1
+    saved = comp.save_pretrained(tmp_path / "s")
+    loaded = create_compressor(str(saved), model=make_llama(tok, window=512), tokenizer=tok)
+    with torch.no_grad():
+        assert torch.allclose(loaded.image_path(pixels), comp.image_path(pixels), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_smollm2_compresses_an_interleaved_prompt(smollm2):
+    """The embedded default: SmolLM2-135M as encoder (LoRA) and decoder, a random-init open_clip ViT + Perceiver."""
+    import copy
+
+    torch.manual_seed(0)  # a copy: LoRA is injected into the model it is given, and the fixture is shared
+    comp = InterleavedCompressor(model=copy.deepcopy(smollm2.model), tokenizer=smollm2.tokenizer, num_slots=8,
+                                 max_new_tokens=2,
+                                 vision_encoder="open_clip:mmc-vit-tiny-p8-64", adapter="perceiver", image_tokens=16)
+    text = "Photo A: <image> Photo B: <image> Photo C: <image> Which one shows a red shape?"
+    soft = comp.compress(text, images=[_solid("red", 64), _solid("blue", 64), _solid("green", 64)])
+    question = len(smollm2.tokenizer("Which one shows a red shape?", add_special_tokens=False)["input_ids"])
+    assert soft.soft_tokens == [8] and soft.compressed_tokens == [8 + question]
+    assert soft.origin_tokens[0] >= 3 * 16 + question + 6
+    assert soft.items[0][0].embeddings.shape == (8, smollm2.model.config.hidden_size)
+    assert isinstance(comp.generate(soft)[0], str)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from .chunking import chunk_sequence, chunk_spans, pack_blocks
 from .embedding import (
     ImageEmbedder,
+    SequencePlan,
+    scatter_image_tokens,
     InterleavedBatch,
     InterleavedEmbedder,
     InterleavedSequence,
@@ -14,7 +16,12 @@ from .embedding import (
     split_trailing_question,
 )
 
+from .interleaved import InterleavedCompressor, InterleavedConfig  # noqa: E402  (registers "interleaved")
+from .training import build_interleaved  # noqa: E402,F401  (registers the "interleaved" training task)
+
 __all__ = [
+    "InterleavedCompressor",
+    "InterleavedConfig",
     "ImageEmbedder",
     "InterleavedBatch",
     "InterleavedEmbedder",
@@ -24,6 +31,8 @@ __all__ = [
     "chunk_spans",
     "pack_blocks",
     "pad_sequences",
+    "scatter_image_tokens",
+    "SequencePlan",
     "split_layout",
     "split_trailing_question",
 ]

@@ -23,6 +23,7 @@ tower and projector embed the images and whose language model is the encoder (Lo
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -61,6 +62,9 @@ class InterleavedConfig(EncoderConfig):
     decoder). Image path (text-LLM backbones): ``vision_encoder`` (an encoder spec of the vision family),
     ``adapter`` (``mlp``, ``perceiver``, ``qformer``, ``pool``) with ``image_tokens`` outputs per image and
     ``adapter_kwargs``; ``reduce_image_tokens`` average-pools each image's tokens to fewer (hard visual reduction).
+    Nested slots (Matryoshka / MQT-LLaVA style): slots are causal, so the first K of ``num_slots`` do not depend on
+    the rest; ``slot_schedule`` (e.g. ``[4, 8, 16]``) trains each step with a K drawn from it, so one model serves
+    every K, and ``use_slots`` picks K at inference (``None``: all ``num_slots``).
     LLaVA backbones use their own tower and projector. ``keep_trailing_question``: a final "...?" sentence of the
     prompt stays text when no question segment is given.
     """
@@ -76,6 +80,8 @@ class InterleavedConfig(EncoderConfig):
     train_vision_encoder: bool = False
     reduce_image_tokens: int | None = None
     keep_trailing_question: bool = True
+    slot_schedule: list[int] | None = None
+    use_slots: int | None = None
     max_new_tokens: int = 16
     lora_r: int = 16
     lora_alpha: int = 32
@@ -88,6 +94,10 @@ class InterleavedConfig(EncoderConfig):
             raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.image_tokens is not None and int(self.image_tokens) < 1:
             raise ConfigError(f"image_tokens must be >= 1, got {self.image_tokens}")
+        for k in list(self.slot_schedule or []) + ([self.use_slots] if self.use_slots is not None else []):
+            if not 1 <= int(k) <= int(self.num_slots):
+                raise ConfigError(f"slot counts in slot_schedule / use_slots must be in [1, num_slots={self.num_slots}]"
+                                  f", got {k}")
         if self.reduce_image_tokens is not None and int(self.reduce_image_tokens) < 1:
             raise ConfigError(f"reduce_image_tokens must be >= 1 (or null), got {self.reduce_image_tokens}")
 
@@ -169,6 +179,23 @@ class InterleavedSlotModel(SlotModel):
         self.positions = "standard" if config.style == "icae" else "prefix"
         if image_path is not None:
             self.image_path = image_path  # registered: adapter weights are trainable parameters of this module
+        self.slot_schedule = [int(k) for k in (config.slot_schedule or [])]
+        self.use_slots = int(config.use_slots) if config.use_slots is not None else None
+        self._draw = random.Random(int(config.num_slots))
+
+    def active_slots(self) -> int | None:
+        """How many leading slots the decoder reads now: drawn from the schedule in training, ``use_slots`` else."""
+        if self.training and self.slot_schedule:
+            return self._draw.choice(self.slot_schedule)
+        return self.use_slots
+
+    def take_slots(self, encoded, k: int | None):
+        """The first ``k`` slots of every chunk (``[N, K, D]`` hidden states or per-layer ``[N, H, K, d]`` KV)."""
+        if k is None or k >= self.encoder.num_slots:
+            return encoded
+        if self.encoder_output == "hidden":
+            return encoded[:, :k]
+        return [(key[:, :, :k], value[:, :, :k]) for key, value in encoded]
 
     def embed_chunks(self, batch: dict[str, Any]) -> torch.Tensor:
         """``[N, L, D]``: token embeddings with each image's adapter output scattered into its positions."""
@@ -189,8 +216,9 @@ class InterleavedSlotModel(SlotModel):
 
     def compress_embedded(self, batch: dict[str, Any]):
         chunks = self.chunks_from_batch(batch)
-        return self.encoder.encode_embeds(self.embed_chunks(batch), batch["chunk_mask"], batch["chunk_index"],
-                                          output=self.encoder_output, positions=self.positions), chunks
+        encoded = self.encoder.encode_embeds(self.embed_chunks(batch), batch["chunk_mask"], batch["chunk_index"],
+                                             output=self.encoder_output, positions=self.positions)
+        return self.take_slots(encoded, self.active_slots()), chunks
 
     def decoder_hidden(self, encoded, chunks: Chunks, batch: dict[str, Any]):
         model = IcaeModel if self.style == "icae" else KvModel
@@ -269,6 +297,26 @@ class InterleavedCompressor(SoftCompressor):
         super().__init__(config, tokenizer=tokenizer, **overrides)
         self._image_path_override = image_path
 
+    @classmethod
+    def from_small_vlm(cls, vlm: Any, **overrides: Any) -> InterleavedCompressor:
+        """Compress interleaved prompts for the vision family's :class:`~mmcompress.vision.small_vlm.SmallVLM`: its
+        (trained) encoder and adapter embed the images, a copy of its LLM is the soft encoder (LoRA) and decoder
+        (the VLM itself is left untouched)."""
+        import copy
+
+        from .vision_path import EncoderAdapterPath
+
+        adapter = copy.deepcopy(vlm.adapter)
+        acfg = adapter.config.to_dict()
+        fields = {"vision_encoder": f"open_clip:{vlm.encoder.name}" if getattr(vlm.encoder, "kind", "") == "open_clip"
+                  else str(getattr(vlm.encoder, "name", "custom")),
+                  "adapter": adapter.name, "image_tokens": acfg.pop("tokens"),
+                  "adapter_kwargs": {k: v for k, v in acfg.items() if k not in ("in_dim", "out_dim")}}
+        fields.update(overrides)
+        llm = copy.deepcopy(vlm.llm)
+        path = EncoderAdapterPath(copy.deepcopy(vlm.encoder), adapter)
+        return cls(model=llm, tokenizer=vlm.tokenizer, image_path=path, **fields)
+
     # ------------------------------------------------------------------------------------------------ parts
     @property
     def uses_llava(self) -> bool:
@@ -303,6 +351,13 @@ class InterleavedCompressor(SoftCompressor):
     @property
     def image_path(self):
         return self.module.get_image_path()
+
+    def set_slots(self, k: int | None) -> InterleavedCompressor:
+        """Read only the first ``k`` soft tokens of each chunk from now on (nested slots; ``None``: all of them)."""
+        self.config = self.config.replace(use_slots=k)
+        if self.config.mode == "soft":
+            self.module.use_slots = None if k is None else int(k)
+        return self
 
     @property
     def tokens_per_image(self) -> int:

@@ -11,7 +11,9 @@ from typing import Any
 
 
 def write_soft_result(compressor: Any, result: Any, args: Any, out: Any) -> None:
-    if args.question:
+    # a question kept inside the prompt (e.g. interleaved "<image> ... Which one?") is answered like --question
+    kept_question = any(getattr(getattr(p, "role", None), "value", None) == "question" for p in result.items[0])
+    if args.question or kept_question:
         kind, text = "answer", compressor.generate(result, task="qa")[0]
     else:
         kind, text = "reconstruction", compressor.reconstruct(result)[0]
