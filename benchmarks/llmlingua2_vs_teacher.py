@@ -1,15 +1,17 @@
 """LLMLingua-2 student vs its teacher: agreement, answer retention and speed, side by side in one run.
 
-    PYTHONPATH=. python benchmarks/llmlingua2_vs_teacher.py [--classifier runs/llmlingua2-minilm/classifier]
-        [--teacher selective_context] [--data ../shared/data/multidoc_qa_dev.jsonl] [--limit 30]
+    PYTHONPATH=. python benchmarks/llmlingua2_vs_teacher.py [--run runs/llmlingua2-minilm-longllmlingua]
+        [--classifier RUN/classifier] [--teacher longllmlingua] [--data ../shared/data/multidoc_qa_dev.jsonl]
+        [--limit 30] [--out benchmarks/results/llmlingua2_vs_longllmlingua]
 
 - agreement: on the recipe's held-out passages (never trained on), the teacher and the student compress each at
-  the teacher's rate; we report the token-sequence similarity of the two outputs (difflib ratio over SmolLM2
-  tokens, as ../shared/peer/agreement.py computes it; 1.0 = identical) and the student's word-label accuracy and
-  keep-F1 against the teacher's labels;
+  the teacher's rate, exactly as the recipe labelled them (a question-aware teacher gets each passage as a
+  one-document prompt with the recipe's question); we report the token-sequence similarity of the two compressed
+  passages (difflib ratio over SmolLM2 tokens, as ../shared/peer/agreement.py computes it; 1.0 = identical) and the
+  student's word-label accuracy and keep-F1 against the teacher's labels;
 - answer retention and compression latency on multi-document QA prompts at several rates (random as the floor);
 - speed-up: the teacher's mean seconds per prompt over the student's, measured in the same run.
-Writes benchmarks/results/llmlingua2_vs_teacher.{json,md}.
+The teacher runs with the recipe's options (``teacher.options``) throughout. Writes ``OUT.{json,md}``.
 """
 from __future__ import annotations
 
@@ -38,6 +40,16 @@ def similarity(a: str, b: str, encode) -> float:
     return difflib.SequenceMatcher(None, ta, tb, autojunk=False).ratio()
 
 
+def compressed_passage(result) -> str:
+    """The compressed text of the prompt's first context / text segment (the passage), without the question."""
+    from mmcompress.prompt import Role
+
+    for seg in result.prompt.segments:
+        if getattr(seg, "role", None) in (Role.CONTEXT, Role.TEXT):
+            return seg.text
+    return ""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/llmlingua2-minilm", help="training output folder (classifier + held-out)")
@@ -48,9 +60,14 @@ def main() -> int:
     ap.add_argument("--passages", type=int, default=30)
     ap.add_argument("--rates", default="0.5,0.33")
     ap.add_argument("--out", default="benchmarks/results/llmlingua2_vs_teacher")
+    ap.add_argument("--machine", default=None, help="machine description for the report (default: platform info)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = ap.parse_args()
 
+    import torch
     import yaml
+
+    torch.set_num_threads(args.threads)
 
     from mmcompress.evaluation.harness import HardCompressorSystem, evaluate, load_qa_file
     from mmcompress.factory import create_compressor
@@ -75,10 +92,13 @@ def main() -> int:
     # ---- agreement on held-out passages
     held = [json.loads(x) for x in (run / "eval_passages.jsonl").read_text().splitlines() if x.strip()][: args.passages]
     texts = [r["text"] for r in held]
-    t_out = teacher.compress_batch(texts, rate=teacher_rate)
-    s_out = student.compress_batch(texts, rate=teacher_rate)
-    sims = [similarity(a.text, b.text, encode) for a, b in zip(t_out, s_out)]
-    rand_sims = [similarity(a.text, random.compress(t, rate=teacher_rate).text, encode) for a, t in zip(t_out, texts)]
+    question = teacher_cfg.get("question")
+    prompts, kwargs = ([[t] for t in texts], {"question": question}) if question else (texts, {})
+    t_out = teacher.compress_batch(prompts, rate=teacher_rate, **kwargs)
+    s_out = student.compress_batch(prompts, rate=teacher_rate, **kwargs)
+    r_out = random.compress_batch(prompts, rate=teacher_rate, **kwargs)
+    sims = [similarity(compressed_passage(a), compressed_passage(b), encode) for a, b in zip(t_out, s_out)]
+    rand_sims = [similarity(compressed_passage(a), compressed_passage(b), encode) for a, b in zip(t_out, r_out)]
     scorer = student.scorer
     accs, f1s = [], []
     for text, t_res, s_res in zip(texts, t_out, s_out):
@@ -89,7 +109,8 @@ def main() -> int:
         tp = float(((gold == 1) & (pred == 1)).sum())
         p, r = tp / max(1, pred.sum()), tp / max(1, gold.sum())
         f1s.append(2 * p * r / (p + r) if p + r else 0.0)
-    agreement = {"passages": len(texts), "rate": teacher_rate, "token_similarity": float(np.mean(sims)),
+    agreement = {"passages": len(texts), "rate": teacher_rate, "question": question,
+                 "token_similarity": float(np.mean(sims)),
                  "token_similarity_random_vs_teacher": float(np.mean(rand_sims)),
                  "word_label_accuracy": float(np.mean(accs)), "keep_f1": float(np.mean(f1s))}
 
@@ -104,8 +125,8 @@ def main() -> int:
     by = {(r.system, r.requested_rate): r for r in report.results}
     speedups = {str(rate): by[(systems[0].name, rate)].latency_s / by[(systems[1].name, rate)].latency_s for rate in rates}
     out = {
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU; torch threads "
-                   f"{__import__('torch').get_num_threads()}",
+        "machine": f"{args.machine or f'{platform.machine()}, {os.cpu_count()} CPU cores, no GPU'}; torch threads "
+                   f"{torch.get_num_threads()}",
         "teacher": teacher_name, "teacher_options": teacher_cfg.get("options"), "student": str(args.classifier or run / "classifier"),
         "encoder": (recipe.get("model") or {}).get("encoder"), "train_steps": (recipe.get("train") or {}).get("max_steps"),
         "agreement": agreement, "qa": report.to_dict()["results"], "qa_examples": len(examples),
@@ -116,6 +137,8 @@ def main() -> int:
     Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
     md = [f"# LLMLingua-2 (MiniLM student) vs its teacher ({teacher_name})", "",
           f"Machine: {out['machine']}. Command: `{out['command']}`", "",
+          f"Teacher options: `{json.dumps(out['teacher_options'])}`; student: {out['encoder']} trained "
+          f"{out['train_steps']} steps (`{out['student']}`).", "",
           f"Agreement on {len(texts)} held-out corpus passages at rate {teacher_rate}: token-sequence similarity "
           f"{agreement['token_similarity']:.3f} (random vs teacher: {agreement['token_similarity_random_vs_teacher']:.3f}), "
           f"word-label accuracy {agreement['word_label_accuracy']:.3f}, keep-F1 {agreement['keep_f1']:.3f}.", "",

@@ -110,7 +110,8 @@ def align_kept_spans(original: str, compressed: str) -> list[tuple[int, int]]:
 def distil_labels(teacher: Any, passages: Sequence[str], rate: float, cache: str | Path | None = None,
                   *, question: str | None = None, progress: bool = True, batch: int = 16) -> list[dict[str, Any]]:
     """Teacher keep-spans for every passage, read from / appended to the JSONL ``cache``. ``question`` is passed
-    to question-aware teachers (LongLLMLingua); corpus passages have none of their own."""
+    to question-aware teachers (LongLLMLingua), which then get each passage as a one-document prompt (they compress
+    context segments; corpus passages have no question of their own)."""
     from tqdm.auto import tqdm
 
     done: dict[str, list] = {}
@@ -130,8 +131,9 @@ def distil_labels(teacher: Any, passages: Sequence[str], rate: float, cache: str
         try:
             for start in tqdm(range(0, len(todo), batch), disable=not progress, desc="teacher labels"):
                 chunk = todo[start : start + batch]
-                kwargs = {"question": question} if question else {}
-                for text, result in zip(chunk, teacher.compress_batch(chunk, rate=rate, **kwargs)):
+                # a question-aware teacher compresses documents (context), not free text: pass each passage as one
+                prompts, kwargs = (([[p] for p in chunk], {"question": question}) if question else (chunk, {}))
+                for text, result in zip(chunk, teacher.compress_batch(prompts, rate=rate, **kwargs)):
                     done[text] = [list(s) for s in kept_spans_from_result(result)]
                     if handle is not None:
                         handle.write(json.dumps({"text": text, "kept_spans": done[text]}, ensure_ascii=False) + "\n")
@@ -275,8 +277,9 @@ def load_classifier_for_training(encoder: str, num_labels: int = 2) -> tuple[Any
 
 @register_task("llmlingua2")
 def build_llmlingua2_task(recipe: dict[str, Any]) -> TaskSetup:
-    """Recipe sections: ``model`` (encoder, max_length), ``teacher`` (method, rate, options) or ``data.labels``,
-    ``data`` (corpus, labels_cache, passage_words, max_passages, eval_fraction), ``register_default``."""
+    """Recipe sections: ``model`` (encoder, max_length), ``teacher`` (method, rate, options, question) or
+    ``data.labels``, ``data`` (corpus, labels_cache, passage_words, max_passages, eval_fraction), ``export_dir``
+    (where the finished classifier is copied), ``register_default``."""
     from ..scoring.token_classifier import TokenClassifierScorer
 
     model_cfg = dict(recipe.get("model") or {})
@@ -316,6 +319,10 @@ def build_llmlingua2_task(recipe: dict[str, Any]) -> TaskSetup:
         folder = trained.save_pretrained(output_dir / "classifier")
         (output_dir / "eval_passages.jsonl").write_text(
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_rows))
+        if recipe.get("export_dir"):  # a copy outside the run folder (e.g. the mmcompress cache) outlives the run
+            import shutil
+
+            folder = Path(shutil.copytree(folder, Path(recipe["export_dir"]).expanduser(), dirs_exist_ok=True))
         if recipe.get("register_default"):
             from .llmlingua2 import register_default_classifier
 
