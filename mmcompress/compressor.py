@@ -292,6 +292,39 @@ class HardCompressor(Compressor):
         )
 
 
+class BatchedHardCompressor(HardCompressor):
+    """A hard compressor that does the model work of many prompts together: subclasses implement
+    :meth:`_compress_requests` (outcomes for several prepared requests, e.g. all their sentences or chunks in shared
+    forward passes); ``compress`` is the one-request case and ``compress_batch`` feeds it ``chunk`` prompts at a time.
+    """
+
+    def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
+        raise NotImplementedError
+
+    def compress_segments(self, request: Request) -> list[SegmentOutcome]:
+        return self._compress_requests([request])[0]
+
+    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 64,
+                       **kwargs: Any) -> list[CompressedPrompt]:
+        """Compress many prompts, ``chunk`` at a time through :meth:`_compress_requests`; each result's
+        ``compress`` time is its share of its chunk's."""
+        from tqdm.auto import tqdm
+
+        prompts = list(prompts)
+        target_tokenizer = kwargs.pop("target_tokenizer", None)
+        results: list[CompressedPrompt] = []
+        bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)
+        for start in range(0, len(prompts), chunk):
+            requests = [self.prepare(p, **kwargs) for p in prompts[start : start + chunk]]
+            t0 = time.perf_counter()
+            outcomes = self._compress_requests(requests)
+            share = (time.perf_counter() - t0) / len(requests)
+            results += [self.finish(r, o, share, target_tokenizer) for r, o in zip(requests, outcomes)]
+            bar.update(len(requests))
+        bar.close()
+        return results
+
+
 def _count_with(tokenizer: Any, texts: list[str]) -> tuple[int, int]:
     if isinstance(tokenizer, str):
         from .models import load_tokenizer

@@ -18,15 +18,19 @@ def run(args) -> int:
         {"name": name, "family": getattr(cls, "family", ""), "summary": _summary(cls)}
         for name, cls in COMPRESSORS.items()
     ]
-    configs = []
+    configs, recipes = [], []
     for stem, path in list_configs().items():
+        task = _recipe_task(path)
+        if task is not None:  # a training recipe (``task:``), run by ``mmcompress train``, not a compressor config
+            recipes.append({"name": stem, "task": task, "path": str(path)})
+            continue
         try:
             method = load_config_file(path)[0]
         except Exception as e:  # a broken config is listed, not fatal
             method = f"(unreadable: {e})"
         configs.append({"name": stem, "compressor": method, "path": str(path)})
     if args.json:
-        print(json.dumps({"methods": methods, "configs": configs}, indent=2))
+        print(json.dumps({"methods": methods, "configs": configs, "recipes": recipes}, indent=2))
         return 0
     print("methods:")
     for m in methods:
@@ -34,7 +38,24 @@ def run(args) -> int:
     print("configs:")
     for c in configs:
         print(f"  {c['name']:<34} -> {c['compressor']}")
+    if recipes:
+        print("training recipes (mmcompress train --config PATH):")
+        for r in recipes:
+            print(f"  {r['name']:<34} -> task {r['task']}")
     return 0
+
+
+def _recipe_task(path) -> str | None:
+    """The ``task:`` of a training recipe (a YAML mapping with ``task`` and no ``compressor``), else None."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(open(path, encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if isinstance(data, dict) and "task" in data and "compressor" not in data:
+        return str(data["task"])
+    return None
 
 
 def _summary(cls) -> str:

@@ -29,18 +29,18 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..compressor import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
-from ..results import CompressedPrompt, SegmentSelection
+from ..results import SegmentSelection
 from ..scoring.token_classifier import TokenClassifierScorer, WordProbs
 from ..text_units import Units, aggregate_scores
 
@@ -115,7 +115,7 @@ def register_default_classifier(path: str | Path) -> Path:
 
 
 @register_compressor("llmlingua2")
-class LLMLingua2(HardCompressor):
+class LLMLingua2(BatchedHardCompressor):
     """Keep the words a token classifier labels most likely to keep (LLMLingua-2)."""
 
     config_class = LLMLingua2Config
@@ -159,28 +159,6 @@ class LLMLingua2(HardCompressor):
         return self._scorer
 
     # -------------------------------------------------------------------------------------------- compress
-    def compress_segments(self, request: Request) -> list[SegmentOutcome]:
-        return self._compress_requests([request])[0]
-
-    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 64,
-                       **kwargs: Any) -> list[CompressedPrompt]:
-        """Compress many prompts; the chunks of all their documents share the encoder's batches."""
-        from tqdm.auto import tqdm
-
-        prompts = list(prompts)
-        target_tokenizer = kwargs.pop("target_tokenizer", None)
-        results: list[CompressedPrompt] = []
-        bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)
-        for start in range(0, len(prompts), chunk):
-            requests = [self.prepare(p, **kwargs) for p in prompts[start : start + chunk]]
-            t0 = time.perf_counter()
-            outcomes = self._compress_requests(requests)
-            share = (time.perf_counter() - t0) / len(requests)
-            results += [self.finish(r, o, share, target_tokenizer) for r, o in zip(requests, outcomes)]
-            bar.update(len(requests))
-        bar.close()
-        return results
-
     def word_probabilities(self, texts: Sequence[str]) -> list[WordProbs]:
         """The classifier's keep probability of every word of each text (before forcing)."""
         return self.scorer.word_probs(list(texts))

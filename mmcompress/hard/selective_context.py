@@ -15,19 +15,17 @@ mean aggregation, noun-chunk phrases. Unlike the reference:
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..budget import percentile_mask
-from ..compressor import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
-from ..results import CompressedPrompt, SegmentSelection
+from ..results import SegmentSelection
 from ..scoring import CausalLMScorer, UnigramScorer
 from ..text_units import Units, aggregate_scores, phrase_units, sentence_units, token_units, units_for
 
@@ -63,7 +61,7 @@ class SelectiveContextConfig(HardConfig):
 
 
 @register_compressor("selective_context")
-class SelectiveContext(HardCompressor):
+class SelectiveContext(BatchedHardCompressor):
     """Drop the lexical units with the lowest self-information."""
 
     config_class = SelectiveContextConfig
@@ -76,28 +74,6 @@ class SelectiveContext(HardCompressor):
             else:
                 self._scorer = CausalLMScorer(self.model, self.tokenizer, max_batch_tokens=self.config.max_batch_tokens)
         return self._scorer
-
-    def compress_segments(self, request: Request) -> list[SegmentOutcome]:
-        return self._compress_requests([request])[0]
-
-    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 64,
-                       **kwargs: Any) -> list[CompressedPrompt]:
-        """Compress many prompts; their sentences are scored together in batched forward passes."""
-        from tqdm.auto import tqdm
-
-        prompts = list(prompts)
-        results: list[CompressedPrompt] = []
-        bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)
-        target_tokenizer = kwargs.pop("target_tokenizer", None)
-        for start in range(0, len(prompts), chunk):
-            requests = [self.prepare(p, **kwargs) for p in prompts[start : start + chunk]]
-            t0 = time.perf_counter()
-            outcomes = self._compress_requests(requests)
-            share = (time.perf_counter() - t0) / len(requests)
-            results += [self.finish(r, o, share, target_tokenizer) for r, o in zip(requests, outcomes)]
-            bar.update(len(requests))
-        bar.close()
-        return results
 
     # ------------------------------------------------------------------------------------------------ steps
     def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:

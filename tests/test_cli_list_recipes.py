@@ -1,0 +1,29 @@
+"""``mmcompress list`` labels training recipes (``task:``) as recipes, not as unreadable compressor configs."""
+import json
+
+from mmcompress.cli import main
+from mmcompress import factory
+
+
+def test_list_labels_training_recipes(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "extra"
+    folder.mkdir()
+    (folder / "my-recipe.yaml").write_text("task: llmlingua2\nmodel: {encoder: minilm-l6}\n")
+    (folder / "my-config.yaml").write_text("compressor: random\nrate: 0.5\n")
+    (folder / "broken-thing.yaml").write_text("rate: 0.5\n")
+    monkeypatch.setattr(factory, "_CONFIG_PATHS", [*factory._CONFIG_PATHS, folder])  # not leaked to other tests
+
+    assert main(["list", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    recipes = {r["name"]: r for r in listing["recipes"]}
+    configs = {c["name"]: c for c in listing["configs"]}
+    assert recipes["my-recipe"]["task"] == "llmlingua2" and "my-recipe" not in configs
+    assert "llmlingua2-minilm" in recipes  # the shipped recipe in configs/train
+    assert not any("unreadable" in c["compressor"] for c in configs.values() if c["name"] in recipes)
+    assert configs["my-config"]["compressor"] == "random"
+    assert configs["broken-thing"]["compressor"].startswith("(unreadable")  # a broken config is still flagged
+
+    assert main(["list"]) == 0
+    text = capsys.readouterr().out
+    assert "training recipes" in text and "my-recipe" in text.split("training recipes")[1]
+    assert "llmlingua2-minilm " not in text.split("training recipes")[0]
