@@ -88,8 +88,12 @@ def test_teacher_labels_are_cached(tmp_path, tiny_dir):
     assert distil_labels(Refuses(), passages, 0.5, cache, progress=False) == rows
 
 
-def test_recipe_learns_labels_and_compresses_with_them(tmp_path, tiny_dir):
+def test_recipe_learns_labels_and_compresses_with_them(tmp_path, tiny_dir, monkeypatch):
     from mmcompress.factory import create_compressor
+    from mmcompress.hard.llmlingua2 import default_classifier
+
+    monkeypatch.setenv("MMCOMPRESS_CACHE", str(tmp_path / "cache"))  # register_default must not touch the real one
+    monkeypatch.delenv("MMCOMPRESS_LLMLINGUA2_CLASSIFIER", raising=False)
     from mmcompress.training import run_recipe
 
     model, tok = make_classifier("bert", window=64)
@@ -100,8 +104,12 @@ def test_recipe_learns_labels_and_compresses_with_them(tmp_path, tiny_dir):
     labels.write_text("".join(json.dumps(r) + "\n" for r in toy_rows(120)))
     recipe = {"task": "llmlingua2", "model": {"encoder": str(encoder)}, "data": {"labels": str(labels), "eval_fraction": 0.1},
               "train": {"output_dir": str(tmp_path / "run"), "max_steps": 80, "batch_size": 16, "lr": 3e-3,
-                        "log_every": 20, "progress": False, "schedule": "constant"}}
+                        "log_every": 20, "progress": False, "schedule": "constant"},
+              "export_dir": str(tmp_path / "exported"), "register_default": True}
     result = run_recipe(recipe)
+    # the classifier is copied to export_dir, and that copy is what llmlingua2 now uses by default
+    assert (tmp_path / "exported" / "model.safetensors").is_file()
+    assert default_classifier() == str((tmp_path / "exported").resolve())
     evals = [h for h in result.history if "eval/accuracy" in h]
     assert evals and evals[-1]["eval/accuracy"] > 0.95 and evals[-1]["eval/keep_f1"] > 0.9
     folder = tmp_path / "run" / "classifier"
@@ -132,15 +140,18 @@ def test_shipped_recipes_name_registered_parts():
 def test_question_reaches_a_question_aware_teacher(tmp_path, tiny_dir):
     from mmcompress.factory import create_compressor
 
-    seen = []
+    seen, seen_prompts = [], []
     inner = create_compressor("random", model=str(tiny_dir), unit="word")
 
     class QuestionAware:
         def compress_batch(self, prompts, **kwargs):
             seen.append(kwargs.get("question"))
+            seen_prompts.extend(prompts)
             return inner.compress_batch(prompts, **kwargs)
 
     rows = distil_labels(QuestionAware(), [" ".join(SENTENCES)], 0.5, None, question="What matters?", progress=False)
     assert seen == ["What matters?"] and rows[0]["kept_spans"]
+    # question-aware teachers compress documents: the passage arrives as a one-document prompt
+    assert seen_prompts == [[" ".join(SENTENCES)]]
     # the question segment is not part of the passage's labels
     assert max(e for _, e in rows[0]["kept_spans"]) <= len(" ".join(SENTENCES))
