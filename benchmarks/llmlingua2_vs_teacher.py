@@ -86,8 +86,9 @@ def main() -> int:
     encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
 
     # warm both (model loading is not compression time)
+    warm_kwargs = {"question": teacher_cfg["question"]} if teacher_cfg.get("question") else {}
     for c in (teacher, student, random):
-        c.compress("Warm up the model with a short sentence. And another one here.", rate=0.5)
+        c.compress(["Warm up the model with a short sentence. And another one here."], rate=0.5, **warm_kwargs)
 
     # ---- agreement on held-out passages
     held = [json.loads(x) for x in (run / "eval_passages.jsonl").read_text().splitlines() if x.strip()][: args.passages]
