@@ -20,6 +20,7 @@ import difflib
 import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -132,7 +133,7 @@ def main() -> int:
         "encoder": (recipe.get("model") or {}).get("encoder"), "train_steps": (recipe.get("train") or {}).get("max_steps"),
         "agreement": agreement, "qa": report.to_dict()["results"], "qa_examples": len(examples),
         "qa_original_retention": report.original["retention"], "speedup_teacher_over_student": speedups,
-        "seconds": round(time.perf_counter() - t0, 1), "command": " ".join(["python", *sys.argv]),
+        "seconds": round(time.perf_counter() - t0, 1), "command": shlex.join(["python", *sys.argv]),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out + ".json").write_text(json.dumps(out, indent=2) + "\n")
