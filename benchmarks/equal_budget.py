@@ -8,28 +8,39 @@ the answer is decoded greedily. At budget ``r``:
 - hard methods keep ``r`` of the documents' tokens (instruction and question untouched) and the reader prefills
   what is left;
 - KV presses prefill the whole context and keep ``r`` of its KV entries per layer;
-- soft methods compress the documents at ratio ``1/r`` (``chunk_tokens = num_slots / r``);
-- the pipeline applies a hard method and then a press, each at ``sqrt(r)``.
+- soft methods compress the documents at ratio ``1/r`` (``chunk_tokens = num_slots / r``): ``gist`` and
+  ``autocompressor`` as one text, ``icae`` and ``kv`` (saved folders, ``--icae`` / ``--kv``) through their
+  ``compress()`` (one soft span per document), decoded by the adapter-free base model after their [FT] marker;
+- pipelines: ``HARD+PRESS`` (e.g. ``selective_context+snapkv``) applies the hard method and then the press, each
+  at ``sqrt(r)``; ``HARD+SOFT`` (e.g. ``longllmlingua+icae``) is an :class:`mmcompress.Pipeline`: the hard method
+  at ``--pipeline-hard-rate`` (2x), then the soft method at the rest of the budget (``r / 0.5``: 1x, 2x, 5x).
 
 Measured per example: answer EM / F1 / contains-answer, the KV cache the answer is decoded from (entries and MiB at
 decode start, peak MiB at the end of decoding: on CPU the cache is the memory a method changes; process RSS is
 dominated by the weights), time to compress, time to prefill, decode tokens per second.
 
 Runs append to ``benchmarks/results/equal_budget.json`` (rows of one (data, method) are replaced), so the table
-can be built by several short runs; the Markdown table and the PNG plot are rebuilt from all rows each time.
+can be built by several short runs; the Markdown table and the PNG plot are rebuilt from all rows each time
+(``--fresh``: the table holds this run's rows only). Compressions (hard results, soft spans) are cached on disk
+(``--cache``, keyed by method, its config and weights, rate and the exact prompt) together with the seconds they
+took when computed, so a rerun only repeats the reader's prefill and decoding and reports the original
+compression times.
 
     PYTHONPATH=. python benchmarks/equal_budget.py --data multidoc --methods full random selective_context \
-        knorm snapkv streaming_llm sliding_window --n 12
+        knorm snapkv streaming_llm sliding_window icae longllmlingua+icae --icae runs/soft/icae --n 12
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import math
 import os
 import platform
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +54,32 @@ sys.path.insert(0, str(ROOT))
 from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample, load_qa_file  # noqa: E402
 from mmcompress.evaluation.metrics import contains_answer, exact_match, f1_score  # noqa: E402
 from mmcompress.kvcache import CachedContext, create_press, generate_from_cache, list_presses, prefill  # noqa: E402
+from mmcompress.kvcache.decoding import cache_kwargs  # noqa: E402
+from mmcompress.models.compat import output_cache  # noqa: E402
 
 SHARED = Path(os.environ.get("MMCOMPRESS_SHARED") or next(
     (p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if p.is_dir()), ROOT.parent / "shared")) / "data"
 DATA = {"multidoc": SHARED / "multidoc_qa_dev.jsonl", "longdoc": SHARED / "longdoc_qa.jsonl"}
 RESULTS = ROOT / "benchmarks" / "results"
 HARD = ("random", "selective_context", "llmlingua", "longllmlingua", "llmlingua2")
-FAMILY = {**{m: "hard" for m in HARD}, **{p: "attention" for p in ("knorm", "snapkv", "streaming_llm", "sliding_window")},
-          "gist": "soft", "autocompressor": "soft", "full": "none", "selective_context+snapkv": "pipeline"}
+PRESSES = ("knorm", "snapkv", "streaming_llm", "sliding_window")
+SOFT = ("gist", "autocompressor", "icae", "kv")
+ENCODER_SOFT = ("icae", "kv")  # compress() / Pipeline path: soft spans + the method's task marker
+FAMILY = {**{m: "hard" for m in HARD}, **{p: "attention" for p in PRESSES}, **{m: "soft" for m in SOFT},
+          "full": "none"}
+
+
+def family(method: str) -> str:
+    return "pipeline" if "+" in method else FAMILY.get(method, "?")
+
+
+def split_pipeline(method: str) -> tuple[str, str]:
+    """``"longllmlingua+icae"`` -> ("longllmlingua", "icae"): a hard method, then a press or an encoder soft method."""
+    hard, _, second = method.partition("+")
+    if hard not in HARD or second not in (*PRESSES, *ENCODER_SOFT):
+        raise SystemExit(f"pipeline {method!r}: write HARD+PRESS or HARD+SOFT with HARD in {HARD}, "
+                         f"PRESS in {PRESSES}, SOFT in {ENCODER_SOFT}")
+    return hard, second
 
 
 def machine() -> str:
@@ -59,14 +88,19 @@ def machine() -> str:
 
 # ------------------------------------------------------------------------------------------------ the reader
 class Reader:
-    """SmolLM2-135M-Instruct with its chat template, and the split of a QA prompt into context / question ids."""
+    """SmolLM2-135M-Instruct with its chat template, and the split of a QA prompt into context / question ids.
 
-    def __init__(self, model: Any, tokenizer: Any):
+    ``template=(prefix, suffix)`` replaces the chat template (tiny test tokenizers have none)."""
+
+    def __init__(self, model: Any, tokenizer: Any, template: tuple[str, str] | None = None):
         self.model, self.tokenizer = model, tokenizer
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
-                                             add_generation_prompt=True)
-        self.prefix, self.suffix = text.split("\x00")
-        self.stop = [t for t in {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")} if t is not None]
+        if template is None:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": "\x00"}], tokenize=False,
+                                                 add_generation_prompt=True)
+            template = tuple(text.split("\x00"))
+        self.prefix, self.suffix = template
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        self.stop = [t for t in {tokenizer.eos_token_id, im_end} if t is not None and t != tokenizer.unk_token_id]
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -84,26 +118,137 @@ def kv_bytes_per_entry(model: Any) -> int:
     return int(cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * next(model.parameters()).element_size())
 
 
-# ------------------------------------------------------------------------------------------------ the systems
-class Systems:
-    """``prepare(method, example, rate) -> (model, CachedContext, compress_seconds, prefill_seconds, extras)``."""
+# ------------------------------------------------------------------------------------------------ the cache
+class CompressionCache:
+    """Compressions on disk, reused across runs: ``folder/<sha1 of the key>.pt`` holds ``(value, seconds)``.
 
-    def __init__(self, reader: Reader, args: argparse.Namespace):
+    ``spent`` adds up the seconds each returned value took when it was computed (this run or an earlier one), so
+    a cached compression reports its original time. ``folder=None`` caches nothing."""
+
+    def __init__(self, folder: str | Path | None):
+        self.folder = Path(folder) if folder else None
+        self.spent, self.hits, self.misses = 0.0, 0, 0
+
+    def get(self, key: Any, compute: Any) -> Any:
+        path = None
+        if self.folder is not None:
+            digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+            path = self.folder / f"{digest}.pt"
+            if path.is_file():
+                value, seconds = torch.load(path, weights_only=False)
+                self.hits += 1
+                self.spent += seconds
+                return value
+        t0 = time.perf_counter()
+        value = compute()
+        seconds = time.perf_counter() - t0
+        self.misses += 1
+        self.spent += seconds
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save((value, seconds), path.with_suffix(".tmp"))
+            os.replace(path.with_suffix(".tmp"), path)
+        return value
+
+    def wrap_hard(self, compressor: Any, fingerprint: dict[str, Any]) -> Any:
+        """Cache ``compressor.compress`` (also when a :class:`~mmcompress.Pipeline` calls it) per prompt and rate."""
+        original = compressor.compress
+
+        def compress(prompt: Any, **kwargs: Any):
+            rate = kwargs.get("rate") or compressor.config.rate
+            key = {"hard": compressor.name, "config": fingerprint, "rate": rate, "kwargs": sorted(set(kwargs) - {"rate"}),
+                   "prompt": [(s.role.value, s.text) for s in prompt.segments]}
+            return self.get(key, lambda: original(prompt, **kwargs))
+
+        compressor.compress = compress
+        return compressor
+
+    def wrap_soft(self, compressor: Any, source: dict[str, Any]) -> Any:
+        """Cache ``compressor.encode_spans`` (what ``compress`` and pipelines call) per texts and config."""
+        original = compressor.encode_spans
+
+        def encode_spans(texts: Any):
+            key = {"soft": compressor.name, "source": source, "config": compressor.config.to_dict(), "texts": list(texts)}
+            return self.get(key, lambda: original(texts))
+
+        compressor.encode_spans = encode_spans
+        return compressor
+
+
+def weights_source(path: str | Path | None) -> dict[str, Any]:
+    """What identifies loaded weights: the path, and the size and time of its weights file."""
+    if not path:
+        return {"path": None}
+    weights = Path(path, "trainable.safetensors")
+    stat = weights.stat() if weights.is_file() else None
+    return {"path": str(Path(path).resolve()), "size": stat and stat.st_size, "mtime": stat and stat.st_mtime}
+
+
+def training_note(path: str | Path) -> str:
+    """How many steps the run that saved ``path`` logged (its ``log.jsonl`` sits in the folder or beside it)."""
+    for log in (Path(path) / "log.jsonl", Path(path).parent / "log.jsonl"):
+        if log.is_file():
+            steps = [json.loads(line).get("step") for line in log.read_text().splitlines() if line.strip()]
+            return f"trained {max([s for s in steps if s] or [0])} steps on CPU"
+    return "trained (no training log beside it)"
+
+
+# ------------------------------------------------------------------------------------------------ the systems
+@dataclass
+class Prepared:
+    """What a method hands the decoder: ``model`` decodes (inside ``mode``) from ``context`` after ``question``."""
+
+    model: Any
+    context: CachedContext
+    question: list[int]
+    compress_s: float
+    prefill_s: float
+    extras: dict[str, Any] = field(default_factory=dict)
+    mode: Any = contextlib.nullcontext  # called: a context manager to decode in (a soft method's decoder mode)
+
+
+class Systems:
+    """``prepare(method, example, rate) -> Prepared``. ``compressors`` pre-loads methods by name (tests)."""
+
+    def __init__(self, reader: Reader, args: argparse.Namespace, compressors: dict[str, Any] | None = None,
+                 cache: CompressionCache | None = None):
         self.reader, self.args = reader, args
+        self.cache = cache or CompressionCache(None)
         self._hard: dict[str, Any] = {}
         self._soft: dict[str, Any] = {}
+        self._pipelines: dict[str, Any] = {}
         self.notes: dict[str, str] = {}
+        for name, compressor in (compressors or {}).items():
+            if name in HARD or name.startswith("pipeline:"):
+                self._hard[name] = self.cache.wrap_hard(compressor, self._hard_fingerprint(compressor))
+            else:
+                self._soft[name] = self.cache.wrap_soft(compressor, {"name": f"preloaded {name}"})
 
-    def hard(self, name: str):
-        if name not in self._hard:
+    @staticmethod
+    def _hard_fingerprint(compressor: Any) -> dict[str, Any]:
+        config = {k: v for k, v in compressor.config.to_dict().items() if k not in ("rate", "target_tokens")}
+        if compressor.name == "llmlingua2" and not config.get("classifier"):
+            from mmcompress.hard.llmlingua2 import default_classifier
+
+            config["classifier"] = default_classifier()
+        return config
+
+    def hard(self, name: str, rate: float | None = None):
+        """The hard compressor ``name``; with ``rate``, a second instance whose own config rate is ``rate``."""
+        key = name if rate is None else f"pipeline:{name}@{rate}"
+        if key not in self._hard:
             from mmcompress import create_compressor
 
-            self._hard[name] = create_compressor(name)
-        return self._hard[name]
+            compressor = create_compressor(name) if rate is None else create_compressor(name, rate=rate)
+            self._hard[key] = self.cache.wrap_hard(compressor, self._hard_fingerprint(compressor))
+            if name == "llmlingua2":
+                self.notes[name] = f"default registered classifier ({self._hard_fingerprint(compressor)['classifier']})"
+        return self._hard[key]
 
     def soft(self, name: str):
         if name not in self._soft:
-            path = getattr(self.args, name)
+            path = getattr(self.args, name, None)
+            source = weights_source(path)
             if path and Path(path, "trainable.safetensors").is_file() and Path(path).parent.joinpath("recipe.yaml").is_file() \
                     and not Path(path, "mmcompress_config.json").is_file():  # a trainer checkpoint of a recipe run
                 import yaml
@@ -120,28 +265,44 @@ class Systems:
                 from mmcompress.factory import create_compressor
 
                 compressor = create_compressor(str(path))
-                log = Path(path).parent / "log.jsonl"
-                steps = [json.loads(line).get("step") for line in log.read_text().splitlines()] if log.is_file() else []
-                self.notes[name] = f"trained {max([s for s in steps if s] or [0])} steps on CPU ({path})"
+                self.notes[name] = f"{training_note(path)} ({path})"
             else:
-                from mmcompress.soft.autocompressor import AutoCompressor
-                from mmcompress.soft.gist import GistCompressor
+                from mmcompress.factory import create_compressor
 
-                compressor = {"gist": GistCompressor, "autocompressor": AutoCompressor}[name]()
+                compressor = create_compressor(name)
+                source = {"path": None, "untrained": name}
                 self.notes[name] = "UNTRAINED (no checkpoint given): a floor, not the method's quality"
-            self._soft[name] = compressor
+            self._soft[name] = self.cache.wrap_soft(compressor, source)
         return self._soft[name]
 
-    def prepare(self, method: str, ex: QAExample, rate: float):
+    def pipeline(self, method: str):
+        """``HARD+SOFT`` as an :class:`mmcompress.Pipeline`: the hard stage at ``--pipeline-hard-rate``, then soft."""
+        if method not in self._pipelines:
+            from mmcompress import Pipeline
+
+            hard, soft = split_pipeline(method)
+            self._pipelines[method] = Pipeline([self.hard(hard, rate=self.args.pipeline_hard_rate), self.soft(soft)])
+        return self._pipelines[method]
+
+    def prepare(self, method: str, ex: QAExample, rate: float) -> Prepared:
+        self.cache.spent = 0.0
+        prepared = self._prepare(method, ex, rate)
+        prepared.compress_s = self.cache.spent  # as measured when each compression was computed
+        return prepared
+
+    def _prepare(self, method: str, ex: QAExample, rate: float) -> Prepared:
         r = self.reader
         device = next(r.model.parameters()).device
+        question = r.question_ids(ex)
         if method == "full":
             ids = r.encode(r.head_text(ex.documents))
             t0 = time.perf_counter()
             context = prefill(r.model, torch.tensor([ids], device=device))
-            return r.model, context, 0.0, time.perf_counter() - t0, {}
-        if method in HARD or method == "selective_context+snapkv":
-            hard_name, press = (method, None) if method in HARD else ("selective_context", "snapkv")
+            return Prepared(r.model, context, question, 0.0, time.perf_counter() - t0)
+        if method in ENCODER_SOFT or (family(method) == "pipeline" and split_pipeline(method)[1] in ENCODER_SOFT):
+            return self.prepare_encoder_soft(method, ex, rate)
+        if method in HARD or family(method) == "pipeline":
+            hard_name, press = (method, None) if method in HARD else split_pipeline(method)
             hard_rate = rate if press is None else math.sqrt(rate)
             from mmcompress.prompt import Prompt
 
@@ -152,25 +313,23 @@ class Systems:
             t0 = time.perf_counter()
             kv_press = None if press is None else create_press(press, rate=math.sqrt(rate))
             context = prefill(r.model, torch.tensor([ids], device=device), kv_press)
-            return r.model, context, float(result.timings.get("total", 0.0)), time.perf_counter() - t0, {}
+            return Prepared(r.model, context, question, 0.0, time.perf_counter() - t0)
         if method in list_presses():
             ids = r.encode(r.head_text(ex.documents))
             t0 = time.perf_counter()
             context = prefill(r.model, torch.tensor([ids], device=device), create_press(method, rate=rate))
-            return r.model, context, 0.0, time.perf_counter() - t0, {}
+            return Prepared(r.model, context, question, 0.0, time.perf_counter() - t0)
         if method in ("gist", "autocompressor"):
             return self.prepare_soft(method, ex, rate)
         raise SystemExit(f"unknown method {method!r}")
 
-    def prepare_soft(self, method: str, ex: QAExample, rate: float):
+    def prepare_soft(self, method: str, ex: QAExample, rate: float) -> Prepared:
         r = self.reader
         compressor = self.soft(method)
         compressor.config.chunk_tokens = max(1, round(compressor.config.num_slots / rate))
         docs_text = "\n\n".join(ex.documents)
         head = r.prefix + DEFAULT_INSTRUCTION
-        t0 = time.perf_counter()
         soft = compressor.encode_spans([docs_text])[0]
-        compress_s = time.perf_counter() - t0
         from mmcompress.prompt import Role, TextSegment
 
         t0 = time.perf_counter()
@@ -187,17 +346,88 @@ class Systems:
             embeds = torch.cat([embed(head_ids), soft.embeddings.to(embed.weight.dtype)])[None]
             with torch.no_grad():
                 context = prefill(model, inputs_embeds=embeds)
-        return model, context, compress_s, time.perf_counter() - t0, {"soft_tokens": soft.num_tokens}
+        return Prepared(model, context, r.question_ids(ex), 0.0, time.perf_counter() - t0,
+                        {"soft_tokens": soft.num_tokens})
+
+    def prepare_encoder_soft(self, method: str, ex: QAExample, rate: float) -> Prepared:
+        """icae / kv alone or after a hard stage: ``compress()`` the QA prompt (documents -> one soft span each),
+        then the decoder reads the chat prefix + instruction, the spans and the method's ``--soft-task`` marker;
+        the question follows in the method's own template, then the chat suffix."""
+        from mmcompress.prompt import Prompt, Role
+        from mmcompress.results import SoftSegment
+
+        r = self.reader
+        if "+" in method:
+            compressor = self.pipeline(method)
+            stage, soft_rate = compressor.soft_stage, min(1.0, rate / self.args.pipeline_hard_rate)
+        else:
+            compressor = stage = self.soft(method)
+            soft_rate = rate
+        stage.config.chunk_tokens = max(1, round(stage.config.num_slots / soft_rate))
+        prompt = Prompt.from_documents(ex.documents, instruction=DEFAULT_INSTRUCTION, question=ex.question)
+        pieces = compressor.compress(prompt).items[0]
+        task = self.args.soft_task
+        head, _ = stage.split_pieces(pieces, task, None)
+        head = [p.replace(text=r.prefix + p.text) if getattr(p, "role", None) == Role.INSTRUCTION else p for p in head]
+        question = r.encode(stage.format_question(ex.question, task) + r.suffix)
+        model = stage.llm
+        with torch.no_grad(), stage.decoder_mode():
+            t0 = time.perf_counter()
+            if stage.name == "kv":
+                from mmcompress.soft.gist import stack_row_caches
+
+                layers = stage.prefix_kv(head)
+                context = stack_row_caches(model, [(layers, layers[0][0].shape[-2])])
+                context = extend_context(model, context, stage.marker(task)[None].to(stage.device, model.dtype))
+            else:
+                context = prefill(model, inputs_embeds=stage.decoder_embeddings(head, task, None)[None])
+            prefill_s = time.perf_counter() - t0
+        soft_tokens = sum(p.num_tokens for p in head if isinstance(p, SoftSegment))
+        return Prepared(model, context, question, 0.0, prefill_s, {"soft_tokens": soft_tokens}, stage.decoder_mode)
+
+
+@torch.no_grad()
+def extend_context(model: Any, context: CachedContext, embeds: torch.Tensor) -> CachedContext:
+    """Read ``embeds`` ``(B, T, D)`` after ``context`` (at its next positions) into its cache."""
+    batch, length = embeds.shape[:2]
+    mask = torch.cat([context.cache_mask, context.cache_mask.new_ones(batch, length)], dim=1)
+    positions = context.next_position[:, None] + torch.arange(length, device=embeds.device)[None]
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                **cache_kwargs(model, context.cache))
+    cache = output_cache(out) or context.cache
+    return CachedContext(cache, mask, context.next_position + length, [n + length for n in context.context_tokens])
 
 
 # ------------------------------------------------------------------------------------------------ the run
+def answer(systems: Systems, method: str, ex: QAExample, rate: float, data: str, per_entry: int,
+           max_new_tokens: int) -> dict[str, Any]:
+    """One example through one method at one budget: the row of the table it adds."""
+    reader = systems.reader
+    p = systems.prepare(method, ex, rate)
+    entries = p.context.cache_entries  # before the question and answer are appended
+    with p.mode():
+        generation = generate_from_cache(p.model, p.context, [p.question], max_new_tokens=max_new_tokens,
+                                         eos_token_id=reader.stop, restore=False)
+    text = reader.tokenizer.decode(generation.token_ids[0], skip_special_tokens=True).strip()
+    full_entries = len(reader.encode(reader.head_text(ex.documents)))
+    return {"data": data, "method": method, "family": family(method), "rate": rate, "id": ex.id,
+            "context_tokens": full_entries, "kv_entries": entries, "kv_fraction": entries / full_entries,
+            "kv_mib": entries * per_entry / 2**20,
+            "peak_kv_mib": (entries + len(p.question) + generation.new_tokens) * per_entry / 2**20,
+            "compress_s": p.compress_s, "prefill_s": p.prefill_s + generation.prefill_seconds,
+            "decode_tok_s": generation.decode_tokens_per_second, "answer": text,
+            "em": exact_match(text, ex.answers), "f1": f1_score(text, ex.answers),
+            "contains": contains_answer(text, ex.answers), **p.extras}
+
+
 def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     from mmcompress.models import load_language_model
 
     lm = load_language_model("smollm2-135m", device="cpu", dtype="float32")
     reader = Reader(lm.model, lm.tokenizer)
     per_entry = kv_bytes_per_entry(lm.model)
-    systems = Systems(reader, args)
+    cache = CompressionCache(args.cache)
+    systems = Systems(reader, args, cache=cache)
     rows = []
     for data in args.data:
         examples = load_qa_file(DATA[data], limit=args.n)
@@ -212,25 +442,11 @@ def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]
         for method in args.methods:
             rates = [1.0] if method == "full" else args.rates
             for rate in rates:
-                t_method = time.perf_counter()
+                t_method, hits = time.perf_counter(), cache.hits
                 for ex in examples:
-                    model, context, compress_s, prefill_s, extras = systems.prepare(method, ex, rate)
-                    entries = context.cache_entries  # before the question and answer are appended
-                    question = reader.question_ids(ex)
-                    generation = generate_from_cache(model, context, [question], max_new_tokens=args.max_new_tokens,
-                                                     eos_token_id=reader.stop, restore=False)
-                    answer = reader.tokenizer.decode(generation.token_ids[0], skip_special_tokens=True).strip()
-                    full_entries = len(reader.encode(reader.head_text(ex.documents)))
-                    rows.append({
-                        "data": data, "method": method, "family": FAMILY.get(method, "?"), "rate": rate, "id": ex.id,
-                        "context_tokens": full_entries, "kv_entries": entries, "kv_fraction": entries / full_entries,
-                        "kv_mib": entries * per_entry / 2**20,
-                        "peak_kv_mib": (entries + len(question) + generation.new_tokens) * per_entry / 2**20,
-                        "compress_s": compress_s, "prefill_s": prefill_s + generation.prefill_seconds,
-                        "decode_tok_s": generation.decode_tokens_per_second, "answer": answer,
-                        "em": exact_match(answer, ex.answers), "f1": f1_score(answer, ex.answers),
-                        "contains": contains_answer(answer, ex.answers), **extras})
-                print(f"{data} {method} @ {rate}: {time.perf_counter() - t_method:.0f}s", flush=True)
+                    rows.append(answer(systems, method, ex, rate, data, per_entry, args.max_new_tokens))
+                print(f"{data} {method} @ {rate}: {time.perf_counter() - t_method:.0f}s "
+                      f"({cache.hits - hits} cached compressions)", flush=True)
                 if save is not None:
                     save(rows, systems.notes)  # a run cut short by its time limit keeps what it finished
     return rows, systems.notes
@@ -309,6 +525,13 @@ def main() -> None:
     p.add_argument("--max-docs", type=int, default=0, help="multidoc: keep the gold + (k-1) distractors (0: all 10)")
     p.add_argument("--gist", default="runs/gist-cpu/final", help="saved gist compressor (absent: untrained)")
     p.add_argument("--autocompressor", default="runs/autocompressor-cpu/final")
+    p.add_argument("--icae", default="runs/soft/icae", help="saved icae compressor folder (absent: untrained)")
+    p.add_argument("--kv", default="runs/soft/kv", help="saved kv (500xCompressor) folder (absent: untrained)")
+    p.add_argument("--soft-task", default="qa", choices=["qa", "lm", "ae"],
+                   help="icae / kv: the task marker read after the soft prompt (qa: [FT] and the QA template)")
+    p.add_argument("--pipeline-hard-rate", type=float, default=0.5, help="HARD+SOFT pipelines: the hard stage's rate")
+    p.add_argument("--cache", default="runs/equal_budget_cache", help="compressions reused across runs ('' = none)")
+    p.add_argument("--fresh", action="store_true", help="the table holds this run's rows only (no earlier rows)")
     p.add_argument("--out", default=str(RESULTS / "equal_budget"))
     p.add_argument("--threads", type=int, default=1)  # 2 threads on a shared 2-core box are ~5x slower
     args = p.parse_args()
@@ -317,7 +540,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out.with_suffix(".json")
-    previous = json.loads(json_path.read_text()) if json_path.is_file() else {"rows": [], "meta": {"notes": {}}}
+    previous = json.loads(json_path.read_text()) if json_path.is_file() and not args.fresh else \
+        {"rows": [], "meta": {"notes": {}}}
     t0 = time.perf_counter()
 
     def save(rows: list[dict[str, Any]], notes: dict[str, str]) -> tuple[list[dict[str, Any]], dict[str, Any], set]:
