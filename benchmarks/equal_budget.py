@@ -218,6 +218,7 @@ class Systems:
         self._soft: dict[str, Any] = {}
         self._pipelines: dict[str, Any] = {}
         self.notes: dict[str, str] = {}
+        self.compress_only = False  # True: run and cache the compressions, build no context (warming the cache)
         for name, compressor in (compressors or {}).items():
             if name in HARD or name.startswith("pipeline:"):
                 self._hard[name] = self.cache.wrap_hard(compressor, self._hard_fingerprint(compressor))
@@ -286,8 +287,11 @@ class Systems:
 
     def prepare(self, method: str, ex: QAExample, rate: float) -> Prepared:
         self.cache.spent = 0.0
+        if self.compress_only and (method == "full" or method in PRESSES):
+            return None  # nothing to compress
         prepared = self._prepare(method, ex, rate)
-        prepared.compress_s = self.cache.spent  # as measured when each compression was computed
+        if prepared is not None:
+            prepared.compress_s = self.cache.spent  # as measured when each compression was computed
         return prepared
 
     def _prepare(self, method: str, ex: QAExample, rate: float) -> Prepared:
@@ -308,6 +312,8 @@ class Systems:
 
             prompt = Prompt.from_documents(ex.documents, instruction=DEFAULT_INSTRUCTION, question=ex.question)
             result = self.hard(hard_name).compress(prompt, rate=hard_rate)
+            if self.compress_only:
+                return None
             docs = [s.text for s in result.prompt.text_segments if s.role.value in ("context", "text") and s.text]
             ids = r.encode(r.head_text(docs))
             t0 = time.perf_counter()
@@ -330,6 +336,8 @@ class Systems:
         docs_text = "\n\n".join(ex.documents)
         head = r.prefix + DEFAULT_INSTRUCTION
         soft = compressor.encode_spans([docs_text])[0]
+        if self.compress_only:
+            return None
         from mmcompress.prompt import Role, TextSegment
 
         t0 = time.perf_counter()
@@ -364,8 +372,12 @@ class Systems:
             compressor = stage = self.soft(method)
             soft_rate = rate
         stage.config.chunk_tokens = max(1, round(stage.config.num_slots / soft_rate))
-        prompt = Prompt.from_documents(ex.documents, instruction=DEFAULT_INSTRUCTION, question=ex.question)
+        # alone: the documents as one span (as gist / autocompressor); in a pipeline: one span per kept document
+        documents = ex.documents if "+" in method else ["\n\n".join(ex.documents)]
+        prompt = Prompt.from_documents(documents, instruction=DEFAULT_INSTRUCTION, question=ex.question)
         pieces = compressor.compress(prompt).items[0]
+        if self.compress_only:
+            return None
         task = self.args.soft_task
         head, _ = stage.split_pieces(pieces, task, None)
         head = [p.replace(text=r.prefix + p.text) if getattr(p, "role", None) == Role.INSTRUCTION else p for p in head]
@@ -428,6 +440,7 @@ def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]
     per_entry = kv_bytes_per_entry(lm.model)
     cache = CompressionCache(args.cache)
     systems = Systems(reader, args, cache=cache)
+    systems.compress_only = args.compress_only
     rows = []
     for data in args.data:
         examples = load_qa_file(DATA[data], limit=args.n)
@@ -444,7 +457,10 @@ def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]
             for rate in rates:
                 t_method, hits = time.perf_counter(), cache.hits
                 for ex in examples:
-                    rows.append(answer(systems, method, ex, rate, data, per_entry, args.max_new_tokens))
+                    if args.compress_only:
+                        systems.prepare(method, ex, rate)
+                    else:
+                        rows.append(answer(systems, method, ex, rate, data, per_entry, args.max_new_tokens))
                 print(f"{data} {method} @ {rate}: {time.perf_counter() - t_method:.0f}s "
                       f"({cache.hits - hits} cached compressions)", flush=True)
                 if save is not None:
@@ -531,6 +547,8 @@ def main() -> None:
                    help="icae / kv: the task marker read after the soft prompt (qa: [FT] and the QA template)")
     p.add_argument("--pipeline-hard-rate", type=float, default=0.5, help="HARD+SOFT pipelines: the hard stage's rate")
     p.add_argument("--cache", default="runs/equal_budget_cache", help="compressions reused across runs ('' = none)")
+    p.add_argument("--compress-only", action="store_true",
+                   help="only compute and cache the compressions (no reader, nothing written but the cache)")
     p.add_argument("--fresh", action="store_true", help="the table holds this run's rows only (no earlier rows)")
     p.add_argument("--out", default=str(RESULTS / "equal_budget"))
     p.add_argument("--threads", type=int, default=1)  # 2 threads on a shared 2-core box are ~5x slower
@@ -559,6 +577,11 @@ def main() -> None:
         plot(table, out.with_suffix(".png"), machine())
         return table, meta, {(d, m) for d, m, _ in done}
 
+    if args.compress_only:
+        with torch.no_grad():
+            run(args)
+        print(f"{time.perf_counter() - t0:.0f}s; compressions cached in {args.cache}")
+        return
     with torch.no_grad():
         rows, notes = run(args, save)
     table, meta, done = save(rows, notes)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from test_soft import FirstStepScores  # records the first generated position's scores
+from transformers import LogitsProcessorList
 
 from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample
 from mmcompress.prompt import Prompt
@@ -36,15 +37,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-class FirstStepScores(LogitsProcessor):
-    scores = None
-
-    def __call__(self, input_ids, scores):
-        if self.scores is None:
-            self.scores = scores.detach().clone()
-        return scores
 
 
 def make_systems(bench, tiny_dir, tiny_lm, cache_dir):
@@ -88,10 +80,12 @@ def test_encoder_soft_row_scores_like_the_methods_own_generate(bench, tiny_dir, 
     entries = prepared.context.cache_entries
     ours = next_token_logits(prepared)
 
-    soft = compressor.compress(Prompt.from_documents(DOCS, instruction=DEFAULT_INSTRUCTION))
+    # alone, the method compresses the documents as one span (as gist and autocompressor do)
+    soft = compressor.compress(Prompt.from_documents(["\n\n".join(DOCS)], instruction=DEFAULT_INSTRUCTION))
     first = FirstStepScores()
     compressor.generate(soft, EXAMPLE.question, max_new_tokens=1, logits_processor=LogitsProcessorList([first]))
     torch.testing.assert_close(ours, first.scores[0], atol=2e-4, rtol=1e-4)
+    assert len([s for s in soft.items[0] if hasattr(s, "num_tokens")]) == 1
     # the cache holds the instruction, the soft tokens and the marker: nothing of the documents' text
     instruction = len(systems.reader.encode(DEFAULT_INSTRUCTION))
     assert prepared.extras["soft_tokens"] == sum(s.num_tokens for s in soft.items[0] if hasattr(s, "num_tokens"))
@@ -127,3 +121,15 @@ def test_cached_compressions_come_back_with_their_original_seconds(bench, tiny_d
     torch.testing.assert_close(next_token_logits(a), next_token_logits(b))
     second.prepare("kv", EXAMPLE, 0.25)  # another ratio is another compression
     assert second.cache.misses == 1
+
+
+def test_compress_only_fills_the_cache_that_the_next_run_reads(bench, tiny_dir, tiny_lm, tmp_path):
+    warm = make_systems(bench, tiny_dir, tiny_lm, tmp_path)
+    warm.compress_only = True
+    for method in ("full", "random", "icae", "random+kv"):
+        assert warm.prepare(method, EXAMPLE, 0.25) is None
+    assert warm.cache.misses == 4  # random@0.25, icae, random@0.5 (the pipeline's hard stage), kv
+    run = make_systems(bench, tiny_dir, tiny_lm, tmp_path)
+    for method in ("random", "icae", "random+kv"):
+        run.prepare(method, EXAMPLE, 0.25)
+    assert (run.cache.hits, run.cache.misses) == (4, 0)
