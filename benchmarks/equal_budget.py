@@ -432,6 +432,15 @@ def answer(systems: Systems, method: str, ex: QAExample, rate: float, data: str,
             "contains": contains_answer(text, ex.answers), **p.extras}
 
 
+def row_key(args: argparse.Namespace, data: str, method: str, rate: float, ex: QAExample) -> dict[str, Any]:
+    """Everything a row depends on besides the code: data subset, example, method, budget, decoding, weights."""
+    parts = method.split("+")
+    return {"row": method, "rate": rate, "data": data, "id": ex.id, "question": ex.question, "documents": ex.documents,
+            "max_new_tokens": args.max_new_tokens, "soft_task": args.soft_task if set(parts) & set(ENCODER_SOFT) else None,
+            "pipeline_hard_rate": args.pipeline_hard_rate if "+" in method else None,
+            "weights": {p: weights_source(getattr(args, p, None)) for p in parts if p in SOFT}}
+
+
 def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:
     from mmcompress.models import load_language_model
 
@@ -439,6 +448,7 @@ def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]
     reader = Reader(lm.model, lm.tokenizer)
     per_entry = kv_bytes_per_entry(lm.model)
     cache = CompressionCache(args.cache)
+    row_cache = CompressionCache(Path(args.cache) / "rows" if args.cache else None)
     systems = Systems(reader, args, cache=cache)
     systems.compress_only = args.compress_only
     rows = []
@@ -455,14 +465,16 @@ def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]
         for method in args.methods:
             rates = [1.0] if method == "full" else args.rates
             for rate in rates:
-                t_method, hits = time.perf_counter(), cache.hits
+                t_method, hits, reused = time.perf_counter(), cache.hits, row_cache.hits
                 for ex in examples:
                     if args.compress_only:
                         systems.prepare(method, ex, rate)
-                    else:
-                        rows.append(answer(systems, method, ex, rate, data, per_entry, args.max_new_tokens))
+                        continue
+                    compute = lambda: answer(systems, method, ex, rate, data, per_entry, args.max_new_tokens)  # noqa: E731
+                    rows.append(row_cache.get(row_key(args, data, method, rate, ex), compute) if args.reuse_rows
+                                else compute())
                 print(f"{data} {method} @ {rate}: {time.perf_counter() - t_method:.0f}s "
-                      f"({cache.hits - hits} cached compressions)", flush=True)
+                      f"({cache.hits - hits} cached compressions, {row_cache.hits - reused} reused rows)", flush=True)
                 if save is not None:
                     save(rows, systems.notes)  # a run cut short by its time limit keeps what it finished
     return rows, systems.notes
@@ -549,6 +561,9 @@ def main() -> None:
     p.add_argument("--cache", default="runs/equal_budget_cache", help="compressions reused across runs ('' = none)")
     p.add_argument("--compress-only", action="store_true",
                    help="only compute and cache the compressions (no reader, nothing written but the cache)")
+    p.add_argument("--reuse-rows", action="store_true",
+                   help="reuse rows computed by earlier runs with the same data, method, budget, decoding and weights "
+                        "(kept in --cache/rows); only new or changed rows are computed")
     p.add_argument("--fresh", action="store_true", help="the table holds this run's rows only (no earlier rows)")
     p.add_argument("--out", default=str(RESULTS / "equal_budget"))
     p.add_argument("--threads", type=int, default=1)  # 2 threads on a shared 2-core box are ~5x slower

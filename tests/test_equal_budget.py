@@ -133,3 +133,20 @@ def test_compress_only_fills_the_cache_that_the_next_run_reads(bench, tiny_dir, 
     for method in ("random", "icae", "random+kv"):
         run.prepare(method, EXAMPLE, 0.25)
     assert (run.cache.hits, run.cache.misses) == (4, 0)
+
+
+def test_a_reused_row_is_keyed_by_the_weights_it_was_computed_with(bench, tmp_path):
+    import os
+
+    folder = tmp_path / "icae"
+    args = argparse.Namespace(max_new_tokens=10, soft_task="qa", pipeline_hard_rate=0.5, icae=str(folder), kv=None)
+    before = bench.row_key(args, "multidoc", "longllmlingua+icae", 0.25, EXAMPLE)
+    assert bench.row_key(args, "multidoc", "longllmlingua", 0.25, EXAMPLE)["weights"] == {}
+    folder.mkdir()
+    (folder / "trainable.safetensors").write_bytes(b"x")  # the trained compressor appears: its rows are recomputed
+    saved = bench.row_key(args, "multidoc", "longllmlingua+icae", 0.25, EXAMPLE)
+    assert saved != before and saved["weights"]["icae"]["size"] == 1
+    os.utime(folder / "trainable.safetensors", (1, 1))
+    assert bench.row_key(args, "multidoc", "longllmlingua+icae", 0.25, EXAMPLE) != saved
+    assert bench.row_key(args, "multidoc", "longllmlingua+icae", 0.1, EXAMPLE) != bench.row_key(
+        args, "multidoc", "longllmlingua+icae", 0.25, EXAMPLE)
