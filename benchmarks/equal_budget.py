@@ -184,6 +184,35 @@ def weights_source(path: str | Path | None) -> dict[str, Any]:
     return {"path": str(Path(path).resolve()), "size": stat and stat.st_size, "mtime": stat and stat.st_mtime}
 
 
+def soft_note(name: str, path: str | Path | None) -> str:
+    """Which weights a soft method's rows come from."""
+    if path and Path(path, "trainable.safetensors").is_file() and not Path(path, "mmcompress_config.json").is_file():
+        return f"checkpoint {Path(path).name} of a CPU run of configs/train/{name}.yaml ({path})"
+    if path and Path(path, "mmcompress_config.json").is_file():
+        return f"{training_note(path)} ({path})"
+    return "UNTRAINED (no checkpoint given): a floor, not the method's quality"
+
+
+def method_notes(args: argparse.Namespace, methods: list[str]) -> dict[str, str]:
+    """What the table's footnotes say about the methods of a run (also when all their rows are reused)."""
+    notes = {}
+    for method in methods:
+        parts = method.split("+")
+        for part in parts:
+            if part in SOFT:
+                notes[part] = soft_note(part, getattr(args, part, None))
+            if part == "llmlingua2":
+                from mmcompress.hard.llmlingua2 import default_classifier
+
+                notes[part] = f"the default registered classifier ({default_classifier()})"
+        if "+" in method and parts[1] in ENCODER_SOFT:
+            notes[method] = (f"mmcompress.Pipeline([{parts[0]} at rate {args.pipeline_hard_rate}, {parts[1]}]): the "
+                             f"soft stage compresses each kept document at ratio {args.pipeline_hard_rate:g} / budget")
+        elif "+" in method:
+            notes[method] = f"{parts[0]} at rate sqrt(budget), then the {parts[1]} press at sqrt(budget)"
+    return notes
+
+
 def training_note(path: str | Path) -> str:
     """How many steps the run that saved ``path`` logged (its ``log.jsonl`` sits in the folder or beside it)."""
     for log in (Path(path) / "log.jsonl", Path(path).parent / "log.jsonl"):
@@ -242,8 +271,6 @@ class Systems:
 
             compressor = create_compressor(name) if rate is None else create_compressor(name, rate=rate)
             self._hard[key] = self.cache.wrap_hard(compressor, self._hard_fingerprint(compressor))
-            if name == "llmlingua2":
-                self.notes[name] = f"default registered classifier ({self._hard_fingerprint(compressor)['classifier']})"
         return self._hard[key]
 
     def soft(self, name: str):
@@ -261,18 +288,16 @@ class Systems:
                 cls = get_compressor_class(name)
                 compressor = cls(cls.config_class.from_dict(recipe["model"]))
                 compressor.load_trainable(load_file(str(Path(path, "trainable.safetensors"))), source=str(path))
-                self.notes[name] = f"checkpoint {Path(path).name} of a CPU run of configs/train/{name}.yaml ({path})"
             elif path and Path(path, "mmcompress_config.json").is_file():
                 from mmcompress.factory import create_compressor
 
                 compressor = create_compressor(str(path))
-                self.notes[name] = f"{training_note(path)} ({path})"
             else:
                 from mmcompress.factory import create_compressor
 
                 compressor = create_compressor(name)
                 source = {"path": None, "untrained": name}
-                self.notes[name] = "UNTRAINED (no checkpoint given): a floor, not the method's quality"
+            self.notes[name] = soft_note(name, path)
             self._soft[name] = self.cache.wrap_soft(compressor, source)
         return self._soft[name]
 
@@ -429,7 +454,8 @@ def answer(systems: Systems, method: str, ex: QAExample, rate: float, data: str,
             "compress_s": p.compress_s, "prefill_s": p.prefill_s + generation.prefill_seconds,
             "decode_tok_s": generation.decode_tokens_per_second, "answer": text,
             "em": exact_match(text, ex.answers), "f1": f1_score(text, ex.answers),
-            "contains": contains_answer(text, ex.answers), **p.extras}
+            "contains": contains_answer(text, ex.answers),
+            "computed_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **p.extras}
 
 
 def row_key(args: argparse.Namespace, data: str, method: str, rate: float, ex: QAExample) -> dict[str, Any]:
@@ -451,6 +477,7 @@ def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]
     row_cache = CompressionCache(Path(args.cache) / "rows" if args.cache else None)
     systems = Systems(reader, args, cache=cache)
     systems.compress_only = args.compress_only
+    systems.notes.update(method_notes(args, args.methods))
     rows = []
     for data in args.data:
         examples = load_qa_file(DATA[data], limit=args.n)
@@ -502,6 +529,12 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              + "; ".join(f"{d}: {', '.join(f'{k}={v}' for k, v in cfg.items())}" for d, cfg in
                          sorted(meta.get("datasets", {}).items()))
              + " (multidoc: the gold paragraph and the first distractors; longdoc: each article's first tokens).", ""]
+    if meta.get("computed_utc"):
+        first, last = meta["computed_utc"]
+        lines += [f"Rows computed between {first} and {last} UTC (a row or compression is reused across runs when "
+                  "nothing it depends on changed: `--reuse-rows`, `--cache`); 'compress s' is the time measured when "
+                  "the compression was first computed, 'prefill s' and 'decode tok/s' when the row was. The machine "
+                  "was shared with other jobs: compare times within a column, roughly.", ""]
     for name, note in sorted(meta.get("notes", {}).items()):
         lines.append(f"- {name}: {note}")
     lines += ["", "| data | n | method | family | budget | KV kept | KV MiB | peak KV MiB | EM | F1 | contains | "
@@ -582,7 +615,9 @@ def main() -> None:
         all_rows = [r for r in previous["rows"] if (r["data"], r["method"], r["rate"]) not in done] + rows
         settings = {d: ({"n": args.n, "max_docs": args.max_docs or 10} if d == "multidoc" else
                         {"n": args.n, "max_doc_tokens": args.max_doc_tokens}) for d in args.data}
+        stamps = sorted(r["computed_utc"] for r in all_rows if r.get("computed_utc"))
         meta = {"machine": machine(), "max_new_tokens": args.max_new_tokens,
+                "computed_utc": [stamps[0], stamps[-1]] if stamps else None,
                 "datasets": {**previous["meta"].get("datasets", {}), **settings},
                 "notes": {**previous["meta"].get("notes", {}), **notes},
                 "commands": sorted(set(previous["meta"].get("commands", [])) | {" ".join(sys.argv[1:])})}
