@@ -547,29 +547,37 @@ def markdown(table: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def plot(table: list[dict[str, Any]], path: Path, machine: str) -> None:
+    """Answer F1 against the KV cache the answer is decoded from: one panel per dataset, one line per method
+    (colour per method, marker and line style per family), one shared legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = sorted({t["data"] for t in table})
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6.5 * len(datasets), 4.5), squeeze=False)
-    styles = {"hard": "-", "attention": "--", "soft": ":", "pipeline": "-.", "none": ""}
+    methods = list(dict.fromkeys(t["method"] for t in table))
+    colours = {m: plt.get_cmap("tab20")(i % 20) for i, m in enumerate(methods)}
+    styles = {"hard": ("-", "o"), "attention": ("--", "^"), "soft": (":", "s"), "pipeline": ("-.", "D"), "none": ("", "*")}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.6), squeeze=False)
+    handles = {}
     for ax, data in zip(axes[0], datasets):
         rows = [t for t in table if t["data"] == data]
         for method in dict.fromkeys(t["method"] for t in rows):
             pts = sorted((t["kv_mib"], t["f1"]) for t in rows if t["method"] == method)
             family = next(t["family"] for t in rows if t["method"] == method)
-            ax.plot(*zip(*pts), marker="*" if family == "none" else "o", markersize=12 if family == "none" else 5,
-                    linestyle=styles.get(family, "-"), label=f"{method} ({family})")
+            line, marker = styles.get(family, ("-", "o"))
+            (h,) = ax.plot(*zip(*pts), marker=marker, markersize=13 if family == "none" else 5, linestyle=line,
+                           color="black" if family == "none" else colours[method], label=f"{method} ({family})")
+            handles.setdefault(h.get_label(), h)
+        n = max(t["n"] for t in rows)
         ax.set_xlabel("KV cache at decode start (MiB)")
         ax.set_ylabel("answer F1")
-        ax.set_title(data)
+        ax.set_title(f"{data} (n={n})")
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=5, fontsize=7, frameon=False)
     fig.suptitle(f"Answer quality vs KV memory at 50/25/10% budgets, SmolLM2-135M-Instruct reader\n{machine}", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.03 + 0.035 * math.ceil(len(handles) / 5), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
