@@ -258,9 +258,7 @@ class Systems:
     def _hard_fingerprint(compressor: Any) -> dict[str, Any]:
         config = {k: v for k, v in compressor.config.to_dict().items() if k not in ("rate", "target_tokens")}
         if compressor.name == "llmlingua2" and not config.get("classifier"):
-            from mmcompress.hard.llmlingua2 import default_classifier
-
-            config["classifier"] = default_classifier()
+            config["classifier"] = classifier_source()
         return config
 
     def hard(self, name: str, rate: float | None = None):
@@ -464,7 +462,18 @@ def row_key(args: argparse.Namespace, data: str, method: str, rate: float, ex: Q
     return {"row": method, "rate": rate, "data": data, "id": ex.id, "question": ex.question, "documents": ex.documents,
             "max_new_tokens": args.max_new_tokens, "soft_task": args.soft_task if set(parts) & set(ENCODER_SOFT) else None,
             "pipeline_hard_rate": args.pipeline_hard_rate if "+" in method else None,
-            "weights": {p: weights_source(getattr(args, p, None)) for p in parts if p in SOFT}}
+            "weights": {p: weights_source(getattr(args, p, None)) for p in parts if p in SOFT},
+            "classifier": classifier_source() if "llmlingua2" in parts else None}
+
+
+def classifier_source() -> dict[str, Any]:
+    """llmlingua2's default registered classifier (it changes when a training run registers a new one)."""
+    from mmcompress.hard.llmlingua2 import default_classifier
+
+    path = default_classifier()
+    weights = Path(path, "model.safetensors") if path else None
+    stat = weights.stat() if weights is not None and weights.is_file() else None
+    return {"path": path, "size": stat and stat.st_size, "mtime": stat and stat.st_mtime}
 
 
 def run(args: argparse.Namespace, save: Any = None) -> tuple[list[dict[str, Any]], dict[str, str]]:

@@ -150,3 +150,16 @@ def test_a_reused_row_is_keyed_by_the_weights_it_was_computed_with(bench, tmp_pa
     assert bench.row_key(args, "multidoc", "longllmlingua+icae", 0.25, EXAMPLE) != saved
     assert bench.row_key(args, "multidoc", "longllmlingua+icae", 0.1, EXAMPLE) != bench.row_key(
         args, "multidoc", "longllmlingua+icae", 0.25, EXAMPLE)
+
+
+def test_llmlingua2_rows_are_keyed_by_the_default_classifier(bench, tmp_path, monkeypatch):
+    args = argparse.Namespace(max_new_tokens=10, soft_task="qa", pipeline_hard_rate=0.5)
+    first, second = tmp_path / "a", tmp_path / "b"
+    for folder in (first, second):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"w")
+    monkeypatch.setenv("MMCOMPRESS_LLMLINGUA2_CLASSIFIER", str(first))
+    before = bench.row_key(args, "longdoc", "llmlingua2", 0.5, EXAMPLE)
+    assert bench.row_key(args, "longdoc", "llmlingua", 0.5, EXAMPLE)["classifier"] is None
+    monkeypatch.setenv("MMCOMPRESS_LLMLINGUA2_CLASSIFIER", str(second))  # a training run registered a new default
+    assert bench.row_key(args, "longdoc", "llmlingua2", 0.5, EXAMPLE) != before
