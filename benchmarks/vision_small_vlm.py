@@ -58,54 +58,61 @@ ENCODER = "open_clip:mmc-vit-nano-p4-32"
 
 
 class Joint(nn.Module):
-    """Two SmallVLMs sharing one ViT, trained together."""
+    """Two SmallVLMs sharing one ViT, trained together. With the ``qa`` objective the 64-token ``full`` model sees
+    only the first ``full_batch`` images of each batch (its LLM pass costs ~6x the resampler's)."""
 
-    def __init__(self, full, resampler, nested: list[int]):
+    def __init__(self, full, resampler, nested: list[int], full_batch: int | None = None):
         super().__init__()
-        self.full, self.resampler, self.nested = full, resampler, nested
+        self.full, self.resampler, self.nested, self.full_batch = full, resampler, nested, full_batch
         self.resampler.encoder = self.full.encoder  # one shared tower
 
     def training_step(self, batch):
         patches = self.full.encoder(batch["pixels"]).patch_tokens
         k = random.choice(self.nested)
-        a = self.full.loss_on(self.full.adapter(patches), batch["label"])
+        n = self.full_batch or len(patches)
+        a = self.full.loss_on(self.full.adapter(patches[:n]), batch["label"][:n])
         b = self.resampler.loss_on(self.resampler.adapter(patches, tokens=k), batch["label"])
         return {"loss": a["loss"] + b["loss"], "acc_full": a["acc"], "acc_resampler": b["acc"]}
 
 
-def build(lm=None, tok=None):
+def build(objective="embedding", full_batch=None, mse_weight=0.0, lm=None, tok=None):
     from mmcompress.models import load_language_model
 
     train, test = load_npz_split(DATA, 0.8, seed=0)
     if lm is None:
         lm, tok = load_language_model("smollm2-135m", device="cpu", dtype="float32")
-    common = {"encoder": ENCODER, "objective": "embedding"}
+    common = {"encoder": ENCODER, "objective": objective, "mse_weight": mse_weight}
     full = build_small_vlm({**common, "adapter": {"name": "mlp", "tokens": None, "depth": 1}}, train.classes, lm, tok)
     res = build_small_vlm({**common, "adapter": {"name": "perceiver", "tokens": 16, "depth": 2, "heads": 4,
                                                  "dim_head": 32, "max_patches": 64}}, train.classes, lm, tok)
-    return Joint(full, res, KS), train, test
+    return Joint(full, res, KS, full_batch), train, test
 
 
 def cmd_train(args):
-    from safetensors.torch import save_model
+    from safetensors.torch import load_model, save_model
 
     from mmcompress.training import TrainConfig, Trainer
 
     torch.manual_seed(0)
-    joint, train, test = build()
+    joint, train, test = build(args.objective, args.full_batch, args.mse_weight)
+    if args.init:
+        load_model(joint, args.init)  # e.g. the embedding-objective stage as the start of the qa stage
+    run = RUN / args.run
     pixels = preprocess_all(joint.full.encoder, train.images)
     ds = ImageLabelDataset(pixels, train.labels, augment=True)
-    # checkpoints every 20 steps: a run stopped by its time limit is continued with --resume
-    cfg = TrainConfig(output_dir=str(RUN), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                      weight_decay=0.05, warmup_steps=20, log_every=10, progress=False, seed=0,
-                      save_every=20, keep_checkpoints=1, resume=args.resume)
+    # checkpoints every --save-every steps: a run stopped by its time limit is continued with --resume
+    cfg = TrainConfig(output_dir=str(run), max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                      weight_decay=0.05, warmup_steps=args.warmup, log_every=args.log_every, progress=False, seed=0,
+                      save_every=args.save_every, keep_checkpoints=1, resume=args.resume)
     t0 = time.perf_counter()
     result = Trainer(joint, cfg, ds).train()
-    RUN.mkdir(parents=True, exist_ok=True)
-    save_model(joint, str(RUN / "joint.safetensors"))  # the shared tower is stored once
-    info = {"steps": result.steps, "seconds_last_run": round(time.perf_counter() - t0, 1), "batch_size": args.batch_size,
-            "lr": args.lr, "last": result.history[-1] if result.history else {}}
-    (RUN / "train_info.json").write_text(json.dumps(info, indent=2))
+    run.mkdir(parents=True, exist_ok=True)
+    save_model(joint, str(run / "joint.safetensors"))  # the shared tower is stored once
+    info = {"objective": args.objective, "init": args.init, "steps": result.steps,
+            "seconds_last_run": round(time.perf_counter() - t0, 1), "batch_size": args.batch_size,
+            "full_batch": args.full_batch, "lr": args.lr,
+            "mse_weight": args.mse_weight, "last": result.history[-1] if result.history else {}}
+    (run / "train_info.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
 
@@ -115,8 +122,9 @@ def cmd_eval(args):
 
     from mmcompress import create_compressor
 
+    run = RUN / args.run
     joint, train, test = build()
-    load_model(joint, str(RUN / "joint.safetensors"))
+    load_model(joint, str(run / "joint.safetensors"))
     joint.eval()
     n, n_probe = args.eval_size, len(test.images)
     pixels = preprocess_all(joint.full.encoder, test.images)
@@ -145,6 +153,16 @@ def cmd_eval(args):
                 closed += int((pred["closed"] == y).sum())
                 greedy += int((pred["greedy"] == vlm.answer_ids[y]).sum())
             row.update({"closed_acc": closed / n, "greedy_acc": greedy / n, "n": n})
+        if args.generate and (reduction is None or args.generate_all):
+            # the real decoding path (prefix recomputed, HF generate()): does the answer start with the class name?
+            hits = 0
+            for i in range(0, args.generate, args.batch_size):
+                x, y = pixels[i:min(i + args.batch_size, args.generate)], labels[i:min(i + args.batch_size, args.generate)]
+                texts = vlm.generate(x, max_new_tokens=3, tokens=tokens, reduction=reduction)
+                hits += sum(t.split()[0].strip(".,").lower() == vlm.answers[int(c)] if t.split() else False
+                            for t, c in zip(texts, y))
+            row.update({"generate_acc": hits / args.generate, "n_generate": args.generate,
+                        "generate_examples": texts[:3]})
         row["seconds"] = round(time.perf_counter() - t0, 1)
         results["rows"][f"{name}@{k}"] = row
         print(json.dumps(row), flush=True)
@@ -161,10 +179,10 @@ def cmd_eval(args):
                 evaluate(setting, joint.full, tokens=k, reduction=create_compressor(setting, tokens=k))
     results["meta"] = {
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU (shared with other jobs)",
-        "schedule": "shortened CPU run: embedding objective (no LLM backward), LLM accuracy on the first "
-                    f"{n} test images, embedding probe on all {n_probe}",
+        "schedule": args.schedule + f"; LLM accuracy on the first {n} test images, embedding probe on all {n_probe}",
         "encoder": ENCODER, "patches": 64, "lm": "SmolLM2-135M-Instruct (frozen)", "data": "cifar10_dev.npz 80/20 split seed 0",
-        "train": json.loads((RUN / "train_info.json").read_text()) if (RUN / "train_info.json").exists() else None,
+        "train": [json.loads((RUN / r / "train_info.json").read_text()) for r in args.stages
+                  if (RUN / r / "train_info.json").exists()],
     }
     out_file.write_text(json.dumps(results, indent=2))
 
@@ -210,19 +228,32 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train")
+    t.add_argument("--objective", choices=["embedding", "qa"], default="embedding")
+    t.add_argument("--run", default="stage1", help="folder under runs/vision_small_vlm/")
+    t.add_argument("--init", help="joint.safetensors to start from (e.g. the embedding stage)")
     t.add_argument("--steps", type=int, default=120)
     t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--full-batch", type=int, help="qa: images per batch for the 64-token full model (default all)")
     t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--mse-weight", type=float, default=0.0, help="embedding: squared error to the class embedding")
+    t.add_argument("--warmup", type=int, default=20)
+    t.add_argument("--log-every", type=int, default=10)
+    t.add_argument("--save-every", type=int, default=20)
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in runs/")
     e = sub.add_parser("eval")
+    e.add_argument("--run", default="stage2")
+    e.add_argument("--stages", nargs="+", default=["stage1", "stage2"], help="runs whose train_info goes in meta")
+    e.add_argument("--schedule", default="shortened CPU run", help="schedule description for the results")
     e.add_argument("--settings", nargs="+", default=["full", "resampler"] + REDUCTIONS)
     e.add_argument("--ks", nargs="+", type=int)
-    e.add_argument("--eval-size", type=int, default=50, help="test images asked through the LLM")
+    e.add_argument("--eval-size", type=int, default=400, help="test images asked through the LLM")
     e.add_argument("--no-llm", dest="llm", action="store_false", help="only the embedding probe (all test images)")
+    e.add_argument("--generate", type=int, default=0, help="also decode with generate() on the first N images")
+    e.add_argument("--generate-all", action="store_true", help="--generate for the reductions too")
     e.add_argument("--batch-size", type=int, default=50)
     sub.add_parser("report")
     args = p.parse_args()
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}[args.cmd](args)
 
 
