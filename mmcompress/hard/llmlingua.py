@@ -36,14 +36,13 @@ Unlike the reference, documents and sentences are scored in a few batched forwar
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..compressor import HardCompressor, HardConfig, Request, SegmentOutcome, keep_whole
+from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, keep_whole
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import Policy, Role
 from ..registry import register_compressor
@@ -145,7 +144,7 @@ class _Job:
 
 
 @register_compressor("llmlingua")
-class LLMLingua(HardCompressor):
+class LLMLingua(BatchedHardCompressor):
     """Budget controller + iterative token-level compression on a causal LM (default: SmolLM2-135M)."""
 
     config_class = LLMLinguaConfig
@@ -163,27 +162,10 @@ class LLMLingua(HardCompressor):
         ids = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
         return int(ids[0]) if len(ids) == 1 else None
 
-    def compress_segments(self, request: Request) -> list[SegmentOutcome]:
-        return self._compress_requests([request])[0]
-
     def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 16,
                        **kwargs: Any) -> list[CompressedPrompt]:
         """Compress many prompts; documents, sentences and first passes of a chunk are scored in shared batches."""
-        from tqdm.auto import tqdm
-
-        prompts = list(prompts)
-        target_tokenizer = kwargs.pop("target_tokenizer", None)
-        results: list[CompressedPrompt] = []
-        bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)
-        for begin in range(0, len(prompts), chunk):
-            requests = [self.prepare(p, **kwargs) for p in prompts[begin : begin + chunk]]
-            t0 = time.perf_counter()
-            outcomes = self._compress_requests(requests)
-            share = (time.perf_counter() - t0) / len(requests)
-            results += [self.finish(r, o, share, target_tokenizer) for r, o in zip(requests, outcomes)]
-            bar.update(len(requests))
-        bar.close()
-        return results
+        return super().compress_batch(prompts, progress=progress, chunk=chunk, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ steps
     def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
