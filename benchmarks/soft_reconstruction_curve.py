@@ -1,17 +1,28 @@
 """Reconstruction BLEU-4 on held-out text against training steps, for icae / kv at 4x (128 tokens -> 32 slots).
 
-Trains from the shipped recipe (``configs/train/<method>-pretrain.yaml``) with the given overrides, checkpointing
-every ``--eval-every`` steps, then regenerates ``--eval-texts`` held-out windows (the recipe's held-out documents)
-from every checkpoint (and from the untrained compressor, step 0) and scores BLEU-4 and token accuracy. Writes JSON
-+ Markdown under benchmarks/results/.
+Trains from the shipped recipe (``configs/train/<method>-pretrain.yaml``) with the given overrides and, at each step
+in ``--points`` (and at step 0, the untrained compressor), pauses training to regenerate ``--eval-texts`` held-out
+windows (the recipe's held-out documents) greedily and score BLEU-4 and positional token accuracy, plus the
+teacher-forced held-out loss / token accuracy on ``--eval-batches`` batches. Training stops at the first point that
+would not fit in ``--budget-minutes`` of wall clock (measured step time), so the curve always ends on an evaluated
+point. Each point is written to JSON + Markdown under benchmarks/results/ as soon as it exists, and with
+``--save-to`` the compressor is saved there (``save_pretrained``, swapped in atomically) at every point after 0 and
+checked to load through ``create_compressor(path)`` and generate.
 
-    PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py --method icae --steps 6 --eval-every 3 --batch-size 2
+``--bf16`` runs the training step under ``torch.autocast(bfloat16)`` (master weights stay float32); on CPUs with
+AMX / AVX512-BF16 this is the fastest setting. Evaluation always runs in float32.
+
+    PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py --method icae --points 2,4 --batch-size 1 --eval-texts 2
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import platform
+import shutil
+import time
 from pathlib import Path
 
 import torch
@@ -21,86 +32,178 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", default="icae", choices=["icae", "kv"])
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--eval-every", type=int, default=3)
+    ap.add_argument("--points", default="2,4", help="training steps at which to evaluate (step 0 is always evaluated)")
+    ap.add_argument("--budget-minutes", type=float, default=0.0, help="stop before a point that would end past this")
     ap.add_argument("--batch-size", type=int, default=2)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
+    ap.add_argument("--bf16", action="store_true", help="autocast the training step to bfloat16")
+    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--eval-texts", type=int, default=8)
+    ap.add_argument("--eval-batches", type=int, default=4, help="teacher-forced held-out batches per point")
     ap.add_argument("--output-dir", default="runs/curve")
-    ap.add_argument("--train-only", action="store_true", help="train and checkpoint; evaluate later with --eval-only")
-    ap.add_argument("--points", default=None, help="steps to evaluate, e.g. 0,4 (default: 0 and every checkpoint)")
-    ap.add_argument("--eval-only", action="store_true",
-                    help="only evaluate the checkpoints an earlier run left in --output-dir (train and evaluate in "
-                         "two processes when one would run past a time limit)")
+    ap.add_argument("--save-to", default=None, help="save_pretrained the compressor here at every point after 0")
     ap.add_argument("--out", default=None, help="results file stem (default benchmarks/results/<method>_reconstruction_curve)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from mmcompress.evaluation.reconstruction import evaluate_reconstruction
-    from mmcompress.registry import COMPRESSORS
     from mmcompress.soft.tasks import held_out_windows
-    from mmcompress.training import checkpoints, load_recipe, run_recipe
+    import mmcompress  # noqa: F401  (registers the training tasks)
+    from mmcompress.training import Trainer, TrainConfig, load_recipe
+    from mmcompress.training import TASKS
 
+    points = sorted({int(x) for x in args.points.split(",") if int(x) > 0})
     out_dir = Path(args.output_dir) / args.method
+    shutil.rmtree(out_dir, ignore_errors=True)  # a curve starts from scratch; an old log would mix in
     recipe = load_recipe(f"configs/train/{args.method}-pretrain.yaml", {
         "model.model": args.model, "model.device": "cpu", "model.dtype": "float32",
-        "train.max_steps": args.steps, "train.batch_size": args.batch_size, "train.lr": args.lr,
-        "train.warmup_steps": 0, "train.save_every": args.eval_every, "train.eval_every": 0,
-        "train.keep_checkpoints": 1000, "train.log_every": 1, "train.output_dir": str(out_dir), "train.progress": False,
+        "train.max_steps": points[-1], "train.batch_size": args.batch_size, "train.lr": args.lr,
+        "train.warmup_steps": args.warmup, "train.schedule": args.schedule, "train.save_every": 0,
+        "train.eval_every": 0, "train.eval_batches": args.eval_batches, "train.log_every": 1,
+        "train.output_dir": str(out_dir), "train.progress": False,
     })
-    if not args.eval_only:
-        run_recipe(recipe)
-        if args.train_only:
-            return
+    torch.manual_seed(0)
+    setup = TASKS.get(recipe["task"])(recipe)
+    module = setup.module
+    if args.bf16:  # the trainer calls training_step, not forward, so autocast goes around it here
+        step = module.training_step
 
-    from safetensors.torch import load_file
+        @functools.wraps(step)
+        def autocast_step(batch):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return step(batch)
 
-    torch.manual_seed(0)  # step 0 = a freshly initialised compressor, the same one every run
-    compressor = COMPRESSORS.get(args.method)(**recipe["model"])
+        module.training_step = autocast_step
+    trainer = Trainer(module, TrainConfig.from_dict(recipe["train"]), setup.train_dataset, setup.eval_dataset,
+                      setup.collate_fn)
+    compressor = _compressor_of(setup)
     tok = compressor.tokenizer
     texts = [tok.decode(w) for w in held_out_windows(recipe, tok)[: args.eval_texts]]
-    fresh = {n: p.detach().clone() for n, p in compressor.module.named_parameters() if p.requires_grad}
-    points = []
-    wanted = None if args.points is None else {int(x) for x in args.points.split(",")}
-    saved = [(int(p.name.split("-")[1]), p) for p in checkpoints(out_dir)]
-    for step, where in [(0, None)] + saved:
-        if wanted is not None and step not in wanted:
-            continue
-        compressor.load_trainable(fresh if where is None else load_file(str(where / "trainable.safetensors")))
-        report = evaluate_reconstruction(compressor, texts, batch_size=args.eval_texts)
-        points.append({"step": step, "bleu4": report.bleu4, "token_accuracy": report.token_accuracy,
-                       "ratio": report.ratio, "sample": report.outputs[0][:200]})
-        print(json.dumps(points[-1]), flush=True)
-        write(args, out_dir, points, texts)  # each point is kept even if a time limit stops the run
+
+    t_start = time.perf_counter()
+    train_seconds, curve = 0.0, []
+
+    def evaluate(step: int, teacher_forced: dict) -> None:
+        module.eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            report = evaluate_reconstruction(compressor, texts, batch_size=args.eval_texts)
+        module.train()
+        curve.append({"step": step, "examples_seen": step * args.batch_size, "train_seconds": round(train_seconds, 1),
+                      "wall_seconds": round(time.perf_counter() - t_start, 1), "bleu4": report.bleu4,
+                      "token_accuracy": report.token_accuracy, "ratio": report.ratio,
+                      "eval_seconds": round(time.perf_counter() - t0, 1),
+                      "heldout_tf_loss": teacher_forced.get("eval/loss"),
+                      "heldout_tf_token_accuracy": teacher_forced.get("eval/token_accuracy"),
+                      "sample": report.outputs[0][:200]})
+        print(json.dumps(curve[-1]), flush=True)
+
+    evaluate(0, {f"eval/{k}": v for k, v in trainer.evaluate().items()})
+    write(args, out_dir, curve, texts)
+    for point in points:
+        if args.budget_minutes and trainer.step:
+            per_step = train_seconds / trainer.step
+            eval_cost = max(c["eval_seconds"] for c in curve) + 30
+            if time.perf_counter() - t_start + (point - trainer.step) * per_step + eval_cost > args.budget_minutes * 60:
+                print(f"stopping before step {point}: it would end past the {args.budget_minutes} min budget", flush=True)
+                break
+        trainer.config.max_steps = point  # train() runs up to max_steps; the constant schedule ignores it
+        t0 = time.perf_counter()
+        trainer.train()  # ends with a teacher-forced held-out evaluation (eval_every=0), logged to history
+        train_seconds += time.perf_counter() - t0
+        evaluate(point, trainer.history[-1])
+        write(args, out_dir, curve, texts)
+        if args.save_to:
+            save(compressor, Path(args.save_to), point, args)
 
 
-def write(args, out_dir: Path, points: list[dict], texts: list[str]) -> None:
-    log = [json.loads(x) for x in (out_dir / "log.jsonl").read_text().splitlines()]
-    train_acc = [{"step": r["step"], "loss": r["loss"], "token_accuracy": r.get("token_accuracy")} for r in log if "loss" in r]
-    train_seconds = sum(1.0 / r["steps_per_s"] for r in log if r.get("steps_per_s"))  # log_every=1: one step per record
-    steps_per_s = len(train_acc) / train_seconds if train_seconds else 0.0
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads (2-core CPU shared, no GPU)"
+def _compressor_of(setup):
+    """The compressor whose module the task trains (the task's finalize closes over it)."""
+    for cell in setup.finalize.__closure__ or ():
+        if hasattr(cell.cell_contents, "save_pretrained") and hasattr(cell.cell_contents, "tokenizer"):
+            return cell.cell_contents
+    raise RuntimeError("could not find the compressor of the training task")
+
+
+def save(compressor, path: Path, step: int, args) -> None:
+    """save_pretrained into a temporary folder, swap it in, then check it loads and generates."""
+    from mmcompress import create_compressor
+
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    compressor.save_pretrained(tmp)
+    (tmp / "TRAINED.json").write_text(json.dumps({"method": args.method, "step": step, "batch_size": args.batch_size,
+                                                  "lr": args.lr, "bf16": args.bf16}) + "\n")
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    loaded = create_compressor(str(path), device="cpu")
+    soft = loaded.compress_batch(["The quick brown fox jumps over the lazy dog near the river bank."])
+    text = loaded.reconstruct(soft, max_new_tokens=16)[0]
+    ready = path.parent / "READY"
+    lines = [x for x in (ready.read_text().splitlines() if ready.exists() else []) if not x.startswith(f"{path.name}:")]
+    lines.append(f"{path.name}: {path} ({args.method}, 4x: 128 tokens -> 32 slots, SmolLM2-135M; trained {step} steps "
+                 f"of batch {args.batch_size}; loads with create_compressor('{path}') and generates, e.g. {text[:40]!r})")
+    ready.write_text("\n".join(sorted(lines)) + "\n")
+    print(f"saved {path} at step {step}; reload generated {text!r}", flush=True)
+    del loaded
+
+
+def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
+    log_path = out_dir / "log.jsonl"
+    log = [json.loads(x) for x in log_path.read_text().splitlines()] if log_path.exists() else []
+    train_log = [{"step": r["step"], "loss": r["loss"], "token_accuracy": r.get("token_accuracy")} for r in log if "loss" in r]
+    last = curve[-1]
+    steps_per_s = last["step"] / last["train_seconds"] if last["train_seconds"] else 0.0
+    machine = (f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s); 2-core CPU shared with other jobs, "
+               "no GPU; shortened CPU schedule")
     data = {"method": args.method, "model": args.model, "args": vars(args), "machine": machine,
-            "schedule": "shortened CPU schedule", "train_seconds": train_seconds,
-            "steps_per_s": steps_per_s, "curve": points, "train_log": train_acc,
+            "schedule": "shortened CPU schedule", "steps_per_s": steps_per_s, "curve": curve, "train_log": train_log,
             "reference_text": texts[0][:200]}
     stem = Path(args.out or f"benchmarks/results/{args.method}_reconstruction_curve")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
-    cmd = (f"PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py --method {args.method} --steps {args.steps} "
-           f"--eval-every {args.eval_every} --batch-size {args.batch_size} --lr {args.lr} --eval-texts {args.eval_texts}"
-           + (f" --points {args.points}" if args.points else ""))
-    lines = [f"# {args.method} reconstruction at 4x vs steps ({args.model}, shortened CPU schedule)", "",
-             f"Machine: {machine}. Training: {args.steps} steps of batch {args.batch_size} in {train_seconds:.0f} s "
-             f"({steps_per_s:.4f} steps/s). Command: `{cmd}` (run as `--train-only` then `--eval-only` with the same "
-             "arguments, each under 10 minutes)", "",
-             f"Held-out: {len(texts)} windows of 128 tokens from the last 5% of documents of corpus_wiki_news.txt.", "",
-             "| step | BLEU-4 | token accuracy | ratio |", "|---|---|---|---|"]
-    lines += [f"| {p['step']} | {p['bleu4']:.4f} | {p['token_accuracy']:.4f} | {p['ratio']:.2f}x |" for p in points]
-    lines += ["", "Teacher-forced training loss / token accuracy per step:", "",
-              "| step | loss | token accuracy |", "|---|---|---|"]
-    lines += [f"| {r['step']} | {r['loss']:.3f} | {r['token_accuracy']:.3f} |" for r in train_acc]
+    lines = [f"# {args.method} reconstruction at 4x vs training steps ({args.model}, shortened CPU schedule)", "",
+             f"Machine: {machine}. Command: `{command(args)}`. Training so far: {last['step']} steps of batch "
+             f"{args.batch_size} in {last['train_seconds']:.0f} s ({steps_per_s:.3f} steps/s, evaluation excluded).", "",
+             f"Held-out: greedy reconstruction of {len(texts)} windows of 128 tokens from the last 5% of documents of "
+             "corpus_wiki_news.txt (BLEU-4, positional token accuracy); teacher-forced loss / token accuracy on "
+             f"{args.eval_batches} held-out batches.", "",
+             "| step | examples | train s | BLEU-4 | token acc. (greedy) | held-out loss (TF) | token acc. (TF) |",
+             "|---|---|---|---|---|---|---|"]
+    for p in curve:
+        tf_loss, tf_acc = p["heldout_tf_loss"], p["heldout_tf_token_accuracy"]
+        lines.append(f"| {p['step']} | {p['examples_seen']} | {p['train_seconds']:.0f} | {p['bleu4']:.4f} | "
+                     f"{p['token_accuracy']:.4f} | {_fmt(tf_loss, '.3f')} | {_fmt(tf_acc, '.3f')} |")
+    lines += ["", f"Last sample (step {last['step']}): {last['sample']!r}", "", f"Reference: {texts[0][:200]!r}"]
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def command(args) -> str:
+    parts = [f"--method {args.method}", f"--points {args.points}", f"--batch-size {args.batch_size}", f"--lr {args.lr}",
+             f"--warmup {args.warmup}", f"--schedule {args.schedule}", f"--eval-texts {args.eval_texts}",
+             f"--eval-batches {args.eval_batches}"]
+    if args.budget_minutes:
+        parts.append(f"--budget-minutes {args.budget_minutes:g}")
+    if args.bf16:
+        parts.append("--bf16")
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    if args.save_to:
+        parts.append(f"--save-to {args.save_to}")
+    return "PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py " + " ".join(parts)
+
+
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

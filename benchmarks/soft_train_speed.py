@@ -4,7 +4,10 @@ the trainer optimisations, side by side in one run.
 Variants (same data, same model, same batch):
 - ``full-logits``: the unoptimised loss, full-vocabulary float32 logits at every decoder position (what a plain
   HF ``labels=`` forward does), then the masked loss;
-- ``sliced``: hidden states sliced to the labelled positions before the LM head (the default).
+- ``sliced``: hidden states sliced to the labelled positions before the LM head (the default);
+- ``sliced+bf16-autocast`` (``--autocast``): the sliced loss with the step under ``torch.autocast(bfloat16)`` and
+  float32 master weights (what ``benchmarks/soft_reconstruction_curve.py --bf16`` trains with); its MFU is against
+  the measured bfloat16 matmul peak (AMX on recent Xeons, tensor cores on GPUs).
 
 MFU = model FLOPs per second / measured peak. Model FLOPs per step use the usual ``6 * N * tokens`` (forward +
 backward) over the encoder and decoder tokens of the step, N = non-embedding parameters, plus the LM-head FLOPs the
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--num-slots", type=int, default=32)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per variant (after one shared warm-up step)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--autocast", action="store_true", help="add the sliced+bf16-autocast variant")
     ap.add_argument("--text", default="../shared/data/corpus_wiki_news.txt")
     ap.add_argument("--out", default="benchmarks/results/soft_train_speed")
     args = ap.parse_args()
@@ -76,6 +80,7 @@ def main() -> None:
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
     peak = measured_peak_flops(args.device, dtype)
+    peak_bf16 = measured_peak_flops(args.device, torch.bfloat16) if args.autocast else None
     rows = []
     for method in args.methods.split(","):
         c = create_compressor(method, model=args.model, device=args.device, dtype=args.dtype,
@@ -93,15 +98,18 @@ def main() -> None:
         warm = module.training_step(batches[0])  # one warm-up step (allocator, kernels) before any timing
         warm["loss"].backward()
         opt.zero_grad(set_to_none=True)
-        for variant in ("full-logits", "sliced"):
+        variants = ("full-logits", "sliced") + (("sliced+bf16-autocast",) if args.autocast else ())
+        for variant in variants:
             module.full_vocab_loss = variant == "full-logits"
+            autocast = variant.endswith("bf16-autocast")
             times, losses = [], []
             for i, batch in enumerate(batches):
                 if i == 0:
                     continue
                 _sync(args.device)
                 t0 = time.perf_counter()
-                out = module.training_step(batch)
+                with torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16, enabled=autocast):
+                    out = module.training_step(batch)
                 out["loss"].backward()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
@@ -109,37 +117,44 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
                 losses.append(float(out["loss"]))
             seconds = sum(times) / len(times)
-            flops = sum(step_flops(module, b, args.chunk_tokens, args.num_slots, variant == "sliced")
+            flops = sum(step_flops(module, b, args.chunk_tokens, args.num_slots, variant != "full-logits")
                         for b in batches[1:]) / len(times)
             peak_mem = torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None
             rows.append({"method": method, "variant": variant, "steps_per_s": 1 / seconds, "seconds_per_step": seconds,
                          "model_tflops_per_step": flops / 1e12, "achieved_tflops": flops / seconds / 1e12,
-                         "mfu": flops / seconds / peak, "loss": sum(losses) / len(losses), "peak_gib": peak_mem})
+                         "mfu": flops / seconds / (peak_bf16 if autocast else peak), "loss": sum(losses) / len(losses),
+                         "peak_gib": peak_mem})
             print(json.dumps(rows[-1]), flush=True)
-            write(args, peak, rows)  # partial results survive a time limit
+            write(args, peak, rows, peak_bf16)  # partial results survive a time limit
         module.full_vocab_loss = False
         del c, module, opt
-    print(write(args, peak, rows))
+    print(write(args, peak, rows, peak_bf16))
 
 
-def write(args, peak: float, rows: list[dict]) -> str:
+def write(args, peak: float, rows: list[dict], peak_bf16: float | None = None) -> str:
     for method in args.methods.split(","):
         full = next((r for r in rows if r["method"] == method and r["variant"] == "full-logits"), None)
         fast = next((r for r in rows if r["method"] == method and r["variant"] == "sliced"), None)
         if full and fast:
-            fast["speedup_vs_full_logits"] = fast["steps_per_s"] / full["steps_per_s"]
+            for r in rows:
+                if r["method"] == method and r["variant"] != "full-logits":
+                    r["speedup_vs_full_logits"] = r["steps_per_s"] / full["steps_per_s"]
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, device {args.device} (2-core CPU shared with other jobs)"
     if args.device.startswith("cuda"):
         machine = torch.cuda.get_device_name()
-    result = {"args": vars(args), "machine": machine, "measured_peak_tflops": peak / 1e12, "rows": rows}
+    result = {"args": vars(args), "machine": machine, "measured_peak_tflops": peak / 1e12,
+              "measured_peak_bf16_tflops": peak_bf16 / 1e12 if peak_bf16 else None, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Soft training-step speed ({args.model}, {args.chunk_tokens} tokens -> {args.num_slots} slots, "
              f"batch {args.batch_size}, {args.dtype})", "",
-             f"Machine: {machine}; measured matmul peak {peak / 1e12:.3f} TFLOP/s. Command: "
+             f"Machine: {machine}; measured matmul peak {peak / 1e12:.3f} TFLOP/s ({args.dtype})"
+             + (f", {peak_bf16 / 1e12:.3f} TFLOP/s (bfloat16, the MFU base of the autocast rows)" if peak_bf16 else "")
+             + ". Command: "
              f"`PYTHONPATH=. python benchmarks/soft_train_speed.py --model {args.model} --device {args.device} "
-             f"--dtype {args.dtype} --batch-size {args.batch_size} --steps {args.steps} --methods {args.methods}`", "",
+             f"--dtype {args.dtype} --batch-size {args.batch_size} --steps {args.steps} --methods {args.methods}"
+             + (f" --threads {args.threads}" if args.threads else "") + (" --autocast" if args.autocast else "") + "`", "",
              "| method | variant | steps/s | s/step | TFLOP/step | MFU | speed-up |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {r['variant']} | {r['steps_per_s']:.4f} | {r['seconds_per_step']:.2f} | "

@@ -117,3 +117,19 @@ def test_small_vlm_task_builds_from_a_recipe(tmp_path, tiny_dir, tiny_lm):
     batch = torch.utils.data.default_collate([setup.train_dataset[i] for i in range(4)])
     assert torch.isfinite(setup.module.training_step(batch)["loss"])
     assert set(setup.module.evaluation_step(batch)) == {"closed_acc", "greedy_acc"}
+
+
+def test_embedding_mse_term_pulls_tokens_to_the_class_embedding_scale(vlm):
+    """``mse_weight`` adds nothing for tokens equal to the class embedding, and penalises a wrong scale that the
+    cosine terms cannot see."""
+    vlm.config.objective = "embedding"
+    label = torch.tensor([0, 2])
+    exact = vlm.llm.get_input_embeddings().weight[vlm.answer_ids[label]].detach().unsqueeze(1).repeat(1, 2, 1)
+
+    def loss(img, weight):
+        vlm.config.mse_weight = weight
+        return float(vlm.loss_on(img, label)["loss"])
+
+    assert loss(exact, 1.0) == pytest.approx(loss(exact, 0.0), abs=1e-5)
+    assert loss(3 * exact, 0.0) == pytest.approx(loss(exact, 0.0), abs=1e-4)  # cosine terms are scale-blind
+    assert loss(3 * exact, 1.0) > loss(exact, 1.0) + 1.0

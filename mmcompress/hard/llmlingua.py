@@ -12,13 +12,16 @@ The budget is the reference's: the rate counts the whole prompt, and instruction
 taken out of it first, so the whole saving comes out of the documents. Structured prompts use the prompt model:
 a segment with its own ``rate`` gets that rate in its windows, a kept segment survives verbatim.
 
-Matching llmlingua 0.2.2 is the default (``benchmarks/llmlingua_parity.py`` measures it). Departures on purpose,
-each behind an option whose default is the reference behaviour unless it only changes speed:
+The reference's outputs are one option away (``first_pass="full"``; ``benchmarks/llmlingua_parity.py`` measures
+agreement). Departures on purpose, each behind an option whose default is the reference behaviour unless it only
+saves work:
 
-- ``first_pass="window"`` skips the reference's first pass over the whole context (``"full"``, the default), which
-  only feeds early windows' thresholds; it saves about one forward pass over the context, with the current window's
-  scores standing in for the unscored tokens. Agreement on one golden row: llmlingua 0.97, LongLLMLingua 0.95,
-  but token-only compression 0.86 (it drops more than the reference: ``benchmarks/results/llmlingua_parity_window.md``);
+- ``first_pass="window"`` (the default) scores each window when the algorithm reaches it, as ITPC is written in the
+  paper; the reference first runs one extra pass over the whole context (``"full"``) whose only use is the score
+  distribution behind the early windows' thresholds. Without it, the first window's scores (given the uncompressed
+  prefix, as in that pass) stand in for the tokens not scored yet. It saves one forward pass over the context (two
+  with ``condition_compare``): ``benchmarks/hard_speed.py`` measures both, and the parity benchmark runs
+  ``first_pass="full"``, which reproduces the reference's outputs;
 - ``compress_tail=True`` also compresses the last partial window and prompts shorter than ``iterative_size``,
   which the reference leaves untouched (issue #196: short prompts miss the rate);
 - ``threshold_scope="window"`` thresholds each window on its own tokens, so the rate is met; the reference's
@@ -36,14 +39,13 @@ Unlike the reference, documents and sentences are scored in a few batched forwar
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..compressor import HardCompressor, HardConfig, Request, SegmentOutcome, keep_whole
+from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, keep_whole
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import Policy, Role
 from ..registry import register_compressor
@@ -91,7 +93,7 @@ class LLMLinguaConfig(HardConfig):
     keep_last_sentence: int = 0
     keep_sentence_number: int = 0
     high_priority_bonus: float = 100.0
-    first_pass: str = "full"
+    first_pass: str = "window"
     alignment: str = "next"
     compress_tail: bool = False
     threshold_scope: str = "prompt"
@@ -145,7 +147,7 @@ class _Job:
 
 
 @register_compressor("llmlingua")
-class LLMLingua(HardCompressor):
+class LLMLingua(BatchedHardCompressor):
     """Budget controller + iterative token-level compression on a causal LM (default: SmolLM2-135M)."""
 
     config_class = LLMLinguaConfig
@@ -163,27 +165,10 @@ class LLMLingua(HardCompressor):
         ids = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
         return int(ids[0]) if len(ids) == 1 else None
 
-    def compress_segments(self, request: Request) -> list[SegmentOutcome]:
-        return self._compress_requests([request])[0]
-
     def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 16,
                        **kwargs: Any) -> list[CompressedPrompt]:
         """Compress many prompts; documents, sentences and first passes of a chunk are scored in shared batches."""
-        from tqdm.auto import tqdm
-
-        prompts = list(prompts)
-        target_tokenizer = kwargs.pop("target_tokenizer", None)
-        results: list[CompressedPrompt] = []
-        bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)
-        for begin in range(0, len(prompts), chunk):
-            requests = [self.prepare(p, **kwargs) for p in prompts[begin : begin + chunk]]
-            t0 = time.perf_counter()
-            outcomes = self._compress_requests(requests)
-            share = (time.perf_counter() - t0) / len(requests)
-            results += [self.finish(r, o, share, target_tokenizer) for r, o in zip(requests, outcomes)]
-            bar.update(len(requests))
-        bar.close()
-        return results
+        return super().compress_batch(prompts, progress=progress, chunk=chunk, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ steps
     def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:

@@ -19,7 +19,8 @@ Faithful points (each matters for agreement with the reference, see ``benchmarks
   the threshold (its loss vector is shifted by one against the ids). ``"token"`` scores each token by its own loss;
 - ``first_pass="full"``: as in the reference, one pass over the whole (uncompressed) context gives every token a
   starting score, so early windows' thresholds see the whole prompt's distribution. ``"window"`` skips that pass
-  (about one forward pass over the context saved); thresholds then use the tokens scored so far;
+  (one forward pass over the context saved); the first window's scores, which are given the uncompressed prefix as
+  in that pass, stand in for the tokens not scored yet;
 - ``threshold_scope="prompt"``: as in the reference, the threshold is a quantile over every token scored so far,
   kept ones included; as kept tokens score high, later windows drop more than their rate and the prompt lands
   below it (0.31 for a requested 0.33 on the golden rows). ``"window"`` takes the quantile over the window's own
@@ -119,7 +120,7 @@ class IterativeCompressor:
     """
 
     def __init__(self, scorer: CausalLMScorer, *, iterative_size: int = 200, max_position: int | None = None,
-                 sink: int = 10, first_pass: str = "full", alignment: str = "next", compress_tail: bool = False,
+                 sink: int = 10, first_pass: str = "window", alignment: str = "next", compress_tail: bool = False,
                  threshold_scope: str = "prompt"):
         if first_pass not in ("full", "window"):
             raise ValueError(f"first_pass must be 'full' or 'window', got {first_pass!r}")
@@ -189,6 +190,7 @@ class IterativeCompressor:
         cache = scache = None
         cached = scached = 0  # compressed positions [0, cached) (resp. [start, scached)) are in the caches
         popped = 0  # positions evicted from the caches (they stay in the output)
+        standin = np.zeros(0, np.float32)  # first_pass="window": scores standing in for tokens not scored yet
         step = 0
         while True:
             m = len(comp)
@@ -242,20 +244,20 @@ class IterativeCompressor:
                         a, b = start, b + (start - a)
                 lo, hi = max(a, start), min(b, m)
                 scores = self._scores(comp, start, val, sval)
-                weights = None
-                if self.first_pass == "window":
-                    # tokens not scored yet take part in the reference's threshold (through its first pass); the
-                    # current window's scores stand in for them
-                    unknown = int(np.isnan(scores[stop:]).sum())
-                    here = np.arange(step_lo, min(stop, m))
-                    here = here[~np.isnan(scores[here])]
-                    if unknown and len(here):
-                        weights = np.ones(len(scores))
-                        weights[here] += unknown / len(here)
+                if step == 0 and self.first_pass == "window" and not len(standin):
+                    # the first window is scored given the uncompressed prefix, as the reference's first pass
+                    # scores every token: its scores stand in for the tokens not scored yet
+                    standin = scores[step_lo:min(stop, m)]
+                    standin = standin[~np.isnan(standin)].copy()
+                pool, weights = scores, None
+                unknown = int(np.isnan(scores[stop:]).sum()) if self.first_pass == "window" else 0
+                if unknown and len(standin):
+                    pool = np.concatenate([scores, standin])
+                    weights = np.concatenate([np.ones(len(scores)), np.full(len(standin), unknown / len(standin))])
                 if self.threshold_scope == "window":
                     thr = _window_threshold(scores[lo:hi] if hi > lo else scores[:0], rate)
                 else:
-                    thr = rate_threshold(scores, rate, weights)
+                    thr = rate_threshold(pool, rate, weights)
                 result.thresholds.append(thr)
                 dropped = 0
                 if hi > lo:

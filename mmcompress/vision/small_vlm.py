@@ -15,6 +15,7 @@ learned compression (an adapter with K outputs) with pruning/merging at the same
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from .adapters import VisionAdapter
 from .encoders import VisionEncoder
 
 
+def _accepts(fn: Any, name: str) -> bool:
+    return name in inspect.signature(fn).parameters
+
+
 @dataclass
 class SmallVLMConfig:
     prefix: str = "Question: What is in the image?\nImage:"
@@ -36,6 +41,9 @@ class SmallVLMConfig:
     objective: str = "qa"  # qa | embedding
     train_encoder: bool = True
     temperature: float = 0.05  # embedding objective: softmax temperature over the answer vocabulary
+    # embedding objective: weight of a squared error to the class word's embedding (relative to its mean square), so
+    # the tokens also get the embedding's scale: a start from which the frozen LLM already reads the class
+    mse_weight: float = 0.0
 
 
 class SmallVLM(nn.Module):
@@ -92,8 +100,10 @@ class SmallVLM(nn.Module):
             self._prefix_cache[batch] = output_cache(out)
         return copy.deepcopy(self._prefix_cache[batch])  # forward passes extend a cache in place
 
-    def _run(self, image_tokens: torch.Tensor, extra_ids: torch.Tensor | None = None):
-        """LLM over ``[cached prefix] + image tokens + suffix (+ extra_ids)``; returns the logits of the new part."""
+    def _run(self, image_tokens: torch.Tensor, extra_ids: torch.Tensor | None = None, last_only: bool = True):
+        """LLM over ``[cached prefix] + image tokens + suffix (+ extra_ids)``; returns the logits of the new part
+        (``last_only``: of its last position only, ``[B, 1, V]``; skips the LM head elsewhere, a large saving with
+        SmolLM2's 49k vocabulary)."""
         b, device = image_tokens.shape[0], image_tokens.device
         embed = self.llm.get_input_embeddings()
         parts = [image_tokens.to(embed.weight.dtype), embed(self._suffix_ids.to(device)).expand(b, -1, -1)]
@@ -103,7 +113,9 @@ class SmallVLM(nn.Module):
         cache = self._cache_for(b, device)
         prefix_len = self._prefix_ids.shape[1]
         mask = torch.ones(b, prefix_len + x.shape[1], dtype=torch.long, device=device)
-        return self.llm(inputs_embeds=x, attention_mask=mask, use_cache=True, **cache_kwargs(self.llm, cache)).logits
+        keep = {"logits_to_keep": 1} if last_only and _accepts(self.llm.forward, "logits_to_keep") else {}
+        out = self.llm(inputs_embeds=x, attention_mask=mask, use_cache=True, **cache_kwargs(self.llm, cache), **keep)
+        return out.logits[:, -1:] if last_only else out.logits
 
     def answer_logits(self, pixels: torch.Tensor, tokens: int | None = None, reduction: Any = None) -> torch.Tensor:
         """``[B, V]``: the LLM's next-token logits where the answer starts."""
@@ -146,7 +158,11 @@ class SmallVLM(nn.Module):
                                              label.repeat_interleave(img.shape[1]))
             align = 1 - cos.gather(2, label.view(-1, 1, 1).expand(-1, img.shape[1], 1)).mean()
             acc = (cos.mean(1).argmax(-1) == label).float().mean()
-            return {"loss": ce + align, "acc": acc}
+            loss = ce + align
+            if self.config.mse_weight:
+                target = table[label].unsqueeze(1).float()  # [B, 1, D]
+                loss = loss + self.config.mse_weight * (img.float() - target).pow(2).mean() / table.float().pow(2).mean()
+            return {"loss": loss, "acc": acc}
         answer = self.answer_ids[label].unsqueeze(1)  # [B, 1]
         logits = self._run(img)[:, -1]
         loss = nn.functional.cross_entropy(logits.float(), answer.squeeze(1))

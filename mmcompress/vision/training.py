@@ -101,7 +101,8 @@ def build_small_vlm(model_cfg: dict[str, Any], classes: list[str], lm: Any = Non
     adapter_cfg = dict(cfg.get("adapter", {"name": "perceiver", "tokens": 16}))
     adapter = create_adapter(adapter_cfg.pop("name"), in_dim=encoder.hidden_size, out_dim=lm.config.hidden_size,
                              **adapter_cfg)
-    vlm_cfg = SmallVLMConfig(**{k: cfg[k] for k in ("prefix", "suffix", "objective", "train_encoder", "temperature")
+    vlm_cfg = SmallVLMConfig(**{k: cfg[k] for k in ("prefix", "suffix", "objective", "train_encoder", "temperature",
+                                                            "mse_weight")
                                 if k in cfg})
     return SmallVLM(encoder, adapter, lm, tokenizer, classes, vlm_cfg)
 
