@@ -79,6 +79,8 @@ def main(argv=None) -> int:
                     help="override the token-level first pass (default: each method's default)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated golden settings to run")
     ap.add_argument("--out", default=str(RESULTS / "llmlingua_parity"), help="output path without extension")
+    ap.add_argument("--score-only", nargs="+", metavar="OURS_JSONL", default=None,
+                    help="score outputs written earlier (e.g. by runs split over settings) instead of compressing")
     args = ap.parse_args(argv)
     if not GOLDEN.exists() or not DATA.exists():
         print(f"skipped: {GOLDEN} or {DATA} is absent")
@@ -89,13 +91,20 @@ def main(argv=None) -> int:
     golden = [json.loads(line) for line in GOLDEN.open()]
     ids = list(dict.fromkeys(r["id"] for r in golden))[: args.limit]
     rows = [r for r in map(json.loads, DATA.open()) if r["id"] in set(ids)]
-    lm = load_language_model("smollm2-135m", device="cpu", dtype="float32")
     settings = {k: SETTINGS[k] for k in args.settings.split(",")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     ours_path = out.with_name(out.name + "_ours.jsonl")
-    with ours_path.open("w") as sink:
-        ours = ours_rows(rows, set(ids), lm, args.first_pass, settings, sink)
+    if args.score_only:
+        ours = [json.loads(line) for f in args.score_only for line in Path(f).read_text().splitlines() if line.strip()]
+        ours = [r for r in ours if r["id"] in set(ids) and r["setting"] in settings]
+        ids = list(dict.fromkeys(r["id"] for r in ours))
+        if Path(args.score_only[0]).resolve() != ours_path.resolve() or len(args.score_only) > 1:
+            ours_path.write_text("".join(json.dumps(r) + "\n" for r in ours))
+    else:
+        lm = load_language_model("smollm2-135m", device="cpu", dtype="float32")
+        with ours_path.open("w") as sink:
+            ours = ours_rows(rows, set(ids), lm, args.first_pass, settings, sink)
     scores = run_agreement(GOLDEN, ours_path, resolve_model("smollm2-135m"))
     ref_seconds = {}
     for r in golden:
@@ -105,6 +114,7 @@ def main(argv=None) -> int:
         "command": "PYTHONPATH=. python benchmarks/llmlingua_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
         "rows": len(ids),
+        "rows_per_setting": {s: sum(r["setting"] == s for r in ours) for s in settings},
         "first_pass": args.first_pass or "method default",
         "agreement": scores,
         "targets": TARGETS,
@@ -119,11 +129,12 @@ def main(argv=None) -> int:
     lines = [
         f"# LLMLingua parity with llmlingua 0.2.2 ({summary['rows']} rows of golden_multidoc_dev.jsonl)", "",
         f"Command: `{summary['command']}`; agreement by `../shared/peer/agreement.py --tokenizer <SmolLM2>`.", "",
-        "| setting | agreement | target | met | our achieved rate |", "| --- | --- | --- | --- | --- |",
+        "| setting | rows | agreement | target | met | our achieved rate |", "| --- | --- | --- | --- | --- | --- |",
     ]
     for s in settings:
         t = TARGETS[s]
-        lines.append(f"| {s} | {scores.get(s, float('nan')):.4f} | {t} | {'yes' if summary['met'][s] else 'no'} | "
+        lines.append(f"| {s} | {summary['rows_per_setting'][s]} | {scores.get(s, float('nan')):.4f} | {t} | "
+                     f"{'yes' if summary['met'][s] else 'no'} | "
                      f"{summary['achieved_rate'][s]:.3f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
