@@ -215,6 +215,12 @@ def method_notes(args: argparse.Namespace, methods: list[str]) -> dict[str, str]
 
 def training_note(path: str | Path) -> str:
     """How many steps the run that saved ``path`` logged (its ``log.jsonl`` sits in the folder or beside it)."""
+    trained = Path(path) / "TRAINED.json"  # written by benchmarks/soft_reconstruction_curve.py
+    if trained.is_file():
+        info = json.loads(trained.read_text())
+        return (f"trained {info.get('step')} steps of batch {info.get('batch_size')} (lr {info.get('lr')}, "
+                f"bf16 {info.get('bf16')}) by benchmarks/soft_reconstruction_curve.py: autoencoding only, so the "
+                "[FT] (qa) marker the rows use is untrained")
     for log in (Path(path) / "log.jsonl", Path(path).parent / "log.jsonl"):
         if log.is_file():
             steps = [json.loads(line).get("step") for line in log.read_text().splitlines() if line.strip()]
