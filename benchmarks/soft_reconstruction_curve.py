@@ -42,6 +42,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--eval-texts", type=int, default=8)
     ap.add_argument("--eval-batches", type=int, default=4, help="teacher-forced held-out batches per point")
+    ap.add_argument("--init-from", default=None, help="continue from a saved compressor folder (fresh optimizer)")
     ap.add_argument("--output-dir", default="runs/curve")
     ap.add_argument("--save-to", default=None, help="save_pretrained the compressor here at every point after 0")
     ap.add_argument("--out", default=None, help="results file stem (default benchmarks/results/<method>_reconstruction_curve)")
@@ -65,6 +66,9 @@ def main() -> None:
         "train.eval_every": 0, "train.eval_batches": args.eval_batches, "train.log_every": 1,
         "train.output_dir": str(out_dir), "train.progress": False,
     })
+    if args.init_from:  # another data seed, so the continuation sees examples the first run did not
+        recipe["init_from"] = args.init_from
+        recipe["train"]["seed"] = recipe["data"]["seed"] = 1
     torch.manual_seed(0)
     setup = TASKS.get(recipe["task"])(recipe)
     module = setup.module
@@ -170,6 +174,8 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [f"# {args.method} reconstruction at 4x vs training steps ({args.model}, shortened CPU schedule)", "",
+             *([f"Continued from `{args.init_from}` (steps below count from there; fresh optimizer; data seed 1, so a new order of the training windows).", ""]
+               if args.init_from else []),
              f"Machine: {machine}. Command: `{command(args)}`. Training so far: {last['step']} steps of batch "
              f"{args.batch_size} in {last['train_seconds']:.0f} s ({steps_per_s:.3f} steps/s, evaluation excluded).", "",
              f"Held-out: greedy reconstruction of {len(texts)} windows of 128 tokens from the last 5% of documents of "
@@ -201,6 +207,8 @@ def command(args) -> str:
         parts.append(f"--threads {args.threads}")
     if args.save_to:
         parts.append(f"--save-to {args.save_to}")
+    if args.init_from:
+        parts.append(f"--init-from {args.init_from}")
     return "PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py " + " ".join(parts)
 
 
