@@ -126,3 +126,33 @@ def test_run_recipe_rejects_unknown_task(tmp_path):
 
     with pytest.raises(UnknownCompressorError, match="training task"):
         run_recipe({"task": "no_such_task", "train": {"output_dir": str(tmp_path)}})
+
+
+class AutocastProbe(Regressor):
+    """Records the dtype the head computes in: bf16 only when the trainer enters autocast around training_step."""
+
+    dtypes: list
+
+    def training_step(self, batch):
+        out = self.head(batch["x"])
+        self.dtypes.append(out.dtype)
+        return {"loss": nn.functional.mse_loss(out.float(), batch["y"])}
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state whose precision cannot change; start and leave it clean."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.parametrize("precision, expected", [("bf16", torch.bfloat16), ("no", torch.float32)])
+def test_mixed_precision_reaches_training_step(tmp_path, precision, expected, fresh_accelerator_state):
+    module = AutocastProbe()
+    module.dtypes = []
+    cfg = _config(tmp_path, max_steps=2, mixed_precision=precision, eval_every=1)
+    Trainer(module, cfg, Pairs(32), eval_dataset=Pairs(16, seed=1)).train()
+    assert module.dtypes and set(module.dtypes) == {expected}  # training and evaluation steps alike

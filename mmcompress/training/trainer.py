@@ -181,7 +181,9 @@ class Trainer:
                 for _ in range(cfg.grad_accum):
                     batch = next(batches)
                     with self.accelerator.accumulate(self.module):
-                        out = self._forward(batch)
+                        # training_step bypasses the prepared module's forward, so autocast is entered here
+                        with self.accelerator.autocast():
+                            out = self._forward(batch)
                         loss = out["loss"]
                         self.accelerator.backward(loss)
                         if self.accelerator.sync_gradients and cfg.max_grad_norm:
@@ -260,7 +262,8 @@ class Trainer:
             if hasattr(module, "evaluation_step"):
                 out = module.evaluation_step(batch)
             else:
-                out = {k: float(v) for k, v in module.training_step(batch).items()}
+                with self.accelerator.autocast():
+                    out = {k: float(v) for k, v in module.training_step(batch).items()}
             for k, v in out.items():
                 totals.setdefault(k, []).append(float(v))
         module.train(was_training)
