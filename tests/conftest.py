@@ -18,6 +18,18 @@ SHARED = Path(os.environ.get("MMCOMPRESS_SHARED", REPO.parent / "shared"))
 SHARED_DATA = SHARED / "data"
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread; on a loaded machine more threads spin-wait for each other.
+    Modules of tiny-model tests opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory) -> Path:
     """A folder holding a tiny Llama (window 128) and its BPE tokenizer, like a model downloaded from the hub."""

@@ -199,7 +199,7 @@ def _learnable_llama(tokenizer, seed: int = 0):
     return LlamaForCausalLM(config).eval()
 
 
-def test_toy_interleaved_task_is_learned_on_cpu(tiny_parts, tmp_path):
+def test_toy_interleaved_task_is_learned_on_cpu(tiny_parts, tmp_path, one_thread):
     """Two coloured squares and "Which is red?" -> "A" / "B": compressed to 4 shared soft tokens, answered by the
     frozen decoder. The answer needs both images and the question's colour, so text alone cannot give it."""
     from mmcompress.multimodal.tasks import answer_correct
@@ -217,13 +217,8 @@ def test_toy_interleaved_task_is_learned_on_cpu(tiny_parts, tmp_path):
     train = [comp.example_item(p, a) for p, a in _toy_examples(64, 0)]
     config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=100, batch_size=16, lr=1e-2, schedule="constant", max_grad_norm=0.0,
                          log_every=30, progress=False, seed=0)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: one thread is fastest on a shared machine
-    try:
-        result = Trainer(comp.module, config, ItemDataset(train), None, comp.collate).train()
-    finally:
-        torch.set_num_threads(threads)
-    assert result.seconds < 60
+    # a fixed budget of 100 steps (seconds on a 2-core CPU); wall time is a benchmark's business, not a test's
+    Trainer(comp.module, config, ItemDataset(train), None, comp.collate).train()
     comp.module.eval()
     answers = comp.answer([p for p, _ in test], batch_size=24)
     accuracy = np.mean([answer_correct(a, g) for a, (_, g) in zip(answers, test)])

@@ -22,15 +22,7 @@ SENTENCES = ["Paris is the capital of France.", "Berlin is the capital of German
              "The quick brown fox jumps over the lazy dog.", "Photosynthesis converts light energy into chemical energy.",
              "The game was played on February 7, 2016."]
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a loaded machine more threads spin-wait for each other."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 

@@ -20,12 +20,7 @@ DOC = "Super Bowl 50 was an American football game to determine the champion of 
 DOC2 = "Paris is the capital and most populous city of France."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add overhead on a shared CPU
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def build(cls, tiny_dir, **kw):
