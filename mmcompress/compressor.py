@@ -298,19 +298,22 @@ class BatchedHardCompressor(HardCompressor):
     forward passes); ``compress`` is the one-request case and ``compress_batch`` feeds it ``chunk`` prompts at a time.
     """
 
+    batch_chunk = 64  # prompts per call of _compress_requests (a method whose batches grow faster sets fewer)
+
     def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
         raise NotImplementedError
 
     def compress_segments(self, request: Request) -> list[SegmentOutcome]:
         return self._compress_requests([request])[0]
 
-    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 64,
+    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int | None = None,
                        **kwargs: Any) -> list[CompressedPrompt]:
-        """Compress many prompts, ``chunk`` at a time through :meth:`_compress_requests`; each result's
-        ``compress`` time is its share of its chunk's."""
+        """Compress many prompts, ``chunk`` (default :attr:`batch_chunk`) at a time through
+        :meth:`_compress_requests`; each result's ``compress`` time is its share of its chunk's."""
         from tqdm.auto import tqdm
 
         prompts = list(prompts)
+        chunk = int(chunk or self.batch_chunk)
         target_tokenizer = kwargs.pop("target_tokenizer", None)
         results: list[CompressedPrompt] = []
         bar = tqdm(total=len(prompts), disable=not progress, desc=self.name)

@@ -39,7 +39,7 @@ Unlike the reference, documents and sentences are scored in a few batched forwar
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +49,7 @@ from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutc
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import Policy, Role
 from ..registry import register_compressor
-from ..results import CompressedPrompt, SegmentSelection
+from ..results import SegmentSelection
 from ..scoring import CausalLMScorer
 from ..scoring.iterative import IterativeCompressor, window_plan
 from ..scoring.ranking import CONDITIONS, rank_many
@@ -151,6 +151,7 @@ class LLMLingua(BatchedHardCompressor):
     """Budget controller + iterative token-level compression on a causal LM (default: SmolLM2-135M)."""
 
     config_class = LLMLinguaConfig
+    batch_chunk = 16  # documents, sentences and first passes of 16 prompts are scored in shared batches
 
     @property
     def scorer(self) -> CausalLMScorer:
@@ -164,11 +165,6 @@ class LLMLingua(BatchedHardCompressor):
         """The tokenizer's own id for a line break (LLaMA: 13, GPT-2 and SmolLM2: 198), None if it has none."""
         ids = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
         return int(ids[0]) if len(ids) == 1 else None
-
-    def compress_batch(self, prompts: Iterable[Any], *, progress: bool = False, chunk: int = 16,
-                       **kwargs: Any) -> list[CompressedPrompt]:
-        """Compress many prompts; documents, sentences and first passes of a chunk are scored in shared batches."""
-        return super().compress_batch(prompts, progress=progress, chunk=chunk, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ steps
     def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
