@@ -136,6 +136,27 @@ def test_full_mode_is_the_uncompressed_reference(tiny_parts):
     assert isinstance(comp.generate(soft)[0], str)
 
 
+def test_soft_model_starts_from_the_full_models_image_path(tiny_parts, tmp_path):
+    from mmcompress.errors import ConfigError
+
+    full = _make(tiny_parts, mode="full", seed=1)
+    with torch.no_grad():  # a "trained" adapter: different from any fresh initialisation
+        for p in full.image_path.adapter.parameters():
+            p.add_(0.25)
+    saved = full.save_pretrained(tmp_path / "full")
+    soft = _make(tiny_parts, seed=2)
+    pixels = soft.image_path.preprocess([_solid("red")])
+    assert not torch.allclose(soft.image_path(pixels), full.image_path(pixels))
+    soft.load_image_path(saved)
+    assert torch.allclose(soft.image_path(pixels), full.image_path(pixels))  # same tower and adapter now
+    assert all(p.requires_grad for p in soft.image_path.adapter.parameters())  # still trained by the soft run
+    other = _make(tiny_parts, seed=2, adapter="perceiver", image_tokens=4)
+    with pytest.raises(ConfigError, match="does not fit"):
+        other.load_image_path(saved)
+    with pytest.raises(ConfigError, match="no image path weights"):
+        soft.load_image_path(tmp_path / "missing")
+
+
 def test_prompt_errors_are_clear(icae):
     from mmcompress.errors import InvalidPromptError
 
@@ -353,3 +374,14 @@ def test_smollm2_compresses_an_interleaved_prompt(smollm2):
     assert soft.origin_tokens[0] >= 3 * 16 + question + 6
     assert soft.items[0][0].embeddings.shape == (8, smollm2.model.config.hidden_size)
     assert isinstance(comp.generate(soft)[0], str)
+
+
+def test_recipe_names_a_missing_start_folder(tiny_dir, tmp_path):
+    from mmcompress.errors import ConfigError
+    from mmcompress.multimodal.training import build_interleaved
+
+    recipe = {"task": "interleaved", "init_image_path": str(tmp_path / "runs" / "full" / "final"),
+              "model": {"model": str(tiny_dir), "num_slots": 2, "vision_encoder": "open_clip:mmc-vit-micro",
+                        "adapter": "mlp", "image_tokens": None, "lora_r": 4, "device": "cpu"}}
+    with pytest.raises(ConfigError, match="init_image_path: .* does not exist; train the run that writes it first"):
+        build_interleaved(recipe)

@@ -526,11 +526,33 @@ class InterleavedCompressor(SoftCompressor):
         from safetensors.torch import load_file
 
         compressor = super().from_pretrained(path, **overrides)
-        file = Path(path) / IMAGE_PATH_FILE
-        own = getattr(compressor.module, "image_path", None)
-        if own is not None and file.is_file():
-            own.load_state_dict(load_file(str(file)))
+        if getattr(compressor.module, "image_path", None) is not None and (Path(path) / IMAGE_PATH_FILE).is_file():
+            compressor.load_image_path(path)
         return compressor
+
+    def load_image_path(self, source) -> None:
+        """Start this model's image path (frozen encoder + adapter) from another saved interleaved model: the
+        full-mode reference's trained adapter is the aligned projector a soft run starts from (LLaVA's stage 1)."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        file = Path(source) / IMAGE_PATH_FILE if Path(source).is_dir() else Path(source)
+        if not file.is_file():
+            raise ConfigError(f"no image path weights at {file}: give a folder saved by the interleaved compressor "
+                              f"(it holds {IMAGE_PATH_FILE}) or that file itself")
+        own = getattr(self.module, "image_path", None)
+        if own is None:
+            raise ConfigError("this interleaved model has no image path of its own (an HF LLaVA decoder uses its "
+                              "tower and projector); load_image_path applies to encoder + adapter backbones")
+        state = load_file(str(file))
+        expected = own.state_dict()
+        mismatched = sorted(k for k in set(expected) | set(state)
+                            if k not in state or k not in expected or state[k].shape != expected[k].shape)
+        if mismatched:
+            raise ConfigError(f"{file} does not fit this model's image path (vision_encoder / adapter / image_tokens "
+                              f"differ): {mismatched[:3]}")
+        own.load_state_dict(state)
 
     def load_trainable(self, weights: dict[str, Any], source: str = "weights") -> None:
         module = self.module

@@ -11,6 +11,8 @@ A recipe (``configs/train/interleaved-*.yaml``)::
       num_images: [2, 3]
       mix: {qa: 1.0, caption: 0.25, ae: 0.25}   # relative weights of the objectives
     train: {max_steps: 300, batch_size: 8, lr: 3e-4, output_dir: runs/interleaved}
+    init_image_path: runs/interleaved-full/final   # optional: start encoder + adapter from a saved model
+    init_from: null                                # optional: continue a saved interleaved model
 
 Objectives, mixed per example by a seeded draw (so every epoch and a resumed run see the same data):
 
@@ -31,6 +33,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..soft.tasks import resolve_data_path
 from ..training.tasks import TaskSetup, register_task
 from .interleaved import InterleavedCompressor, rendered_text
 from .tasks import build_examples
@@ -76,6 +79,14 @@ def make_items(compressor: InterleavedCompressor, examples, mix: dict[str, float
     return items
 
 
+def _saved_folder(recipe: dict[str, Any], key: str) -> Path:
+    try:
+        return resolve_data_path(recipe[key])
+    except ConfigError:
+        raise ConfigError(f"{key}: {recipe[key]} does not exist; train the run that writes it first, or set "
+                          f"{key}: null") from None
+
+
 @register_task("interleaved")
 def build_interleaved(recipe: dict[str, Any]) -> TaskSetup:
     model_cfg = dict(recipe.get("model") or {})
@@ -84,7 +95,12 @@ def build_interleaved(recipe: dict[str, Any]) -> TaskSetup:
                                   "max_images"})
     if unknown:
         raise ConfigError(f"unknown data settings {unknown} for task interleaved")
-    compressor = InterleavedCompressor(**model_cfg)
+    if recipe.get("init_from"):  # continue a saved interleaved model (any stage)
+        compressor = InterleavedCompressor.from_pretrained(_saved_folder(recipe, "init_from"), **model_cfg)
+    else:
+        compressor = InterleavedCompressor(**model_cfg)
+    if recipe.get("init_image_path"):  # e.g. the full-mode reference's aligned adapter as the soft run's start
+        compressor.load_image_path(_saved_folder(recipe, "init_image_path"))
     source = data.get("source", "shapes")
     seed = int(data.get("seed", 0))
     mix = dict(data.get("mix") or {"qa": 1.0})
