@@ -376,12 +376,13 @@ def test_smollm2_compresses_an_interleaved_prompt(smollm2):
     assert isinstance(comp.generate(soft)[0], str)
 
 
-def test_recipe_names_a_missing_start_folder(tiny_dir, tmp_path):
+@pytest.mark.parametrize("key", ["init_image_path", "init_from"])
+def test_recipe_names_a_missing_start_folder(tiny_dir, tmp_path, key):
     from mmcompress.errors import ConfigError
     from mmcompress.multimodal.training import build_interleaved
 
-    recipe = {"task": "interleaved", "init_image_path": str(tmp_path / "runs" / "full" / "final"),
+    recipe = {"task": "interleaved", key: str(tmp_path / "runs" / "full" / "final"),
               "model": {"model": str(tiny_dir), "num_slots": 2, "vision_encoder": "open_clip:mmc-vit-micro",
                         "adapter": "mlp", "image_tokens": None, "lora_r": 4, "device": "cpu"}}
-    with pytest.raises(ConfigError, match="init_image_path: .* does not exist; train the run that writes it first"):
+    with pytest.raises(ConfigError, match=f"{key}: .* does not exist; train the run that writes it first"):
         build_interleaved(recipe)

@@ -523,8 +523,6 @@ class InterleavedCompressor(SoftCompressor):
     def from_pretrained(cls, path, **overrides):
         from pathlib import Path
 
-        from safetensors.torch import load_file
-
         compressor = super().from_pretrained(path, **overrides)
         if getattr(compressor.module, "image_path", None) is not None and (Path(path) / IMAGE_PATH_FILE).is_file():
             compressor.load_image_path(path)
