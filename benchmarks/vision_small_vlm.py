@@ -35,13 +35,16 @@ with ``HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 PYTHONPATH=.``)::
     nice -n 5 timeout 600 python benchmarks/vision_small_vlm.py train --objective qa \\
         --init runs/vision_small_vlm/stage1/joint.safetensors --run stage2 --steps 240 --batch-size 16 \\
         --full-batch 4 --lr 5e-4 --warmup 10 --log-every 5 --save-every 10 [--resume]
-    # stage 3: a second qa schedule from stage 2's end
+    # stages 3 and 4: two more qa schedules, each from the previous stage's end (stage 4 with OMP_NUM_THREADS=2)
     nice -n 5 python benchmarks/vision_small_vlm.py train --objective qa \\
         --init runs/vision_small_vlm/stage2/joint.safetensors --run stage3 --steps 240 --batch-size 16 \\
         --full-batch 4 --lr 5e-4 --warmup 10 --log-every 5 --save-every 20
-    nice -n 5 python benchmarks/vision_small_vlm.py eval --run stage3 --stages stage1 stage2 stage3 --fresh \\
+    nice -n 5 python benchmarks/vision_small_vlm.py train --objective qa \\
+        --init runs/vision_small_vlm/stage3/joint.safetensors --run stage4 --steps 240 --batch-size 16 \\
+        --full-batch 4 --lr 5e-4 --warmup 10 --log-every 5 --save-every 40
+    nice -n 5 python benchmarks/vision_small_vlm.py eval --run stage4 --stages stage1 stage2 stage3 stage4 --fresh \\
         --settings full resampler --generate 100
-    nice -n 5 python benchmarks/vision_small_vlm.py eval --run stage3 --stages stage1 stage2 stage3 \\
+    nice -n 5 python benchmarks/vision_small_vlm.py eval --run stage4 --stages stage1 stage2 stage3 stage4 \\
         --settings visionzip prumerge tome vision_pool vision_random vision_strided
     python benchmarks/vision_small_vlm.py report
 """
