@@ -544,6 +544,7 @@ class InterleavedCompressor(SoftCompressor):
             raise ConfigError("this interleaved model has no image path of its own (an HF LLaVA decoder uses its "
                               "tower and projector); load_image_path applies to encoder + adapter backbones")
         state = load_file(str(file))
+        # checked before loading: load_state_dict copies the tensors that fit before it raises on the rest
         expected = own.state_dict()
         mismatched = sorted(k for k in set(expected) | set(state)
                             if k not in state or k not in expected or state[k].shape != expected[k].shape)
