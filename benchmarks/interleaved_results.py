@@ -14,7 +14,7 @@ first with ``mmcompress train`` (commands in the README); this script evaluates 
         --soft runs/interleaved-shapes-soft-cpu/final --examples 48 --part all
 
 ``--part full|soft`` evaluates one model and stores its rows in the JSON (so each run stays short); ``report``
-rewrites the Markdown table from the JSON.
+rewrites the Markdown table from the JSON; ``--name`` picks the file stem (default ``interleaved``).
 """
 from __future__ import annotations
 
@@ -55,7 +55,9 @@ def evaluate(comp, prompts, examples, batch_size: int) -> dict:
         origin += soft.origin_tokens
         soft_tokens += soft.soft_tokens
     correct = [answer_correct(a, e.answer) for a, e in zip(answers, examples)]
-    return {"accuracy": float(np.mean(correct)), "decoder_tokens": float(np.mean(compressed)),
+    by_kind = {kind: float(np.mean([c for c, e in zip(correct, examples) if e.kind == kind]))
+               for kind in sorted({e.kind for e in examples})}
+    return {"accuracy": float(np.mean(correct)), "by_kind": by_kind, "decoder_tokens": float(np.mean(compressed)),
             "stage_origin_tokens": float(np.mean(origin)), "soft_tokens": float(np.mean(soft_tokens)),
             "seconds": round(time.perf_counter() - t0, 1), "samples": [
                 {"question": e.question, "answer": e.answer, "prediction": a} for a, e in list(zip(answers, examples))[:4]]}
@@ -114,7 +116,7 @@ def _order(row: dict) -> tuple:
     return row["method"][:3], int(k.group(1)) if k else 0
 
 
-def write_report(data: dict) -> None:
+def write_report(data: dict, name: str = "interleaved") -> None:
     rows = sorted(data["rows"], key=_order)
     ref = next((r["accuracy"] for r in rows if r["method"].startswith("(a)")), None)
     lines = [
@@ -123,16 +125,19 @@ def write_report(data: dict) -> None:
         f"Task: {data['task']}; {data['examples']} test examples (easy-VQA test images, unseen in training).",
         f"Machine: {data['machine']}. Schedule: {data['schedule']}.",
         "",
-        "| method | accuracy | % of (a) | decoder tokens | original tokens | total ratio |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        "| method | accuracy | % of (a) | colour | shape | decoder tokens | original tokens | total ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         rel = f"{100 * r['accuracy'] / ref:.0f}%" if ref else "n/a"
         ratio = r["original_tokens"] / r["decoder_tokens"]
-        lines.append(f"| {r['method']} | {r['accuracy']:.3f} | {rel} | {r['decoder_tokens']:.1f} | "
+        by_kind = r.get("by_kind", {})
+        kinds = " | ".join(f"{by_kind[k]:.3f}" if k in by_kind else "n/a" for k in ("shape-colour", "shape-what"))
+        lines.append(f"| {r['method']} | {r['accuracy']:.3f} | {rel} | {kinds} | {r['decoder_tokens']:.1f} | "
                      f"{r['original_tokens']:.1f} | {ratio:.2f}x |")
-    lines += ["", f"Chance level (uniform over the answers of the question type): {data.get('chance', 'n/a')}.", ""]
-    (OUT / "interleaved.md").write_text("\n".join(lines) + "\n")
+    lines += ["", f"Chance level (uniform over the answers of the question type): {data.get('chance', 'n/a')}; the "
+              "colour and shape columns split the accuracy by question type.", ""]
+    (OUT / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -144,11 +149,13 @@ def main() -> None:
     ap.add_argument("--part", choices=["full", "soft", "all", "report"], default="all")
     ap.add_argument("--schedule", default="CPU shortened schedule (see README)")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--name", default="interleaved",
+                    help="results file stem under benchmarks/results (keeps runs of other schedules apart)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
-    json_path = OUT / "interleaved.json"
+    json_path = OUT / f"{args.name}.json"
     data = json.loads(json_path.read_text()) if json_path.exists() and args.part != "all" else {"rows": []}
     kinds = ["shape-colour", "shape-what"]
     examples = build_examples("shapes", "test", args.examples, seed=1, num_images=(3,), kinds=kinds)
@@ -169,8 +176,8 @@ def main() -> None:
             new += run_soft(args.soft, args.full, examples, prompts, hard_prompts, args.batch_size)
         data["rows"] = sorted(keep + new, key=_order)
         json_path.write_text(json.dumps(data, indent=2) + "\n")
-    write_report(data)
-    print((OUT / "interleaved.md").read_text())
+    write_report(data, args.name)
+    print((OUT / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -328,6 +328,52 @@ def test_training_recipe_runs_and_loads(tiny_dir, tmp_path):
     assert len(loaded.answer([example.prompt()])) == 1
 
 
+@pytest.mark.shared
+def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
+    """The three shipped easy-VQA recipes run in order (shrunk to a tiny model): each stage starts its image path from
+    the folder the previous stage writes, and the random-init tower trains in every stage."""
+    pytest.importorskip("easy_vqa")
+    import yaml
+    from safetensors.torch import load_file
+
+    from mmcompress.cli import main
+    from mmcompress.multimodal.interleaved import IMAGE_PATH_FILE
+    from mmcompress.multimodal.training import build_interleaved
+    from mmcompress.training.tasks import load_recipe
+
+    stages = ["caption", "full", "soft"]
+    shipped = {s: load_recipe(f"configs/train/interleaved-shapes-{s}.yaml") for s in stages}
+    # as shipped, each stage reads the folder its predecessor writes
+    assert shipped["full"]["init_image_path"] == shipped["caption"]["train"]["output_dir"] + "/final"
+    assert shipped["soft"]["init_image_path"] == shipped["full"]["train"]["output_dir"] + "/final"
+    tiny = {"model.model": str(tiny_dir), "model.vision_encoder": "open_clip:mmc-vit-micro", "model.image_tokens": 4,
+            "model.device": "cpu", "model.num_slots": 4, "model.slot_schedule": [2, 4], "model.lora_r": 4,
+            "data.train_examples": 4, "data.eval_examples": 2, "data.max_images": 40, "train.max_steps": 1,
+            "train.batch_size": 2, "train.eval_every": 0, "train.save_every": 0, "train.progress": False,
+            "train.mixed_precision": "no"}
+    previous = None
+    for stage in stages:
+        overrides = {**tiny, "train.output_dir": str(tmp_path / stage)}
+        if stage == "full":  # the full-mode reference has no slots
+            overrides = {k: v for k, v in overrides.items() if "slot" not in k and "lora" not in k}
+        if previous:
+            overrides["init_image_path"] = str(previous)
+        recipe = load_recipe(f"configs/train/interleaved-shapes-{stage}.yaml", overrides)
+        setup = build_interleaved(recipe)
+        path = setup.module.image_path
+        assert all(p.requires_grad for p in path.parameters())  # tower and adapter both train
+        if stage == "caption":
+            assert all(len(item.plan.images) == 1 for item in setup.train_dataset.items)
+        if previous:  # starts exactly where the previous stage ended
+            saved = load_file(str(previous / IMAGE_PATH_FILE))
+            assert all(torch.equal(v, saved[k]) for k, v in path.state_dict().items())
+        config = tmp_path / f"{stage}.yaml"
+        config.write_text(yaml.safe_dump(recipe))
+        assert main(["train", "--config", str(config)]) == 0
+        previous = tmp_path / stage / "final"
+        assert (previous / IMAGE_PATH_FILE).is_file()
+
+
 def test_small_vlm_of_the_vision_family(tiny_parts, tmp_path):
     from mmcompress import create_compressor
     from mmcompress.vision.adapters import create_adapter

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.data import Dataset
 
@@ -94,6 +95,24 @@ def test_bad_settings_are_config_errors(tmp_path):
     module.head.requires_grad_(False)
     with pytest.raises(ConfigError, match="no trainable parameters"):
         Trainer(module, _config(tmp_path), Pairs())
+
+
+def test_yaml_no_is_the_documented_mixed_precision_value():
+    # `mixed_precision: no` in a recipe (or --set train.mixed_precision=no) reaches the config as YAML 1.1's false
+    parsed = yaml.safe_load("mixed_precision: no")
+    assert TrainConfig.from_dict(parsed).mixed_precision == "no"
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        TrainConfig.from_dict({"mixed_precision": True})
+
+
+def test_numbers_yaml_reads_as_strings_are_numbers_or_clear_errors():
+    # YAML 1.1 reads `lr: 5e-4` (no dot) as the string "5e-4"; the optimizer must get a float
+    config = TrainConfig.from_dict(yaml.safe_load("lr: 5e-4\nmax_steps: '20'\nweight_decay: 0"))
+    assert config.lr == pytest.approx(5e-4) and isinstance(config.lr, float)
+    assert config.max_steps == 20 and isinstance(config.max_steps, int)
+    for bad in ({"lr": "fast"}, {"max_steps": 2.5}, {"batch_size": True}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            TrainConfig.from_dict(bad)
 
 
 @pytest.fixture

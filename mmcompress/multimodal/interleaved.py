@@ -9,8 +9,8 @@ never split an image (:mod:`.chunking`), K slots per chunk. The decoder, the fro
 ``kept prefix + soft tokens + marker + kept text (the question)`` through the same ``generate()`` as text soft prompts.
 
 ``mode="full"`` is the uncompressed reference (LLaVA style): the decoder reads every adapter token and text token of
-the compressible part directly; only the adapter trains. Both modes train with the shared trainer (task
-``interleaved``, :mod:`.training`).
+the compressible part directly; only the image path trains (the adapter, and the tower with
+``train_vision_encoder``). Both modes train with the shared trainer (task ``interleaved``, :mod:`.training`).
 
 Backbones: a text LLM (SmolLM2 by default) with an image encoder + adapter from the vision family
 (``vision_encoder``, ``adapter``, ``image_tokens``), or an HF LLaVA model (``model`` = its folder or id), whose own

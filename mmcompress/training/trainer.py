@@ -21,7 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` (the documented value) as false
+            self.mixed_precision = "no"
+        self._coerce_numbers()
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"schedule must be constant, linear or cosine, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -70,6 +73,25 @@ class TrainConfig:
         for name in ("max_steps", "batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def _coerce_numbers(self) -> None:
+        # YAML 1.1 reads `5e-4` (no dot) as a string; turn such values into numbers here rather than let the
+        # optimizer fail deep inside torch
+        for f in fields(self):
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type))
+            value = getattr(self, f.name)
+            if kind is None or value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                number = float(value)
+                if kind is int and not number.is_integer():
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ConfigError(f"train setting {f.name} must be {'an integer' if kind is int else 'a number'}, "
+                                  f"got {value!r}") from None
+            setattr(self, f.name, kind(number))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
