@@ -133,7 +133,7 @@ def main() -> None:
     data = json.loads(json_path.read_text()) if json_path.exists() else {"rows": {}}
     data.update({"examples": args.examples, "machine": f"2-core CPU, no GPU ({platform.processor() or 'x86_64'})"})
     for spec in args.model:
-        name, _, path = spec.partition("=")
+        name, _, path = spec.rpartition("=")  # names may hold "=" ("K=8"), folders rarely do
         if not path:
             raise SystemExit(f"--model takes NAME=FOLDER, got {spec!r}")
         data["rows"][name] = {"folder": path, **probe_model(path, args.examples)}
