@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from interleaved_results import answer_batches  # the script's folder is on sys.path
 from mmcompress.multimodal.tasks import answer_correct, build_examples
 
 OUT = Path(__file__).resolve().parent / "results"
@@ -32,12 +33,8 @@ QA_KINDS = {"shape-colour": 0, "shape-what": 1}  # which word of a label ("red c
 
 
 def _answers(comp, examples, batch_size: int = 8) -> list[str]:
-    prompts = [e.prompt() for e in examples]
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        soft = comp.compress_batch(prompts[start : start + batch_size])
-        out += [a.strip() for a in comp.generate(soft, max_new_tokens=4)]
-    return out
+    batches = answer_batches(comp, [e.prompt() for e in examples], batch_size)
+    return [a for _, answers in batches for a in answers]
 
 
 def routing(predictions: list[str], examples, word: int) -> dict[str, float]:

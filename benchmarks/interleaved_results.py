@@ -45,12 +45,18 @@ def hard_text(prompts: list[Prompt], rate: float) -> list[Prompt]:
     return out
 
 
+def answer_batches(comp, prompts, batch_size: int):
+    """Compress and answer ``prompts`` a batch at a time: yields ``(soft prompt, answers)`` per batch."""
+    for start in range(0, len(prompts), batch_size):
+        soft = comp.compress_batch(prompts[start : start + batch_size])
+        yield soft, [a.strip() for a in comp.generate(soft, max_new_tokens=4)]
+
+
 def evaluate(comp, prompts, examples, batch_size: int) -> dict:
     t0 = time.perf_counter()
     answers, origin, compressed, soft_tokens = [], [], [], []
-    for start in range(0, len(prompts), batch_size):
-        soft = comp.compress_batch(prompts[start : start + batch_size])
-        answers += [a.strip() for a in comp.generate(soft, max_new_tokens=4)]
+    for soft, batch_answers in answer_batches(comp, prompts, batch_size):
+        answers += batch_answers
         compressed += soft.compressed_tokens
         origin += soft.origin_tokens
         soft_tokens += soft.soft_tokens

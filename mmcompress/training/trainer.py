@@ -80,17 +80,15 @@ class TrainConfig:
         for f in fields(self):
             kind = {"int": int, "float": float, "int | None": int}.get(str(f.type))
             value = getattr(self, f.name)
-            if kind is None or value is None or (isinstance(value, kind) and not isinstance(value, bool)):
+            if kind is None or value is None or type(value) is kind:
                 continue
             try:
-                if isinstance(value, bool):
-                    raise ValueError
-                number = float(value)
-                if kind is int and not number.is_integer():
-                    raise ValueError
+                number = math.nan if isinstance(value, bool) else float(value)
             except (TypeError, ValueError):
+                number = math.nan
+            if math.isnan(number) or (kind is int and not number.is_integer()):
                 raise ConfigError(f"train setting {f.name} must be {'an integer' if kind is int else 'a number'}, "
-                                  f"got {value!r}") from None
+                                  f"got {value!r}")
             setattr(self, f.name, kind(number))
 
     @classmethod
