@@ -10,8 +10,8 @@ The ratio counts LLM input positions: original = text tokens + adapter tokens of
 compressed = what the decoder reads instead (kept question + soft tokens, or the shorter prompt). Models are trained
 first with ``mmcompress train`` (commands in the README); this script evaluates the saved folders:
 
-    PYTHONPATH=. python benchmarks/interleaved_results.py --full runs/interleaved-shapes-full-cpu/final \\
-        --soft runs/interleaved-shapes-soft-cpu/final --examples 48 --part all
+    PYTHONPATH=. python benchmarks/interleaved_results.py --full runs/interleaved-shapes-full/final \\
+        --soft runs/interleaved-shapes-soft/final --examples 48 --part all
 
 ``--part full|soft`` evaluates one model and stores its rows in the JSON (so each run stays short); ``report``
 rewrites the Markdown table from the JSON; ``--name`` picks the file stem (default ``interleaved``).
@@ -148,8 +148,8 @@ def write_report(data: dict, name: str = "interleaved") -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--full", default="runs/interleaved-shapes-full-cpu/final")
-    ap.add_argument("--soft", default="runs/interleaved-shapes-soft-cpu/final")
+    ap.add_argument("--full", default="runs/interleaved-shapes-full/final")
+    ap.add_argument("--soft", default="runs/interleaved-shapes-soft/final")
     ap.add_argument("--examples", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--part", choices=["full", "soft", "all", "report"], default="all")
