@@ -8,6 +8,8 @@ For each trained interleaved folder (full or soft mode) on held-out easy-VQA ima
 ``--text-probe`` adds the frozen decoder's own routing: SmolLM2 given the three images as words ("Image 2: a blue
 circle") after two solved examples. The image path embeds each image alone, so picking the asked image is left to
 the frozen LLM's attention; one that cannot pick it from words is unlikely to pick it from image tokens.
+``--tuned-text-probe STEPS`` asks whether tuning the decoder would help: LoRA on a copy of SmolLM2, trained on the
+words version of train-split prompts, then the same test questions.
 
     PYTHONPATH=. python benchmarks/interleaved_probe.py --model caption=runs/il-caption-1200/final \\
         --model full=runs/il-full-s2-400/final --text-probe --examples 96 --threads 2
@@ -76,9 +78,22 @@ def _as_words(example, answer: bool) -> str:
     return context + example.question + "\nAnswer:" + (f" {example.answer}\n\n" if answer else "")
 
 
+def _route_words(model, tokenizer, examples, word: int, demos: str = "") -> dict[str, float]:
+    """Routing of a causal LM that reads the images as words; the first candidate value it names counts."""
+    preds = []
+    for e in examples:
+        ids = tokenizer(demos + _as_words(e, False), return_tensors="pt").input_ids
+        with torch.no_grad():
+            out = model.generate(ids, max_new_tokens=10, do_sample=False)
+        text = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).lower()
+        values = {label.split()[word] for label in e.labels}
+        preds.append(next((w for w in re.findall(r"[a-z]+", text) if w in values), ""))
+    return routing(preds, examples, word)
+
+
 def text_probe(n: int, shots: int = 2) -> dict:
     """The frozen decoder reading the images as words, with ``shots`` solved train examples first (so the answer
-    format is known); the first candidate value it names counts."""
+    format is known)."""
     from mmcompress.models.loading import load_language_model
 
     lm = load_language_model("smollm2-135m", device="cpu", dtype=torch.float32)
@@ -87,15 +102,44 @@ def text_probe(n: int, shots: int = 2) -> dict:
         examples = build_examples("shapes", "test", n, seed=1, num_images=(3,), kinds=[kind])
         demos = "".join(_as_words(e, True) for e in build_examples("shapes", "train", shots, seed=5,
                                                                    num_images=(3,), kinds=[kind]))
-        preds = []
-        for e in examples:
-            ids = lm.tokenizer(demos + _as_words(e, False), return_tensors="pt").input_ids
-            with torch.no_grad():
-                out = lm.model.generate(ids, max_new_tokens=10, do_sample=False)
-            text = lm.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).lower()
-            values = {label.split()[word] for label in e.labels}
-            preds.append(next((w for w in re.findall(r"[a-z]+", text) if w in values), ""))
-        row[kind] = routing(preds, examples, word)
+        row[kind] = _route_words(lm.model, lm.tokenizer, examples, word, demos)
+    return row
+
+
+def tuned_text_probe(n: int, steps: int, batch_size: int = 8, lr: float = 1e-3) -> dict:
+    """Can the decoder learn to route? LoRA (peft, r 16) on a copy of SmolLM2, trained on train-split prompts given as
+    words (loss on the answer only), then asked the text probe's test questions without demonstrations."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from mmcompress.models.loading import load_language_model
+
+    lm = load_language_model("smollm2-135m", device="cpu", dtype=torch.float32)
+    tok = lm.tokenizer
+    model = get_peft_model(copy.deepcopy(lm.model), LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
+    train = build_examples("shapes", "train", steps * batch_size, seed=7, num_images=(3,), kinds=list(QA_KINDS))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for step in range(steps):
+        rows, labels = [], []
+        for e in train[step * batch_size : (step + 1) * batch_size]:
+            prompt = tok(_as_words(e, False)).input_ids
+            answer = tok(f" {e.answer}\n", add_special_tokens=False).input_ids
+            rows.append(torch.tensor(prompt + answer))
+            labels.append(torch.tensor([-100] * len(prompt) + answer))
+        ids = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True, padding_value=tok.pad_token_id or 0)
+        mask = torch.nn.utils.rnn.pad_sequence([torch.ones_like(r) for r in rows], batch_first=True)
+        target = torch.nn.utils.rnn.pad_sequence(labels, batch_first=True, padding_value=-100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=target).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    row = {"steps": steps, "last_loss": float(loss)}
+    for kind, word in QA_KINDS.items():
+        examples = build_examples("shapes", "test", n, seed=1, num_images=(3,), kinds=[kind])
+        row[kind] = _route_words(model, tok, examples, word)
     return row
 
 
@@ -120,6 +164,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", action="append", default=[], help="NAME=FOLDER of a trained interleaved model")
     ap.add_argument("--text-probe", action="store_true")
+    ap.add_argument("--tuned-text-probe", type=int, default=0, metavar="STEPS",
+                    help="also LoRA-tune the decoder on the words version for STEPS steps of 8, then probe it")
     ap.add_argument("--examples", type=int, default=96)
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
@@ -136,6 +182,9 @@ def main() -> None:
         data["rows"][name] = {"folder": path, **probe_model(path, args.examples)}
     if args.text_probe:
         data["rows"]["text probe (frozen SmolLM2, images as words, 2-shot)"] = text_probe(args.examples)
+    if args.tuned_text_probe:
+        data["rows"][f"text probe, LoRA-tuned decoder ({args.tuned_text_probe} x 8)"] = tuned_text_probe(
+            args.examples, args.tuned_text_probe)
     json_path.write_text(json.dumps(data, indent=2) + "\n")
     write_report(data)
     print((OUT / "interleaved_probe.md").read_text())
