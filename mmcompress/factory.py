@@ -44,9 +44,11 @@ def load_config_file(path: str | Path) -> tuple[str, dict[str, Any]]:
     """Read a YAML config: ``(compressor name, fields)``."""
     import yaml
 
+    from .yaml_io import load_yaml
+
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read config {path}: {e}") from None
     except yaml.YAMLError as e:

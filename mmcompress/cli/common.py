@@ -38,12 +38,12 @@ def looks_like_literal_text(arg: str) -> bool:
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``["unit=phrase", "seed=3"]`` -> ``{"unit": "phrase", "seed": 3}`` (values parsed as YAML scalars)."""
-    import yaml
+    from ..yaml_io import load_yaml
 
     out: dict[str, Any] = {}
     for pair in pairs or []:
         if "=" not in pair:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+        out[key.strip()] = load_yaml(value) if value.strip() else None
     return out

@@ -49,8 +49,10 @@ def _recipe_task(path) -> str | None:
     """The ``task:`` of a training recipe (a YAML mapping with ``task`` and no ``compressor``), else None."""
     import yaml
 
+    from ..yaml_io import load_yaml
+
     try:
-        data = yaml.safe_load(open(path, encoding="utf-8"))
+        data = load_yaml(open(path, encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     if isinstance(data, dict) and "task" in data and "compressor" not in data:

@@ -529,8 +529,8 @@ class InterleavedCompressor(SoftCompressor):
         return compressor
 
     def load_image_path(self, source) -> None:
-        """Start this model's image path (frozen encoder + adapter) from another saved interleaved model: the
-        full-mode reference's trained adapter is the aligned projector a soft run starts from (LLaVA's stage 1)."""
+        """Start this model's image path (encoder + adapter) from another saved interleaved model: the full-mode
+        reference's trained image path is the aligned one a soft run starts from (LLaVA's stage 1)."""
         from pathlib import Path
 
         from safetensors.torch import load_file

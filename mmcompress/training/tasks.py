@@ -44,11 +44,13 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> di
     """Read a recipe and apply dotted overrides (``{"train.max_steps": 10}``)."""
     import yaml
 
+    from ..yaml_io import load_yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        recipe = load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {path} is not valid YAML: {e}") from None
     if not isinstance(recipe, dict) or "task" not in recipe:

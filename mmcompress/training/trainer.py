@@ -63,7 +63,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` (the documented value) as false
+        # recipes are read with mmcompress.yaml_io (YAML 1.2 scalars); a dict from plain yaml.safe_load (YAML 1.1) or
+        # from Python may still hold `no` as False and `5e-4` as a string
+        if self.mixed_precision is False:
             self.mixed_precision = "no"
         self._coerce_numbers()
         if self.schedule not in ("constant", "linear", "cosine"):
@@ -75,8 +77,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
     def _coerce_numbers(self) -> None:
-        # YAML 1.1 reads `5e-4` (no dot) as a string; turn such values into numbers here rather than let the
-        # optimizer fail deep inside torch
+        # numbers given as strings become numbers here rather than fail deep inside torch's optimizer
         for f in fields(self):
             kind = {"int": int, "float": float, "int | None": int}.get(str(f.type))
             value = getattr(self, f.name)
