@@ -337,6 +337,7 @@ def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
     from safetensors.torch import load_file
 
     from mmcompress.cli import main
+    from mmcompress.multimodal.decoder_lora import DECODER_LORA_DIR, INHERITED_LORA_DIR
     from mmcompress.multimodal.interleaved import IMAGE_PATH_FILE
     from mmcompress.multimodal.training import build_interleaved
     from mmcompress.training.tasks import load_recipe
@@ -346,6 +347,8 @@ def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
     # as shipped, each stage reads the folder its predecessor writes
     assert shipped["full"]["init_image_path"] == shipped["caption"]["train"]["output_dir"] + "/final"
     assert shipped["soft"]["init_image_path"] == shipped["full"]["train"]["output_dir"] + "/final"
+    assert shipped["full"]["model"]["tune_decoder"]  # LLaVA's stage 2 tunes the LLM; the soft stage decodes with it
+    assert shipped["soft"]["model"]["decoder_lora"] == shipped["full"]["train"]["output_dir"] + "/final"
     tiny = {"model.model": str(tiny_dir), "model.vision_encoder": "open_clip:mmc-vit-micro", "model.image_tokens": 4,
             "model.device": "cpu", "model.num_slots": 4, "model.slot_schedule": [2, 4], "model.lora_r": 4,
             "data.train_examples": 4, "data.eval_examples": 2, "data.max_images": 40, "train.max_steps": 1,
@@ -355,9 +358,11 @@ def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
     for stage in stages:
         overrides = {**tiny, "train.output_dir": str(tmp_path / stage)}
         if stage == "full":  # the full-mode reference has no slots
-            overrides = {k: v for k, v in overrides.items() if "slot" not in k and "lora" not in k}
+            overrides = {k: v for k, v in overrides.items() if "slot" not in k}
         if previous:
             overrides["init_image_path"] = str(previous)
+        if stage == "soft":
+            overrides["model.decoder_lora"] = str(previous)
         recipe = load_recipe(f"configs/train/interleaved-shapes-{stage}.yaml", overrides)
         setup = build_interleaved(recipe)
         path = setup.module.image_path
@@ -372,6 +377,9 @@ def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
         assert main(["train", "--config", str(config)]) == 0
         previous = tmp_path / stage / "final"
         assert (previous / IMAGE_PATH_FILE).is_file()
+        if stage == "full":
+            assert (previous / DECODER_LORA_DIR / "adapter_config.json").is_file()
+    assert (previous / INHERITED_LORA_DIR).is_dir()  # the soft model carries its tuned decoder
 
 
 def test_small_vlm_of_the_vision_family(tiny_parts, tmp_path):
@@ -432,3 +440,67 @@ def test_recipe_names_a_missing_start_folder(tiny_dir, tmp_path, key):
                         "adapter": "mlp", "image_tokens": None, "lora_r": 4, "device": "cpu"}}
     with pytest.raises(ConfigError, match=f"{key}: .* does not exist; train the run that writes it first"):
         build_interleaved(recipe)
+
+
+def _logits(llm, ids):
+    with torch.no_grad():
+        return llm(input_ids=ids).logits
+
+
+def test_tuned_decoder_trains_lora_and_becomes_the_soft_models_decoder(tiny_parts, tmp_path):
+    """LLaVA's second stage: the full-mode reference trains LoRA on the LLM with the image path; the soft model merges
+    that adapter first, so its frozen decoder is the tuned LLM, and it keeps it through save/load."""
+    import shutil
+
+    from mmcompress import create_compressor
+    from mmcompress.multimodal.decoder_lora import DECODER_LORA_DIR, INHERITED_LORA_DIR
+
+    tok, make_llama = tiny_parts
+    full = _make(tiny_parts, mode="full", seed=1, tune_decoder=True)
+    module = full.module
+    trained = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert any("lora_B" in n for n in trained) and any(".adapter." in n for n in trained)
+    assert all("lora_" in n or ".adapter." in n for n in trained)  # base weights stay frozen
+    prompt = Prompt.from_interleaved("A: <image> B: <image> Which one is red?", [_solid("red"), _solid("blue")])
+    module.train()
+    module.training_step(full.collate([full.example_item(prompt, "the first")]))["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.named_parameters() if "lora_B" in n)
+    assert all(p.grad is None for n, p in module.named_parameters() if n not in trained)
+    module.eval()
+    with torch.no_grad():  # a "tuned" decoder: far from the base model
+        for n, p in module.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    ids = torch.tensor([tok("Which one is red?")["input_ids"]])
+    tuned = _logits(full.llm, ids)
+    base = _logits(make_llama(tok, window=512, seed=1), ids)
+    assert not torch.allclose(tuned, base, atol=1e-3)
+
+    saved = full.save_pretrained(tmp_path / "full")
+    assert (saved / DECODER_LORA_DIR / "adapter_config.json").is_file()  # a standard peft adapter
+    loaded = create_compressor(str(saved), model=make_llama(tok, window=512, seed=1), tokenizer=tok)
+    assert torch.allclose(_logits(loaded.llm, ids), tuned, atol=1e-5)
+
+    soft = _make(tiny_parts, seed=1, decoder_lora=str(saved))
+    with soft.decoder_mode():
+        assert torch.allclose(_logits(soft.llm, ids), tuned, atol=1e-4)  # the frozen decoder is the tuned LLM
+    assert not any("decoder_lora" in n for n, p in soft.module.named_parameters() if p.requires_grad)
+    soft_saved = soft.save_pretrained(tmp_path / "soft")
+    shutil.rmtree(saved)  # the soft model carries its decoder's adapter with it
+    again = create_compressor(str(soft_saved), model=make_llama(tok, window=512, seed=1), tokenizer=tok)
+    assert (soft_saved / INHERITED_LORA_DIR).is_dir()
+    with again.decoder_mode():
+        assert torch.allclose(_logits(again.llm, ids), tuned, atol=1e-4)
+    text = "Photo A: <image> Photo B: <image> Which one is red?"
+    assert again.generate(again.compress(text, images=[_solid("red"), _solid("blue")])) == \
+        soft.generate(soft.compress(text, images=[_solid("red"), _solid("blue")]))
+
+
+def test_decoder_tuning_errors_are_clear(tiny_parts, tmp_path):
+    from mmcompress.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="tune_decoder applies to mode='full'"):
+        _make(tiny_parts, tune_decoder=True)
+    missing = _make(tiny_parts, decoder_lora=str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="no decoder LoRA at .*tune_decoder: true"):
+        missing.module  # noqa: B018

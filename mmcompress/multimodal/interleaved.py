@@ -9,8 +9,10 @@ never split an image (:mod:`.chunking`), K slots per chunk. The decoder, the fro
 ``kept prefix + soft tokens + marker + kept text (the question)`` through the same ``generate()`` as text soft prompts.
 
 ``mode="full"`` is the uncompressed reference (LLaVA style): the decoder reads every adapter token and text token of
-the compressible part directly; only the image path trains (the adapter, and the tower with
-``train_vision_encoder``). Both modes train with the shared trainer (task ``interleaved``, :mod:`.training`).
+the compressible part directly; the image path trains (the adapter, and the tower with ``train_vision_encoder``),
+and with ``tune_decoder`` a LoRA adapter on the LLM (LLaVA's second stage, :mod:`.decoder_lora`), which a soft model
+then takes as its frozen decoder (``decoder_lora``). Both modes train with the shared trainer (task
+``interleaved``, :mod:`.training`).
 
 Backbones: a text LLM (SmolLM2 by default) with an image encoder + adapter from the vision family
 (``vision_encoder``, ``adapter``, ``image_tokens``), or an HF LLaVA model (``model`` = its folder or id), whose own
@@ -67,6 +69,9 @@ class InterleavedConfig(EncoderConfig):
     every K, and ``use_slots`` picks K at inference (``None``: all ``num_slots``).
     LLaVA backbones use their own tower and projector. ``keep_trailing_question``: a final "...?" sentence of the
     prompt stays text when no question segment is given.
+    Decoder tuning (:mod:`.decoder_lora`): ``tune_decoder`` (full mode) trains LoRA (``lora_r``, ``lora_alpha``,
+    ``lora_targets``) on the LLM along with the image path, LLaVA's second stage; ``decoder_lora`` (a folder saved
+    by such a model) merges that adapter into the LLM first, so the decoder of this model is the tuned LLM.
     """
 
     num_slots: int = 8
@@ -85,9 +90,14 @@ class InterleavedConfig(EncoderConfig):
     max_new_tokens: int = 16
     lora_r: int = 16
     lora_alpha: int = 32
+    tune_decoder: bool = False
+    decoder_lora: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.tune_decoder and self.mode != "full":
+            raise ConfigError("tune_decoder applies to mode='full' (the soft mode's decoder is frozen); train it in "
+                              "the full-mode reference and give that folder to the soft model as decoder_lora")
         if self.style not in STYLES:
             raise ConfigError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.mode not in MODES:
@@ -232,12 +242,19 @@ class InterleavedSlotModel(SlotModel):
 
 
 class InterleavedFullModel(nn.Module):
-    """The uncompressed reference: the frozen LLM reads the embedded sequence itself; the image path trains."""
+    """The uncompressed reference: the LLM reads the embedded sequence itself; the image path trains, and with
+    ``tune_decoder`` a LoRA adapter on the LLM too (the base weights stay frozen)."""
 
     def __init__(self, llm: nn.Module, config: InterleavedConfig, image_path: nn.Module | None):
         super().__init__()
         llm.requires_grad_(False)
         object.__setattr__(self, "_llm", llm)  # frozen and not saved: held by reference
+        if config.tune_decoder:
+            from .decoder_lora import add_decoder_lora
+
+            # registered, so the trainer optimises and checkpoints the LoRA tensors (only they require grad)
+            self.decoder_lora = add_decoder_lora(llm, config.lora_r, config.lora_alpha, config.lora_targets,
+                                                 config.lora_dropout)
         if image_path is not None:
             self.image_path = image_path
 
@@ -325,6 +342,10 @@ class InterleavedCompressor(SoftCompressor):
     def build_module(self):
         cfg = self.config
         llm = self.llm
+        if cfg.decoder_lora:  # the tuned decoder of an earlier stage, merged before any new LoRA goes on top
+            from .decoder_lora import merge_decoder_lora
+
+            llm = self._llm = merge_decoder_lora(llm, cfg.decoder_lora)
         llava = is_llava(llm)
         if llava and cfg.lora_targets == "all-linear":  # LoRA in the language model only, not the vision tower
             cfg = cfg.replace(lora_targets=LLAVA_LORA_TARGETS)
@@ -517,12 +538,33 @@ class InterleavedCompressor(SoftCompressor):
         if own is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in own.state_dict().items()},
                       str(path / IMAGE_PATH_FILE))
+        self._save_decoder_lora(path)
         return path
+
+    def _save_decoder_lora(self, path) -> None:
+        """The tuned decoder travels in peft's format: the adapter this model trained (``decoder_lora/``, what a next
+        stage's ``decoder_lora`` reads) and the one merged into its decoder (``inherited_decoder_lora/``)."""
+        import shutil
+
+        from .decoder_lora import DECODER_LORA_DIR, INHERITED_LORA_DIR, find_decoder_lora
+
+        trained = getattr(self.module, "decoder_lora", None)
+        if trained is not None:
+            trained.save_pretrained(str(path / DECODER_LORA_DIR))
+        if self.config.decoder_lora:
+            source = find_decoder_lora(self.config.decoder_lora)
+            if source.resolve() != (path / INHERITED_LORA_DIR).resolve():
+                shutil.copytree(source, path / INHERITED_LORA_DIR, dirs_exist_ok=True)
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
         from pathlib import Path
 
+        from .decoder_lora import INHERITED_LORA_DIR
+
+        inherited = Path(path) / INHERITED_LORA_DIR
+        if "decoder_lora" not in overrides and inherited.is_dir():  # the saved copy, wherever the original went
+            overrides["decoder_lora"] = str(inherited)
         compressor = super().from_pretrained(path, **overrides)
         if getattr(compressor.module, "image_path", None) is not None and (Path(path) / IMAGE_PATH_FILE).is_file():
             compressor.load_image_path(path)
