@@ -12,7 +12,7 @@ the frozen LLM's attention; one that cannot pick it from words is unlikely to pi
 words version of train-split prompts, then the same test questions.
 
     PYTHONPATH=. python benchmarks/interleaved_probe.py --model caption=runs/il-caption-1200/final \\
-        --model full=runs/il-full-s2-400/final --text-probe --examples 96 --threads 2
+        --model full=runs/il-full-lora-500/final --text-probe --examples 96 --threads 2
 
 Writes ``benchmarks/results/interleaved_probe.{json,md}``.
 """

@@ -331,7 +331,8 @@ def test_training_recipe_runs_and_loads(tiny_dir, tmp_path):
 @pytest.mark.shared
 def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
     """The three shipped easy-VQA recipes run in order (shrunk to a tiny model): each stage starts its image path from
-    the folder the previous stage writes, and the random-init tower trains in every stage."""
+    the folder the previous stage writes, the random-init tower trains in the first two, and the soft stage decodes
+    with the LLM tuned in the second."""
     pytest.importorskip("easy_vqa")
     import yaml
     from safetensors.torch import load_file
@@ -366,7 +367,8 @@ def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
         recipe = load_recipe(f"configs/train/interleaved-shapes-{stage}.yaml", overrides)
         setup = build_interleaved(recipe)
         path = setup.module.image_path
-        assert all(p.requires_grad for p in path.parameters())  # tower and adapter both train
+        # tower and adapter train in the first two stages; the soft stage reads the aligned path as it is
+        assert all(p.requires_grad == (stage != "soft") for p in path.parameters())
         if stage == "caption":
             assert all(len(item.plan.images) == 1 for item in setup.train_dataset.items)
         if previous:  # starts exactly where the previous stage ended
@@ -504,3 +506,23 @@ def test_decoder_tuning_errors_are_clear(tiny_parts, tmp_path):
     missing = _make(tiny_parts, decoder_lora=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="no decoder LoRA at .*tune_decoder: true"):
         missing.module  # noqa: B018
+
+
+def test_train_adapter_false_freezes_the_aligned_image_path(tiny_parts, tmp_path):
+    """A soft stage may keep the image path it starts from as it is: only LoRA, slots and markers train, and the
+    saved image path still travels with the model."""
+    from mmcompress import create_compressor
+
+    comp = _make(tiny_parts, seed=3, train_adapter=False)
+    trained = {n for n, p in comp.module.named_parameters() if p.requires_grad}
+    assert trained and not any("image_path." in n for n in trained)
+    assert any("lora_" in n for n in trained) and {"markers", "encoder.slots"} <= trained
+    with torch.no_grad():
+        for p in comp.image_path.adapter.parameters():
+            p.add_(0.25)
+    pixels = comp.image_path.preprocess([_solid("red")])
+    saved = comp.save_pretrained(tmp_path / "frozen")
+    _, make_llama = tiny_parts
+    loaded = create_compressor(str(saved), model=make_llama(comp.tokenizer, window=512, seed=3),
+                               tokenizer=comp.tokenizer)
+    assert torch.allclose(loaded.image_path(pixels), comp.image_path(pixels), atol=1e-6)

@@ -69,7 +69,8 @@ class InterleavedConfig(EncoderConfig):
     every K, and ``use_slots`` picks K at inference (``None``: all ``num_slots``).
     LLaVA backbones use their own tower and projector. ``keep_trailing_question``: a final "...?" sentence of the
     prompt stays text when no question segment is given.
-    Decoder tuning (:mod:`.decoder_lora`): ``tune_decoder`` (full mode) trains LoRA (``lora_r``, ``lora_alpha``,
+    ``train_adapter: false`` freezes the adapter too (a soft stage that starts from an aligned image path: the
+    encoder learns to read it as it is). Decoder tuning (:mod:`.decoder_lora`): ``tune_decoder`` (full mode) trains LoRA (``lora_r``, ``lora_alpha``,
     ``lora_targets``) on the LLM along with the image path, LLaVA's second stage; ``decoder_lora`` (a folder saved
     by such a model) merges that adapter into the LLM first, so the decoder of this model is the tuned LLM.
     """
@@ -83,6 +84,7 @@ class InterleavedConfig(EncoderConfig):
     image_tokens: int | None = 16
     adapter_kwargs: dict[str, Any] = field(default_factory=dict)
     train_vision_encoder: bool = False
+    train_adapter: bool = True
     reduce_image_tokens: int | None = None
     keep_trailing_question: bool = True
     slot_schedule: list[int] | None = None
@@ -360,12 +362,14 @@ class InterleavedCompressor(SoftCompressor):
             path = build_encoder_adapter(cfg.vision_encoder, cfg.adapter, hidden, cfg.image_tokens,
                                          cfg.adapter_kwargs, train_encoder=cfg.train_vision_encoder,
                                          reduce_to=cfg.reduce_image_tokens)
+        if path is not None and not cfg.train_adapter:
+            getattr(path, "adapter", path).requires_grad_(False)
         model_cls = InterleavedFullModel if cfg.mode == "full" else InterleavedSlotModel
         module = model_cls(llm, cfg, path)
         if llava and path is None:
-            # the projector is LLaVA's adapter: it trains, the tower stays frozen
+            # the projector is LLaVA's adapter: it trains (unless train_adapter is false), the tower stays frozen
             base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
-            base.model.multi_modal_projector.requires_grad_(True)
+            base.model.multi_modal_projector.requires_grad_(bool(cfg.train_adapter))
             object.__setattr__(module, "_llava_path", LlavaPath(llm, reduce_to=cfg.reduce_image_tokens))
         return module
 
