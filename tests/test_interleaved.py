@@ -503,6 +503,8 @@ def test_decoder_tuning_errors_are_clear(tiny_parts, tmp_path):
 
     with pytest.raises(ConfigError, match="tune_decoder applies to mode='full'"):
         _make(tiny_parts, tune_decoder=True)
+    with pytest.raises(ConfigError, match="stack two decoder adapters"):
+        _make(tiny_parts, mode="full", tune_decoder=True, decoder_lora=str(tmp_path))
     missing = _make(tiny_parts, decoder_lora=str(tmp_path / "nowhere"))
     with pytest.raises(ConfigError, match="no decoder LoRA at .*tune_decoder: true"):
         missing.module  # noqa: B018

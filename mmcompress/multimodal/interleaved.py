@@ -70,9 +70,10 @@ class InterleavedConfig(EncoderConfig):
     LLaVA backbones use their own tower and projector. ``keep_trailing_question``: a final "...?" sentence of the
     prompt stays text when no question segment is given.
     ``train_adapter: false`` freezes the adapter too (a soft stage that starts from an aligned image path: the
-    encoder learns to read it as it is). Decoder tuning (:mod:`.decoder_lora`): ``tune_decoder`` (full mode) trains LoRA (``lora_r``, ``lora_alpha``,
-    ``lora_targets``) on the LLM along with the image path, LLaVA's second stage; ``decoder_lora`` (a folder saved
-    by such a model) merges that adapter into the LLM first, so the decoder of this model is the tuned LLM.
+    encoder learns to read it as it is). Decoder tuning (:mod:`.decoder_lora`): ``tune_decoder`` (full mode) trains
+    LoRA (``lora_r``, ``lora_alpha``, ``lora_targets``) on the LLM along with the image path, LLaVA's second stage;
+    ``decoder_lora`` (a folder saved by such a model) merges that adapter into the LLM first, so the decoder of this
+    model is the tuned LLM.
     """
 
     num_slots: int = 8
@@ -100,6 +101,9 @@ class InterleavedConfig(EncoderConfig):
         if self.tune_decoder and self.mode != "full":
             raise ConfigError("tune_decoder applies to mode='full' (the soft mode's decoder is frozen); train it in "
                               "the full-mode reference and give that folder to the soft model as decoder_lora")
+        if self.tune_decoder and self.decoder_lora:  # one tuned adapter per chain: a second would be saved alone
+            raise ConfigError("tune_decoder and decoder_lora together would stack two decoder adapters; continue the "
+                              "tuned full-mode model with init_from instead")
         if self.style not in STYLES:
             raise ConfigError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.mode not in MODES:
