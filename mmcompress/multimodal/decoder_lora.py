@@ -12,7 +12,6 @@ built, so the soft model's frozen decoder *is* the tuned LLM, and its encoder (a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
@@ -21,15 +20,6 @@ from ..errors import ConfigError
 DECODER_LORA_DIR = "decoder_lora"  # the decoder adapter a full-mode model trained (exported for the next stage)
 INHERITED_LORA_DIR = "inherited_decoder_lora"  # the adapter merged into this model's decoder (copied for load)
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def add_decoder_lora(llm: nn.Module, r: int, alpha: int, targets: Any, dropout: float = 0.0):
-    """Inject a trainable LoRA adapter into ``llm`` (in place); returns the :class:`peft.PeftModel` around it."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=int(r), lora_alpha=int(alpha), lora_dropout=float(dropout), bias="none",
-                        target_modules=targets if isinstance(targets, str) else list(targets))
-    return get_peft_model(llm, config)
 
 
 def find_decoder_lora(source: str | Path) -> Path:

@@ -256,11 +256,10 @@ class InterleavedFullModel(nn.Module):
         llm.requires_grad_(False)
         object.__setattr__(self, "_llm", llm)  # frozen and not saved: held by reference
         if config.tune_decoder:
-            from .decoder_lora import add_decoder_lora
+            from ..models.lora import add_lora
 
             # registered, so the trainer optimises and checkpoints the LoRA tensors (only they require grad)
-            self.decoder_lora = add_decoder_lora(llm, config.lora_r, config.lora_alpha, config.lora_targets,
-                                                 config.lora_dropout)
+            self.decoder_lora = add_lora(llm, config)
         if image_path is not None:
             self.image_path = image_path
 

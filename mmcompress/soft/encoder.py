@@ -32,6 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
+from ..models.lora import add_lora
 from .base import SoftConfig
 
 
@@ -112,17 +113,12 @@ class SoftEncoder(nn.Module):
     """Base LLM + LoRA + ``num_slots`` memory slots; see the module docstring."""
 
     def __init__(self, llm: nn.Module, config: EncoderConfig):
-        from peft import LoraConfig, get_peft_model
-
         super().__init__()
         self.num_slots = int(config.num_slots)
         self.chunk_tokens = int(config.chunk_tokens)
         for p in llm.parameters():
             p.requires_grad_(False)
-        targets = config.lora_targets
-        lora = LoraConfig(r=int(config.lora_r), lora_alpha=int(config.lora_alpha), lora_dropout=float(config.lora_dropout),
-                          target_modules=targets if isinstance(targets, str) else list(targets), bias="none")
-        self.peft = get_peft_model(llm, lora)
+        self.peft = add_lora(llm, config)
         if config.gradient_checkpointing:
             llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             llm.enable_input_require_grads()

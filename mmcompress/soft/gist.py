@@ -93,13 +93,11 @@ class GistModule(nn.Module):
         # the reference initialises the new <GIST> token to the mean vocabulary embedding
         self.gist_embeddings = nn.Parameter(embeddings.detach().float().mean(0, keepdim=True).repeat(count, 1))
         if config.finetune == "lora":
-            from peft import LoraConfig, get_peft_model
+            from ..models.lora import add_lora
 
             for p in llm.parameters():
                 p.requires_grad_(False)
-            llm = get_peft_model(llm, LoraConfig(r=int(config.lora_r), lora_alpha=int(config.lora_alpha),
-                                                 lora_dropout=float(config.lora_dropout),
-                                                 target_modules=list(config.lora_targets)))
+            llm = add_lora(llm, config)
         else:
             for p in llm.parameters():
                 p.requires_grad_(True)
