@@ -6,6 +6,9 @@
 (c) shared soft tokens: the whole compressible part -> K = 4, 8, 16 soft tokens (one nested-slot model);
 (d) hard-then-soft: the hard step of (b) (text at rate 0.5, images pooled 16 -> 8), then K = 4 soft tokens.
 
+(c) and (d) run again for a question-aware soft model (``--soft-question``, ``--part question``): its encoder reads
+the question too, so its soft tokens hold what that question needs (same ratio: the question is kept as text anyway).
+
 The ratio counts LLM input positions: original = text tokens + adapter tokens of the whole prompt (question included);
 compressed = what the decoder reads instead (kept question + soft tokens, or the shorter prompt). Models are trained
 first with ``mmcompress train`` (commands in the README); this script evaluates the saved folders:
@@ -13,7 +16,7 @@ first with ``mmcompress train`` (commands in the README); this script evaluates 
     PYTHONPATH=. python benchmarks/interleaved_results.py --full runs/interleaved-shapes-full/final \\
         --soft runs/interleaved-shapes-soft/final --examples 48 --part all
 
-``--part full|soft`` evaluates one model and stores its rows in the JSON (so each run stays short); ``report``
+``--part full|soft|question`` evaluates one model and stores its rows in the JSON (so each run stays short); ``report``
 rewrites the Markdown table from the JSON; ``--name`` picks the file stem (default ``interleaved``).
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from mmcompress.multimodal.tasks import answer_correct, build_examples
 from mmcompress.prompt import Prompt, TextSegment
 
 OUT = Path(__file__).resolve().parent / "results"
+QUESTION_LABEL = "question-aware "
 
 
 def hard_text(prompts: list[Prompt], rate: float) -> list[Prompt]:
@@ -96,7 +100,8 @@ def run_full(path: str, examples, prompts, hard_prompts, batch_size: int) -> lis
     return rows
 
 
-def run_soft(path: str, full_path: str, examples, prompts, hard_prompts, batch_size: int) -> list[dict]:
+def run_soft(path: str, examples, prompts, hard_prompts, batch_size: int, label: str = "") -> list[dict]:
+    """Rows (c) and (d) for one soft model; ``label`` ("question-aware ") names a variant in the method column."""
     from mmcompress import create_compressor
 
     comp = create_compressor(path, device="cpu")
@@ -106,12 +111,13 @@ def run_soft(path: str, full_path: str, examples, prompts, hard_prompts, batch_s
     for k in (4, 8, 16):
         comp.set_slots(k)
         r = evaluate(comp, prompts, examples, batch_size)
-        rows.append({"method": f"(c) shared soft tokens K={k}", **r, "original_tokens": origin})
+        rows.append({"method": f"(c) {label}shared soft tokens K={k}", **r, "original_tokens": origin})
     hard = create_compressor(path, device="cpu", reduce_image_tokens=8)
     hard.module.eval()
     hard.set_slots(4)
     r = evaluate(hard, hard_prompts, examples, batch_size)
-    rows.append({"method": "(d) hard (images 16->8, text 0.5) then soft K=4", **r, "original_tokens": origin})
+    rows.append({"method": f"(d) hard (images 16->8, text 0.5) then {label}soft K=4", **r,
+                 "original_tokens": origin})
     return rows
 
 
@@ -119,7 +125,7 @@ def _order(row: dict) -> tuple:
     import re
 
     k = re.search(r"K=(\d+)", row["method"])
-    return row["method"][:3], int(k.group(1)) if k else 0
+    return row["method"][:3], QUESTION_LABEL in row["method"], int(k.group(1)) if k else 0
 
 
 def write_report(data: dict, name: str = "interleaved") -> None:
@@ -150,9 +156,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", default="runs/interleaved-shapes-full/final")
     ap.add_argument("--soft", default="runs/interleaved-shapes-soft/final")
+    ap.add_argument("--soft-question", default="runs/interleaved-shapes-soft-question/final",
+                    help="a question-aware soft model (configs/train/interleaved-shapes-soft-question.yaml)")
     ap.add_argument("--examples", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--part", choices=["full", "soft", "all", "report"], default="all")
+    ap.add_argument("--part", choices=["full", "soft", "question", "all", "report"], default="all")
     ap.add_argument("--schedule", default="CPU shortened schedule (see README)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--name", default="interleaved",
@@ -172,14 +180,19 @@ def main() -> None:
                  "schedule": args.schedule, "chance": "colour 1/8, shape 1/3 (mean 0.23)"})
     if args.part != "report":
         hard_prompts = hard_text(prompts, 0.5)
-        keep = [r for r in data["rows"] if not (
-            (args.part in ("full", "all") and r["method"][:3] in ("(a)", "(b)")) or
-            (args.part in ("soft", "all") and r["method"][:3] in ("(c)", "(d)")))]
+        def replaced(row: dict) -> bool:
+            part = "full" if row["method"][:3] in ("(a)", "(b)") else (
+                "question" if QUESTION_LABEL in row["method"] else "soft")
+            return args.part in (part, "all")
+
+        keep = [r for r in data["rows"] if not replaced(r)]
         new = []
         if args.part in ("full", "all"):
             new += run_full(args.full, examples, prompts, hard_prompts, args.batch_size)
         if args.part in ("soft", "all"):
-            new += run_soft(args.soft, args.full, examples, prompts, hard_prompts, args.batch_size)
+            new += run_soft(args.soft, examples, prompts, hard_prompts, args.batch_size)
+        if args.part == "question" or (args.part == "all" and Path(args.soft_question).is_dir()):
+            new += run_soft(args.soft_question, examples, prompts, hard_prompts, args.batch_size, QUESTION_LABEL)
         data["rows"] = sorted(keep + new, key=_order)
         json_path.write_text(json.dumps(data, indent=2) + "\n")
     write_report(data, args.name)

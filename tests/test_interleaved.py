@@ -383,6 +383,20 @@ def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
             assert (previous / DECODER_LORA_DIR / "adapter_config.json").is_file()
     assert (previous / INHERITED_LORA_DIR).is_dir()  # the soft model carries its tuned decoder
 
+    # the question-aware stage 3 is the soft recipe with one switch: its encoder reads each example's question
+    question = load_recipe("configs/train/interleaved-shapes-soft-question.yaml")
+    assert question["model"].pop("question_aware") is True
+    assert {**question, "train": {**question["train"], "output_dir": shipped["soft"]["train"]["output_dir"]}} == shipped["soft"]
+    full = tmp_path / "full" / "final"
+    overrides = {**tiny, "train.output_dir": str(tmp_path / "question"), "init_image_path": str(full),
+                 "model.decoder_lora": str(full)}
+    setup = build_interleaved(load_recipe("configs/train/interleaved-shapes-soft-question.yaml", overrides))
+    assert all(item.query for item in setup.train_dataset.items if item.task == "qa")
+    config = tmp_path / "question.yaml"
+    config.write_text(yaml.safe_dump(load_recipe("configs/train/interleaved-shapes-soft-question.yaml", overrides)))
+    assert main(["train", "--config", str(config)]) == 0
+    assert json.loads((tmp_path / "question" / "final" / "mmcompress_config.json").read_text())["config"]["question_aware"]
+
 
 def test_small_vlm_of_the_vision_family(tiny_parts, tmp_path):
     from mmcompress import create_compressor
@@ -528,3 +542,49 @@ def test_train_adapter_false_freezes_the_aligned_image_path(tiny_parts, tmp_path
     loaded = create_compressor(str(saved), model=make_llama(comp.tokenizer, window=512, seed=3),
                                tokenizer=comp.tokenizer)
     assert torch.allclose(loaded.image_path(pixels), comp.image_path(pixels), atol=1e-6)
+
+
+def test_question_aware_encoder_reads_the_question_after_every_chunk(tiny_parts, tmp_path):
+    from mmcompress import create_compressor
+    from mmcompress.errors import ConfigError, InvalidPromptError
+
+    aware = _make(tiny_parts, style="kv", question_aware=True, chunk_tokens=24)
+    agnostic = _make(tiny_parts, style="kv", chunk_tokens=24)
+    context = "Intro text. A: <image> B: <image> C: <image> "
+    images = [_solid("red"), _solid("green"), _solid("blue")]
+    asks = ["What colour is B?", "What colour is C?"]
+    prompts = [Prompt.from_interleaved(context + q, images) for q in asks]
+
+    batch = aware.collate([aware.example_item(prompts[0], "green")])
+    query = aware.tokenizer("\n\n" + asks[0], add_special_tokens=False)["input_ids"]
+    assert batch["chunk_ids"].shape[0] > 1  # several chunks, each ends with the question
+    for row in range(batch["chunk_ids"].shape[0]):
+        assert batch["chunk_ids"][row, -len(query):].tolist() == query
+        assert (batch["chunk_image"][row, -len(query):] == -1).all()
+    plain = agnostic.collate([agnostic.example_item(prompts[0], "green")])
+    assert int(batch["chunk_mask"].sum()) == int(plain["chunk_mask"].sum()) + len(query) * batch["chunk_ids"].shape[0]
+
+    def kv(comp, prompt):
+        comp.module.eval()
+        soft = comp.compress(prompt)
+        return soft, soft.items[0][0].kv
+
+    (soft_b, kv_b), (_, kv_c) = kv(aware, prompts[0]), kv(aware, prompts[1])
+    # the soft tokens depend on what is asked (from layer 1 on: layer 0's keys come from the slot embeddings alone)
+    assert not torch.allclose(kv_b[-1][0], kv_c[-1][0])
+    (plain_b, plain_kv_b), (_, plain_kv_c) = kv(agnostic, prompts[0]), kv(agnostic, prompts[1])
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(plain_kv_b, plain_kv_c))
+    # the question is read, not compressed: the ratio and the kept text are those of the question-agnostic model
+    assert soft_b.origin_tokens == plain_b.origin_tokens and soft_b.items[0][1].text == asks[0]
+    assert isinstance(aware.generate(soft_b)[0], str)
+
+    path = aware.save_pretrained(tmp_path / "aware")
+    _, make_llama = tiny_parts
+    loaded = create_compressor(str(path), model=make_llama(aware.tokenizer, window=512, seed=0),
+                               tokenizer=aware.tokenizer)
+    assert loaded.config.question_aware and torch.allclose(kv(loaded, prompts[0])[1][-1][0], kv_b[-1][0], atol=1e-5)
+
+    with pytest.raises(InvalidPromptError, match="question_aware"):
+        aware.compress("Look: <image> and <image>.", images=images[:2])  # nothing is kept as text
+    with pytest.raises(ConfigError, match="question_aware"):
+        _make(tiny_parts, mode="full", question_aware=True)

@@ -45,7 +45,7 @@ from ..soft.icae import IcaeModel
 from ..soft.kv import KvCompressor, KvModel, spans_kv
 from ..soft.losses import IGNORE, sliced_lm_loss
 from .chunking import pack_blocks
-from .embedding import InterleavedEmbedder, Layout, SequencePlan, scatter_image_tokens, split_layout
+from .embedding import TEXT, InterleavedEmbedder, Layout, SequencePlan, scatter_image_tokens, split_layout
 from .vision_path import LlavaPath, build_encoder_adapter, is_llava
 
 IMAGE_PATH_FILE = "image_path.safetensors"
@@ -74,6 +74,10 @@ class InterleavedConfig(EncoderConfig):
     LoRA (``lora_r``, ``lora_alpha``, ``lora_targets``) on the LLM along with the image path, LLaVA's second stage;
     ``decoder_lora`` (a folder saved by such a model) merges that adapter into the LLM first, so the decoder of this
     model is the tuned LLM.
+    ``question_aware`` (soft mode): the encoder also reads the kept text (the question) after each chunk, before the
+    slots, so the K soft tokens can keep what the question asks for (query-guided compression, as LongLLMLingua's
+    question-aware ranking on the hard side). The question still goes to the decoder as text; the soft tokens then
+    belong to that question and cannot be reused for another.
     """
 
     num_slots: int = 8
@@ -95,6 +99,7 @@ class InterleavedConfig(EncoderConfig):
     lora_alpha: int = 32
     tune_decoder: bool = False
     decoder_lora: str | None = None
+    question_aware: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,6 +109,9 @@ class InterleavedConfig(EncoderConfig):
         if self.tune_decoder and self.decoder_lora:  # one tuned adapter per chain: a second would be saved alone
             raise ConfigError("tune_decoder and decoder_lora together would stack two decoder adapters; continue the "
                               "tuned full-mode model with init_from instead")
+        if self.question_aware and self.mode != "soft":
+            raise ConfigError("question_aware applies to mode='soft': in full mode the decoder reads the whole prompt "
+                              "and the question anyway")
         if self.style not in STYLES:
             raise ConfigError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.mode not in MODES:
@@ -121,12 +129,14 @@ class InterleavedConfig(EncoderConfig):
 # ------------------------------------------------------------------------------------------------ batches
 @dataclass
 class EncodedItem:
-    """One example for the trainable model: the plan of its compressible part, the decoder tail and its labels."""
+    """One example for the trainable model: the plan of its compressible part, the decoder tail and its labels, and
+    (question-aware encoders) the question tokens the encoder reads after each chunk."""
 
     plan: SequencePlan
     tail: list[int]
     labels: list[int]
     task: str
+    query: list[int] = field(default_factory=list)
 
 
 def collate_items(items: Sequence[EncodedItem], image_path: Any, chunk_tokens: int, pad_id: int,
@@ -134,7 +144,8 @@ def collate_items(items: Sequence[EncodedItem], image_path: Any, chunk_tokens: i
     """Batch examples: every chunk of every compressible part left-padded in one ``[N, L]`` batch (image positions
     marked by their batch-wide image number), the images preprocessed into one pixel batch, tails right-padded.
 
-    With ``full`` the compressible part is one row per example (no chunking: the decoder reads it as is).
+    With ``full`` the compressible part is one row per example (no chunking: the decoder reads it as is). An item's
+    ``query`` tokens are appended to every one of its chunks (they count against no chunk's ``chunk_tokens``).
     """
     rows, spans, index, images = [], [], [], []
     image_base = 0
@@ -145,8 +156,8 @@ def collate_items(items: Sequence[EncodedItem], image_path: Any, chunk_tokens: i
         else:
             chunks = pack_blocks(_block_lengths(plan.image_index), chunk_tokens) or [(0, 0)]
         for c, (s, e) in enumerate(chunks):
-            ids = plan.input_ids[s:e]
-            img = [i + image_base if i >= 0 else i for i in plan.image_index[s:e]]
+            ids = plan.input_ids[s:e] + item.query
+            img = [i + image_base if i >= 0 else i for i in plan.image_index[s:e]] + [TEXT] * len(item.query)
             rows.append((ids, img))
             spans.append(b)
             index.append(c)
@@ -427,6 +438,20 @@ class InterleavedCompressor(SoftCompressor):
         return self.embedder().plan(layout.compressed, leading_separator=bool(layout.prefix), separator=separator,
                                     tokens_per_image=self.tokens_per_image)
 
+    def query_ids(self, layout: Layout, separator: str = "\n\n", required: bool = True) -> list[int]:
+        """What a question-aware encoder reads after each chunk: the kept text after the compressible part (the
+        question). Empty for question-agnostic models."""
+        if not self.config.question_aware:
+            return []
+        text = "\n".join(s.text for s in layout.suffix if isinstance(s, TextSegment)).strip()
+        if not text:
+            if required:
+                raise InvalidPromptError("question_aware compression reads the question while compressing: give it "
+                                         "in the prompt (question=..., or a final '...?' sentence), not only to "
+                                         "generate()")
+            return []
+        return self.tokenizer(separator + text, add_special_tokens=False)["input_ids"]
+
     def example_item(self, prompt: Prompt, answer: str | None, task: str = "qa",
                      target_text: str | None = None) -> EncodedItem:
         """A training example: compress the prompt's compressible part; the decoder reads the kept text (question in
@@ -445,7 +470,8 @@ class InterleavedCompressor(SoftCompressor):
             target = tok(" " + answer.strip(), add_special_tokens=False)["input_ids"] + eos
         tail = prompt_ids + target
         labels = [IGNORE] * len(prompt_ids) + target
-        return EncodedItem(plan, tail, labels, "qa" if task != "ae" else "ae")
+        query = self.query_ids(layout, prompt.separator, required=task != "ae")
+        return EncodedItem(plan, tail, labels, "qa" if task != "ae" else "ae", query)
 
     def collate(self, items: Sequence[EncodedItem]) -> dict[str, torch.Tensor]:
         return collate_items(items, self.image_path, int(self.config.chunk_tokens), self.pad_id,
@@ -471,7 +497,8 @@ class InterleavedCompressor(SoftCompressor):
             laid = [self.layout(p, question, instruction) for p in prompts]
             if not laid:
                 raise InvalidPromptError("no prompts to compress")
-            items = [EncodedItem(self.plan_compressed(layout, prompt.separator), [], [], "qa") for prompt, layout in laid]
+            items = [EncodedItem(self.plan_compressed(layout, prompt.separator), [], [], "qa",
+                                 self.query_ids(layout, prompt.separator)) for prompt, layout in laid]
         module = self.module
         full = self.config.mode == "full"
         segments: list[SoftSegment] = []
