@@ -7,6 +7,8 @@ that sequence and emits K soft tokens, as ICAE hidden states (``style="icae"``) 
 keys/values (``style="kv"``). Long sequences are cut into chunks of at most ``chunk_tokens`` positions whose borders
 never split an image (:mod:`.chunking`), K slots per chunk. The decoder, the frozen LLM, reads
 ``kept prefix + soft tokens + marker + kept text (the question)`` through the same ``generate()`` as text soft prompts.
+With ``question_aware`` the encoder reads the question too (after each chunk, before the slots), so the soft tokens
+keep what that question needs.
 
 ``mode="full"`` is the uncompressed reference (LLaVA style): the decoder reads every adapter token and text token of
 the compressible part directly; the image path trains (the adapter, and the tower with ``train_vision_encoder``),
