@@ -445,7 +445,7 @@ class InterleavedCompressor(SoftCompressor):
         question). Empty for question-agnostic models."""
         if not self.config.question_aware:
             return []
-        text = "\n".join(s.text for s in layout.suffix if isinstance(s, TextSegment)).strip()
+        text = kept_suffix_text(layout).strip()
         if not text:
             if required:
                 raise InvalidPromptError("question_aware compression reads the question while compressing: give it "
@@ -467,7 +467,7 @@ class InterleavedCompressor(SoftCompressor):
         if task == "ae":
             prompt_ids, target = [], tok(target_text, add_special_tokens=False)["input_ids"] + eos
         else:
-            question = "\n".join(s.text for s in layout.suffix if isinstance(s, TextSegment))
+            question = kept_suffix_text(layout)
             prompt_ids = tok(self.format_question(question, "qa"), add_special_tokens=False)["input_ids"]
             target = tok(" " + answer.strip(), add_special_tokens=False)["input_ids"] + eos
         tail = prompt_ids + target
@@ -644,6 +644,11 @@ class InterleavedCompressor(SoftCompressor):
                 if name not in own:
                     raise ConfigError(f"{source} has a tensor {name!r} this compressor does not have")
                 own[name].copy_(value.to(own[name].device, own[name].dtype))
+
+
+def kept_suffix_text(layout: Layout) -> str:
+    """The kept text after the compressible part (the question): what the decoder reads after the soft tokens."""
+    return "\n".join(s.text for s in layout.suffix if isinstance(s, TextSegment))
 
 
 def _to_device(batch: dict[str, Any], device) -> dict[str, Any]:
