@@ -390,10 +390,11 @@ def test_shipped_shapes_recipes_chain_caption_full_soft(tiny_dir, tmp_path):
     full = tmp_path / "full" / "final"
     overrides = {**tiny, "train.output_dir": str(tmp_path / "question"), "init_image_path": str(full),
                  "model.decoder_lora": str(full)}
-    setup = build_interleaved(load_recipe("configs/train/interleaved-shapes-soft-question.yaml", overrides))
+    recipe = load_recipe("configs/train/interleaved-shapes-soft-question.yaml", overrides)
+    setup = build_interleaved(recipe)
     assert all(item.query for item in setup.train_dataset.items if item.task == "qa")
     config = tmp_path / "question.yaml"
-    config.write_text(yaml.safe_dump(load_recipe("configs/train/interleaved-shapes-soft-question.yaml", overrides)))
+    config.write_text(yaml.safe_dump(recipe))
     assert main(["train", "--config", str(config)]) == 0
     assert json.loads((tmp_path / "question" / "final" / "mmcompress_config.json").read_text())["config"]["question_aware"]
 
