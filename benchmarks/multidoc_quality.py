@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -85,9 +86,10 @@ def main() -> int:
     for m in wanted:
         if m == "random":
             continue
-        beats[m] = {str(rate): (by[(m, rate)].retention, by[("random", rate)].retention,
-                                by[(m, rate)].retention > by[("random", rate)].retention) for rate in rates
-                    if (m, rate) in by and ("random", rate) in by}
+        beats[m] = {str(rate): dict(retention=by[(m, rate)].retention, random=by[("random", rate)].retention,
+                                    beats=by[(m, rate)].retention > by[("random", rate)].retention,
+                                    **paired_against_random(report.rows, m, rate))
+                    for rate in rates if (m, rate) in by and ("random", rate) in by}
     summary["retention_vs_random"] = beats
 
     if args.reader_limit:
@@ -106,6 +108,18 @@ def main() -> int:
     print(json.dumps({k: v for k, v in summary.items() if k != "reader"}, indent=2))
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
+
+
+def paired_against_random(rows: list[dict], method: str, rate: float) -> dict:
+    """Rows where only the method keeps an answer (won) or only random does (lost), and the exact two-sided McNemar
+    p-value of that split: how sure a retention gap over the same rows is."""
+    ret = {(r["system"], r["id"]): r["retention"] for r in rows if r["rate"] == rate}
+    ids = [i for (system, i) in ret if system == method and ("random", i) in ret]
+    won = sum(1 for i in ids if ret[(method, i)] > ret[("random", i)])
+    lost = sum(1 for i in ids if ret[(method, i)] < ret[("random", i)])
+    n, k = won + lost, min(won, lost)
+    p = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0
+    return {"rows": len(ids), "won": won, "lost": lost, "mcnemar_p": p}
 
 
 if __name__ == "__main__":

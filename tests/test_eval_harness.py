@@ -198,3 +198,18 @@ def test_hard_system_reuses_compressions_across_runs(tiny_dir):
     second = system.run(EXAMPLES[:1], 0.5)
     assert calls == [2] and second[0].prompt == first[0].prompt and second[0].answer == "Paris"
     assert first[0].answer is None  # the earlier outputs are not changed by the later reading
+
+
+def test_cli_eval_set_reaches_the_methods_and_the_floor_takes_only_its_own_fields(capsys, tmp_path, tiny_dir):
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps({"id": e.id, "question": e.question, "answers": e.answers,
+                                          "documents": e.documents}) for e in EXAMPLES) + "\n")
+    argv = ["eval", "--data", str(data), "--method", "llmlingua", "--rates", "0.5", "--no-reader",
+            "--model", str(tiny_dir), "--out", str(tmp_path / "out")]
+    # alignment is an llmlingua knob the random floor does not have: it used to stop the run
+    assert main([*argv, "--set", "alignment=token", "--set", "iterative_size=24"]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert {r["system"] for r in result["results"]} == {"llmlingua", "random"}
+    capsys.readouterr()
+    assert main([*argv, "--set", "alignment=sideways"]) == 2  # the named method still checks its values
+    assert "alignment must be" in capsys.readouterr().err

@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=24, help="longest reader answer")
     p.add_argument("--batch-size", type=int, default=4, help="reader batch size")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
-                   help="config field for every method, e.g. --set device=cpu")
+                   help="config field for every method named, e.g. --set device=cpu (the added random "
+                        "floor takes only the fields it has)")
     p.add_argument("--out", "-o", default="eval_results", help="folder for eval.json, eval.md, eval.png")
     p.add_argument("--stem", default="eval", help="file name stem of the outputs")
     p.set_defaults(func=run)
@@ -41,6 +42,16 @@ def parse_rates(text: str) -> list[float]:
     return [check_rate(r) for r in rates]
 
 
+def _fields_of(method: str, overrides: dict) -> dict:
+    """The overrides that are fields of ``method``'s config."""
+    import dataclasses
+
+    from ..registry import get_compressor_class
+
+    names = {f.name for f in dataclasses.fields(get_compressor_class(method).config_class)}
+    return {k: v for k, v in overrides.items() if k in names}
+
+
 def run(args) -> int:
     from ..evaluation.harness import DEFAULT_INSTRUCTION, build_system, evaluate, load_qa_file
     from ..evaluation.reader import Reader, ReaderConfig
@@ -51,8 +62,7 @@ def run(args) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
         raise ConfigError("--method names no method")
-    if not args.no_random and "random" not in methods:
-        methods.append("random")
+    add_floor = not args.no_random and "random" not in methods
     examples = load_qa_file(args.data, args.limit)
     overrides = parse_overrides(args.overrides)
     if args.model:
@@ -60,6 +70,8 @@ def run(args) -> int:
     reader = None if args.no_reader else Reader(ReaderConfig(model=args.reader, max_new_tokens=args.max_new_tokens,
                                                              batch_size=args.batch_size))
     systems = [build_system(m, reader, **overrides) for m in methods]  # unknown methods fail before any model runs
+    if add_floor:  # --set names the methods' knobs; the floor takes the ones it has (model, device...)
+        systems.append(build_system("random", reader, **_fields_of("random", overrides)))
     instruction = DEFAULT_INSTRUCTION if args.instruction is None else args.instruction
     for s in systems:
         if hasattr(s, "instruction"):

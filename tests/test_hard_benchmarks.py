@@ -1,0 +1,65 @@
+"""The hard-method benchmark scripts' own logic: the paired comparison with random, and the GPU speed script run end
+to end on a CPU with a tiny random Llama (what a lent GPU runs, at toy size)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import hard_speed_gpu  # noqa: E402
+from multidoc_quality import paired_against_random  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _rows(system, rate, kept):
+    return [dict(system=system, rate=rate, id=f"q{i}", retention=float(k)) for i, k in enumerate(kept)]
+
+
+def test_paired_against_random_counts_rows_won_and_lost():
+    rows = (_rows("m", 0.4, [1, 1, 1, 0, 1, 0]) + _rows("random", 0.4, [0, 1, 0, 1, 0, 0])
+            + _rows("m", 0.2, [0] * 6) + _rows("random", 0.2, [1] * 6))  # another rate: not counted at 0.4
+    out = paired_against_random(rows, "m", 0.4)
+    assert (out["rows"], out["won"], out["lost"]) == (6, 3, 1)
+    assert out["mcnemar_p"] == pytest.approx(2 * (1 + 4) / 16)  # exact binomial, 1 of 4 discordant rows
+    lopsided = paired_against_random(rows, "m", 0.2)
+    assert (lopsided["won"], lopsided["lost"]) == (0, 6) and lopsided["mcnemar_p"] == pytest.approx(2 / 64)
+    tie = paired_against_random(_rows("m", 0.4, [1, 0]) + _rows("random", 0.4, [0, 1]), "m", 0.4)
+    assert tie["mcnemar_p"] == 1.0
+
+
+def test_gpu_speed_script_runs_end_to_end_on_a_cpu(tiny_dir, tmp_path):
+    words = "the telescope recorded faint light from a distant galaxy while engineers cooled the mirror".split()
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What did row {r} record?",
+                                        "documents": [" ".join(words[(r + d) % 5:] + words[: (r + d) % 5])
+                                                      for d in range(10)]}) + "\n" for r in range(3)))
+    out = tmp_path / "speed"
+    rc = hard_speed_gpu.main(["--size", "tiny", "--device", "cpu", "--tokenizer", str(tiny_dir), "--data", str(data),
+                              "--tokens", "160,320", "--docs", "8", "--rows", "2", "--repeats", "1",
+                              "--methods", "llmlingua,longllmlingua", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert [(t["method"], t["length"]) for t in summary["table"]] == [
+        ("llmlingua", 160), ("longllmlingua", 160), ("llmlingua", 320), ("longllmlingua", 320)]
+    for t in summary["table"]:
+        assert t["ours_s"] > 0 and t["floor_s"] > 0 and t["ours_x_floor"] == pytest.approx(
+            sum(e[t["method"]] / e["floor"] for e in summary["per_prompt"] if e["length"] == t["length"]) / 2)
+        # documents of tokens/docs tokens each, plus the instruction, question and separators
+        assert t["length"] <= t["tokens"] <= t["length"] + 60
+    assert "tiny" in summary["scorer"] and "random weights" in summary["scorer"]
+    assert "| llmlingua | " in out.with_suffix(".md").read_text()
+
+
+def test_gpu_speed_script_refuses_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "q?", "documents": ["a b c"]}) + "\n")
+    assert hard_speed_gpu.main(["--device", "cuda", "--data", str(data), "--out", str(tmp_path / "x")]) == 2
+    assert "no GPU" in capsys.readouterr().out
