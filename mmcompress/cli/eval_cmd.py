@@ -44,11 +44,9 @@ def parse_rates(text: str) -> list[float]:
 
 def _fields_of(method: str, overrides: dict) -> dict:
     """The overrides that are fields of ``method``'s config."""
-    import dataclasses
-
     from ..registry import get_compressor_class
 
-    names = {f.name for f in dataclasses.fields(get_compressor_class(method).config_class)}
+    names = set(get_compressor_class(method).config_class.field_names())
     return {k: v for k, v in overrides.items() if k in names}
 
 
