@@ -35,7 +35,7 @@ def test_shipped_configs_by_name():
 
 
 # training recipes (configs/train) are tested with their tasks; every other YAML names a compressor
-COMPRESSOR_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "train")
+COMPRESSOR_CONFIGS = sorted(p for p in (REPO / "mmcompress" / "configs").rglob("*.yaml") if p.parent.name != "train")
 
 
 @pytest.mark.parametrize("path", COMPRESSOR_CONFIGS, ids=lambda p: p.stem)

@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError
 from ..training.tasks import TaskSetup, register_task
-from .tasks import resolve_data_path
+from ..data_paths import resolve_data_path
 from .xrag import (
     PARAPHRASE_INSTRUCTIONS,
     QA_INSTRUCTION,
