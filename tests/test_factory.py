@@ -7,7 +7,7 @@ import pytest
 
 import mmcompress
 from mmcompress import ConfigError, UnknownCompressorError, create_compressor, list_compressors, list_configs
-from mmcompress.compressor import HardCompressor
+from mmcompress.hard.base import HardCompressor
 from mmcompress.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
