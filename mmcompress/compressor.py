@@ -20,14 +20,16 @@ from .errors import ConfigError
 
 @dataclass
 class CompressorConfig:
-    """Fields every compressor has. ``rate`` is the fraction of tokens kept; ``target_tokens`` overrides it."""
+    """Base of every method's config dataclass: no fields of its own, only reading, checking and copying.
 
-    rate: float = 0.5
-    target_tokens: int | None = None
+    The budget vocabulary: a family that honours a budget by tokens has ``rate`` (fraction of tokens kept) and
+    ``target_tokens`` (overrides it) through :class:`BudgetConfig`; a family whose ratio is fixed otherwise (soft
+    methods: ``chunk_tokens / num_slots``) does not have them. Every family reports its achieved ``rate`` / ``ratio``
+    on its result.
+    """
 
     def __post_init__(self) -> None:
-        check_rate(self.rate)
-        check_target_tokens(self.target_tokens)
+        pass
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -48,6 +50,20 @@ class CompressorConfig:
 
     def replace(self, **changes: Any) -> CompressorConfig:
         return self.from_dict({**self.to_dict(), **changes})
+
+
+@dataclass
+class BudgetConfig(CompressorConfig):
+    """Config of a family that keeps a requested share of the tokens: ``rate`` is the fraction kept,
+    ``target_tokens`` (if set) overrides it."""
+
+    rate: float = 0.5
+    target_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_rate(self.rate)
+        check_target_tokens(self.target_tokens)
 
 
 class Timings(dict):

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..budget import BudgetPlan, plan_budget, select_under_budget
-from ..compressor import Compressor, CompressorConfig, Timings
+from ..compressor import BudgetConfig, Compressor, Timings
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import ImageSegment, Policy, Prompt, TextSegment
 from ..results import CompressedPrompt, SegmentSelection
@@ -33,8 +33,9 @@ class SegmentOutcome:
 
 
 @dataclass
-class HardConfig(CompressorConfig):
-    """Fields of token-dropping methods. ``model`` is the scorer (or, for baselines, only its tokenizer)."""
+class HardConfig(BudgetConfig):
+    """Fields of token-dropping methods: the budget (``rate`` / ``target_tokens``), and ``model``, the scorer (or,
+    for baselines, only its tokenizer)."""
 
     model: str = "smollm2-135m"
     device: str = "auto"
