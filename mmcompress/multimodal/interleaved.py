@@ -42,7 +42,8 @@ from ..prompt import Prompt, TextSegment
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
 from ..soft.base import SoftCompressor, _reject_budget, right_pad
-from ..soft.encoder import TASK_IDS, Chunks, EncoderConfig, SlotModel
+from ..soft.chunking import TASK_IDS, Chunks
+from ..soft.encoder import EncoderConfig, SlotModel
 from ..soft.icae import IcaeModel
 from ..soft.kv import KvCompressor, KvModel, spans_kv
 from ..soft.losses import IGNORE, sliced_lm_loss

@@ -3,7 +3,8 @@ frozen LLM reads in place of the text.
 
 - :mod:`.base`: :class:`SoftConfig`, :class:`SoftCompressor` (compress -> :class:`SoftPrompt`, batched generate,
   save_pretrained / from_pretrained);
-- :mod:`.encoder`: the shared trainable encoder (base LLM + LoRA + K memory slots, multi-span chunking);
+- :mod:`.chunking`: ICAE's multi-span chunks, the chunk batch and the task marker ids;
+- :mod:`.encoder`: the shared trainable encoder (base LLM + LoRA + K memory slots);
 - :mod:`.icae`: ICAE (slots' last hidden states fed as ``inputs_embeds``);
 - :mod:`.kv`: 500xCompressor (slots' per-layer keys/values fed as the decoder's cache);
 - :mod:`.xrag`: xRAG (a frozen sentence encoder's embedding projected to one LLM token per document), and
@@ -16,7 +17,8 @@ frozen LLM reads in place of the text.
 from ..results import SoftPrompt, SoftSegment
 from . import tasks  # noqa: F401  registers the icae / kv training tasks
 from .base import SoftCompressor, SoftConfig, left_pad, load_private_model, right_pad
-from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel, SoftEncoder, make_chunks, split_into_chunks
+from .chunking import Chunks, make_chunks, split_into_chunks
+from .encoder import EncoderCompressor, EncoderConfig, SlotModel, SoftEncoder
 from .icae import Icae, IcaeConfig, IcaeModel
 from .kv import KvCompressor, KvConfig, KvModel
 from . import autocompressor, gist, xrag, xrag_task  # noqa: F401,E402  register their methods and tasks

@@ -33,7 +33,8 @@ from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import SoftCompressor, _as_batch, _per_item, left_pad
-from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel
+from .chunking import Chunks
+from .encoder import EncoderCompressor, EncoderConfig, SlotModel
 
 
 @dataclass
