@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample, load_qa_file  # noqa: E402
 from mmcompress.evaluation.metrics import contains_answer, exact_match, f1_score  # noqa: E402
 from mmcompress.kvcache import CachedContext, create_press, generate_from_cache, list_presses, prefill  # noqa: E402
-from mmcompress.kvcache.decoding import cache_kwargs  # noqa: E402
+from mmcompress.models.decoding import cache_kwargs  # noqa: E402
 from mmcompress.models.compat import output_cache  # noqa: E402
 
 SHARED = Path(os.environ.get("MMCOMPRESS_SHARED") or next(

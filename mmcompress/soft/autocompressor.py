@@ -164,8 +164,8 @@ class AutoCompressor(SoftCompressor):
     config_class = AutoCompressorConfig
 
     def qa_system(self, reader: Any):
-        """A system of the QA evaluation harness; see :mod:`.reader_system`."""
-        from .reader_system import SoftReaderSystem
+        """A system of the QA evaluation harness; see :mod:`mmcompress.evaluation.soft_reader_system`."""
+        from ..evaluation.soft_reader_system import SoftReaderSystem
 
         return SoftReaderSystem(self, reader)
 

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InvalidPromptError
-from ..kvcache.decoding import CachedContext, generate_from_cache
-from ..kvcache.rotary import shift_keys
+from ..models.decoding import CachedContext, generate_from_cache
+from ..models.rotary import shift_keys
 from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
@@ -158,8 +158,8 @@ class GistCompressor(SoftCompressor):
     config_class = GistConfig
 
     def qa_system(self, reader: Any):
-        """A system of the QA evaluation harness; see :mod:`.reader_system`."""
-        from .reader_system import SoftReaderSystem
+        """A system of the QA evaluation harness; see :mod:`mmcompress.evaluation.soft_reader_system`."""
+        from ..evaluation.soft_reader_system import SoftReaderSystem
 
         return SoftReaderSystem(self, reader)
 
