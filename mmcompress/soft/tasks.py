@@ -34,7 +34,7 @@ import torch
 
 from ..data_paths import resolve_data_path
 from ..errors import ConfigError
-from ..training.tasks import TaskSetup, register_task
+from ..training.tasks import TaskSetup
 from .losses import QA_TEMPLATE, PretrainDataset, QADataset, collate, read_jsonl
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "context_tokens": 128, "continuation_tokens": 0,
@@ -123,13 +123,11 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
                      finalize=lambda _m, out: compressor.save_pretrained(Path(out) / "final"))
 
 
-@register_task("icae")
 def build_icae(recipe: dict[str, Any]) -> TaskSetup:
     """Train an ICAE compressor (see the module docstring for the recipe)."""
     return _build(recipe, "icae")
 
 
-@register_task("kv")
 def build_kv(recipe: dict[str, Any]) -> TaskSetup:
     """Train a 500xCompressor (kv) compressor (same recipe as icae)."""
     return _build(recipe, "kv")
