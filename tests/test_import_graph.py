@@ -113,7 +113,6 @@ def test_training_tasks_are_registered_in_each_familys_training_module():
         assert {n for n in tasks if TASKS.get(n).__module__.startswith(f"mmcompress.{family}.")} == tasks
 
 
-@pytest.mark.xfail(strict=True, reason="multimodal/interleaved.py is split in the next commits (issue 17 item 4)")
 def test_no_module_is_over_500_lines():
     long = {name: n for name, path in MODULES.items() if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}, f"modules over {MAX_LINES} lines: {long}"

@@ -28,7 +28,6 @@ tower and projector embed the images and whose language model is the encoder (Lo
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -41,12 +40,12 @@ from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
 from ..soft.base import SoftCompressor, _reject_budget
 from ..soft.chunking import TASK_IDS
-from ..soft.kv import KvCompressor, spans_kv
 from ..soft.losses import IGNORE
 from .batches import EncodedItem, collate_items
 from .config import InterleavedConfig
 from .embedding import InterleavedEmbedder, Layout, SequencePlan, split_layout
-from .models import InterleavedFullModel, InterleavedSlotModel
+from .models import InterleavedFullModel
+from .slot_styles import SLOT_STYLES, SlotStyle
 from .vision_path import LlavaPath, build_encoder_adapter, is_llava
 
 IMAGE_PATH_FILE = "image_path.safetensors"
@@ -56,11 +55,25 @@ LLAVA_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_pro
 # ---------------------------------------------------------------------------------------------- compressor
 @register_compressor("interleaved")
 class InterleavedCompressor(SoftCompressor):
-    """Images and text of a prompt -> one shared set of K soft tokens per chunk; the question stays text."""
+    """What the soft compressor (:class:`InterleavedSoftCompressor`, ``mode="soft"``) and the uncompressed reference
+    (:class:`InterleavedReference`, ``mode="full"``) share: the image path, the embedding and layout of a prompt,
+    batches, and saving / loading. ``InterleavedCompressor(...)`` (and ``create_compressor("interleaved")``) builds
+    the class of the config's ``mode``."""
 
     family = "multimodal"
     config_class = InterleavedConfig
     encode_batch_chunks = 64
+    full_rows = False  # collate: one unchunked row per example (the reference) instead of chunks
+    prompts_per_batch = 8
+
+    def __new__(cls, config: InterleavedConfig | None = None, **overrides: Any):
+        mode = overrides.get("mode", config.mode if isinstance(config, InterleavedConfig) else InterleavedConfig.mode)
+        of_mode = InterleavedReference if mode == "full" else InterleavedSoftCompressor
+        if cls is InterleavedCompressor:
+            cls = of_mode
+        elif not issubclass(cls, of_mode):
+            raise ConfigError(f"{cls.__name__} cannot be built with mode={mode!r}; use InterleavedCompressor")
+        return super().__new__(cls)
 
     def __init__(self, config: InterleavedConfig | None = None, *, tokenizer: Any = None,
                  image_path: nn.Module | None = None, **overrides: Any):
@@ -102,11 +115,7 @@ class InterleavedCompressor(SoftCompressor):
         llava = is_llava(llm)
         if llava and cfg.lora_targets == "all-linear":  # LoRA in the language model only, not the vision tower
             cfg = cfg.replace(lora_targets=LLAVA_LORA_TARGETS)
-        if cfg.mode == "soft" and cfg.style == "kv":
-            from ..models.compat import is_rotary
-
-            if not is_rotary(llm):
-                raise ConfigError("style='kv' needs a model with rotary position embeddings (Llama, Qwen, Mistral...)")
+        self.check_model(llm)
         path = self._image_path_override
         if path is None and not llava:
             hidden = llm.get_input_embeddings().weight.shape[1]
@@ -115,8 +124,7 @@ class InterleavedCompressor(SoftCompressor):
                                          reduce_to=cfg.reduce_image_tokens)
         if path is not None and not cfg.train_adapter:
             getattr(path, "adapter", path).requires_grad_(False)
-        model_cls = InterleavedFullModel if cfg.mode == "full" else InterleavedSlotModel
-        module = model_cls(llm, cfg, path)
+        module = self.module_class(llm, cfg, path)
         if llava and path is None:
             # the projector is LLaVA's adapter: it trains (unless train_adapter is false), the tower stays frozen
             base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
@@ -128,11 +136,12 @@ class InterleavedCompressor(SoftCompressor):
     def image_path(self):
         return self.module.get_image_path()
 
+    def check_model(self, llm: nn.Module) -> None:
+        """Refuse a backbone this model cannot use, before building anything on it."""
+
     def set_slots(self, k: int | None) -> InterleavedCompressor:
         """Read only the first ``k`` soft tokens of each chunk from now on (nested slots; ``None``: all of them)."""
         self.config = self.config.replace(use_slots=k)
-        if self.config.mode == "soft":
-            self.module.use_slots = None if k is None else int(k)
         return self
 
     @property
@@ -141,16 +150,6 @@ class InterleavedCompressor(SoftCompressor):
 
     def embedder(self) -> InterleavedEmbedder:
         return InterleavedEmbedder(self.tokenizer, self.llm.get_input_embeddings(), self.image_path)
-
-    def marker(self, task: str):
-        if self.config.mode == "full":
-            return None
-        if task not in TASK_IDS:
-            raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
-        return self.module.markers[TASK_IDS[task]][None]
-
-    def decoder_mode(self):
-        return nullcontext() if self.config.mode == "full" else self.module.encoder.decoder()
 
     def format_question(self, question: str, task: str) -> str:
         return self.config.qa_template.format(question=question) if task == "qa" else question
@@ -212,7 +211,7 @@ class InterleavedCompressor(SoftCompressor):
 
     def collate(self, items: Sequence[EncodedItem]) -> dict[str, torch.Tensor]:
         return collate_items(items, self.image_path, int(self.config.chunk_tokens), self.pad_id,
-                             full=self.config.mode == "full")
+                             full=self.full_rows)
 
     # ---------------------------------------------------------------------------------------------- compress
     def compress(self, prompt: Any, *, question: str | None = None, instruction: str | None = None,
@@ -236,31 +235,11 @@ class InterleavedCompressor(SoftCompressor):
                 raise InvalidPromptError("no prompts to compress")
             items = [EncodedItem(self.plan_compressed(layout, prompt.separator), [], [], "qa",
                                  self.query_ids(layout, prompt.separator)) for prompt, layout in laid]
-        module = self.module
-        full = self.config.mode == "full"
         segments: list[SoftSegment] = []
         with timings("compress"), torch.no_grad():
-            step = 1 if full else 8
-            for start in range(0, len(items), step):
-                part = items[start : start + step]
-                batch = _to_device(self.collate(part), self.device)
-                if full:
-                    embeds = module.embed_chunks(batch)
-                    keep = batch["chunk_mask"][0].bool()
-                    segments.append(SoftSegment(embeddings=embeds[0][keep].detach(), origin_tokens=len(part[0].plan),
-                                                chunks=1))
-                    continue
-                encoded, chunks = module.compress_embedded(batch)
-                counts = chunks.chunks_per_span()
-                if self.config.style == "icae":
-                    per = [x.flatten(0, 1) for x in torch.split(encoded, counts)]
-                    segments += [SoftSegment(embeddings=h.detach(), origin_tokens=len(it.plan), chunks=c)
-                                 for h, it, c in zip(per, part, counts)]
-                else:
-                    per = spans_kv(encoded, chunks)
-                    segments += [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in kv),
-                                             origin_tokens=len(it.plan), chunks=c)
-                                 for kv, it, c in zip(per, part, counts)]
+            for start in range(0, len(items), self.prompts_per_batch):
+                part = items[start : start + self.prompts_per_batch]
+                segments += self.encode_items(part, _to_device(self.collate(part), self.device))
         out_items, origin, compressed = [], [], []
         with timings("count"):
             for (prompt, layout), soft, item in zip(laid, segments, items):
@@ -276,17 +255,11 @@ class InterleavedCompressor(SoftCompressor):
         extras = {"tokens_per_image": self.tokens_per_image, "images": [len(layout.images) for _, layout in laid]}
         return SoftPrompt(out_items, self.name, origin, compressed, dict(timings), extras)
 
+    def encode_items(self, items: Sequence[EncodedItem], batch: dict[str, Any]) -> list[SoftSegment]:
+        """One soft segment per item of a collated batch: what the decoder reads in place of its compressible part."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------------------------------------- generate
-    def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
-        """Answer from soft prompts (ICAE style and full mode: ``inputs_embeds``; KV style: the decoder cache)."""
-        if self.config.mode == "soft" and self.config.style == "kv":
-            return KvCompressor.generate(self, soft_prompts, question, task=task, max_new_tokens=max_new_tokens,
-                                         **generate_kwargs)
-        return super().generate(soft_prompts, question, task=task, max_new_tokens=max_new_tokens, **generate_kwargs)
-
-    def prefix_kv(self, pieces):
-        return KvCompressor.prefix_kv(self, pieces)
-
     def answer(self, prompts: Sequence[Any], *, batch_size: int = 8, **generate_kwargs: Any) -> list[str]:
         """Compress and answer many prompts (compress_batch + generate in batches)."""
         out: list[str] = []
@@ -379,6 +352,61 @@ class InterleavedCompressor(SoftCompressor):
                 if name not in own:
                     raise ConfigError(f"{source} has a tensor {name!r} this compressor does not have")
                 own[name].copy_(value.to(own[name].device, own[name].dtype))
+
+
+class InterleavedSoftCompressor(InterleavedCompressor):
+    """``mode="soft"``: the soft encoder turns each chunk of the compressible part into K slots, which the frozen
+    decoder reads in the way of the slot style (:mod:`.slot_styles`), chosen once from ``config.style``."""
+
+    @property
+    def slots(self) -> SlotStyle:
+        return SLOT_STYLES[self.config.style]
+
+    @property
+    def module_class(self):
+        return self.slots.model_class
+
+    def check_model(self, llm: nn.Module) -> None:
+        self.slots.check_model(llm)
+
+    def set_slots(self, k: int | None) -> InterleavedCompressor:
+        super().set_slots(k)
+        self.module.use_slots = None if k is None else int(k)
+        return self
+
+    def marker(self, task: str):
+        if task not in TASK_IDS:
+            raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
+        return self.module.markers[TASK_IDS[task]][None]
+
+    def decoder_mode(self):
+        return self.module.encoder.decoder()
+
+    def encode_items(self, items, batch):
+        encoded, chunks = self.module.compress_embedded(batch)
+        return self.slots.segments(encoded, chunks, [len(it.plan) for it in items])
+
+    def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
+        """Answer from soft prompts (ICAE style: ``inputs_embeds``; KV style: the decoder cache)."""
+        return self.slots.generate(self, soft_prompts, question, task=task, max_new_tokens=max_new_tokens,
+                                   **generate_kwargs)
+
+
+class InterleavedReference(InterleavedCompressor):
+    """``mode="full"``, the uncompressed reference (LLaVA style): the decoder reads every adapter token and text
+    token of the compressible part itself; no slots, no marker."""
+
+    module_class = InterleavedFullModel
+    full_rows = True
+    prompts_per_batch = 1
+
+    def marker(self, task: str):
+        return None
+
+    def encode_items(self, items, batch):
+        embeds = self.module.embed_chunks(batch)
+        keep = batch["chunk_mask"][0].bool()
+        return [SoftSegment(embeddings=embeds[0][keep].detach(), origin_tokens=len(items[0].plan), chunks=1)]
 
 
 def kept_suffix_text(layout: Layout) -> str:

@@ -10,7 +10,6 @@ from torch import nn
 
 from ..errors import InvalidPromptError
 from ..soft.base import right_pad
-from ..soft.chunking import Chunks
 from ..soft.encoder import SlotModel
 from ..soft.icae import IcaeModel
 from ..soft.kv import KvModel
@@ -19,14 +18,38 @@ from .config import InterleavedConfig
 from .embedding import scatter_image_tokens
 
 
-class InterleavedSlotModel(SlotModel):
-    """Soft encoder (LoRA + slots) + task markers + the image path; ICAE or KV decoding."""
+class ImagePathEmbedding:
+    """What both interleaved models share: the image path (the encoder + adapter, or LLaVA's tower + projector) and
+    the embedding of a chunk batch, token embeddings with each image's adapter output in its positions."""
+
+    def token_embeddings(self) -> nn.Module:
+        raise NotImplementedError
+
+    def get_image_path(self):
+        path = getattr(self, "image_path", None) or getattr(self, "_llava_path", None)
+        if path is None:
+            raise InvalidPromptError("this compressor has no image path")
+        return path
+
+    def images(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.get_image_path()(pixels)
+
+    def embed_chunks(self, batch: dict[str, Any]) -> torch.Tensor:
+        """``[N, L, D]``: token embeddings with each image's adapter output scattered into its positions."""
+        embeds = self.token_embeddings()(batch["chunk_ids"])
+        if "pixels" in batch:
+            feats = self.images(batch["pixels"])
+            embeds = scatter_image_tokens(embeds, batch["chunk_image"], feats.flatten(0, 1), feats.shape[1])
+        return embeds
+
+
+class InterleavedSlotModel(ImagePathEmbedding, SlotModel):
+    """Soft encoder (LoRA + slots) + task markers + the image path. What the slots are and how the decoder reads them
+    in training come from the slot style's model by inheritance: :class:`InterleavedIcaeModel`,
+    :class:`InterleavedKvModel`."""
 
     def __init__(self, llm: nn.Module, config: InterleavedConfig, image_path: nn.Module | None):
         super().__init__(llm, config)
-        self.style = config.style
-        self.encoder_output = "hidden" if config.style == "icae" else "kv"
-        self.positions = "standard" if config.style == "icae" else "prefix"
         if image_path is not None:
             self.image_path = image_path  # registered: adapter weights are trainable parameters of this module
         self.slot_schedule = [int(k) for k in (config.slot_schedule or [])]
@@ -43,36 +66,19 @@ class InterleavedSlotModel(SlotModel):
         """The first ``k`` slots of every chunk (``[N, K, D]`` hidden states or per-layer ``[N, H, K, d]`` KV)."""
         if k is None or k >= self.encoder.num_slots:
             return encoded
-        if self.encoder_output == "hidden":
-            return encoded[:, :k]
-        return [(key[:, :, :k], value[:, :, :k]) for key, value in encoded]
+        return self.first_slots(encoded, k)
 
-    def embed_chunks(self, batch: dict[str, Any]) -> torch.Tensor:
-        """``[N, L, D]``: token embeddings with each image's adapter output scattered into its positions."""
-        embeds = self.encoder.embed(batch["chunk_ids"])
-        if "pixels" in batch:
-            feats = self.images(batch["pixels"])
-            embeds = scatter_image_tokens(embeds, batch["chunk_image"], feats.flatten(0, 1), feats.shape[1])
-        return embeds
+    def first_slots(self, encoded, k: int):
+        raise NotImplementedError
 
-    def images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.get_image_path()(pixels)
-
-    def get_image_path(self):
-        path = getattr(self, "image_path", None) or getattr(self, "_llava_path", None)
-        if path is None:
-            raise InvalidPromptError("this compressor has no image path")
-        return path
+    def token_embeddings(self) -> nn.Module:
+        return self.encoder.llm.get_input_embeddings()
 
     def compress_embedded(self, batch: dict[str, Any]):
         chunks = self.chunks_from_batch(batch)
         encoded = self.encoder.encode_embeds(self.embed_chunks(batch), batch["chunk_mask"], batch["chunk_index"],
                                              output=self.encoder_output, positions=self.positions)
         return self.take_slots(encoded, self.active_slots()), chunks
-
-    def decoder_hidden(self, encoded, chunks: Chunks, batch: dict[str, Any]):
-        model = IcaeModel if self.style == "icae" else KvModel
-        return model.decoder_hidden(self, encoded, chunks, batch)
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         encoded, chunks = self.compress_embedded(batch)
@@ -81,7 +87,21 @@ class InterleavedSlotModel(SlotModel):
         return {"loss": loss, "token_accuracy": accuracy}
 
 
-class InterleavedFullModel(nn.Module):
+class InterleavedIcaeModel(InterleavedSlotModel, IcaeModel):
+    """ICAE style: the slots' last hidden states ``[N, K, D]`` are the decoder's input embeddings."""
+
+    def first_slots(self, encoded: torch.Tensor, k: int) -> torch.Tensor:
+        return encoded[:, :k]
+
+
+class InterleavedKvModel(InterleavedSlotModel, KvModel):
+    """KV style (500xCompressor): the slots' per-layer keys/values ``[N, H, K, d]`` are the decoder's cache."""
+
+    def first_slots(self, encoded, k: int):
+        return [(key[:, :, :k], value[:, :, :k]) for key, value in encoded]
+
+
+class InterleavedFullModel(ImagePathEmbedding, nn.Module):
     """The uncompressed reference: the LLM reads the embedded sequence itself; the image path trains, and with
     ``tune_decoder`` a LoRA adapter on the LLM too (the base weights stay frozen)."""
 
@@ -101,18 +121,8 @@ class InterleavedFullModel(nn.Module):
     def llm(self) -> nn.Module:
         return self._llm
 
-    def get_image_path(self):
-        path = getattr(self, "image_path", None) or getattr(self, "_llava_path", None)
-        if path is None:
-            raise InvalidPromptError("this compressor has no image path")
-        return path
-
-    def embed_chunks(self, batch: dict[str, Any]) -> torch.Tensor:
-        embeds = self._llm.get_input_embeddings()(batch["chunk_ids"])
-        if "pixels" in batch:
-            feats = self.get_image_path()(batch["pixels"])
-            embeds = scatter_image_tokens(embeds, batch["chunk_image"], feats.flatten(0, 1), feats.shape[1])
-        return embeds
+    def token_embeddings(self) -> nn.Module:
+        return self._llm.get_input_embeddings()
 
     def forward(self, **batch: Any):
         return self.training_step(batch)
