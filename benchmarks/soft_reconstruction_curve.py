@@ -20,12 +20,12 @@ import argparse
 import contextlib
 import functools
 import json
-import platform
 import shutil
 import time
 from pathlib import Path
 
 import torch
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 
 def main() -> None:
@@ -165,8 +165,7 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
     train_log = [{"step": r["step"], "loss": r["loss"], "token_accuracy": r.get("token_accuracy")} for r in log if "loss" in r]
     last = curve[-1]
     steps_per_s = last["step"] / last["train_seconds"] if last["train_seconds"] else 0.0
-    machine = (f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s); 2-core CPU shared with other jobs, "
-               "no GPU; shortened CPU schedule")
+    machine = f"{machine_line()}; shortened CPU schedule"
     data = {"method": args.method, "model": args.model, "args": vars(args), "machine": machine,
             "schedule": "shortened CPU schedule", "steps_per_s": steps_per_s, "curve": curve, "train_log": train_log,
             "reference_text": texts[0][:200]}

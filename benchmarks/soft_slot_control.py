@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
 
 import torch
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 
 def main() -> None:
@@ -52,7 +52,7 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
         del c, module
     command = "PYTHONPATH=. python benchmarks/soft_slot_control.py " + " ".join(f"--compressor {p}" for p in args.compressor)
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s); 2-core CPU shared with other jobs, no GPU"
+    machine = machine_line()
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine, "windows": args.windows,
                                                     "rows": rows}, indent=2) + "\n")

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 
 def measured_peak_flops(device: str, dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
@@ -139,9 +139,7 @@ def write(args, peak: float, rows: list[dict], peak_bf16: float | None = None) -
             for r in rows:
                 if r["method"] == method and r["variant"] != "full-logits":
                     r["speedup_vs_full_logits"] = r["steps_per_s"] / full["steps_per_s"]
-    machine = f"{platform.machine()} CPU, {torch.get_num_threads()} threads, device {args.device} (2-core CPU shared with other jobs)"
-    if args.device.startswith("cuda"):
-        machine = torch.cuda.get_device_name()
+    machine = f"{machine_line()}, device {args.device}"
     result = {"args": vars(args), "machine": machine, "measured_peak_tflops": peak / 1e12,
               "measured_peak_bf16_tflops": peak_bf16 / 1e12 if peak_bf16 else None, "rows": rows}
     out = Path(args.out)
