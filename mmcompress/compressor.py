@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .budget import check_rate, check_target_tokens
-from .errors import ConfigError
+from .errors import ConfigError, InvalidPromptError
 
 
 @dataclass
@@ -29,7 +29,10 @@ class CompressorConfig:
     """
 
     def __post_init__(self) -> None:
-        pass
+        if hasattr(self, "device") or hasattr(self, "dtype"):  # an unknown name fails here, not at model loading
+            from .models.loading import check_device_and_dtype
+
+            check_device_and_dtype(getattr(self, "device", None), getattr(self, "dtype", None))
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -104,8 +107,23 @@ class Compressor:
         """Compress many prompts (methods override this to batch the model work across prompts)."""
         from tqdm.auto import tqdm
 
-        prompts = list(prompts)
+        prompts = batch_list(prompts)
         return [self.compress(p, **kwargs) for p in tqdm(prompts, disable=not progress, desc=self.name)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def batch_list(prompts: Any) -> list:
+    """The prompts of a batch as a list; one prompt (a str, a Prompt, chat messages) is an error, not a batch of its
+    characters or messages."""
+    from .prompt import Prompt
+
+    if isinstance(prompts, (str, bytes, Prompt, dict)) or (
+            isinstance(prompts, Sequence) and prompts and all(isinstance(m, dict) for m in prompts)):
+        raise InvalidPromptError(f"compress_batch takes a list of prompts, got one {type(prompts).__name__} prompt; "
+                                 "use compress(prompt), or compress_batch([prompt])")
+    try:
+        return list(prompts)
+    except TypeError:
+        raise InvalidPromptError(f"compress_batch takes a list of prompts, got {type(prompts).__name__}") from None

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -109,16 +111,96 @@ def create_compressor(name_or_path: str | Path, **overrides: Any):
     )
 
 
+def read_saved_meta(path: Path, file_name: str = SAVED_CONFIG_FILE) -> dict[str, Any]:
+    """The metadata of a saved compressor folder, with a clear error for a missing, broken or incomplete file."""
+    meta_file = Path(path) / file_name
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} has no {file_name}; it is not a saved mmcompress compressor") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{meta_file} is not readable JSON ({e}); the saved compressor is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("compressor"), str):
+        raise ConfigError(f"{meta_file} has no 'compressor' name; the saved compressor is damaged")
+    if not isinstance(meta.get("config", {}), dict):
+        raise ConfigError(f"{meta_file}: 'config' must be a mapping of config fields")
+    return meta
+
+
+def load_saved_weights(file: Path) -> dict[str, Any]:
+    """Tensors of a saved ``.safetensors`` file, with a clear error for a missing or damaged one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = Path(file)
+    if not file.is_file():
+        raise ConfigError(f"{file} is missing; the saved compressor has no weights (was saving interrupted?)")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{file} is not a readable safetensors file ({e}); the saved compressor is damaged") from None
+
+
 def _build(name: str, fields: dict[str, Any]):
     cls = COMPRESSORS.get(name)
+    config_class = getattr(cls, "config_class", None)
+    if config_class is not None:
+        check_field_types(config_class, fields)
     return cls(**fields)
+
+
+_PLAIN = (str, int, float, bool, list, dict, type(None))
+
+
+def check_field_types(config_class: type, fields: dict[str, Any]) -> None:
+    """Refuse a plain value (from YAML, ``--set`` or keywords) whose type does not match the config field, e.g.
+    ``seed=abc``; objects (a loaded model passed as ``model=``) and unknown keys are left to the compressor."""
+    try:
+        hints = typing.get_type_hints(config_class)
+    except Exception:  # annotations that cannot be evaluated here: nothing to check against
+        return
+    for key, value in fields.items():
+        if key in hints and isinstance(value, _PLAIN) and not _matches(value, hints[key]):
+            raise ConfigError(f"{config_class.__name__}.{key} must be {_describe(hints[key])}, got {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin in (list, tuple) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # Literal, callables...: not checked here
+
+
+def _describe(hint: Any) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_describe(h) for h in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
 
 
 def _from_saved(path: Path, overrides: dict[str, Any]):
     meta_file = path / SAVED_CONFIG_FILE
     if not meta_file.exists():
         raise ConfigError(f"{path} is a folder but has no {SAVED_CONFIG_FILE}; it is not a saved mmcompress compressor")
-    meta = json.loads(meta_file.read_text())
+    meta = read_saved_meta(path)
     cls = COMPRESSORS.get(meta["compressor"])
     if not hasattr(cls, "from_pretrained"):
         raise ConfigError(f"compressor {meta['compressor']!r} cannot be loaded from a folder")

@@ -17,8 +17,11 @@ from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample
 from mmcompress.prompt import Prompt
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["The Eiffel Tower was finished in 1889 and stands on the Champ de Mars in Paris, France.",
-        "Mount Everest is the highest mountain above sea level, on the border of Nepal and China."]
+# long enough that a quarter of the prompt covers the kept instruction and question (and their separators)
+DOCS = ["The Eiffel Tower was finished in 1889 and stands on the Champ de Mars in Paris, France. It was built as the "
+        "entrance arch to the World's Fair and was the tallest structure in the world for four decades.",
+        "Mount Everest is the highest mountain above sea level, on the border of Nepal and China. Climbers reach its "
+        "summit from the south side in Nepal or from the north side in Tibet, mostly in May."]
 EXAMPLE = QAExample(id="q1", question="When was the tower finished?", answers=["1889"], documents=DOCS)
 
 
