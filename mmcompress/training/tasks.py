@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .run_folder import claim_output_dir, recipe_identity
 from .trainer import TrainConfig, Trainer, TrainResult, set_seed
 
 TASKS: Registry[Callable[[dict[str, Any]], TaskSetup]] = Registry("training task")
@@ -82,11 +83,14 @@ def run_recipe(recipe: dict[str, Any]) -> TrainResult:
     importlib.import_module("mmcompress")  # registers every family's tasks
     build = TASKS.get(recipe["task"])
     config = TrainConfig.from_dict(recipe.get("train"))
+    # the output folder is checked (and claimed) before the task loads any model
+    identity = recipe_identity(recipe)
+    claim = claim_output_dir(config.output_dir, identity, resume=config.resume, overwrite=config.overwrite)
     set_seed(config.seed)  # the task's fresh parameters are initialised reproducibly
     setup = build(recipe)
-    trainer = Trainer(setup.module, config, setup.train_dataset, setup.eval_dataset, setup.collate_fn)
+    trainer = Trainer(setup.module, config, setup.train_dataset, setup.eval_dataset, setup.collate_fn,
+                      identity=identity, claim=claim)
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     result = trainer.train()
     if setup.finalize is not None and trainer.accelerator.is_main_process:
