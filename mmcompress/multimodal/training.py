@@ -87,7 +87,7 @@ def _saved_folder(recipe: dict[str, Any], key: str) -> Path:
                           f"{key}: null") from None
 
 
-@register_task("interleaved")
+@register_task("interleaved", sections=("init_from", "init_image_path"))
 def build_interleaved(recipe: dict[str, Any]) -> TaskSetup:
     model_cfg = dict(recipe.get("model") or {})
     data = dict(recipe.get("data") or {})

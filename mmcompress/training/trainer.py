@@ -23,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..config_base import Config
 from ..errors import ConfigError
 from .run_folder import (
     CHECKPOINT_PREFIX,
@@ -50,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Optimisation settings (a recipe's ``train:`` section)."""
 
     output_dir: str = "runs/default"
@@ -80,30 +81,11 @@ class TrainConfig:
         # from Python may still hold `no` as False and `5e-4` as a string
         if self.mixed_precision is False:
             self.mixed_precision = "no"
-        self._coerce_numbers()
+        super().__post_init__()  # type checks; numbers given as strings become numbers here, not deep in torch
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"schedule must be constant, linear or cosine, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    def _coerce_numbers(self) -> None:
-        # numbers given as strings become numbers here rather than fail deep inside torch's optimizer
-        for f in fields(self):
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type))
-            value = getattr(self, f.name)
-            if kind is None or value is None or type(value) is kind:
-                continue
-            try:
-                number = math.nan if isinstance(value, bool) else float(value)
-            except (TypeError, ValueError):
-                number = math.nan
-            if math.isnan(number) or (kind is int and not number.is_integer()):
-                raise ConfigError(f"train setting {f.name} must be {'an integer' if kind is int else 'a number'}, "
-                                  f"got {value!r}")
-            setattr(self, f.name, kind(number))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:

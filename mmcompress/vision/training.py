@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..training.tasks import TaskSetup, register_task
+from ..training.tasks import TaskSetup, check_keys, register_task
 
 
 @dataclass
@@ -113,7 +113,11 @@ def preprocess_all(encoder, images: np.ndarray, batch: int = 256) -> torch.Tenso
 
 @register_task("small_vlm")
 def build(recipe: dict[str, Any]) -> TaskSetup:
-    data_cfg, model_cfg = recipe.get("data", {}), recipe.get("model", {})
+    data_cfg = check_keys("data", recipe.get("data"), ("npz", "train_fraction", "validation_fraction", "seed",
+                                                       "eval_size"))
+    model_cfg = check_keys("model", recipe.get("model"), ("encoder", "lm", "adapter", "prefix", "suffix", "objective",
+                                                          "train_encoder", "temperature", "mse_weight",
+                                                          "nested_tokens"))
     if "npz" not in data_cfg:
         raise ConfigError("the small_vlm task needs data.npz (images + class-name labels)")
     train, test = load_npz_split(data_cfg["npz"], data_cfg.get("train_fraction", 0.8), data_cfg.get("seed", 0))
