@@ -207,6 +207,24 @@ def resolve_model(name_or_path: str) -> str:
     raise ModelNotFoundError(_not_found_message(name, alias))
 
 
+def describe_model(name: str = DEFAULT_MODEL) -> str:
+    """What ``name`` loads on this machine, in words, without probing the hub or converting anything."""
+    alias = ALIASES.get(name.lower())
+    if alias is None:
+        return name
+    if _in_local_hf_cache(alias.hf_id):
+        return f"{alias.hf_id}: the hub weights, from the local Hugging Face cache"
+    hub = ("" if hub_offline() else f"; the hub weights of {alias.hf_id} instead when the hub answers") + \
+        f"; the hub weights whenever {alias.hf_id} is in the local Hugging Face cache"
+    if alias.gguf_file and alias.package and _package_dir(alias.package) is not None:
+        quant = Path(alias.gguf_file).stem.rsplit(".", 1)[-1]
+        return (f"{alias.hf_id.split('/')[-1]} as the {quant} GGUF of the {alias.pip_spec.split('==')[0]} package, "
+                f"dequantized to float32 (not the original hub weights){hub}")
+    if alias.package and _package_dir(alias.package) is not None:
+        return f"{alias.hf_id} from the {alias.pip_spec.split('==')[0]} package"
+    return f"{alias.hf_id} (not installed here: {_not_found_message(name, alias)})"
+
+
 def _not_found_message(name: str, alias: ModelAlias | None) -> str:
     where = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the Hugging Face hub is not reachable"
     msg = f"model {name!r} was not found: it is not a local folder, not in the Hugging Face cache, and {where}."
