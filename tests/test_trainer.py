@@ -256,3 +256,9 @@ def test_resume_continues_only_its_own_checkpoints_and_logs_each_step_once(tmp_p
     assert steps == list(range(1, 21))
     # the rate counts this run's 10 steps over this run's time
     assert result.steps_per_second * result.seconds == pytest.approx(10)
+
+
+def test_overwrite_with_resume_starts_fresh(tmp_path):
+    Trainer(Regressor(), _config(tmp_path, max_steps=10, save_every=5), Pairs()).train()
+    result = Trainer(Regressor(), _config(tmp_path, max_steps=5, resume=True, overwrite=True), Pairs()).train()
+    assert result.start_step == 0 and result.steps == 5 and checkpoints(tmp_path / "run") == []

@@ -112,6 +112,7 @@ def claim_output_dir(output_dir: str | Path, identity: dict[str, Any], *, resume
     run_file = output_dir / RUN_FILE
     if overwrite and output_dir.is_dir():
         clear_run(output_dir)
+        resume = False  # nothing of the replaced run is left to continue
     owner = _read_json(run_file, "run file") if run_file.is_file() else None
     if owner is not None:
         diffs = identity_differences(owner.get("identity", {}), identity)

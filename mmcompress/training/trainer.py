@@ -194,6 +194,7 @@ class Trainer:
             self.claim = claim_output_dir(self.output_dir, self.identity, resume=cfg.resume, overwrite=cfg.overwrite)
         if self.claim.resume_from is not None:
             self._resume(self.claim.resume_from)
+            self.claim.resume_from = None  # a second train() call continues from where this one ends
         elif cfg.resume:
             logger.warning("resume requested but no checkpoint of this run in %s; starting fresh", self.output_dir)
         start_step = self.step
