@@ -7,7 +7,6 @@ Each family's base builds on these: ``hard/base.py`` (token dropping), ``soft/ba
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
@@ -15,41 +14,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .budget import check_rate, check_target_tokens
+from .config_base import Config
 from .errors import ConfigError, InvalidPromptError
 
 
 @dataclass
-class CompressorConfig:
-    """Base of every method's config dataclass: no fields of its own, only reading, checking and copying.
+class CompressorConfig(Config):
+    """Base of every method's config dataclass: no fields of its own, only reading, checking and copying. Fields
+    are type-checked on construction and unknown keys refused (:mod:`mmcompress.config_base`).
 
     The budget vocabulary: a family that honours a budget by tokens has ``rate`` (fraction of tokens kept) and
     ``target_tokens`` (overrides it) through :class:`BudgetConfig`; a family whose ratio is fixed otherwise (soft
     methods: ``chunk_tokens / num_slots``) does not have them. Every family reports its achieved ``rate`` / ``ratio``
     on its result.
     """
-
-    def __post_init__(self) -> None:
-        if hasattr(self, "device") or hasattr(self, "dtype"):  # an unknown name fails here, not at model loading
-            from .models.loading import check_device_and_dtype
-
-            check_device_and_dtype(getattr(self, "device", None), getattr(self, "dtype", None))
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CompressorConfig:
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {cls.field_names()}")
-        try:
-            return cls(**values)
-        except TypeError as e:
-            raise ConfigError(f"bad value for {cls.__name__}: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> CompressorConfig:
         return self.from_dict({**self.to_dict(), **changes})

@@ -177,3 +177,24 @@ def test_merging_conserves_every_patch(name, features):
     if name == "tome":
         torch.testing.assert_close((r.tokens * r.sizes[..., None]).sum(1), features.patch_tokens.sum(1),
                                    atol=1e-4, rtol=1e-4)
+
+
+def test_ranking_with_a_random_encoder_warns_with_the_way_out(encoder):
+    import warnings
+
+    from mmcompress.errors import RandomWeightsWarning
+
+    image = np.zeros((32, 32, 3), np.uint8)
+    assert encoder.randomly_initialised  # open_clip without pretrained weights
+    zip_ = create_compressor("visionzip", tokens=4, encoder=encoder)
+    with pytest.warns(RandomWeightsWarning, match="randomly initialised encoder.*pretrained="):
+        zip_.compress([image])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomWeightsWarning)
+        zip_.compress([image])  # once per compressor
+        create_compressor("vision_random", tokens=4, encoder=encoder).compress([image])  # needs no saliency
+        encoder.randomly_initialised = False  # e.g. a trained tower passed in
+        try:
+            create_compressor("prumerge", tokens=4, encoder=encoder).compress([image])
+        finally:
+            encoder.randomly_initialised = True

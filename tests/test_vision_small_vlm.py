@@ -131,15 +131,23 @@ def test_small_vlm_task_builds_from_a_recipe(tmp_path, tiny_dir, tiny_lm):
 
     rng = np.random.default_rng(0)
     tok_words = single_token_words(tiny_lm[1], 2)
-    np.savez(tmp_path / "d.npz", images=rng.integers(0, 255, (10, 32, 32, 3), dtype=np.uint8),
-             labels=np.array(tok_words * 5))
+    images = rng.integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "d.npz", images=images, labels=np.array(tok_words * 10))
     setup = TASKS.get("small_vlm")({
         "task": "small_vlm",
         "model": {"encoder": "open_clip:mmc-vit-micro", "lm": str(tiny_dir), "objective": "embedding",
                   "adapter": {"name": "perceiver", "tokens": 4, "heads": 2, "dim_head": 8}, "nested_tokens": [1, 4]},
         "data": {"npz": str(tmp_path / "d.npz"), "train_fraction": 0.8},
     })
-    assert len(setup.train_dataset) == 8 and len(setup.eval_dataset) == 2
+    # 20 images: 4 test (never read by training), 16 left: 2 validation (what the run is scored on), 14 train
+    assert len(setup.train_dataset) == 14 and len(setup.eval_dataset) == 2
+    from mmcompress.vision.training import load_npz_split, load_npz_splits
+
+    train, validation, test = load_npz_splits(tmp_path / "d.npz", 0.8, 0.1)
+    assert test.images.tobytes() == load_npz_split(tmp_path / "d.npz", 0.8)[1].images.tobytes()  # the test split as before
+    seen = {x.tobytes() for x in train.images}
+    assert not seen & {x.tobytes() for x in validation.images} and not seen & {x.tobytes() for x in test.images}
+    assert not {x.tobytes() for x in validation.images} & {x.tobytes() for x in test.images}
     batch = torch.utils.data.default_collate([setup.train_dataset[i] for i in range(4)])
     assert torch.isfinite(setup.module.training_step(batch)["loss"])
     assert set(setup.module.evaluation_step(batch)) == {"closed_acc", "greedy_acc"}

@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..factory import list_configs, load_config_file
+    from ..models.loading import DEFAULT_MODEL, describe_model
     from ..registry import COMPRESSORS
 
     methods = [
@@ -29,9 +30,12 @@ def run(args) -> int:
         except Exception as e:  # a broken config is listed, not fatal
             method = f"(unreadable: {e})"
         configs.append({"name": stem, "compressor": method, "path": str(path)})
+    default_model = {"name": DEFAULT_MODEL, "loads": describe_model(DEFAULT_MODEL)}
     if args.json:
-        print(json.dumps({"methods": methods, "configs": configs, "recipes": recipes}, indent=2))
+        print(json.dumps({"default_model": default_model, "methods": methods, "configs": configs,
+                          "recipes": recipes}, indent=2))
         return 0
+    print(f"default model: {DEFAULT_MODEL} -> {default_model['loads']}")
     print("methods:")
     for m in methods:
         print(f"  {m['name']:<22} {m['family']:<8} {m['summary']}")

@@ -105,6 +105,12 @@ class HardCompressor(Compressor):
     family = "hard"
     config_class = HardConfig
 
+    @property
+    def selection_unit(self) -> str:
+        """What the method keeps or drops whole (token, word, phrase, sentence): a random baseline compared with it
+        drops units of the same size (:func:`mmcompress.evaluation.harness.random_floors`)."""
+        return str(getattr(self.config, "unit", "token"))
+
     def __init__(self, config: HardConfig | None = None, *, tokenizer: Any = None, **overrides: Any):
         model_obj = overrides.pop("model", None)
         if model_obj is not None and not isinstance(model_obj, str):

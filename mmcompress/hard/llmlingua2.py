@@ -117,6 +117,7 @@ class LLMLingua2(BatchedHardCompressor):
     """Keep the words a token classifier labels most likely to keep (LLMLingua-2)."""
 
     config_class = LLMLingua2Config
+    selection_unit = "word"  # labels are per word (token probabilities aggregated to words)
 
     def __init__(self, config: LLMLingua2Config | None = None, *, classifier_model: Any = None,
                  classifier_tokenizer: Any = None, **overrides: Any):

@@ -73,6 +73,7 @@ class VisionEncoder(nn.Module):
     """Base class: ``preprocess(images) -> pixels``, ``forward(pixels) -> EncoderOutput``, ``encode(images)``."""
 
     kind: str = ""
+    randomly_initialised: bool = False  # True for a tower built without pretrained weights
 
     @property
     def hidden_size(self) -> int:

@@ -16,6 +16,7 @@ projector, as VisionZip and PruMerge do.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ import torch
 
 from ...budget import check_rate
 from ...compressor import Compressor, CompressorConfig, Timings
-from ...errors import BudgetError, ConfigError
+from ...errors import BudgetError, ConfigError, RandomWeightsWarning
 from ..encoders.base import EncoderOutput
 
 
@@ -118,6 +119,7 @@ class VisualReduction(Compressor):
     family = "vision"
     config_class: ClassVar[type[ReductionConfig]] = ReductionConfig
     needs_attention: ClassVar[bool] = False  # does reduce() read the CLS attention / keys?
+    ranks_patches: ClassVar[bool] = True  # does the choice depend on what the encoder learned (not pool / stride)?
 
     def __init__(self, config: ReductionConfig | None = None, *, encoder: Any = None, **overrides: Any):
         if isinstance(encoder, str):  # a spec is a config field; an encoder object is used as is
@@ -188,6 +190,7 @@ class VisualReduction(Compressor):
         t0 = time.perf_counter()
         encoder = self.encoder
         timings["load"] = time.perf_counter() - t0
+        self._warn_if_random(encoder)
         with timings("encode"), torch.no_grad():
             features = encoder.encode(pics, output_attentions=self.needs_attention)
         k = self.budget(features.num_patches, tokens=tokens, rate=rate)
@@ -196,6 +199,19 @@ class VisualReduction(Compressor):
         timings["total"] = timings["prepare"] + timings["encode"] + timings["compress"]
         return VisualTokens(result.tokens, result.indices, result.sizes, result.num_patches, self.name,
                             dict(timings), result.extras)
+
+
+    def _warn_if_random(self, encoder: Any) -> None:
+        if not self.ranks_patches or not getattr(encoder, "randomly_initialised", False):
+            return
+        if getattr(self, "_warned_random", False):
+            return
+        self._warned_random = True
+        warnings.warn(RandomWeightsWarning(
+            f"{self.name} ranks patches with a randomly initialised encoder ({self.config.encoder}, no pretrained "
+            "weights): the tokens it keeps carry no learned saliency, no better than vision_random. Set pretrained= "
+            "(an open_clip tag or checkpoint file), encoder='hf_clip:<model id or folder>', or pass your VLM's own "
+            "tower as encoder="), stacklevel=3)
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
