@@ -158,28 +158,32 @@ class VLMRunner:
                              {"process": t1 - t0, "encode": t2 - t1})
 
     def _cut(self, processed: dict, encoded: list[ImageTokens], per_row: list[int]):
-        """Cut every image's placeholder run to its K places; left-pad the rows again."""
+        """Cut every image's placeholders to its K places and left-pad the rows again. Text is untouched, also the
+        markers between the tiles of one image (Idefics3); a kept token goes to the placeholder run of its anchor,
+        in token order, so a tile's tokens stay next to its markers."""
         full_ids, full_mask = processed["input_ids"], processed["attention_mask"]
         rows, columns, start = [], [], 0
         for row, count in enumerate(per_row):
             valid = full_mask[row].bool().nonzero().squeeze(1)
             ids = full_ids[row, valid]
-            places = (ids == self.image_token_id).nonzero().squeeze(1)
+            is_place = ids == self.image_token_id
+            places = is_place.nonzero().squeeze(1)
             mine = encoded[start:start + count]
             start += count
             if len(places) != sum(i.full for i in mine):
                 raise InvalidPromptError(f"the processed prompt has {len(places)} image places, the images give "
                                          f"{sum(i.full for i in mine)}; does the text contain the image token itself?")
-            keep, cursor, offset = [], 0, 0
-            for image in mine:
-                run = places[offset:offset + image.full]
-                offset += image.full
-                keep.append(torch.arange(cursor, int(run[0])))  # text before the image
+            first = torch.ones(len(places), dtype=torch.bool)
+            first[1:] = places[1:] != places[:-1] + 1
+            run_start = places[first][first.cumsum(0) - 1]  # the first column of each place's run
+            order = [(int(c), -1, 0, int(c)) for c in (~is_place).nonzero().squeeze(1)]
+            offset = 0
+            for number, image in enumerate(mine):
                 anchors = image.anchors if image.anchors is not None else torch.arange(image.k)
-                keep.append(run[anchors.clamp(0, image.full - 1)] if image.full else run[:0])
-                cursor = int(run[-1]) + 1
-            keep.append(torch.arange(cursor, len(ids)))
-            cols = torch.cat(keep).long()
+                chosen = offset + anchors.clamp(0, max(image.full - 1, 0))
+                order += [(int(run_start[p]), number, j, int(places[p])) for j, p in enumerate(chosen.tolist())]
+                offset += image.full
+            cols = torch.tensor([o[3] for o in sorted(order)], dtype=torch.long)
             rows.append(ids[cols])
             columns.append(valid[cols])
         width = max(len(r) for r in rows)

@@ -6,7 +6,7 @@ The signals the reductions read are computed on the last vision block, per merge
 
 - attention: the mean attention each patch receives in that block (heads and queries averaged; Qwen's tower has no
   CLS token, so this is VisionZip's rule for CLS-less towers), averaged over the token's 2x2 patches; it is recomputed
-  from the block's ``qkv`` projection and rotary embedding, whatever attention kernel runs;
+  from the block's own ``qkv`` output (captured, not recomputed) and rotary embedding, whatever attention kernel runs;
 - keys: the block's keys before the rotary embedding (content, not position), averaged over the 2x2 patches.
 
 Qwen2.5-VL's window attention reorders the patches inside the tower; the scores are put back in image order with
@@ -53,11 +53,16 @@ class Qwen2VLRunner(VLMRunner):
             captured["cu_seqlens"] = kwargs.get("cu_seqlens", args[1] if len(args) > 1 else None)
             captured["rope"] = kwargs.get("position_embeddings")
 
-        handle = self.visual.blocks[-1].attn.register_forward_pre_hook(grab, with_kwargs=True) if need else None
+        def grab_qkv(module, args, output):  # the block's own projection, not recomputed
+            captured["qkv"] = output
+
+        attn = self.visual.blocks[-1].attn
+        handles = [attn.register_forward_pre_hook(grab, with_kwargs=True),
+                   attn.qkv.register_forward_hook(grab_qkv)] if need else []
         try:
             merged = self.visual(pixels, grid_thw=grid).pooler_output
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
         merge = self.visual.spatial_merge_size
         units = (grid.prod(-1) // merge ** 2).tolist()
@@ -89,7 +94,7 @@ class Qwen2VLRunner(VLMRunner):
         module = importlib.import_module(type(attn).__module__)
         hidden, bounds = captured["hidden"], captured["cu_seqlens"].tolist()
         seq = hidden.shape[0]
-        q, k, _ = attn.qkv(hidden).reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k, _ = captured["qkv"].reshape(seq, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
         raw_keys = k.reshape(seq, -1)
         cos, sin = captured["rope"]
         q, k = module.apply_rotary_pos_emb_vision(q, k, cos, sin)
