@@ -3,7 +3,8 @@
 Shape: Qwen2-VL-7B widths -- vision tower 1280 wide, 16 heads, patch 14, 2x2 merger into the LLM width; LLM 3584
 wide, 28 heads with 4 key/value heads, MLP 18944 -- with the depth cut to ``--text-layers`` / ``--vision-layers``
 (the per-layer cost is what the token count changes). A square ``--image-size`` image: 448 px is 32 x 32 patches,
-256 LLM tokens. Each row is the median of ``--repeats`` runs after a warm-up, all in one process:
+256 LLM tokens. Each row is the median of ``--repeats`` runs after a warm-up round, all in one process, the methods
+taken in turn within each repeat (a load that drifts during the run hits them alike):
 
 - ``encode_s``: tower + merger, plus the reduction's own cost (attention recomputed on the last block, the method);
 - ``prefill_s``: the LLM forward over the prompt (``--text-tokens`` text tokens + the image tokens), M-RoPE positions
@@ -43,16 +44,12 @@ def qwen2_vl_shape(text_layers: int, vision_layers: int, vocab: int):
                          vision_start_token_id=vocab - 2, vision_end_token_id=vocab - 1, video_token_id=vocab - 4)
 
 
-def median_time(fn, repeats: int, sync) -> tuple[float, object]:
-    out = fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
+def timed(fn, sync) -> tuple[float, object]:
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return time.perf_counter() - t0, out
 
 
 @torch.no_grad()
@@ -81,26 +78,36 @@ def qwen2_vl_main(args) -> dict:
     processed = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
                  "image_grid_thw": grid, "mm_token_type_ids": (ids == config.image_token_id).int()}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    rows, base = [], None
-    for method in ["all"] + [m for m in args.methods.split(",") if m]:
-        compressor = None if method == "all" else create_compressor(method, tokens=args.tokens)
-        encode_s, encoded = median_time(lambda: runner.encode_images(processed, compressor, args.tokens),
-                                        args.repeats, sync)
-        cut_ids, mask, columns = runner._cut(processed, encoded, [1])
-        batch = PreparedBatch(cut_ids.to(device), mask.to(device), encoded, [1],
-                              runner.positions(processed, columns, mask).to(device))
-        prefill_s, _ = median_time(lambda: model(**batch.model_kwargs(), logits_to_keep=1), args.repeats, sync)
-        row = {"method": method, "image_tokens": encoded[0].k, "prompt_tokens": int(mask.sum()),
-               "encode_s": round(encode_s, 4), "prefill_s": round(prefill_s, 4), "total_s": round(encode_s + prefill_s, 4)}
-        base = base or row
-        row["prefill_speedup"] = round(base["prefill_s"] / prefill_s, 2)
-        row["total_speedup"] = round(base["total_s"] / row["total_s"], 2)
-        rows.append(row)
+    methods = ["all"] + [m for m in args.methods.split(",") if m]
+    compressors = {m: None if m == "all" else create_compressor(m, tokens=args.tokens) for m in methods}
+    times: dict[str, dict[str, list[float]]] = {m: {"encode": [], "prefill": []} for m in methods}
+    batches = {}
+    # round robin over the methods, one warm-up round first: a load that drifts during the run hits all alike
+    for repeat in range(args.repeats + 1):
+        for method in methods:
+            encode_s, encoded = timed(lambda: runner.encode_images(processed, compressors[method], args.tokens), sync)
+            cut_ids, mask, columns = runner._cut(processed, encoded, [1])
+            batches[method] = (encoded, mask, PreparedBatch(cut_ids.to(device), mask.to(device), encoded, [1],
+                                                            runner.positions(processed, columns, mask).to(device)))
+            prefill_s, _ = timed(lambda: model(**batches[method][2].model_kwargs(), logits_to_keep=1), sync)
+            if repeat:
+                times[method]["encode"].append(encode_s)
+                times[method]["prefill"].append(prefill_s)
+    rows = []
+    for method in methods:
+        encoded, mask, _ = batches[method]
+        encode_s, prefill_s = (statistics.median(times[method][part]) for part in ("encode", "prefill"))
+        rows.append({"method": method, "image_tokens": encoded[0].k, "prompt_tokens": int(mask.sum()),
+                     "encode_s": round(encode_s, 4), "prefill_s": round(prefill_s, 4),
+                     "total_s": round(encode_s + prefill_s, 4)})
+    for row in rows:
+        row["prefill_speedup"] = round(rows[0]["prefill_s"] / row["prefill_s"], 2)
+        row["total_speedup"] = round(rows[0]["total_s"] / row["total_s"], 2)
         print(row, flush=True)
     shape = (f"Qwen2-VL-7B widths, {args.text_layers} of 28 LLM layers, {args.vision_layers} of 32 vision layers, "
              f"vocab {args.vocab}, {args.image_size} px image ({units} LLM image tokens), {args.text_tokens} text "
              f"tokens, {args.dtype} on {args.device}, random weights")
     out = getattr(args, "out", None) or "benchmarks/results/vision_qwen2vl_prefill"
     return write_results(out, "Qwen2-VL-shaped prefill: all image tokens vs K (runner path, reduction cost included)",
-                         rows, notes=f"Shape: {shape}. Median of {args.repeats} after a warm-up.",
+                         rows, notes=f"Shape: {shape}. Median of {args.repeats} rounds (methods in turn) after a warm-up round.",
                          extra={"shape": shape, "params_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)})

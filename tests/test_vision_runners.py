@@ -1,4 +1,5 @@
-"""One runner for the HF VLM families (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL) on tiny random
+"""One runner for the HF VLM families (LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3,
+SmolVLM) on tiny random
 models built offline: keeping every visual token gives exactly the model's own generate(); K tokens give K visual
 places (with their own M-RoPE positions for Qwen); a batch with different image counts per prompt gives, row by row,
 what each prompt gives alone; FastV prunes inside every family's LLM."""
@@ -9,9 +10,10 @@ import torch
 
 from mmcompress import create_compressor
 from mmcompress.errors import ConfigError, InvalidPromptError
-from mmcompress.vision.runners import AnyResolutionRunner, Llava15Runner, Qwen2VLRunner, create_vlm
+from mmcompress.vision.runners import (AnyResolutionRunner, Idefics3Runner, Llava15Runner, Qwen2VLRunner,
+                                       create_vlm)
 from vision_tiny import make_llava
-from vision_tiny_families import make_llava_next, make_llava_onevision, make_qwen2_vl
+from vision_tiny_families import make_idefics3, make_llava_next, make_llava_onevision, make_qwen2_vl
 
 FAMILIES = {
     "llava": lambda: make_llava(),
@@ -19,9 +21,12 @@ FAMILIES = {
     "llava_onevision": make_llava_onevision,
     "qwen2_vl": make_qwen2_vl,
     "qwen2_5_vl": lambda: make_qwen2_vl(version="2.5"),
+    "idefics3": make_idefics3,
+    "smolvlm": lambda: make_idefics3(smolvlm=True),
 }
 RUNNER_CLASS = {"llava": Llava15Runner, "llava_next": AnyResolutionRunner, "llava_onevision": AnyResolutionRunner,
-                "qwen2_vl": Qwen2VLRunner, "qwen2_5_vl": Qwen2VLRunner}
+                "qwen2_vl": Qwen2VLRunner, "qwen2_5_vl": Qwen2VLRunner, "idefics3": Idefics3Runner,
+                "smolvlm": Idefics3Runner}
 
 
 @pytest.fixture(scope="module")

@@ -107,3 +107,34 @@ def make_qwen2_vl(seed: int = 0, version: str = "2"):
     processor = Processor(image_processor=improc, tokenizer=tokenizer,
                           video_processor=Qwen2VLVideoProcessor(patch_size=4, merge_size=2, temporal_patch_size=2))
     return model, processor
+
+
+def make_idefics3(seed: int = 0, smolvlm: bool = False):
+    """Idefics3 (``smolvlm=True``: SmolVLM): SigLIP-style tower (32 px tiles, patch 4 -> 64 patches), pixel shuffle
+    x2 -> 16 tokens per tile; images up to 64 px are split into 32 px tiles plus a global view."""
+    import torch
+
+    specials = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
+        f"<row_{i + 1}_col_{j + 1}>" for i in range(6) for j in range(6)]
+    tokenizer = _tokenizer(*specials)
+    torch.manual_seed(seed)
+    if smolvlm:
+        from transformers import SmolVLMConfig as Config, SmolVLMForConditionalGeneration as Model, \
+            SmolVLMImageProcessor as ImageProcessor, SmolVLMProcessor as Processor
+    else:
+        from transformers import Idefics3Config as Config, Idefics3ForConditionalGeneration as Model, \
+            Idefics3ImageProcessor as ImageProcessor, Idefics3Processor as Processor
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                  patch_size=4)
+    config = Config(vision_config=vision, text_config=_llama_text(tokenizer).to_dict(), scale_factor=2,
+                    image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+    model = Model(config).eval()
+    improc = ImageProcessor(size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=True)
+    extra = {}
+    if smolvlm:
+        from transformers import SmolVLMVideoProcessor
+
+        extra["video_processor"] = SmolVLMVideoProcessor(size={"longest_edge": 32},
+                                                         max_image_size={"longest_edge": 32})
+    processor = Processor(image_processor=improc, tokenizer=tokenizer, image_seq_len=16, **extra)
+    return model, processor

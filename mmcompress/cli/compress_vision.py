@@ -4,9 +4,9 @@
         --model llava-hf/llava-1.5-7b-hf
 
 With ``--model`` (a VLM folder or HF id of a supported family: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL,
-Qwen2.5-VL; the config picks it) the VLM answers the prompt with K tokens per image and the visual tokens before and
-after and the prefill time are reported (``--json``: all of it as one record); without it the images are only
-encoded and reduced (the method's ``encoder``).
+Qwen2.5-VL, Idefics3, SmolVLM; the config picks it) the VLM answers the prompt with K tokens per image, and the
+visual tokens before and after and the prefill time are reported (``--json``: all of it as one record); without it
+the images are only encoded and reduced (the method's ``encoder``).
 """
 from __future__ import annotations
 

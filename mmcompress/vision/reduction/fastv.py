@@ -166,7 +166,7 @@ class FastV(VisualReduction):
 
     def reduce_to(self, features, k: int):
         raise ConfigError("FastV prunes inside the language model: use it with a VLM "
-                          "(mmcompress.vision.vlm.LlavaRunner or `mmcompress compress --model <vlm>`)")
+                          "(mmcompress.vision.runners.create_vlm or `mmcompress compress --model <vlm>`)")
 
     def compress(self, prompt: Any, **kwargs: Any):
         return self.reduce_to(None, 0)

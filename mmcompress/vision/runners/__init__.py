@@ -1,15 +1,16 @@
 """Runners for the HF vision-language families, picked from the model's config by :func:`create_vlm`:
-LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL and Qwen2.5-VL (see :mod:`.base` for the shared route)."""
+LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3 and SmolVLM (see :mod:`.base` for the shared route)."""
 from __future__ import annotations
 
 from typing import Any
 
 from ...errors import ConfigError, ModelNotFoundError
 from .base import ImageTokens, PreparedBatch, VLMRunner, split_budget_over_tiles
+from .idefics3 import Idefics3Runner
 from .llava import AnyResolutionRunner, Llava15Runner
 from .qwen2_vl import Qwen2VLRunner
 
-RUNNERS: tuple[type[VLMRunner], ...] = (Llava15Runner, AnyResolutionRunner, Qwen2VLRunner)
+RUNNERS: tuple[type[VLMRunner], ...] = (Llava15Runner, AnyResolutionRunner, Qwen2VLRunner, Idefics3Runner)
 SUPPORTED_MODEL_TYPES = tuple(t for runner in RUNNERS for t in runner.model_types)
 
 
@@ -49,5 +50,5 @@ def create_vlm(model: Any, processor: Any = None, *, device: str = "cpu", dtype:
     return cls(loaded, processor, template)
 
 
-__all__ = ["AnyResolutionRunner", "ImageTokens", "Llava15Runner", "PreparedBatch", "Qwen2VLRunner", "RUNNERS",
+__all__ = ["AnyResolutionRunner", "Idefics3Runner", "ImageTokens", "Llava15Runner", "PreparedBatch", "Qwen2VLRunner", "RUNNERS",
            "SUPPORTED_MODEL_TYPES", "VLMRunner", "create_vlm", "runner_class", "split_budget_over_tiles"]

@@ -95,6 +95,11 @@ class VLMRunner:
     model_types: tuple[str, ...] = ()
 
     def __init__(self, model: Any, processor: Any, template: str | None = None):
+        import inspect
+
+        if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
+            raise ConfigError(f"{type(model).__name__}.forward takes no mm_encoder_outputs: the runner needs a "
+                              "transformers version whose VLMs accept precomputed image features (5.x)")
         self.model = model.eval()
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -128,12 +133,18 @@ class VLMRunner:
         text = parsed.render(image_token=self.image_marker())
         return self.template.format(prompt=text) if self.template else text
 
-    def process(self, texts: list[str], images: list) -> dict:
+    def process(self, texts: list[str], images: list[list]) -> dict:
+        """The model's own processor on the batch (``images[row]``: the images of prompt ``row``), left-padded."""
         from ...image_io import load_images
 
         self.tokenizer.padding_side = "left"
-        kwargs = {"images": load_images(images)} if images else {}
+        flat = [im for row in images for im in row]
+        kwargs = {"images": self.nest(load_images(flat), images)} if flat else {}
         return dict(self.processor(text=texts, return_tensors="pt", padding=True, **kwargs))
+
+    def nest(self, loaded: list, images: list[list]):
+        """The images as the processor takes them: one flat list (most families)."""
+        return loaded
 
     def prepare(self, prompts: list[str], images: list[list], compressor: Any = None,
                 tokens: int | None = None) -> PreparedBatch:
@@ -145,7 +156,7 @@ class VLMRunner:
         texts = [self.render(p, list(im)) for p, im in zip(prompts, images)]
         flat = [im for row in images for im in row]
         t0 = time.perf_counter()
-        processed = self.process(texts, flat)
+        processed = self.process(texts, [list(row) for row in images])
         t1 = time.perf_counter()
         reducer = None if isinstance(compressor, FastV) else compressor
         with torch.no_grad():
