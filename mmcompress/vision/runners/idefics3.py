@@ -113,9 +113,11 @@ class Idefics3Runner(VLMRunner):
         q = rearrange(layer.q_proj(hidden), "b l (h d) -> b h l d", h=layer.num_heads)
         k_flat = layer.k_proj(hidden)
         k = rearrange(k_flat, "b l (h d) -> b h l d", h=layer.num_heads)
-        logits = (q @ k.transpose(-1, -2)).float() * layer.scale
-        logits = logits.masked_fill(~patch_mask[:, None, None, :], float("-inf"))
-        received = logits.softmax(-1).mean(dim=(1, 2))  # [tiles, patches]
+        received = torch.zeros(hidden.shape[:2], device=hidden.device)  # [tiles, patches]
+        for head in range(layer.num_heads):  # one head at a time: a tile has about a thousand patches
+            logits = (q[:, head] @ k[:, head].transpose(-1, -2)).float() * layer.scale
+            logits = logits.masked_fill(~patch_mask[:, None, :], float("-inf"))
+            received += logits.softmax(-1).mean(1) / layer.num_heads
         connector = self.model.model.connector
         index = torch.arange(hidden.shape[1], dtype=torch.float32, device=hidden.device).view(1, -1, 1)
         groups = connector.pixel_shuffle(index, connector.scale_factor)[0].long()  # [seq, scale^2] patch indices
