@@ -134,3 +134,22 @@ def test_unsupported_family_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="supported: llava"):
         runner_class("blip-2")
+
+
+def test_adjacent_images_keep_their_own_tokens(pictures, tmp_path):
+    """Two markers side by side make one placeholder run; each image's tokens must stay its own (LLaVA-1.5: keeping
+    all 64 tokens in order through the reduction path is exactly the model's own output)."""
+    make_llava(tmp_path)
+    runner = create_vlm(str(tmp_path))
+    prompt = "<image><image> which?"
+    every = runner.generate(prompt, pictures, create_compressor("vision_strided", tokens=64), max_new_tokens=5)
+    assert every.token_ids == own_generate(runner, prompt, pictures, 5)
+    swapped = runner.generate(prompt, pictures[::-1], create_compressor("vision_strided", tokens=64), max_new_tokens=5)
+    assert swapped.token_ids == own_generate(runner, prompt, pictures[::-1], 5)
+
+
+def test_tile_budget_is_shared():
+    from mmcompress.vision.runners import split_budget_over_tiles
+
+    assert split_budget_over_tiles(64, 5) == [13, 13, 13, 13, 12]
+    assert split_budget_over_tiles(3, 5) == [1, 1, 1, 0, 0] and sum(split_budget_over_tiles(17, 4)) == 17
