@@ -71,7 +71,7 @@ def main():
     p.add_argument("--out", default=None, help="qwen2_vl: results path prefix")
     args = p.parse_args()
     if args.family == "qwen2_vl":
-        from benchmarks.vision_qwen2vl_prefill import qwen2_vl_main
+        from vision_qwen2vl_prefill import qwen2_vl_main
 
         return qwen2_vl_main(args)
     torch.set_num_threads(min(2, os.cpu_count() or 1))

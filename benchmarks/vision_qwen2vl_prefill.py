@@ -28,7 +28,7 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmarks.common import write_results
+from common import write_results  # benchmarks/ is on sys.path: the script's folder
 
 
 def qwen2_vl_shape(text_layers: int, vision_layers: int, vocab: int):
