@@ -55,7 +55,8 @@ class ReductionConfig(CompressorConfig):
 @dataclass
 class ReductionResult:
     """``tokens [B, K, D]``; ``indices [B, K]`` the patch each output token is anchored at (kept tokens; the
-    destination of a merge); ``sizes [B, K]`` how many original patches each output token stands for."""
+    destination of a merge; ``-1`` for a token that stands at no patch: VisionZip's CLS token, PruMerge's extra
+    token); ``sizes [B, K]`` how many original patches each output token stands for (0 for the CLS token)."""
 
     tokens: torch.Tensor
     indices: torch.Tensor
@@ -155,7 +156,8 @@ class VisualReduction(Compressor):
         if self.needs_attention and features.attentions is None:
             raise ConfigError(f"{self.name} needs attention maps: encode with output_attentions=True")
         result = self.reduce_to(features, k)
-        assert result.tokens.shape[1] == k, f"{self.name} returned {result.tokens.shape[1]} tokens, not {k}"
+        if not result.extras.get("adaptive"):  # an adaptive method (PruMerge adaptive=True) picks its own count
+            assert result.tokens.shape[1] == k, f"{self.name} returned {result.tokens.shape[1]} tokens, not {k}"
         return result
 
     def reduce_to(self, features: EncoderOutput, k: int) -> ReductionResult:
@@ -223,8 +225,14 @@ def unit_sizes(index: torch.Tensor) -> torch.Tensor:
     return torch.ones(index.shape, dtype=torch.long, device=index.device)
 
 
-def normalized_metric(features: EncoderOutput) -> torch.Tensor:
-    """The similarity metric of merging methods: the layer's attention keys when available (ToMe, VisionZip,
-    PruMerge), else the tokens themselves; L2-normalised."""
-    metric = features.patch_keys if features.keys is not None else features.patch_tokens
-    return torch.nn.functional.normalize(metric.float(), dim=-1)
+def key_metric(features: EncoderOutput, head_mean: bool) -> torch.Tensor:
+    """The similarity metric of merging methods: the layer's attention keys when available, averaged over heads
+    (ToMe's ``k.mean(1)``, VisionZip) or with heads concatenated (PruMerge's ``k_proj`` output); else the tokens."""
+    if features.keys is None:
+        return features.patch_tokens.float()
+    return (features.patch_keys_head_mean() if head_mean else features.patch_keys).float()
+
+
+def normalized_metric(features: EncoderOutput, head_mean: bool = False) -> torch.Tensor:
+    """:func:`key_metric`, L2-normalised."""
+    return torch.nn.functional.normalize(key_metric(features, head_mean), dim=-1)
