@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -142,58 +140,9 @@ def load_saved_weights(file: Path) -> dict[str, Any]:
 
 
 def _build(name: str, fields: dict[str, Any]):
-    cls = COMPRESSORS.get(name)
-    config_class = getattr(cls, "config_class", None)
-    if config_class is not None:
-        check_field_types(config_class, fields)
-    return cls(**fields)
-
-
-_PLAIN = (str, int, float, bool, list, dict, type(None))
-
-
-def check_field_types(config_class: type, fields: dict[str, Any]) -> None:
-    """Refuse a plain value (from YAML, ``--set`` or keywords) whose type does not match the config field, e.g.
-    ``seed=abc``; objects (a loaded model passed as ``model=``) and unknown keys are left to the compressor."""
-    try:
-        hints = typing.get_type_hints(config_class)
-    except Exception:  # annotations that cannot be evaluated here: nothing to check against
-        return
-    for key, value in fields.items():
-        if key in hints and isinstance(value, _PLAIN) and not _matches(value, hints[key]):
-            raise ConfigError(f"{config_class.__name__}.{key} must be {_describe(hints[key])}, got {value!r}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if origin in (list, tuple) or hint in (list, tuple):
-        args = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and (not args or all(_matches(v, args[0]) for v in value))
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    if isinstance(hint, type):
-        return isinstance(value, hint)
-    return True  # Literal, callables...: not checked here
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(hint, str(hint))
+    # field types are checked (and harmless spellings such as "3" for an int coerced) by the config base when the
+    # compressor builds its config: mmcompress/config_base.py
+    return COMPRESSORS.get(name)(**fields)
 
 
 def _from_saved(path: Path, overrides: dict[str, Any]):

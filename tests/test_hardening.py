@@ -164,8 +164,8 @@ def test_unwritable_output_is_refused_before_any_work(capsys, tmp_path, where, m
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("unit={", "not valid YAML"), ("seed=abc", "seed must be an integer"), ("dtype=float7", "unknown dtype"),
-    ("device=quantum", "unknown device"), ("max_batch_tokens=-1", "max_batch_tokens must be a positive integer"),
+    ("unit={", "not valid YAML"), ("seed=abc", "seed must be an integer"), ("dtype=float7", "dtype must be one of"),
+    ("device=quantum", "device must be auto, cpu"), ("max_batch_tokens=-1", "max_batch_tokens must be > 0"),
 ])
 def test_bad_set_values(capsys, tmp_path, setting, message):
     # main: yaml.ScannerError / TypeError / ValueError tracebacks, and max_batch_tokens=-1 accepted

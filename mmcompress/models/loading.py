@@ -279,21 +279,6 @@ def pick_device(device: str | None) -> str:
 DTYPE_NAMES = ("auto", "float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
 
 
-def check_device_and_dtype(device: Any, dtype: Any) -> None:
-    """Refuse a device or dtype name torch does not know, when a config is built (not when the model loads)."""
-    import torch
-
-    from ..errors import ConfigError
-
-    if device not in (None, "auto"):
-        try:
-            torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:0, mps ...") from None
-    if dtype is not None and isinstance(dtype, str) and dtype.lower() not in DTYPE_NAMES:
-        raise ConfigError(f"unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16")
-
-
 def pick_dtype(dtype: Any, device: str):
     import torch
 
