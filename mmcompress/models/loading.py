@@ -276,9 +276,6 @@ def pick_device(device: str | None) -> str:
     return str(device)
 
 
-DTYPE_NAMES = ("auto", "float32", "fp32", "float16", "fp16", "bfloat16", "bf16")
-
-
 def pick_dtype(dtype: Any, device: str):
     import torch
 
