@@ -88,6 +88,9 @@ def test_core_works_and_each_feature_names_its_extra_without_optional_packages(t
         expect("vision", lambda: OpenCLIPEncoder("ViT-B-16"))
         from mmcompress.multimodal.tasks import load_shapes
         expect("vision", lambda: load_shapes("train"))
+        import importlib
+        expect("langchain", lambda: importlib.import_module("mmcompress.integrations.langchain"))
+        expect("llamaindex", lambda: importlib.import_module("mmcompress.integrations.llamaindex"))
     """, str(tiny_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok ") == 3, proc.stdout
+    assert proc.stdout.count("ok ") == 5, proc.stdout
