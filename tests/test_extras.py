@@ -91,6 +91,10 @@ def test_core_works_and_each_feature_names_its_extra_without_optional_packages(t
         import importlib
         expect("langchain", lambda: importlib.import_module("mmcompress.integrations.langchain"))
         expect("llamaindex", lambda: importlib.import_module("mmcompress.integrations.llamaindex"))
+        expect("serve", lambda: importlib.import_module("mmcompress.serve.app"))
+        from mmcompress.cli import main
+        assert main(["serve", "--port", "1"]) == 2  # one line "error: ... mmcompress[serve]", exit 2
     """, str(tiny_dir))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok ") == 5, proc.stdout
+    assert proc.stdout.count("ok ") == 6, proc.stdout
+    assert "error: mmcompress serve needs the optional package 'uvicorn'" in proc.stderr

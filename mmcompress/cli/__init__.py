@@ -13,7 +13,7 @@ import sys
 
 from ..errors import MMCompressError
 
-SUBCOMMANDS = ["compress", "list_cmd", "train", "eval_cmd"]
+SUBCOMMANDS = ["compress", "list_cmd", "train", "eval_cmd", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
