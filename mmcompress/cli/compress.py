@@ -6,7 +6,8 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, InputFileError, InvalidPromptError, MMCompressError
-from .common import check_output_path, looks_like_literal_text, parse_overrides, read_text
+from .common import (add_model_flags, add_output_flag, add_run_flags, check_output_path, looks_like_literal_text,
+                     model_overrides, parse_overrides, read_text, show_progress)
 
 
 def add_parser(sub) -> None:
@@ -32,11 +33,13 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object with the text and statistics")
     p.add_argument("--jsonl", action="store_true",
                    help="input is JSONL: one prompt per line ({'prompt'|'context'|'documents', 'question', ...})")
-    p.add_argument("--output", "-o", help="write results here instead of stdout")
+    add_output_flag(p, "write results here instead of stdout")
     p.add_argument("--skip-errors", action="store_true",
                    help="--jsonl: write the good rows and report bad ones (line, reason) on stderr")
     p.add_argument("--resume", action="store_true",
                    help="--jsonl with -o: keep the rows already in the output file and compress only the others")
+    add_run_flags(p)
+    add_model_flags(p)
     p.set_defaults(func=run)
 
 
@@ -46,6 +49,7 @@ def _compressor(args):
     overrides = parse_overrides(args.overrides)
     if args.model:
         overrides["model"] = args.model
+    overrides.update(model_overrides(args))
     return create_compressor(args.method, **overrides)
 
 
@@ -92,7 +96,8 @@ def run(args) -> int:
             out.write("\n")
         else:
             out.write(result.text.rstrip("\n") + "\n")
-            out.write(_stats_line(result) + "\n")
+            if not args.quiet:  # statistics are for the person watching, never part of the output
+                print(_stats_line(result), file=sys.stderr)
     finally:
         if args.output:
             out.close()
@@ -194,7 +199,8 @@ def _run_jsonl(args, budget: dict[str, Any]) -> int:
     compressor = _compressor(args)
     chunk = int(getattr(compressor, "batch_chunk", 16))
     out = open(args.output, "a" if args.resume else "w", encoding="utf-8") if args.output else sys.stdout
-    bar = tqdm(total=len(todo), disable=not (sys.stderr.isatty() or len(todo) > 20), desc=compressor.name)
+    bar = tqdm(total=len(todo), disable=not show_progress(args, sys.stderr.isatty() or len(todo) > 20),
+               desc=compressor.name)
     try:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]

@@ -1,7 +1,7 @@
 """``mmcompress serve``: the HTTP compression service and OpenAI-compatible proxy (FastAPI + uvicorn)."""
 from __future__ import annotations
 
-from .common import parse_overrides
+from .common import add_model_flags, model_overrides, parse_overrides
 
 
 def add_parser(sub) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--upstream-api-key", help="API key sent upstream (default: the client's Authorization header)")
     p.add_argument("--max-batch", type=int, default=16, help="most requests compressed in one batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    add_model_flags(p)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     p.set_defaults(func=run)
 
@@ -28,9 +29,7 @@ def settings_from_args(args):
     config = parse_overrides(args.overrides)
     if args.model:
         config["model"] = args.model
-    for name in ("device", "model_kwargs"):  # the shared model-loading flags, where the parser has them
-        if getattr(args, name, None) is not None:
-            config[name] = getattr(args, name)
+    config.update(model_overrides(args))
     settings = ServeSettings(method=args.method, rate=args.rate, config=config,
                              upstream_base_url=args.upstream_base_url, upstream_api_key=args.upstream_api_key,
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)

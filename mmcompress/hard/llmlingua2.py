@@ -152,7 +152,7 @@ class LLMLingua2(BatchedHardCompressor):
                     "id>, set $MMCOMPRESS_LLMLINGUA2_CLASSIFIER, or train one with "
                     "`mmcompress train --config configs/train/llmlingua2-minilm.yaml`")
             t0 = time.perf_counter()
-            loaded = TokenClassifierScorer.load(name, self.config.device, self.config.dtype)
+            loaded = TokenClassifierScorer.load(name, self.config.device, self.config.dtype, self.config.model_kwargs)
             self._scorer = self._make_scorer(loaded.model, loaded.tokenizer)
             self._load_seconds += time.perf_counter() - t0
         return self._scorer

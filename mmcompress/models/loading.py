@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError
+from ..errors import ConfigError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -324,30 +324,51 @@ def _load_tokenizer(path: str):
 
 
 def load_language_model(
-    name_or_path: str = DEFAULT_MODEL, device: str | None = "auto", dtype: Any = "auto"
+    name_or_path: str = DEFAULT_MODEL, device: str | None = "auto", dtype: Any = "auto",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> LanguageModel:
     """Load a causal LM and tokenizer from an HF id, a local folder, or an alias such as ``smollm2-135m``.
 
-    Loaded models are cached per (path, device, dtype) in the process, so compressors built on the same model
-    share its weights. The model is returned in eval mode.
+    ``model_kwargs`` go to ``from_pretrained`` (e.g. ``device_map``, ``attn_implementation``,
+    ``quantization_config``); with a ``device_map`` the model is left where accelerate placed it.
+    Loaded models are cached per (path, device, dtype, model_kwargs) in the process, so compressors built on the
+    same model share its weights. The model is returned in eval mode.
     """
     if hasattr(name_or_path, "generate") and hasattr(name_or_path, "config"):  # already a model
         raise TypeError("load_language_model takes a name or path; pass model objects to a compressor directly")
     path = resolve_model(name_or_path)
     device = pick_device(device)
-    return _load_language_model(path, device, pick_dtype(dtype, device), str(name_or_path))
+    frozen = freeze_kwargs(model_kwargs)
+    load = _load_language_model if frozen is not None else _load_language_model.__wrapped__  # unhashable: uncached
+    return load(path, device, pick_dtype(dtype, device), str(name_or_path),
+                frozen if frozen is not None else tuple((model_kwargs or {}).items()))
+
+
+def freeze_kwargs(kwargs: dict[str, Any] | None) -> tuple | None:
+    """``kwargs`` as a hashable cache key, or None when a value cannot be hashed (e.g. a dict value)."""
+    items = tuple(sorted((kwargs or {}).items()))
+    try:
+        hash(items)
+    except TypeError:
+        return None
+    return items
 
 
 @functools.lru_cache(maxsize=8)
-def _load_language_model(path: str, device: str, dtype: Any, name: str) -> LanguageModel:
+def _load_language_model(path: str, device: str, dtype: Any, name: str, model_kwargs: tuple = ()) -> LanguageModel:
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
+    kwargs = {"dtype": dtype, **dict(model_kwargs)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"could not load model {name!r} from {path}: {e}") from None
-    model.to(device).eval()
+    except (TypeError, ValueError) as e:  # a bad --model-kwargs entry, said before any traceback from deep inside
+        raise ConfigError(f"from_pretrained of {name!r} refused model_kwargs {dict(model_kwargs)}: {e}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
     tokenizer = _load_tokenizer(path)
     logger.info("loaded %s in %.2f s", name, time.perf_counter() - t0)
     return LanguageModel(model=model, tokenizer=tokenizer, name=name, path=path)
