@@ -38,6 +38,7 @@ def add_parser(sub) -> None:
                    help="--jsonl: write the good rows and report bad ones (line, reason) on stderr")
     p.add_argument("--resume", action="store_true",
                    help="--jsonl with -o: keep the rows already in the output file and compress only the others")
+    p.add_argument("--html", metavar="FILE", help="also write an HTML view of what was kept and dropped")
     add_run_flags(p)
     add_model_flags(p)
     p.set_defaults(func=run)
@@ -81,10 +82,18 @@ def run(args) -> int:
     if is_vision_method(args.method):
         from .compress_vision import run_vision
 
+        if args.html:
+            raise InvalidPromptError("--html shows which text units a hard method kept; not for vision methods")
+
         return run_vision(args, text, parse_overrides(args.overrides))
     compressor = _compressor(args)
+    if args.html and getattr(compressor, "family", "") not in ("hard", "any"):  # before any model work
+        raise InvalidPromptError(f"--html shows which text units a hard method kept; {args.method} is "
+                                 f"a {compressor.family} method")
     result = compressor.compress(text, question=args.question, instruction=args.instruction, images=args.image,
                                  target_tokenizer=args.target_tokenizer, **budget)
+    if args.html:
+        _write_html(result, args.html)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         if hasattr(compressor, "generate") and hasattr(result, "items"):  # soft methods (SoftPrompt)
@@ -102,6 +111,14 @@ def run(args) -> int:
         if args.output:
             out.close()
     return 0
+
+
+def _write_html(result, path: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(result.to_html())
+    except OSError as e:
+        raise InputFileError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _stats_line(result) -> str:
