@@ -14,44 +14,20 @@ were kept). The query is the question of every prompt. See :mod:`mmcompress.inte
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
-
 from ..extras import require
-from .documents import METADATA_KEY, DocumentCompressor, build_compressor
+from .documents import METADATA_KEY
 
 require("langchain_core", "the LangChain integration")
 
 from langchain_core.callbacks import Callbacks  # noqa: E402
 from langchain_core.documents import BaseDocumentCompressor, Document  # noqa: E402
-from pydantic import ConfigDict, Field, PrivateAttr  # noqa: E402
+
+from .options import CompressionOptions  # noqa: E402
 
 
-class MMCompressDocumentCompressor(BaseDocumentCompressor):
+class MMCompressDocumentCompressor(CompressionOptions, BaseDocumentCompressor):
     """Compress retrieved documents for the query with an mmcompress method (name, config name, YAML path or
     compressor object); the model is loaded once, on first use."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    method: Any = Field(default="selective_context", description="method name, config name, YAML path or object")
-    config: dict[str, Any] = Field(default_factory=dict, description="fields of the method's config, e.g. model")
-    rate: float | None = Field(default=None, description="fraction of tokens kept (default: the method's)")
-    target_tokens: int | None = Field(default=None, description="tokens kept per prompt instead of a rate")
-    instruction: str | None = Field(default=None, description="kept instruction put before the documents")
-    joint: bool = Field(default=False, description="one budget over all documents (may drop and reorder them)")
-
-    _documents: DocumentCompressor = PrivateAttr()
-
-    def __init__(self, **data: Any):
-        super().__init__(**data)
-        # built after pydantic's validation, so that a bad method raises mmcompress's own error, not a wrapped one
-        compressor = build_compressor(self.method, self.config)
-        self._documents = DocumentCompressor(compressor, rate=self.rate, target_tokens=self.target_tokens,
-                                             instruction=self.instruction, joint=self.joint)
-
-    @property
-    def compressor(self):
-        """The underlying mmcompress compressor."""
-        return self._documents.compressor
 
     def compress_documents(self, documents: Sequence[Document], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[Document]:
