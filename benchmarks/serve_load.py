@@ -9,7 +9,8 @@ answers at once, so the proxy rows measure compression plus forwarding, not an L
 rate 0.5) and as many to ``POST /v1/chat/completions`` (a 4-message chat whose two middle turns are paragraphs),
 ``concurrency`` at a time from an asyncio httpx client. ``random`` (tokenizer only) measures the service itself,
 both endpoints; ``selective_context`` (a SmolLM2 forward pass per sentence) sends ``--model-requests`` requests to
-``/v1/compress`` only, to keep the run short on a small CPU. Results are written after each method. Latency is the client's, from send to full response.
+``/v1/compress`` only, to keep the run short on a small CPU. Results are written after each method. Latency is
+the client's, from send to full response.
 Writes benchmarks/results/serve_load.{json,md}.
 """
 from __future__ import annotations

@@ -237,7 +237,8 @@ def check_settings(settings: ServeSettings) -> None:
 
     check_rate(settings.rate)
     if settings.upstream_base_url and not settings.upstream_base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"--upstream-base-url must start with http:// or https://, got {settings.upstream_base_url!r}")
+        raise ConfigError("--upstream-base-url must start with http:// or https://, "
+                          f"got {settings.upstream_base_url!r}")
     if settings.max_batch < 1 or settings.max_wait_ms < 0:
         raise ConfigError("--max-batch must be >= 1 and --max-wait-ms >= 0")
     Compressors.check_method(settings.method)  # the same check as a request's method

@@ -27,7 +27,8 @@ from starlette.background import BackgroundTask
 from ..prompt import Prompt, Role, TextSegment
 from .app import ServeError, ServeSettings, error_response
 
-OPTION_HEADERS = {"method": "x-mmcompress-method", "rate": "x-mmcompress-rate", "target_tokens": "x-mmcompress-target-tokens"}
+OPTION_HEADERS = {"method": "x-mmcompress-method", "rate": "x-mmcompress-rate",
+                  "target_tokens": "x-mmcompress-target-tokens"}
 FORWARDED_HEADERS = ("authorization", "openai-organization", "openai-project")
 
 
@@ -37,7 +38,8 @@ def conversation_prompt(messages: list[Any]) -> Prompt | None:
     if not isinstance(messages, list) or not messages:
         raise ServeError("messages must be a non-empty list of {'role', 'content'} objects", 422)
     for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m and "tool_calls" not in m:
+        has_content = isinstance(m, dict) and ("content" in m or "tool_calls" in m)
+        if not has_content or not isinstance(m.get("role"), str):
             raise ServeError(f"messages[{i}] must be an object with a 'role' and a 'content'", 422)
     last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
     segments = []
@@ -74,7 +76,8 @@ def _options(body: dict[str, Any], request: Request) -> dict[str, Any]:
             if options["target_tokens"] < 1:
                 raise ValueError
     except (TypeError, ValueError):
-        raise ServeError("mmcompress rate must be a number in (0, 1] and target_tokens a positive integer", 422) from None
+        raise ServeError("mmcompress rate must be a number in (0, 1] and target_tokens a positive integer",
+                         422) from None
     if options.get("rate") is not None and options.get("target_tokens") is not None:
         raise ServeError("give mmcompress rate or target_tokens, not both", 422)
     return options
