@@ -39,7 +39,7 @@ def test_fastv_config_by_name_with_two_images(llava_dir, cat_png, capsys):
     code = main(["compress", "--method", "fastv-k2-r50", "--image", str(cat_png), "--image", str(cat_png),
                  "<image> vs <image>", "--model", str(llava_dir), "--max-new-tokens", "2"])
     assert code == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the statistics line goes to stderr
     assert "visual tokens 128 -> 64 (64 saved)" in out
 
 
@@ -47,7 +47,7 @@ def test_without_a_model_images_are_only_encoded(cat_png, capsys):
     code = main(["compress", "--method", "tome", "--tokens", "4", "--image", str(cat_png), "A <image> here",
                  "--set", "encoder=open_clip:mmc-vit-micro"])
     assert code == 0
-    assert "visual tokens 16 -> 4 (12 saved)" in capsys.readouterr().out
+    assert "visual tokens 16 -> 4 (12 saved)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

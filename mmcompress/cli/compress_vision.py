@@ -71,7 +71,9 @@ def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
             json.dump(record, out, ensure_ascii=False, indent=2)
             out.write("\n")
         else:
-            out.write(body.rstrip("\n") + "\n" + line + "\n")
+            out.write(body.rstrip("\n") + "\n")
+            if not getattr(args, "quiet", False):  # statistics on stderr, never in the output
+                print(line, file=sys.stderr)
     finally:
         if args.output:
             out.close()
