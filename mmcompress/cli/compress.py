@@ -39,6 +39,8 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="--jsonl with -o: keep the rows already in the output file and compress only the others")
     p.add_argument("--html", metavar="FILE", help="also write an HTML view of what was kept and dropped")
+    p.add_argument("--image-overlay", metavar="PNG", help="vision methods: write the image(s) with kept, merged and "
+                   "dropped patches marked")
     add_run_flags(p)
     add_model_flags(p)
     p.set_defaults(func=run)
@@ -86,6 +88,9 @@ def run(args) -> int:
             raise InvalidPromptError("--html shows which text units a hard method kept; not for vision methods")
 
         return run_vision(args, text, parse_overrides(args.overrides))
+    if args.image_overlay:
+        raise InvalidPromptError("--image-overlay shows which image patches a vision method kept; "
+                                 f"{args.method} is not a vision method")
     compressor = _compressor(args)
     if args.html and getattr(compressor, "family", "") not in ("hard", "any"):  # before any model work
         raise InvalidPromptError(f"--html shows which text units a hard method kept; {args.method} is "
