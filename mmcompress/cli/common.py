@@ -116,10 +116,14 @@ def parse_model_kwargs(text: str) -> dict[str, Any]:
     return value
 
 
-def model_overrides(args) -> dict[str, Any]:
-    """``device`` / ``model_kwargs`` from the flags, as config overrides (a method without such a field rejects
-    them with a ConfigError naming its fields, rather than ignoring them)."""
-    return {k: getattr(args, k) for k in ("device", "model_kwargs") if getattr(args, k, None) is not None}
+def method_overrides(args) -> dict[str, Any]:
+    """Config overrides from ``--set``, ``--model``, ``--device`` and ``--model-kwargs`` (a method without such a
+    field rejects it with a ConfigError naming its fields, rather than ignoring it)."""
+    out = parse_overrides(getattr(args, "overrides", None))
+    if getattr(args, "model", None):
+        out["model"] = args.model
+    out.update({k: getattr(args, k) for k in ("device", "model_kwargs") if getattr(args, k, None) is not None})
+    return out
 
 
 def show_progress(args, default: bool) -> bool:

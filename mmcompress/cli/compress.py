@@ -7,7 +7,7 @@ from typing import Any
 
 from ..errors import ConfigError, InputFileError, InvalidPromptError, MMCompressError
 from .common import (add_model_flags, add_output_flag, add_run_flags, check_output_path, looks_like_literal_text,
-                     model_overrides, parse_overrides, read_text, show_progress)
+                     method_overrides, parse_overrides, read_text, show_progress)
 
 
 def add_parser(sub) -> None:
@@ -49,11 +49,7 @@ def add_parser(sub) -> None:
 def _compressor(args):
     from ..factory import create_compressor
 
-    overrides = parse_overrides(args.overrides)
-    if args.model:
-        overrides["model"] = args.model
-    overrides.update(model_overrides(args))
-    return create_compressor(args.method, **overrides)
+    return create_compressor(args.method, **method_overrides(args))
 
 
 def run(args) -> int:

@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..errors import BudgetError, ConfigError
-from .common import add_model_flags, add_output_flag, add_run_flags, model_overrides, parse_overrides, show_progress
+from .common import add_model_flags, add_output_flag, add_run_flags, method_overrides, show_progress
 
 
 def add_parser(sub) -> None:
@@ -64,10 +64,7 @@ def run(args) -> int:
         raise ConfigError("--method names no method")
     add_floor = not args.no_random and "random" not in methods
     examples = load_qa_file(args.data, args.limit)
-    overrides = parse_overrides(args.overrides)
-    if args.model:
-        overrides["model"] = args.model
-    overrides.update(model_overrides(args))
+    overrides = method_overrides(args)
     reader = None if args.no_reader else Reader(ReaderConfig(model=args.reader, max_new_tokens=args.max_new_tokens,
                                                              batch_size=args.batch_size))
     systems = [build_system(m, reader, **overrides) for m in methods]  # unknown methods fail before any model runs

@@ -1,7 +1,7 @@
 """``mmcompress serve``: the HTTP compression service and OpenAI-compatible proxy (FastAPI + uvicorn)."""
 from __future__ import annotations
 
-from .common import add_model_flags, model_overrides, parse_overrides
+from .common import add_model_flags, method_overrides
 
 
 def add_parser(sub) -> None:
@@ -26,10 +26,7 @@ def add_parser(sub) -> None:
 def settings_from_args(args):
     from ..serve.app import ServeSettings, check_settings
 
-    config = parse_overrides(args.overrides)
-    if args.model:
-        config["model"] = args.model
-    config.update(model_overrides(args))
+    config = method_overrides(args)
     settings = ServeSettings(method=args.method, rate=args.rate, config=config,
                              upstream_base_url=args.upstream_base_url, upstream_api_key=args.upstream_api_key,
                              max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
