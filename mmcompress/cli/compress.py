@@ -82,7 +82,6 @@ def run(args) -> int:
 
         if args.html:
             raise InvalidPromptError("--html shows which text units a hard method kept; not for vision methods")
-
         return run_vision(args, text, parse_overrides(args.overrides))
     if args.image_overlay:
         raise InvalidPromptError("--image-overlay shows which image patches a vision method kept; "

@@ -69,7 +69,7 @@ def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
                 f"({result.saved_tokens} saved) for {result.num_images} image(s); no --model given, so only encoded")
         body = f"{result.num_images} image(s) x {result.tokens.shape[1]} tokens of width {result.tokens.shape[2]}"
         if overlay:
-            from .overlay import overlay_strip
+            from ..vision.overlay import overlay_strip
 
             try:
                 overlay_strip(args.image, result).save(overlay)
