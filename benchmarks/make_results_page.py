@@ -35,6 +35,7 @@ CURRENT: list[tuple[str, str, list[str]]] = [
     ("Interleaved image-text", "multimodal.md", ["interleaved", "interleaved_700_steps", "interleaved_probe",
                                                  "interleaved_frozen_decoder", "interleaved_frozen_vit",
                                                  "interleaved_trainable_vit", "interleaved_no_caption_stage"]),
+    ("Serving", "integrations.md", ["serve_load"]),
 ]
 
 

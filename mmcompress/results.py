@@ -86,6 +86,13 @@ class CompressedPrompt:
     def to_messages(self) -> list[dict[str, Any]]:
         return self.prompt.to_messages()
 
+    def to_html(self, title: str | None = None) -> str:
+        """A standalone HTML page: the original segments with kept units highlighted and dropped ones struck
+        through (see :mod:`mmcompress.html_view`)."""
+        from .html_view import compressed_prompt_html
+
+        return compressed_prompt_html(self, title)
+
     def to_dict(self, include_original: bool = False) -> dict[str, Any]:
         """JSON-ready summary (numbers stay numbers)."""
         out: dict[str, Any] = {

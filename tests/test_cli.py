@@ -42,12 +42,12 @@ def test_plain_output_stdin_and_literal_text(capsys, monkeypatch, tiny_dir):
     import io
 
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(DOC.encode())))
-    code, out, _ = run(capsys, "compress", "-", "--method", "truncate", "--target-tokens", "20", "--model", tiny_dir)
-    assert code == 0 and "--- truncate:" in out and "-> " in out
-    assert DOC.startswith(out.split("\n--- ")[0].strip())
-    code, out, _ = run(capsys, "compress", "A literal prompt with several words in it.", "--method", "random",
-                       "--rate", "0.5", "--model", tiny_dir, "--set", "seed=4")
-    assert code == 0 and "--- random:" in out
+    code, out, err = run(capsys, "compress", "-", "--method", "truncate", "--target-tokens", "20", "--model", tiny_dir)
+    assert code == 0 and "--- truncate:" in err and "-> " in err  # statistics on stderr, the text alone on stdout
+    assert DOC.startswith(out.strip()) and "---" not in out
+    code, out, err = run(capsys, "compress", "A literal prompt with several words in it.", "--method", "random",
+                         "--rate", "0.5", "--model", tiny_dir, "--set", "seed=4")
+    assert code == 0 and "--- random:" in err
 
 
 def test_jsonl_mode_one_result_per_line(capsys, tmp_path, tiny_dir):

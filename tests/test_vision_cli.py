@@ -39,7 +39,7 @@ def test_fastv_config_by_name_with_two_images(llava_dir, cat_png, capsys):
     code = main(["compress", "--method", "fastv-k2-r50", "--image", str(cat_png), "--image", str(cat_png),
                  "<image> vs <image>", "--model", str(llava_dir), "--max-new-tokens", "2"])
     assert code == 0
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # the statistics line goes to stderr
     assert "visual tokens 128 -> 64 (64 saved)" in out
 
 
@@ -47,7 +47,7 @@ def test_without_a_model_images_are_only_encoded(cat_png, capsys):
     code = main(["compress", "--method", "tome", "--tokens", "4", "--image", str(cat_png), "A <image> here",
                  "--set", "encoder=open_clip:mmc-vit-micro"])
     assert code == 0
-    assert "visual tokens 16 -> 4 (12 saved)" in capsys.readouterr().out
+    assert "visual tokens 16 -> 4 (12 saved)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -91,3 +91,38 @@ def test_qwen2_vl_folder_json_reports_tokens_and_prefill(qwen_dir, cat_png, caps
     assert record["family"] == "qwen2_vl" and record["visual_tokens"] == 4
     assert record["visual_tokens_full"] > 4 and record["timings"]["prefill"] > 0
     assert record["timings"]["prefill"] <= record["timings"]["total"]
+
+
+def test_image_overlay_marks_kept_merged_and_dropped_patches(cat_png, tmp_path, capsys):
+    from PIL import Image
+
+    from mmcompress.vision.overlay import DROPPED_DIM, MERGED_OUTLINE
+
+    out = tmp_path / "overlay.png"
+    code = main(["compress", "--method", "tome", "--tokens", "4", "--image", str(cat_png), "--image", str(cat_png),
+                 "<image> and <image>", "--set", "encoder=open_clip:mmc-vit-micro", "--image-overlay", str(out),
+                 "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert picture.shape == (448, 896, 3)  # two 448 px tiles side by side, a 4 x 4 grid of 112 px cells
+    original = np.asarray(Image.open(cat_png).convert("RGB").resize((448, 448), Image.Resampling.BICUBIC)).astype(int)
+    kept = set(record["kept_indices"][0])
+    assert len(kept) == 4
+    for patch in range(16):
+        row, col = divmod(patch, 4)
+        inner = (slice(row * 112 + 10, row * 112 + 102), slice(col * 112 + 10, col * 112 + 102))
+        ratio = picture[inner].mean() / original[inner].mean()
+        if patch in kept:
+            assert abs(ratio - 1) < 0.02, (patch, ratio)  # kept: the image as it is
+        else:
+            assert abs(ratio - DROPPED_DIM) < 0.05, (patch, ratio)  # dropped: darkened
+    # ToMe merges all 12 dropped patches into the 4 kept ones: at least one outline is the merge colour
+    edges = picture[:, :448].reshape(-1, 3)
+    assert (np.abs(edges - MERGED_OUTLINE).max(axis=1) < 10).sum() > 100
+
+
+def test_image_overlay_is_refused_for_text_methods(tmp_path, capsys):
+    code = main(["compress", "Some text to compress here.", "--method", "random", "--image-overlay",
+                 str(tmp_path / "x.png")])
+    assert code == 2 and "not a vision method" in capsys.readouterr().err

@@ -13,16 +13,23 @@ import sys
 
 from ..errors import MMCompressError
 
-SUBCOMMANDS = ["compress", "list_cmd", "train", "eval_cmd"]
+SUBCOMMANDS = ["compress", "list_cmd", "train", "eval_cmd", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmcompress", description="Prompt compression for LLMs and VLMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and model loading")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,3 +77,54 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({problem}); quote it, e.g. "
                               f"--set '{key.strip()}=\"{value}\"'") from None
     return out
+
+
+# ------------------------------------------------------------------------------------ flags every command spells alike
+def add_output_flag(p, help: str, *, default: str | None = None, old: str | None = None) -> None:
+    """``--output`` / ``-o`` (``args.output``); ``old`` is a former spelling, still accepted but not shown."""
+    import argparse
+
+    p.add_argument("--output", "-o", default=default, help=help)
+    if old:
+        p.add_argument(old, dest="output", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def add_run_flags(p) -> None:
+    """``--quiet`` (no statistics on stderr) and ``--no-progress`` (no progress bars)."""
+    p.add_argument("--quiet", action="store_true", help="print no statistics line on stderr")
+    p.add_argument("--no-progress", action="store_true", help="show no progress bar")
+
+
+def add_model_flags(p) -> None:
+    """``--device`` and ``--model-kwargs`` for commands that load models."""
+    p.add_argument("--device", help="where models run: cpu, cuda, cuda:1, mps... (default: the method's, usually auto)")
+    p.add_argument("--model-kwargs", type=parse_model_kwargs, metavar="JSON",
+                   help="JSON object passed to from_pretrained of every model the method loads, "
+                        "e.g. '{\"device_map\": \"auto\", \"attn_implementation\": \"sdpa\"}'")
+
+
+def parse_model_kwargs(text: str) -> dict[str, Any]:
+    import argparse
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg} at character {e.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def method_overrides(args) -> dict[str, Any]:
+    """Config overrides from ``--set``, ``--model``, ``--device`` and ``--model-kwargs`` (a method without such a
+    field rejects it with a ConfigError naming its fields, rather than ignoring it)."""
+    out = parse_overrides(getattr(args, "overrides", None))
+    if getattr(args, "model", None):
+        out["model"] = args.model
+    out.update({k: getattr(args, k) for k in ("device", "model_kwargs") if getattr(args, k, None) is not None})
+    return out
+
+
+def show_progress(args, default: bool) -> bool:
+    return default and not getattr(args, "no_progress", False)

@@ -6,7 +6,8 @@ import sys
 from typing import Any
 
 from ..errors import ConfigError, InputFileError, InvalidPromptError, MMCompressError
-from .common import check_output_path, looks_like_literal_text, parse_overrides, read_text
+from .common import (add_model_flags, add_output_flag, add_run_flags, check_output_path, looks_like_literal_text,
+                     method_overrides, parse_overrides, read_text, show_progress)
 
 
 def add_parser(sub) -> None:
@@ -32,21 +33,23 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a JSON object with the text and statistics")
     p.add_argument("--jsonl", action="store_true",
                    help="input is JSONL: one prompt per line ({'prompt'|'context'|'documents', 'question', ...})")
-    p.add_argument("--output", "-o", help="write results here instead of stdout")
+    add_output_flag(p, "write results here instead of stdout")
     p.add_argument("--skip-errors", action="store_true",
                    help="--jsonl: write the good rows and report bad ones (line, reason) on stderr")
     p.add_argument("--resume", action="store_true",
                    help="--jsonl with -o: keep the rows already in the output file and compress only the others")
+    p.add_argument("--html", metavar="FILE", help="also write an HTML view of what was kept and dropped")
+    p.add_argument("--image-overlay", metavar="PNG", help="vision methods: write the image(s) with kept, merged and "
+                   "dropped patches marked")
+    add_run_flags(p)
+    add_model_flags(p)
     p.set_defaults(func=run)
 
 
 def _compressor(args):
     from ..factory import create_compressor
 
-    overrides = parse_overrides(args.overrides)
-    if args.model:
-        overrides["model"] = args.model
-    return create_compressor(args.method, **overrides)
+    return create_compressor(args.method, **method_overrides(args))
 
 
 def run(args) -> int:
@@ -77,10 +80,20 @@ def run(args) -> int:
     if is_vision_method(args.method):
         from .compress_vision import run_vision
 
+        if args.html:
+            raise InvalidPromptError("--html shows which text units a hard method kept; not for vision methods")
         return run_vision(args, text, parse_overrides(args.overrides))
+    if args.image_overlay:
+        raise InvalidPromptError("--image-overlay shows which image patches a vision method kept; "
+                                 f"{args.method} is not a vision method")
     compressor = _compressor(args)
+    if args.html and getattr(compressor, "family", "") not in ("hard", "any"):  # before any model work
+        raise InvalidPromptError(f"--html shows which text units a hard method kept; {args.method} is "
+                                 f"a {compressor.family} method")
     result = compressor.compress(text, question=args.question, instruction=args.instruction, images=args.image,
                                  target_tokenizer=args.target_tokenizer, **budget)
+    if args.html:
+        _write_html(result, args.html)
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         if hasattr(compressor, "generate") and hasattr(result, "items"):  # soft methods (SoftPrompt)
@@ -92,11 +105,20 @@ def run(args) -> int:
             out.write("\n")
         else:
             out.write(result.text.rstrip("\n") + "\n")
-            out.write(_stats_line(result) + "\n")
+            if not args.quiet:  # statistics are for the person watching, never part of the output
+                print(_stats_line(result), file=sys.stderr)
     finally:
         if args.output:
             out.close()
     return 0
+
+
+def _write_html(result, path: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(result.to_html())
+    except OSError as e:
+        raise InputFileError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _stats_line(result) -> str:
@@ -194,7 +216,8 @@ def _run_jsonl(args, budget: dict[str, Any]) -> int:
     compressor = _compressor(args)
     chunk = int(getattr(compressor, "batch_chunk", 16))
     out = open(args.output, "a" if args.resume else "w", encoding="utf-8") if args.output else sys.stdout
-    bar = tqdm(total=len(todo), disable=not (sys.stderr.isatty() or len(todo) > 20), desc=compressor.name)
+    bar = tqdm(total=len(todo), disable=not show_progress(args, sys.stderr.isatty() or len(todo) > 20),
+               desc=compressor.name)
     try:
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]

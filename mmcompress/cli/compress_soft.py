@@ -7,6 +7,7 @@ shows what the soft tokens carry. ``--json`` adds the token accounting of :meth:
 from __future__ import annotations
 
 import json
+import sys
 from typing import Any
 
 
@@ -22,6 +23,7 @@ def write_soft_result(compressor: Any, result: Any, args: Any, out: Any) -> None
         out.write("\n")
         return
     out.write(text.strip() + "\n")
-    out.write(f"--- {result.method}: {result.origin_total} -> {result.compressed_total} decoder positions "
+    if not getattr(args, "quiet", False):  # statistics on stderr, never in the output
+        print(f"--- {result.method}: {result.origin_total} -> {result.compressed_total} decoder positions "
               f"({result.ratio:.2f}x; {sum(result.soft_tokens)} soft tokens) in "
-              f"{result.timings.get('total', 0.0):.2f} s; {kind} above\n")
+              f"{result.timings.get('total', 0.0):.2f} s; {kind} above", file=sys.stderr)

@@ -50,6 +50,9 @@ def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
         overrides["tokens"] = args.tokens
     if args.target_tokens is not None:
         raise ConfigError("for images use --tokens (visual tokens kept per image) or --rate, not --target-tokens")
+    overlay = getattr(args, "image_overlay", None)
+    if overlay and args.model:
+        raise ConfigError("--image-overlay shows the reduction of the method's own encoder; drop --model to get it")
     compressor = create_compressor(args.method, **overrides)
     if args.model:
         runner = create_vlm(args.model, template=args.template)
@@ -65,13 +68,22 @@ def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
         line = (f"--- {result.method}: visual tokens {result.origin_tokens} -> {result.compressed_tokens} "
                 f"({result.saved_tokens} saved) for {result.num_images} image(s); no --model given, so only encoded")
         body = f"{result.num_images} image(s) x {result.tokens.shape[1]} tokens of width {result.tokens.shape[2]}"
+        if overlay:
+            from ..vision.overlay import overlay_strip
+
+            try:
+                overlay_strip(args.image, result).save(overlay)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"cannot write the overlay {overlay}: {e}") from None
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         if args.json:
             json.dump(record, out, ensure_ascii=False, indent=2)
             out.write("\n")
         else:
-            out.write(body.rstrip("\n") + "\n" + line + "\n")
+            out.write(body.rstrip("\n") + "\n")
+            if not getattr(args, "quiet", False):  # statistics on stderr, never in the output
+                print(line, file=sys.stderr)
     finally:
         if args.output:
             out.close()

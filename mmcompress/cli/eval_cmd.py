@@ -5,7 +5,7 @@ import json
 import sys
 
 from ..errors import BudgetError, ConfigError
-from .common import parse_overrides
+from .common import add_model_flags, add_output_flag, add_run_flags, method_overrides, show_progress
 
 
 def add_parser(sub) -> None:
@@ -25,7 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="config field for every method named, e.g. --set device=cpu (the added random "
                         "floor takes only the fields it has)")
-    p.add_argument("--out", "-o", default="eval_results", help="folder for eval.json, eval.md, eval.png")
+    add_output_flag(p, "folder for eval.json, eval.md, eval.png", default="eval_results", old="--out")
+    add_run_flags(p)
+    add_model_flags(p)
     p.add_argument("--stem", default="eval", help="file name stem of the outputs")
     p.set_defaults(func=run)
 
@@ -62,9 +64,7 @@ def run(args) -> int:
         raise ConfigError("--method names no method")
     add_floor = not args.no_random and "random" not in methods
     examples = load_qa_file(args.data, args.limit)
-    overrides = parse_overrides(args.overrides)
-    if args.model:
-        overrides["model"] = args.model
+    overrides = method_overrides(args)
     reader = None if args.no_reader else Reader(ReaderConfig(model=args.reader, max_new_tokens=args.max_new_tokens,
                                                              batch_size=args.batch_size))
     systems = [build_system(m, reader, **overrides) for m in methods]  # unknown methods fail before any model runs
@@ -78,8 +78,8 @@ def run(args) -> int:
         if hasattr(s, "instruction"):
             s.instruction = instruction
     report = evaluate(examples, systems, rates, reader, instruction=instruction, data_name=args.data,
-                      progress=sys.stderr.isatty())
-    paths = report.write(args.out, args.stem)
+                      progress=show_progress(args, sys.stderr.isatty()))
+    paths = report.write(args.output, args.stem)
     print(report.markdown())
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0

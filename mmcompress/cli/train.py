@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from .common import parse_overrides
+from .common import add_output_flag, parse_overrides
 
 
 def add_parser(sub) -> None:
@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
     p.add_argument("--config", "-c", required=True, help="recipe: task, model, data and train sections")
     p.add_argument("--set", dest="overrides", action="append", metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.max_steps=100 --set data.max_examples=500")
-    p.add_argument("--output-dir", "-o", help="where checkpoints, log.jsonl and the final model go")
+    add_output_flag(p, "folder for checkpoints, log.jsonl and the final model", old="--output-dir")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in the output dir")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the previous run's checkpoints and log in a non-empty output dir")
@@ -22,8 +22,8 @@ def run(args) -> int:
     from ..training import load_recipe, run_recipe
 
     overrides = parse_overrides(args.overrides)
-    if args.output_dir:
-        overrides["train.output_dir"] = args.output_dir
+    if args.output:
+        overrides["train.output_dir"] = args.output
     if args.resume:
         overrides["train.resume"] = True
     if args.overwrite:

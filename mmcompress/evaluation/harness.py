@@ -291,9 +291,9 @@ class EvalReport:
 
     def plot(self, path: str | Path) -> None:
         """Answer retention and reader F1 against the achieved compression ratio, one line per method."""
-        import matplotlib
+        from ..extras import require
 
-        matplotlib.use("Agg")
+        require("matplotlib", "the evaluation plot").use("Agg")
         import matplotlib.pyplot as plt
 
         panels = [("retention", "answer retention")] + ([("f1", "reader F1"), ("contains", "reader contains-answer")]

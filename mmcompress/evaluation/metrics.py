@@ -59,8 +59,7 @@ def token_accuracy(predicted_ids: Sequence[int], reference_ids: Sequence[int]) -
 
 def bleu4(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus BLEU-4 in [0, 1] (sacrebleu, 13a tokenisation)."""
-    try:
-        import sacrebleu
-    except ImportError as e:  # pragma: no cover - dev dependency
-        raise ImportError("BLEU needs sacrebleu: pip install sacrebleu") from e
+    from ..extras import require
+
+    sacrebleu = require("sacrebleu", "BLEU")
     return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100.0

@@ -60,6 +60,7 @@ class HardConfig(BudgetConfig):
     dtype: str = "auto"
     target_tokenizer: str | None = None
     strict_budget: bool = True
+    model_kwargs: dict[str, Any] | None = None  # passed to from_pretrained (device_map, quantization_config...)
 
 
 @dataclass
@@ -132,7 +133,8 @@ class HardCompressor(Compressor):
             from ..models import load_language_model
 
             t0 = time.perf_counter()
-            lm = load_language_model(self.config.model, self.config.device, self.config.dtype)
+            lm = load_language_model(self.config.model, self.config.device, self.config.dtype,
+                                     self.config.model_kwargs)
             self._model, self._tokenizer = lm.model, lm.tokenizer
             self._load_seconds += time.perf_counter() - t0
         return self._model

@@ -82,10 +82,17 @@ class LLMLingua2Config(HardConfig):
             raise ConfigError(f"context_level_rate must be in (0, 1], got {self.context_level_rate}")
 
 
+# the classifiers published with the paper (Pan et al., 2024), by Hugging Face id, in order of preference
+PUBLISHED_CLASSIFIERS = ("microsoft/llmlingua-2-xlm-roberta-large-meetingbank",
+                         "microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank")
+
+
 def default_classifier() -> str | None:
     """Where the default classifier is: ``$MMCOMPRESS_LLMLINGUA2_CLASSIFIER``, else the folder the training recipe
-    registered last (``<mmcompress cache>/llmlingua2/default.json``), else ``runs/llmlingua2-minilm/classifier``."""
-    from ..models.loading import cache_dir
+    registered last (``<mmcompress cache>/llmlingua2/default.json``), else ``runs/llmlingua2-minilm/classifier``,
+    else the first published classifier (:data:`PUBLISHED_CLASSIFIERS`) in the local Hugging Face cache, else the
+    first that answers on the hub."""
+    from ..models.loading import _in_local_hf_cache, _probe_hub, cache_dir
 
     env = os.environ.get(DEFAULT_CLASSIFIER_ENV)
     if env:
@@ -99,7 +106,10 @@ def default_classifier() -> str | None:
         except (ValueError, KeyError):
             pass
     local = Path("runs/llmlingua2-minilm/classifier")
-    return str(local.resolve()) if (local / "config.json").is_file() else None
+    if (local / "config.json").is_file():
+        return str(local.resolve())
+    cached = [hf_id for hf_id in PUBLISHED_CLASSIFIERS if _in_local_hf_cache(hf_id)]
+    return cached[0] if cached else next((hf_id for hf_id in PUBLISHED_CLASSIFIERS if _probe_hub(hf_id)), None)
 
 
 def register_default_classifier(path: str | Path) -> Path:
@@ -147,12 +157,17 @@ class LLMLingua2(BatchedHardCompressor):
         if self._scorer is None:
             name = self.config.classifier or default_classifier()
             if name is None:
+                from ..models.loading import hub_offline
+
+                where = "HF_HUB_OFFLINE=1 is set" if hub_offline() else "the Hugging Face hub is not reachable"
                 raise ConfigError(
-                    "llmlingua2 needs a token classifier and none was given or found: pass classifier=<folder or HF "
-                    "id>, set $MMCOMPRESS_LLMLINGUA2_CLASSIFIER, or train one with "
+                    "llmlingua2 needs a token classifier and none was given or found: the published ones "
+                    f"({', '.join(PUBLISHED_CLASSIFIERS)}) are not in the local Hugging Face cache and {where}. "
+                    "Download one while online, pass classifier=<folder or HF id>, set "
+                    "$MMCOMPRESS_LLMLINGUA2_CLASSIFIER, or train one with "
                     "`mmcompress train --config configs/train/llmlingua2-minilm.yaml`")
             t0 = time.perf_counter()
-            loaded = TokenClassifierScorer.load(name, self.config.device, self.config.dtype)
+            loaded = TokenClassifierScorer.load(name, self.config.device, self.config.dtype, self.config.model_kwargs)
             self._scorer = self._make_scorer(loaded.model, loaded.tokenizer)
             self._load_seconds += time.perf_counter() - t0
         return self._scorer

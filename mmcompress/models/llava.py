@@ -15,7 +15,8 @@ class LlavaModel:
     image_processor: Any = None  # None when the checkpoint has no image processor config
 
 
-def load_llava(name_or_path: str, device: str = "cpu", dtype: Any = None) -> LlavaModel:
+def load_llava(name_or_path: str, device: str = "cpu", dtype: Any = None,
+               model_kwargs: dict[str, Any] | None = None) -> LlavaModel:
     from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
 
     from .loading import pick_device, pick_dtype, resolve_model
@@ -23,7 +24,10 @@ def load_llava(name_or_path: str, device: str = "cpu", dtype: Any = None) -> Lla
     path = resolve_model(name_or_path)
     device = pick_device(device)
     try:
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=pick_dtype(dtype, device)).to(device)
+        kwargs = {"dtype": pick_dtype(dtype, device), **(model_kwargs or {})}
+        model = LlavaForConditionalGeneration.from_pretrained(path, **kwargs)
+        if "device_map" not in kwargs:  # accelerate placed it
+            model.to(device)
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"cannot load a LLaVA model from {name_or_path!r}: {e}") from None

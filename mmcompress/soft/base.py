@@ -57,6 +57,7 @@ class SoftConfig(CompressorConfig):
     num_slots: int = 32
     chunk_tokens: int = 128
     max_new_tokens: int = 64
+    model_kwargs: dict[str, Any] | None = None  # passed to from_pretrained (device_map, quantization_config...)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -104,7 +105,8 @@ class SoftCompressor(Compressor):
     def llm(self):
         """The base causal LM (decoder; encoder under the adapter), loaded on first use."""
         if self._llm is None:
-            self._llm, self._tokenizer = load_private_model(self.config.model, self.config.device, self.config.dtype)
+            self._llm, self._tokenizer = load_private_model(self.config.model, self.config.device, self.config.dtype,
+                                                              self.config.model_kwargs)
         return self._llm
 
     @property
@@ -343,13 +345,15 @@ class SoftCompressor(Compressor):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-def load_private_model(name: str, device: str = "auto", dtype: Any = "auto"):
+def load_private_model(name: str, device: str = "auto", dtype: Any = "auto",
+                       model_kwargs: dict[str, Any] | None = None):
     """A fresh copy of a causal LM (not the process-wide cached one) and its tokenizer."""
     from ..models.loading import _load_language_model, pick_device, pick_dtype, resolve_model
 
     path = resolve_model(name)
     device = pick_device(device)
-    lm = _load_language_model.__wrapped__(path, device, pick_dtype(dtype, device), str(name))
+    lm = _load_language_model.__wrapped__(path, device, pick_dtype(dtype, device), str(name),
+                                          tuple((model_kwargs or {}).items()))
     return lm.model, lm.tokenizer
 
 

@@ -91,10 +91,10 @@ class LlavaRunner:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: Any = None,
-                        template: str | None = None) -> LlavaRunner:
+                        template: str | None = None, model_kwargs: dict[str, Any] | None = None) -> LlavaRunner:
         from ..models.llava import load_llava
 
-        vlm = load_llava(name_or_path, device, dtype)
+        vlm = load_llava(name_or_path, device, dtype, model_kwargs)
         return cls(vlm.model, vlm.tokenizer, vlm.image_processor, template)
 
     @property

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigError, ModelNotFoundError
+from ...extras import require
 from ...image_io import load_images
 from .base import EncoderOutput, VisionEncoder, attention_from_projections
 
@@ -47,7 +48,7 @@ def register_open_clip_config(name: str, config: dict[str, Any]) -> None:
     ``config`` has open_clip's keys (``embed_dim``, ``vision_cfg``, optionally ``text_cfg``; a stub text tower is
     added when it is missing, since only the vision tower is used).
     """
-    from open_clip import factory
+    factory = require("open_clip.factory", "open_clip configs")
 
     if "vision_cfg" not in config:
         raise ConfigError(f"open_clip config {name!r} needs a 'vision_cfg'")
@@ -58,7 +59,7 @@ def register_open_clip_config(name: str, config: dict[str, Any]) -> None:
 
 
 def _ensure_toolkit_configs() -> None:
-    from open_clip import factory
+    factory = require("open_clip.factory", "open_clip configs")
 
     for name, cfg in TOOLKIT_CONFIGS.items():
         if name not in factory._MODEL_CONFIGS:
@@ -74,8 +75,7 @@ class OpenCLIPEncoder(VisionEncoder):
     def __init__(self, name: str = "ViT-B-16", pretrained: str | None = None, layer: int = -1,
                  device: str = "cpu", image_size: int | None = None, model: Any = None, preprocess: Any = None):
         super().__init__()
-        import open_clip
-
+        open_clip = require("open_clip", "the open_clip vision encoder")
         _ensure_toolkit_configs()
         self.name, self.pretrained, self.layer = name, pretrained, layer
         self.randomly_initialised = model is None and not pretrained
