@@ -6,6 +6,7 @@ frozen LLM reads in place of the text.
 - :mod:`.encoder`: the shared trainable encoder (base LLM + LoRA + K memory slots, multi-span chunking);
 - :mod:`.icae`: ICAE (slots' last hidden states fed as ``inputs_embeds``);
 - :mod:`.kv`: 500xCompressor (slots' per-layer keys/values fed as the decoder's cache);
+- :mod:`.meanpool`: mean-pooling (the text's own per-layer keys/values averaged over groups of r tokens);
 - :mod:`.xrag`: xRAG (a frozen sentence encoder's embedding projected to one LLM token per document), and
   :mod:`.xrag_task` its ``xrag`` training task;
 - :mod:`.losses`: training objectives (autoencoding, continuation, QA) and the sliced loss;
@@ -19,10 +20,11 @@ from .base import SoftCompressor, SoftConfig, left_pad, load_private_model, righ
 from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel, SoftEncoder, make_chunks, split_into_chunks
 from .icae import Icae, IcaeConfig, IcaeModel
 from .kv import KvCompressor, KvConfig, KvModel
+from .meanpool import MeanPoolCompressor, MeanPoolConfig, MeanPoolModel
 from . import autocompressor, gist, xrag, xrag_task  # noqa: F401,E402  register their methods and tasks
 
 __all__ = [
     "Chunks", "EncoderCompressor", "EncoderConfig", "Icae", "IcaeConfig", "IcaeModel", "KvCompressor", "KvConfig",
-    "KvModel", "SlotModel", "SoftCompressor", "SoftConfig", "SoftEncoder", "SoftPrompt", "SoftSegment", "left_pad",
+    "KvModel", "MeanPoolCompressor", "MeanPoolConfig", "MeanPoolModel", "SlotModel", "SoftCompressor", "SoftConfig", "SoftEncoder", "SoftPrompt", "SoftSegment", "left_pad",
     "load_private_model", "make_chunks", "right_pad", "split_into_chunks",
 ]

@@ -112,9 +112,9 @@ def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: i
 class SoftEncoder(nn.Module):
     """Base LLM + LoRA + ``num_slots`` memory slots; see the module docstring."""
 
-    def __init__(self, llm: nn.Module, config: EncoderConfig):
+    def __init__(self, llm: nn.Module, config: EncoderConfig, memory_slots: bool = True):
         super().__init__()
-        self.num_slots = int(config.num_slots)
+        self.num_slots = int(config.num_slots) if memory_slots else 0
         self.chunk_tokens = int(config.chunk_tokens)
         for p in llm.parameters():
             p.requires_grad_(False)
@@ -125,7 +125,7 @@ class SoftEncoder(nn.Module):
         table = llm.get_input_embeddings().weight.detach()
         # slots start near typical token embeddings so the first steps see in-distribution inputs
         init = table.float().mean(0) + torch.randn(self.num_slots, table.shape[1]) * table.float().std()
-        self.slots = nn.Parameter(init.to(table.dtype))
+        self.slots = nn.Parameter(init.to(table.dtype)) if memory_slots else None
         self.rotary = is_rotary(llm)
 
     # ------------------------------------------------------------------------------------------------- parts
@@ -155,9 +155,13 @@ class SoftEncoder(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ encode
     def encode(self, chunks: Chunks, output: str = "hidden", positions: str = "standard"):
-        chunks_ids = chunks.ids.to(self.slots.device)
-        return self.encode_embeds(self.embed(chunks_ids), chunks.mask.to(self.slots.device),
-                                  chunks.index.to(self.slots.device), output=output, positions=positions)
+        device = self.embed_device
+        return self.encode_embeds(self.embed(chunks.ids.to(device)), chunks.mask.to(device),
+                                  chunks.index.to(device), output=output, positions=positions)
+
+    @property
+    def embed_device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
 
     def encode_embeds(self, embeds: torch.Tensor, mask: torch.Tensor, chunk_index: torch.Tensor | None = None,
                       output: str = "hidden", positions: str = "standard"):
@@ -223,11 +227,12 @@ class SlotModel(nn.Module):
 
     encoder_output = "hidden"
     positions = "standard"
+    memory_slots = True  # False: the soft prompt is made from the text's own positions (mean-pooling), no slots
     full_vocab_loss = False  # True: the unoptimised loss (full-vocab float32 logits everywhere), for benchmarks
 
     def __init__(self, llm: nn.Module, config: EncoderConfig):
         super().__init__()
-        self.encoder = SoftEncoder(llm, config)
+        self.encoder = SoftEncoder(llm, config, memory_slots=self.memory_slots)
         table = llm.get_input_embeddings().weight.detach().float()
         init = table.mean(0) + torch.randn(len(TASK_IDS), table.shape[1]) * table.std()
         self.markers = nn.Parameter(init.to(llm.get_input_embeddings().weight.dtype))
