@@ -20,12 +20,14 @@ import argparse
 import contextlib
 import functools
 import json
-import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:
@@ -36,6 +38,7 @@ def main() -> None:
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
     ap.add_argument("--window", type=int, default=128, help="tokens per window (compressed 4x)")
     ap.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: the recipe's)")
+    ap.add_argument("--decoder-lora-r", type=int, default=0, help="> 0: train a decoder-side LoRA of this rank too")
     ap.add_argument("--budget-cpu-minutes", type=float, default=0.0,
                     help="stop before a point that would end past this much process CPU time (fair under load)")
     ap.add_argument("--model", default="smollm2-135m")
@@ -70,6 +73,8 @@ def main() -> None:
     sizes.update({"model.pool_ratio": 4} if args.method == "meanpool" else {"model.num_slots": args.window // 4})
     if args.lora_r:
         sizes.update({"model.lora_r": args.lora_r, "model.lora_alpha": args.lora_r})
+    if args.decoder_lora_r:
+        sizes["model.decoder_lora_r"] = args.decoder_lora_r
     recipe = load_recipe(f"configs/train/{args.method}-pretrain.yaml", {
         **sizes, "model.model": args.model, "model.device": "cpu", "model.dtype": args.dtype,
         "train.max_steps": points[-1], "train.batch_size": args.batch_size, "train.lr": args.lr,
@@ -183,9 +188,12 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
     train_log = [{"step": r["step"], "loss": r["loss"], "token_accuracy": r.get("token_accuracy")} for r in log if "loss" in r]
     last = curve[-1]
     steps_per_s = last["step"] / last["train_seconds"] if last["train_seconds"] else 0.0
-    machine = (f"{platform.machine()} CPU, {torch.get_num_threads()} thread(s); 2-core CPU shared with other jobs, "
-               "no GPU; shortened CPU schedule")
-    data = {"method": args.method, "model": args.model, "args": vars(args), "machine": machine,
+    from benchmarks.common import describe_machine, machine_stamp
+
+    stamp = machine_stamp()
+    machine = describe_machine(stamp) + "; shared with other jobs (CPU time is the fair budget)"
+    data = {"method": args.method, "model": args.model, "args": vars(args), "machine": machine, "machine_stamp": stamp,
+            "command": command(args),
             "schedule": "shortened CPU schedule", "steps_per_s": steps_per_s, "curve": curve, "train_log": train_log,
             "reference_text": texts[0][:200]}
     stem = Path(args.out or f"benchmarks/results/{args.method}_reconstruction_curve")
@@ -224,6 +232,8 @@ def command(args) -> str:
         parts.append("--bf16")
     if args.lora_r:
         parts.append(f"--lora-r {args.lora_r}")
+    if args.decoder_lora_r:
+        parts.append(f"--decoder-lora-r {args.decoder_lora_r}")
     if args.budget_cpu_minutes:
         parts.append(f"--budget-cpu-minutes {args.budget_cpu_minutes:g}")
     if args.threads:

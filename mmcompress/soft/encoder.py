@@ -32,7 +32,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
-from ..models.lora import add_lora
+from ..models.lora import activate_adapter, add_lora, add_second_adapter
 from .base import SoftConfig
 
 
@@ -48,6 +48,7 @@ class EncoderConfig(SoftConfig):
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: Any = "all-linear"
+    decoder_lora_r: int = 0  # > 0: the decoder gets its own trained LoRA (part of the compressor; 0: frozen decoder)
     gradient_checkpointing: bool = False
     max_input_tokens: int = 4096  # longer inputs are rejected with a clear error, not silently truncated
     qa_template: str = "Question: {question}\nAnswer:"  # how questions read after the [FT]/qa marker
@@ -56,6 +57,8 @@ class EncoderConfig(SoftConfig):
         super().__post_init__()
         if int(self.lora_r) < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+        if int(self.decoder_lora_r) < 0:
+            raise ConfigError(f"decoder_lora_r must be >= 0, got {self.decoder_lora_r}")
 
 
 def split_into_chunks(ids: Sequence[int], chunk_tokens: int) -> list[list[int]]:
@@ -119,6 +122,10 @@ class SoftEncoder(nn.Module):
         for p in llm.parameters():
             p.requires_grad_(False)
         self.peft = add_lora(llm, config)
+        self.tuned_decoder = int(config.decoder_lora_r) > 0
+        if self.tuned_decoder:
+            add_second_adapter(self.peft, "decoder", config, int(config.decoder_lora_r))
+            activate_adapter(self.peft, "default")
         if config.gradient_checkpointing:
             llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             llm.enable_input_require_grads()
@@ -149,9 +156,18 @@ class SoftEncoder(nn.Module):
 
     @contextmanager
     def decoder(self):
-        """The frozen decoder: the adapter is off inside this block."""
-        with self.peft.disable_adapter():
+        """The decoder: the base LLM with the encoder's adapter off inside this block - frozen, or under its own
+        ``decoder`` adapter when ``decoder_lora_r > 0`` (then that adapter is part of the compressor: trained with
+        it, saved and loaded with it, and every generation from its soft prompts goes through it)."""
+        if not self.tuned_decoder:
+            with self.peft.disable_adapter():
+                yield
+            return
+        activate_adapter(self.peft, "decoder")
+        try:
             yield
+        finally:
+            activate_adapter(self.peft, "default")
 
     # ------------------------------------------------------------------------------------------------ encode
     def encode(self, chunks: Chunks, output: str = "hidden", positions: str = "standard"):
