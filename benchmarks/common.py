@@ -72,6 +72,11 @@ def describe_machine(stamp: dict[str, Any]) -> str:
             f"torch {stamp['torch']}, {gpu}")
 
 
+def machine_line() -> str:
+    """The one line a report gives the machine: :func:`describe_machine` of :func:`machine_stamp`."""
+    return describe_machine(machine_stamp())
+
+
 def command_line() -> str:
     """The command that produced a result, as it can be pasted back into a shell."""
     return " ".join(shlex.quote(a) for a in [f"python {sys.argv[0]}", *sys.argv[1:]])

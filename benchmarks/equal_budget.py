@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,12 +49,14 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # benchmarks/common.py, also when loaded by path (tests)
 
 from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample, load_qa_file  # noqa: E402
 from mmcompress.evaluation.metrics import contains_answer, exact_match, f1_score  # noqa: E402
 from mmcompress.kvcache import CachedContext, create_press, generate_from_cache, list_presses, prefill  # noqa: E402
-from mmcompress.kvcache.decoding import cache_kwargs  # noqa: E402
+from mmcompress.models.decoding import cache_kwargs  # noqa: E402
 from mmcompress.models.compat import output_cache  # noqa: E402
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 SHARED = Path(os.environ.get("MMCOMPRESS_SHARED") or next(
     (p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if p.is_dir()), ROOT.parent / "shared")) / "data"
@@ -83,7 +84,7 @@ def split_pipeline(method: str) -> tuple[str, str]:
 
 
 def machine() -> str:
-    return f"2-core CPU, no GPU ({platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s))"
+    return machine_line()
 
 
 # ------------------------------------------------------------------------------------------------ the reader

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
             "reference_x_floor": sum(ref_ratios) / len(ref_ratios) if ref_ratios else None,
             "target_x_floor": TARGETS[METHODS[name][0]],
         })
-    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), torch {torch.__version__}, no GPU"
+    machine = machine_line()
     summary = {"command": "PYTHONPATH=. python benchmarks/hard_speed.py " + " ".join(argv or sys.argv[1:]),
                "machine": machine, "rows": len(rows), "per_row": per_row, "table": table,
                "gpu": "not measured (no GPU this session)"}

@@ -22,11 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -159,8 +159,7 @@ def main(argv=None) -> int:
                           "ours_x_floor": statistics.mean(e[n] / e["floor"] for e in entries),
                           "target_x_floor": TARGETS[METHODS[n][0]],
                           "published_x_floor_8k_h100": PUBLISHED_8K_H100[METHODS[n][0]]})
-    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{platform.machine()} CPU, {os.cpu_count()} cores"
-    machine = f"{card}, torch {torch.__version__}, transformers {transformers.__version__}, {dtype}"
+    machine = f"{machine_line()}, transformers {transformers.__version__}, {dtype}"
     summary = {"command": "PYTHONPATH=. python benchmarks/hard_speed_gpu.py " + " ".join(argv or sys.argv[1:]),
                "machine": machine, "scorer": f"Llama architecture, {args.size} ({n_params / 1e9:.2f}B parameters), random weights",
                "docs": args.docs, "rows": args.rows, "repeats": args.repeats, "per_prompt": per_prompt, "table": table}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch
 
 from interleaved_results import answer_batches  # the script's folder is on sys.path
 from mmcompress.multimodal.tasks import answer_correct, build_examples
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 OUT = Path(__file__).resolve().parent / "results"
 QA_KINDS = {"shape-colour": 0, "shape-what": 1}  # which word of a label ("red circle") the question asks for
@@ -174,7 +174,7 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     json_path = OUT / "interleaved_probe.json"
     data = json.loads(json_path.read_text()) if json_path.exists() else {"rows": {}}
-    data.update({"examples": args.examples, "machine": f"2-core CPU, no GPU ({platform.processor() or 'x86_64'})"})
+    data.update({"examples": args.examples, "machine": machine_line()})
     for spec in args.model:
         name, _, path = spec.rpartition("=")  # names may hold "=" ("K=8"), folders rarely do
         if not path:

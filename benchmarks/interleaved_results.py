@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import torch
 
 from mmcompress.multimodal.tasks import answer_correct, build_examples
 from mmcompress.prompt import Prompt, TextSegment
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 OUT = Path(__file__).resolve().parent / "results"
 QUESTION_LABEL = "question-aware "
@@ -176,7 +176,7 @@ def main() -> None:
     prompts = [e.prompt() for e in examples]
     data.update({"task": "easy-VQA, 3 images per prompt, 'What colour is the shape in the second image?' / "
                          "'What shape is in the first image?'",
-                 "examples": len(examples), "machine": f"2-core CPU, no GPU ({platform.processor() or 'x86_64'})",
+                 "examples": len(examples), "machine": machine_line(),
                  "schedule": args.schedule, "chance": "colour 1/8, shape 1/3 (mean 0.23)"})
     if args.part != "report":
         hard_prompts = hard_text(prompts, 0.5)

@@ -19,13 +19,13 @@ import argparse
 import difflib
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -127,8 +127,7 @@ def main() -> int:
     by = {(r.system, r.requested_rate): r for r in report.results}
     speedups = {str(rate): by[(systems[0].name, rate)].latency_s / by[(systems[1].name, rate)].latency_s for rate in rates}
     out = {
-        "machine": f"{args.machine or f'{platform.machine()}, {os.cpu_count()} CPU cores, no GPU'}; torch threads "
-                   f"{torch.get_num_threads()}",
+        "machine": args.machine or machine_line(),
         "teacher": teacher_name, "teacher_options": teacher_cfg.get("options"), "student": str(args.classifier or run / "classifier"),
         "encoder": (recipe.get("model") or {}).get("encoder"), "train_steps": (recipe.get("train") or {}).get("max_steps"),
         "agreement": agreement, "qa": report.to_dict()["results"], "qa_examples": len(examples),

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import sys
 import time
 from pathlib import Path
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     summary = {
         "command": "PYTHONPATH=. python benchmarks/llmlingua_long.py " + " ".join(argv or sys.argv[1:]),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores (shared), no GPU",
+        "machine": machine_line(),
         "input_tokens": res.origin_tokens, "window": int(lm.model.config.max_position_embeddings),
         "compressed_tokens": res.compressed_tokens, "rate": round(res.rate, 4), "seconds": round(seconds, 1),
         "forward_tokens": res.extras.get("forward_tokens"), "max_kv_cache": res.extras.get("max_cache"),

@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
             ref_seconds.setdefault(r["setting"], []).append(r["seconds"])
     summary = {
         "command": "PYTHONPATH=. python benchmarks/llmlingua_parity.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU",
+        "machine": machine_line(),
         "rows": len(ids),
         "rows_per_setting": {s: sum(r["setting"] == s for r in ours) for s in settings},
         "first_pass": args.first_pass or "method default",

@@ -17,9 +17,9 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 from pathlib import Path
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -71,7 +71,7 @@ def main() -> int:
     print(report.markdown())
 
     by = {(r.system, r.requested_rate): r for r in report.results}
-    summary = {"machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, no GPU", "rows": len(examples),
+    summary = {"machine": machine_line(), "rows": len(examples),
                "methods": wanted, "rates": rates, "command": " ".join(["python", *sys.argv])}
     ours, peer = by.get(("longllmlingua", 0.4)), by.get(("longllmlingua (llmlingua 0.2.2)", 0.4))
     if peer is not None:

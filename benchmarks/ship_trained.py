@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import machine_stamp  # noqa: E402
+from common import machine_stamp  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mmcompress" / "trained"
 

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import markdown_table  # noqa: E402
-from benchmarks.soft_reconstruction_curve import command  # noqa: E402
+from common import markdown_table  # noqa: E402
+from soft_reconstruction_curve import command  # noqa: E402
 
 DESIGNS = {"meanpool": "mean-pooling of per-layer keys/values (meanpool)", "kv": "per-layer key/value slots (kv)",
            "icae": "ICAE memory slots (icae)"}

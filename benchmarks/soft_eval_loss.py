@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +90,7 @@ def main() -> None:
         print(row, flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    machine = f"2-core CPU, no GPU ({platform.machine()}, torch {torch.__version__}, 1 thread)"
+    machine = machine_line()
     out.with_suffix(".json").write_text(json.dumps({"machine": machine, "batches": args.batches, "results": results},
                                                    indent=1) + "\n")
     lines = [f"Held-out LM loss (nats/token, {args.batches} eval batches), {machine}.", "",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
               "next_token_loss": float(F.cross_entropy(logits.flatten(0, 1), gold.flatten())),
               "next_token_accuracy": float((logits.argmax(-1) == gold).float().mean()),
               "command": f"PYTHONPATH=. python benchmarks/soft_lm_prior.py --windows {args.windows}"}
+    result["machine"] = machine_line()
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 

@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import describe_machine, machine_stamp  # benchmarks/ is on sys.path: the script's folder
 
 
 def main() -> None:
@@ -188,10 +187,8 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
     train_log = [{"step": r["step"], "loss": r["loss"], "token_accuracy": r.get("token_accuracy")} for r in log if "loss" in r]
     last = curve[-1]
     steps_per_s = last["step"] / last["train_seconds"] if last["train_seconds"] else 0.0
-    from benchmarks.common import describe_machine, machine_stamp
-
     stamp = machine_stamp()
-    machine = describe_machine(stamp) + "; shared with other jobs (CPU time is the fair budget)"
+    machine = f"{describe_machine(stamp)}; shared with other jobs (CPU time is the fair budget)"
     data = {"method": args.method, "model": args.model, "args": vars(args), "machine": machine, "machine_stamp": stamp,
             "command": command(args),
             "schedule": "shortened CPU schedule", "steps_per_s": steps_per_s, "curve": curve, "train_log": train_log,

@@ -11,13 +11,11 @@ trained on), cut into windows of the compressor's own ``chunk_tokens``.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import add_common_args, apply_common_args, write_results  # noqa: E402
+from common import add_common_args, apply_common_args, write_results  # noqa: E402
 
 
 def main() -> None:

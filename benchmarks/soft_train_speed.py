@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.common import add_common_args, apply_common_args, write_results  # noqa: E402
+from common import add_common_args, apply_common_args, write_results  # noqa: E402
 
 PATHS = {
     "old": {"method": "kv", "dtype": "float32", "attn": "sdpa", "autocast": True},

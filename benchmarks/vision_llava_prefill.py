@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def main():
                   "projector": "1024 -> 4096 -> 4096 (LLaVA-1.5 mlp2x_gelu)",
                   "prompt": f"{args.text_tokens} text tokens + image tokens",
                   "params_millions": round(sum(p.numel() for p in model.parameters()) / 1e6, 1)},
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU (shared), fp32, torch {torch.__version__}",
+        "machine": f"{machine_line()}, fp32",
         "repeats": args.repeats, "build_seconds": round(build_s, 1),
         "seconds": {k_: round(v, 4) for k_, v in results.items()},
         "llm_prefill_speedup": round(results["llm_prefill_576"] / results[f"llm_prefill_{k}"], 2),

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -67,6 +66,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mmcompress.vision.training import ImageLabelDataset, build_small_vlm, load_npz_split, preprocess_all  # noqa: E402
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 DATA = Path(os.environ.get("MMCOMPRESS_SHARED", "/work/shared")) / "data" / "cifar10_dev.npz"
 RUN = ROOT / "runs" / "vision_small_vlm"
@@ -197,7 +197,7 @@ def cmd_eval(args):
             for k in args.ks or KS:
                 evaluate(setting, joint.full, tokens=k, reduction=create_compressor(setting, tokens=k))
     results["meta"] = {
-        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, no GPU (shared with other jobs)",
+        "machine": machine_line(),
         "schedule": args.schedule + f"; LLM accuracy on the first {n} test images, embedding probe on all {n_probe}",
         "encoder": ENCODER, "patches": 64, "lm": "SmolLM2-135M-Instruct (frozen)", "data": "cifar10_dev.npz 80/20 split seed 0",
         "train": [json.loads((RUN / r / "train_info.json").read_text()) for r in args.stages

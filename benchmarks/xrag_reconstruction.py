@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
-import torch
-
 from mmcompress import create_compressor
 from mmcompress.evaluation.reconstruction import evaluate_reconstruction
 from mmcompress.soft.xrag_task import paraphrase_split
-from xrag_squad import cpu_name, training_info  # the script's folder is on sys.path
+from xrag_squad import training_info  # the script's folder is on sys.path
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(passages)} held-out passages: BLEU-4 {report.bleu4:.4f}, token accuracy {report.token_accuracy:.4f}, "
           f"{report.origin_tokens} -> {report.compressed_tokens} tokens ({report.seconds:.0f} s)")
     out = {"benchmark": "xrag_reconstruction", "command": "PYTHONPATH=. python " + shlex.join(sys.argv),
-           "machine": f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s), "
-                      + (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+           "machine": machine_line(),
            "reader_dtype": xrag.config.dtype, "training": training_info(Path(args.compressor)),
            **report.to_dict(samples=3)}
     path = Path(args.out)

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -27,6 +25,7 @@ from mmcompress import create_compressor
 from mmcompress.evaluation.metrics import contains_answer, exact_match, f1_score
 from mmcompress.soft.xrag import pad_rows, rag_user_message
 from mmcompress.soft.xrag_task import qa_split
+from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
 
 
 def text_answers(xrag, users: list[str], batch_size: int, max_new_tokens: int) -> list[str]:
@@ -81,15 +80,6 @@ def training_info(path: Path) -> dict:
     return info
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,8 +106,7 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     results = []
-    machine = f"{cpu_name()} ({os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s), " + (
-        torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")
+    machine = machine_line()
     report = {"benchmark": "xrag_squad", "command": "PYTHONPATH=. python " + shlex.join(sys.argv), "machine": machine,
               "reader": reader.config.model, "reader_dtype": reader.config.dtype, "rows": len(rows),
               "split": {"data": args.data, "eval_rows": args.eval_rows, "seed": args.seed}, "results": results}

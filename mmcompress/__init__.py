@@ -7,7 +7,8 @@ from . import vision  # noqa: F401,E402
 # --- end Vision ---
 from .api import compress
 from .budget import BudgetPlan, plan_budget, select_under_budget, topk_indices
-from .compressor import Compressor, CompressorConfig, HardCompressor, HardConfig, SegmentOutcome
+from .compressor import Compressor, CompressorConfig
+from .hard.base import HardCompressor, HardConfig, SegmentOutcome
 from .errors import (
     BudgetError,
     ConfigError,

@@ -6,8 +6,10 @@ A YAML config names its compressor and sets fields of its config dataclass::
     unit: phrase
     rate: 0.5
 
-Keyword overrides beat the file. Shipped configs (``configs/**/*.yaml``) can be named by their file stem, e.g.
-``create_compressor("selective-context-phrase")``; :func:`add_config_path` adds more folders.
+Keyword overrides beat the file. Shipped configs (``mmcompress/configs/**/*.yaml``, package data) can be named by their
+file stem, e.g. ``create_compressor("selective-context-phrase")``; :func:`add_config_path` adds more folders. A path
+``configs/...`` that does not exist from the working directory is read from the package's folder, so the repository
+paths (``configs/hard/llmlingua.yaml``) work from anywhere, also after a wheel install.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from typing import Any
 from .errors import ConfigError, UnknownCompressorError
 from .registry import COMPRESSORS
 
-_CONFIG_PATHS: list[Path] = [Path(__file__).resolve().parent.parent / "configs"]
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
+_CONFIG_PATHS: list[Path] = [SHIPPED_CONFIGS]
 SAVED_CONFIG_FILE = "mmcompress_config.json"  # written by save_pretrained of trainable compressors
 # trained compressors shipped inside the package (package data): saved folders loadable by their folder name
 TRAINED_DIR = Path(__file__).resolve().parent / "trained"
@@ -44,6 +47,25 @@ def add_config_path(path: str | Path) -> None:
     path = Path(path)
     if path not in _CONFIG_PATHS:
         _CONFIG_PATHS.append(path)
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """``path`` as given if it exists; else a ``configs/...`` path read from the shipped configs folder."""
+    path = Path(path).expanduser()
+    if not path.exists() and path.parts[:1] == ("configs",):
+        shipped = SHIPPED_CONFIGS.joinpath(*path.parts[1:])
+        if shipped.exists():
+            return shipped
+    return path
+
+
+def find_recipe(name: str) -> Path | None:
+    """A training recipe by stem (``icae-pretrain``) from ``train/`` of every config folder, or None."""
+    for root in _CONFIG_PATHS:
+        path = root / "train" / f"{name}.yaml"
+        if path.is_file():
+            return path
+    return None
 
 
 def list_configs() -> dict[str, Path]:
@@ -82,7 +104,7 @@ def create_compressor(name_or_path: str | Path, **overrides: Any):
     if not isinstance(name_or_path, (str, Path)):
         raise UnknownCompressorError(f"expected a compressor name or config path, got {type(name_or_path).__name__}")
     text = str(name_or_path)
-    path = Path(text).expanduser()
+    path = resolve_config_path(text)
     if path.is_dir():
         return _from_saved(path, overrides)
     if path.suffix in (".yaml", ".yml") or path.is_file():

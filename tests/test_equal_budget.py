@@ -50,7 +50,7 @@ def make_systems(bench, tiny_dir, tiny_lm, cache_dir):
 
 def next_token_logits(prepared):
     """The decoder's scores for the first answer token: the question read after the prepared context."""
-    from mmcompress.kvcache.decoding import cache_kwargs
+    from mmcompress.models.decoding import cache_kwargs
 
     ctx = prepared.context
     ids = torch.tensor([prepared.question])

@@ -7,7 +7,7 @@ import pytest
 
 import mmcompress
 from mmcompress import ConfigError, UnknownCompressorError, create_compressor, list_compressors, list_configs
-from mmcompress.compressor import HardCompressor
+from mmcompress.hard.base import HardCompressor
 from mmcompress.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
@@ -35,7 +35,7 @@ def test_shipped_configs_by_name():
 
 
 # training recipes (configs/train) are tested with their tasks; every other YAML names a compressor
-COMPRESSOR_CONFIGS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "train")
+COMPRESSOR_CONFIGS = sorted(p for p in (REPO / "mmcompress" / "configs").rglob("*.yaml") if p.parent.name != "train")
 
 
 @pytest.mark.parametrize("path", COMPRESSOR_CONFIGS, ids=lambda p: p.stem)

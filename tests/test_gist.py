@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from mmcompress.errors import ConfigError
-from mmcompress.kvcache.decoding import left_pad
-from mmcompress.kvcache.decoding import cache_kwargs
+from mmcompress.models.decoding import cache_kwargs, left_pad
 from mmcompress.soft.gist import AFTER, GIST, PAD, PROMPT, GistCompressor, collate_rows, gist_mask, gist_row
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.",

@@ -589,3 +589,23 @@ def test_question_aware_encoder_reads_the_question_after_every_chunk(tiny_parts,
         aware.compress("Look: <image> and <image>.", images=images[:2])  # nothing is kept as text
     with pytest.raises(ConfigError, match="question_aware"):
         _make(tiny_parts, mode="full", question_aware=True)
+
+
+def test_mode_picks_the_class_and_style_the_slot_strategy():
+    """The reference and the soft compressor are separate classes behind one registered name; the slot style is a
+    strategy object chosen from the config."""
+    from mmcompress import ConfigError, create_compressor
+    from mmcompress.multimodal.interleaved import InterleavedReference, InterleavedSoftCompressor
+    from mmcompress.multimodal.models import InterleavedFullModel, InterleavedKvModel
+    from mmcompress.multimodal.slot_styles import IcaeSlots, KvSlots
+
+    full = create_compressor("interleaved", mode="full")
+    assert type(full) is InterleavedReference and isinstance(full, InterleavedCompressor)
+    assert full.marker("qa") is None and full.module_class is InterleavedFullModel
+    soft = InterleavedCompressor(style="kv")
+    assert type(soft) is InterleavedSoftCompressor and isinstance(soft.slots, KvSlots)
+    assert soft.module_class is InterleavedKvModel
+    assert isinstance(InterleavedCompressor(soft.config.replace(style="icae")).slots, IcaeSlots)
+    assert type(InterleavedCompressor(full.config, mode="soft")) is InterleavedSoftCompressor  # overrides win
+    with pytest.raises(ConfigError, match="mode='full'"):
+        InterleavedSoftCompressor(mode="full")

@@ -98,7 +98,7 @@ def test_decoding_after_eviction_equals_masked_full_forward(tiny_lm, n_sink):
     mask = torch.zeros(1, 1, total, total).masked_fill(~allowed, torch.finfo(torch.float32).min)
     with torch.no_grad():
         reference = model(input_ids=full, attention_mask=mask, position_ids=torch.arange(total)[None]).logits[0, 30:]
-        from mmcompress.kvcache.decoding import left_pad
+        from mmcompress.models.decoding import left_pad
 
         sfx, sfx_mask = left_pad(suffix, 0)
         out = model(input_ids=sfx, attention_mask=torch.cat([context.cache_mask, sfx_mask], 1),
@@ -164,7 +164,7 @@ def test_registry_and_bad_settings():
 def test_presses_are_systems_of_the_evaluation_harness(tiny_lm):
     from mmcompress.evaluation.harness import QAExample, build_system, evaluate
     from mmcompress.evaluation.reader import Reader
-    from mmcompress.kvcache.qa import split_prompt
+    from mmcompress.evaluation.kvcache_systems import split_prompt
 
     model, tokenizer = tiny_lm
     reader = Reader(model=model, tokenizer=tokenizer, max_new_tokens=4)

@@ -123,7 +123,7 @@ def test_shipped_recipes_name_registered_parts():
     import mmcompress
     from mmcompress.training import TASKS, load_recipe
 
-    root = Path(__file__).resolve().parent.parent / "configs" / "train"
+    root = Path(__file__).resolve().parent.parent / "mmcompress" / "configs" / "train"
     for name in ("llmlingua2-minilm.yaml", "llmlingua2-minilm-selective-context.yaml"):
         recipe = load_recipe(root / name, {"train.max_steps": 1})
         assert recipe["task"] in TASKS and recipe["teacher"]["method"] in mmcompress.list_compressors("hard")

@@ -115,7 +115,7 @@ def test_ratio_generate_and_save_load_round_trip(tiny_dir, tmp_path):
 
 
 def _chunks(n, size=16):
-    from mmcompress.soft.encoder import split_into_chunks
+    from mmcompress.soft.chunking import split_into_chunks
 
     return split_into_chunks(list(range(n)), size)
 

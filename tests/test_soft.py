@@ -10,7 +10,7 @@ from mmcompress import create_compressor
 from mmcompress.errors import ConfigError, InvalidPromptError
 from mmcompress.prompt import Prompt, TextSegment
 from mmcompress.results import SoftPrompt, SoftSegment
-from mmcompress.soft.encoder import TASK_IDS, make_chunks, split_into_chunks
+from mmcompress.soft.chunking import TASK_IDS, make_chunks, split_into_chunks
 from mmcompress.soft.icae import Icae
 from mmcompress.soft.kv import KvCompressor, shift_rotary_keys
 from mmcompress.soft.losses import IGNORE, Example, collate, full_lm_loss, sliced_lm_loss

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mmcompress import create_compressor
-from mmcompress.soft.encoder import TASK_IDS
+from mmcompress.soft.chunking import TASK_IDS
 from mmcompress.soft.losses import Example, collate
 
 pytestmark = pytest.mark.slow

@@ -64,6 +64,17 @@ def test_uncompressed_matches_the_models_own_forward(runner, images):
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
 
 
+def test_llava_encoder_backend_gives_the_runners_tower_output(llava_dir, runner, images):
+    """``create_encoder("llava:PATH")`` loads the checkpoint through models/llava.py, like the runner."""
+    from mmcompress.vision.encoders import create_encoder
+
+    tower = create_encoder(f"llava:{llava_dir}")
+    with torch.no_grad():
+        ours, ref = tower.encode(images[:1]).patch_tokens, runner.encoder.encode(images[:1]).patch_tokens
+    assert tower.num_patches == runner.patches_per_image
+    torch.testing.assert_close(ours, ref)
+
+
 def test_no_markers_puts_images_first(runner, images):
     inputs = runner.prepare("What is this?", images[:1], create_compressor("vision_pool", tokens=4))
     assert inputs.image_mask[0, :6].sum() >= 4

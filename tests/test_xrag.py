@@ -348,7 +348,7 @@ def test_shipped_recipes_chain_paraphrase_into_squad(tiny_xrag_dirs, tmp_path):
     from mmcompress.training import load_recipe, run_recipe
 
     bert, llm = tiny_xrag_dirs
-    configs = Path(__file__).resolve().parent.parent / "configs" / "train"
+    configs = Path(__file__).resolve().parent.parent / "mmcompress" / "configs" / "train"
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(" ".join(SENTENCES[i:] + SENTENCES[:i]) for i in range(6)))
     squad = tmp_path / "squad.jsonl"

@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--model", help="scorer model: HF id, local folder or alias (default: smollm2-135m)")
     p.add_argument("--target-tokenizer", help="also count tokens with this tokenizer (the LLM the prompt is for)")
     p.add_argument("--image", action="append", default=None, help="image file for an <image> marker (repeatable)")
-    # Vision methods (see mmcompress/vision/cli.py): visual tokens per image, and the VLM's answer length
+    # Vision methods (see mmcompress/cli/compress_vision.py): visual tokens per image, and the VLM's answer length
     p.add_argument("--tokens", type=int, help="vision methods: visual tokens kept per image")
     p.add_argument("--max-new-tokens", type=int, default=32, help="vision methods with --model: tokens to generate")
     p.add_argument("--template", help="vision methods with --model: prompt template, e.g. 'USER: {prompt} ASSISTANT:'")
@@ -63,10 +63,10 @@ def run(args) -> int:
         text = read_text(args.input).rstrip("\n")  # a file's final newline is not part of the prompt
     if not text.strip():
         raise InvalidPromptError("the prompt is empty: there is no text to compress")
-    from ..vision.cli import is_vision_method
+    from .compress_vision import is_vision_method
 
     if is_vision_method(args.method):
-        from ..vision.cli import run_vision
+        from .compress_vision import run_vision
 
         return run_vision(args, text, parse_overrides(args.overrides))
     compressor = _compressor(args)
@@ -75,7 +75,7 @@ def run(args) -> int:
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     try:
         if hasattr(compressor, "generate") and hasattr(result, "items"):  # soft methods (SoftPrompt)
-            from ..soft.cli import write_soft_result
+            from .compress_soft import write_soft_result
 
             write_soft_result(compressor, result, args, out)
         elif args.json:

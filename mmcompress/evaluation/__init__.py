@@ -36,3 +36,5 @@ __all__ = [
     "register_system",
     "token_accuracy",
 ]
+
+from . import kvcache_systems  # noqa: E402,F401  registers the KV presses as QA systems

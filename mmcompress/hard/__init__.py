@@ -1,5 +1,5 @@
 """Hard methods: drop or rewrite tokens and return shorter text. One method per file."""
-from . import llmlingua2_train  # noqa: F401  registers the "llmlingua2" training task
+from . import training  # noqa: F401  registers the hard family's training tasks
 from .llmlingua import LLMLingua, LLMLinguaConfig
 from .llmlingua2 import LLMLingua2, LLMLingua2Config
 from .longllmlingua import LongLLMLingua, LongLLMLinguaConfig, recover

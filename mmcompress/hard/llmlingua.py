@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, keep_whole
+from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, keep_whole
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import Policy, Role
 from ..registry import register_compressor

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputFileError
-from ..training.tasks import TaskSetup, register_task
+from ..training.tasks import TaskSetup
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,6 @@ def load_classifier_for_training(encoder: str, num_labels: int = 2) -> tuple[Any
     return model, tokenizer
 
 
-@register_task("llmlingua2")
 def build_llmlingua2_task(recipe: dict[str, Any]) -> TaskSetup:
     """Recipe sections: ``model`` (encoder, max_length), ``teacher`` (method, rate, options, question) or
     ``data.labels``, ``data`` (corpus, labels_cache, passage_words, max_passages, eval_fraction), ``export_dir``

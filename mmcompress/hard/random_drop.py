@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..compressor import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from .base import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor

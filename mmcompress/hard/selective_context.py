@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..budget import percentile_mask
-from ..compressor import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor

@@ -3,7 +3,7 @@ prefill writes a layer's keys and values into the transformers ``DynamicCache``,
 
 A press keeps exactly ``n_kept(T)`` entries per layer and head (``rate`` of the ``T`` prefilled tokens, or
 ``target_entries``). Kept keys carry the RoPE of their original positions, so decoding continues at position ``T``
-(see :mod:`mmcompress.kvcache.decoding`), not at the cache length.
+(see :mod:`mmcompress.models.decoding`), not at the cache length.
 
 Why not kvpress itself: kvpress 0.5.5 pins ``transformers>=4.56,<5.3`` and pulls in ``datasets``/``pandas``; this
 project runs on transformers 5.2x, whose attention takes ``cache=`` and no ``cache_position``. The presses here are

@@ -17,7 +17,7 @@ from .embedding import (
 )
 
 from .interleaved import InterleavedCompressor, InterleavedConfig  # noqa: E402  (registers "interleaved")
-from .training import build_interleaved  # noqa: E402,F401  (registers the "interleaved" training task)
+from . import training  # noqa: E402,F401  registers the multimodal family's training task
 
 __all__ = [
     "InterleavedCompressor",

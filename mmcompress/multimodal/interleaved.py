@@ -27,10 +27,7 @@ tower and projector embed the images and whose language model is the encoder (Lo
 """
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -41,291 +38,42 @@ from ..errors import ConfigError, InvalidPromptError
 from ..prompt import Prompt, TextSegment
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
-from ..soft.base import SoftCompressor, _reject_budget, right_pad
-from ..soft.encoder import TASK_IDS, Chunks, EncoderConfig, SlotModel
-from ..soft.icae import IcaeModel
-from ..soft.kv import KvCompressor, KvModel, spans_kv
-from ..soft.losses import IGNORE, sliced_lm_loss
-from .chunking import pack_blocks
-from .embedding import TEXT, InterleavedEmbedder, Layout, SequencePlan, scatter_image_tokens, split_layout
+from ..soft.base import SoftCompressor, _reject_budget
+from ..soft.chunking import TASK_IDS
+from ..soft.losses import IGNORE
+from .batches import EncodedItem, collate_items
+from .config import InterleavedConfig
+from .embedding import InterleavedEmbedder, Layout, SequencePlan, split_layout
+from .models import InterleavedFullModel
+from .slot_styles import SLOT_STYLES, SlotStyle
 from .vision_path import LlavaPath, build_encoder_adapter, is_llava
 
 IMAGE_PATH_FILE = "image_path.safetensors"
-STYLES = ("icae", "kv")
-MODES = ("soft", "full")
 LLAVA_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-
-
-@dataclass
-class InterleavedConfig(EncoderConfig):
-    """Settings of the ``interleaved`` compressor.
-
-    ``num_slots`` (K) soft tokens replace each chunk of at most ``chunk_tokens`` positions of the compressible part
-    (text tokens + K_img per image). ``style``: ``icae`` (soft embeddings) or ``kv`` (per-layer keys/values).
-    ``mode``: ``soft`` (compress) or ``full`` (uncompressed reference: every adapter and text token goes to the
-    decoder). Image path (text-LLM backbones): ``vision_encoder`` (an encoder spec of the vision family),
-    ``adapter`` (``mlp``, ``perceiver``, ``qformer``, ``pool``) with ``image_tokens`` outputs per image and
-    ``adapter_kwargs``; ``reduce_image_tokens`` average-pools each image's tokens to fewer (hard visual reduction).
-    Nested slots (Matryoshka / MQT-LLaVA style): slots are causal, so the first K of ``num_slots`` do not depend on
-    the rest; ``slot_schedule`` (e.g. ``[4, 8, 16]``) trains each step with a K drawn from it, so one model serves
-    every K, and ``use_slots`` picks K at inference (``None``: all ``num_slots``).
-    LLaVA backbones use their own tower and projector. ``keep_trailing_question``: a final "...?" sentence of the
-    prompt stays text when no question segment is given.
-    ``train_adapter: false`` freezes the adapter too (a soft stage that starts from an aligned image path: the
-    encoder learns to read it as it is). Decoder tuning (:mod:`.decoder_lora`): ``tune_decoder`` (full mode) trains
-    LoRA (``lora_r``, ``lora_alpha``, ``lora_targets``) on the LLM along with the image path, LLaVA's second stage;
-    ``decoder_lora`` (a folder saved by such a model) merges that adapter into the LLM first, so the decoder of this
-    model is the tuned LLM.
-    ``question_aware`` (soft mode): the encoder also reads the kept text (the question) after each chunk, before the
-    slots, so the K soft tokens can keep what the question asks for (query-guided compression, as LongLLMLingua's
-    question-aware ranking on the hard side). The question still goes to the decoder as text; the soft tokens then
-    belong to that question and cannot be reused for another.
-    """
-
-    num_slots: int = 8
-    chunk_tokens: int = 256
-    style: str = "icae"
-    mode: str = "soft"
-    vision_encoder: str = "open_clip:mmc-vit-tiny-p8-64"
-    adapter: str = "perceiver"
-    image_tokens: int | None = 16
-    adapter_kwargs: dict[str, Any] = field(default_factory=dict)
-    train_vision_encoder: bool = False
-    train_adapter: bool = True
-    reduce_image_tokens: int | None = None
-    keep_trailing_question: bool = True
-    slot_schedule: list[int] | None = None
-    use_slots: int | None = None
-    max_new_tokens: int = 16
-    lora_r: int = 16
-    lora_alpha: int = 32
-    tune_decoder: bool = False
-    decoder_lora: str | None = None
-    question_aware: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.tune_decoder and self.mode != "full":
-            raise ConfigError("tune_decoder applies to mode='full' (the soft mode's decoder is frozen); train it in "
-                              "the full-mode reference and give that folder to the soft model as decoder_lora")
-        if self.tune_decoder and self.decoder_lora:  # one tuned adapter per chain: a second would be saved alone
-            raise ConfigError("tune_decoder and decoder_lora together would stack two decoder adapters; continue the "
-                              "tuned full-mode model with init_from instead")
-        if self.question_aware and self.mode != "soft":
-            raise ConfigError("question_aware applies to mode='soft': in full mode the decoder reads the whole prompt "
-                              "and the question anyway")
-        if self.style not in STYLES:
-            raise ConfigError(f"style must be one of {STYLES}, got {self.style!r}")
-        if self.mode not in MODES:
-            raise ConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.image_tokens is not None and int(self.image_tokens) < 1:
-            raise ConfigError(f"image_tokens must be >= 1, got {self.image_tokens}")
-        for k in list(self.slot_schedule or []) + ([self.use_slots] if self.use_slots is not None else []):
-            if not 1 <= int(k) <= int(self.num_slots):
-                raise ConfigError(f"slot counts in slot_schedule / use_slots must be in [1, num_slots={self.num_slots}]"
-                                  f", got {k}")
-        if self.reduce_image_tokens is not None and int(self.reduce_image_tokens) < 1:
-            raise ConfigError(f"reduce_image_tokens must be >= 1 (or null), got {self.reduce_image_tokens}")
-
-
-# ------------------------------------------------------------------------------------------------ batches
-@dataclass
-class EncodedItem:
-    """One example for the trainable model: the plan of its compressible part, the decoder tail and its labels, and
-    (question-aware encoders) the question tokens the encoder reads after each chunk."""
-
-    plan: SequencePlan
-    tail: list[int]
-    labels: list[int]
-    task: str
-    query: list[int] = field(default_factory=list)
-
-
-def collate_items(items: Sequence[EncodedItem], image_path: Any, chunk_tokens: int, pad_id: int,
-                  full: bool = False) -> dict[str, torch.Tensor]:
-    """Batch examples: every chunk of every compressible part left-padded in one ``[N, L]`` batch (image positions
-    marked by their batch-wide image number), the images preprocessed into one pixel batch, tails right-padded.
-
-    With ``full`` the compressible part is one row per example (no chunking: the decoder reads it as is). An item's
-    ``query`` tokens are appended to every one of its chunks (they count against no chunk's ``chunk_tokens``).
-    """
-    rows, spans, index, images = [], [], [], []
-    image_base = 0
-    for b, item in enumerate(items):
-        plan = item.plan
-        if full:
-            chunks = [(0, len(plan))]
-        else:
-            chunks = pack_blocks(_block_lengths(plan.image_index), chunk_tokens) or [(0, 0)]
-        for c, (s, e) in enumerate(chunks):
-            ids = plan.input_ids[s:e] + item.query
-            img = [i + image_base if i >= 0 else i for i in plan.image_index[s:e]] + [TEXT] * len(item.query)
-            rows.append((ids, img))
-            spans.append(b)
-            index.append(c)
-        image_base += len(plan.images)
-        images.extend(plan.images)
-    width = max(1, max(len(r[0]) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    image_index = torch.full((len(rows), width), -2, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for n, (r, img) in enumerate(rows):
-        if r:
-            ids[n, width - len(r):] = torch.tensor([max(t, 0) if t >= 0 else pad_id for t in r])
-            image_index[n, width - len(r):] = torch.tensor(img)
-            mask[n, width - len(r):] = 1
-    tails = [torch.tensor(it.tail, dtype=torch.long) for it in items]
-    tail_ids, tail_mask = right_pad(tails, pad_id)
-    labels, _ = right_pad([torch.tensor(it.labels, dtype=torch.long) for it in items], IGNORE)
-    batch = {"chunk_ids": ids, "chunk_mask": mask, "chunk_image": image_index, "chunk_span": torch.tensor(spans),
-             "chunk_index": torch.tensor(index), "tail_ids": tail_ids, "tail_mask": tail_mask, "labels": labels,
-             "task": torch.tensor([TASK_IDS[it.task] for it in items], dtype=torch.long)}
-    if images:
-        batch["pixels"] = image_path.preprocess(images)
-    return batch
-
-
-def _block_lengths(image_index: Sequence[int]) -> list[int]:
-    lengths, t = [], 0
-    while t < len(image_index):
-        end = t + 1
-        if image_index[t] >= 0:
-            while end < len(image_index) and image_index[end] == image_index[t]:
-                end += 1
-        lengths.append(end - t)
-        t = end
-    return lengths
-
-
-# ------------------------------------------------------------------------------------------ trainable models
-class InterleavedSlotModel(SlotModel):
-    """Soft encoder (LoRA + slots) + task markers + the image path; ICAE or KV decoding."""
-
-    def __init__(self, llm: nn.Module, config: InterleavedConfig, image_path: nn.Module | None):
-        super().__init__(llm, config)
-        self.style = config.style
-        self.encoder_output = "hidden" if config.style == "icae" else "kv"
-        self.positions = "standard" if config.style == "icae" else "prefix"
-        if image_path is not None:
-            self.image_path = image_path  # registered: adapter weights are trainable parameters of this module
-        self.slot_schedule = [int(k) for k in (config.slot_schedule or [])]
-        self.use_slots = int(config.use_slots) if config.use_slots is not None else None
-        self._draw = random.Random(int(config.num_slots))
-
-    def active_slots(self) -> int | None:
-        """How many leading slots the decoder reads now: drawn from the schedule in training, ``use_slots`` else."""
-        if self.training and self.slot_schedule:
-            return self._draw.choice(self.slot_schedule)
-        return self.use_slots
-
-    def take_slots(self, encoded, k: int | None):
-        """The first ``k`` slots of every chunk (``[N, K, D]`` hidden states or per-layer ``[N, H, K, d]`` KV)."""
-        if k is None or k >= self.encoder.num_slots:
-            return encoded
-        if self.encoder_output == "hidden":
-            return encoded[:, :k]
-        return [(key[:, :, :k], value[:, :, :k]) for key, value in encoded]
-
-    def embed_chunks(self, batch: dict[str, Any]) -> torch.Tensor:
-        """``[N, L, D]``: token embeddings with each image's adapter output scattered into its positions."""
-        embeds = self.encoder.embed(batch["chunk_ids"])
-        if "pixels" in batch:
-            feats = self.images(batch["pixels"])
-            embeds = scatter_image_tokens(embeds, batch["chunk_image"], feats.flatten(0, 1), feats.shape[1])
-        return embeds
-
-    def images(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.get_image_path()(pixels)
-
-    def get_image_path(self):
-        path = getattr(self, "image_path", None) or getattr(self, "_llava_path", None)
-        if path is None:
-            raise InvalidPromptError("this compressor has no image path")
-        return path
-
-    def compress_embedded(self, batch: dict[str, Any]):
-        chunks = self.chunks_from_batch(batch)
-        encoded = self.encoder.encode_embeds(self.embed_chunks(batch), batch["chunk_mask"], batch["chunk_index"],
-                                             output=self.encoder_output, positions=self.positions)
-        return self.take_slots(encoded, self.active_slots()), chunks
-
-    def decoder_hidden(self, encoded, chunks: Chunks, batch: dict[str, Any]):
-        model = IcaeModel if self.style == "icae" else KvModel
-        return model.decoder_hidden(self, encoded, chunks, batch)
-
-    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        encoded, chunks = self.compress_embedded(batch)
-        hidden, labels = self.decoder_hidden(encoded, chunks, batch)
-        loss, accuracy = sliced_lm_loss(hidden, labels, self.encoder.lm_head)
-        return {"loss": loss, "token_accuracy": accuracy}
-
-
-class InterleavedFullModel(nn.Module):
-    """The uncompressed reference: the LLM reads the embedded sequence itself; the image path trains, and with
-    ``tune_decoder`` a LoRA adapter on the LLM too (the base weights stay frozen)."""
-
-    def __init__(self, llm: nn.Module, config: InterleavedConfig, image_path: nn.Module | None):
-        super().__init__()
-        llm.requires_grad_(False)
-        object.__setattr__(self, "_llm", llm)  # frozen and not saved: held by reference
-        if config.tune_decoder:
-            from ..models.lora import add_lora
-
-            # registered, so the trainer optimises and checkpoints the LoRA tensors (only they require grad)
-            self.decoder_lora = add_lora(llm, config)
-        if image_path is not None:
-            self.image_path = image_path
-
-    @property
-    def llm(self) -> nn.Module:
-        return self._llm
-
-    def get_image_path(self):
-        path = getattr(self, "image_path", None) or getattr(self, "_llava_path", None)
-        if path is None:
-            raise InvalidPromptError("this compressor has no image path")
-        return path
-
-    def embed_chunks(self, batch: dict[str, Any]) -> torch.Tensor:
-        embeds = self._llm.get_input_embeddings()(batch["chunk_ids"])
-        if "pixels" in batch:
-            feats = self.get_image_path()(batch["pixels"])
-            embeds = scatter_image_tokens(embeds, batch["chunk_image"], feats.flatten(0, 1), feats.shape[1])
-        return embeds
-
-    def forward(self, **batch: Any):
-        return self.training_step(batch)
-
-    def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        context = self.embed_chunks(batch)  # one left-padded row per example
-        tails = self._llm.get_input_embeddings()(batch["tail_ids"])
-        rows, masks, labels = [], [], []
-        for b in range(context.shape[0]):
-            keep = batch["chunk_mask"][b].bool()
-            rows.append(torch.cat([context[b][keep], tails[b]], 0))
-            masks.append(torch.cat([batch["tail_mask"].new_ones(int(keep.sum())), batch["tail_mask"][b]]))
-            labels.append(torch.cat([batch["labels"].new_full((int(keep.sum()),), IGNORE), batch["labels"][b]]))
-        inputs, _ = right_pad(rows)
-        mask, _ = right_pad(masks, 0)
-        labels, _ = right_pad(labels, IGNORE)
-        backbone = getattr(self._llm, self._llm.base_model_prefix)
-        out = backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
-        loss, accuracy = sliced_lm_loss(out.last_hidden_state, labels, self._llm.get_output_embeddings())
-        return {"loss": loss, "token_accuracy": accuracy}
-
-    @torch.no_grad()
-    def evaluation_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        return {k: float(v) for k, v in self.training_step(batch).items()}
 
 
 # ---------------------------------------------------------------------------------------------- compressor
 @register_compressor("interleaved")
 class InterleavedCompressor(SoftCompressor):
-    """Images and text of a prompt -> one shared set of K soft tokens per chunk; the question stays text."""
+    """What the soft compressor (:class:`InterleavedSoftCompressor`, ``mode="soft"``) and the uncompressed reference
+    (:class:`InterleavedReference`, ``mode="full"``) share: the image path, the embedding and layout of a prompt,
+    batches, and saving / loading. ``InterleavedCompressor(...)`` (and ``create_compressor("interleaved")``) builds
+    the class of the config's ``mode``."""
 
     family = "multimodal"
     config_class = InterleavedConfig
     encode_batch_chunks = 64
+    full_rows = False  # collate: one unchunked row per example (the reference) instead of chunks
+    prompts_per_batch = 8
+
+    def __new__(cls, config: InterleavedConfig | None = None, **overrides: Any):
+        mode = overrides.get("mode", config.mode if isinstance(config, InterleavedConfig) else InterleavedConfig.mode)
+        of_mode = InterleavedReference if mode == "full" else InterleavedSoftCompressor
+        if cls is InterleavedCompressor:
+            cls = of_mode
+        elif not issubclass(cls, of_mode):
+            raise ConfigError(f"{cls.__name__} cannot be built with mode={mode!r}; use InterleavedCompressor")
+        return super().__new__(cls)
 
     def __init__(self, config: InterleavedConfig | None = None, *, tokenizer: Any = None,
                  image_path: nn.Module | None = None, **overrides: Any):
@@ -367,11 +115,7 @@ class InterleavedCompressor(SoftCompressor):
         llava = is_llava(llm)
         if llava and cfg.lora_targets == "all-linear":  # LoRA in the language model only, not the vision tower
             cfg = cfg.replace(lora_targets=LLAVA_LORA_TARGETS)
-        if cfg.mode == "soft" and cfg.style == "kv":
-            from ..models.compat import is_rotary
-
-            if not is_rotary(llm):
-                raise ConfigError("style='kv' needs a model with rotary position embeddings (Llama, Qwen, Mistral...)")
+        self.check_model(llm)
         path = self._image_path_override
         if path is None and not llava:
             hidden = llm.get_input_embeddings().weight.shape[1]
@@ -380,8 +124,7 @@ class InterleavedCompressor(SoftCompressor):
                                          reduce_to=cfg.reduce_image_tokens)
         if path is not None and not cfg.train_adapter:
             getattr(path, "adapter", path).requires_grad_(False)
-        model_cls = InterleavedFullModel if cfg.mode == "full" else InterleavedSlotModel
-        module = model_cls(llm, cfg, path)
+        module = self.module_class(llm, cfg, path)
         if llava and path is None:
             # the projector is LLaVA's adapter: it trains (unless train_adapter is false), the tower stays frozen
             base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
@@ -393,11 +136,12 @@ class InterleavedCompressor(SoftCompressor):
     def image_path(self):
         return self.module.get_image_path()
 
+    def check_model(self, llm: nn.Module) -> None:
+        """Refuse a backbone this model cannot use, before building anything on it."""
+
     def set_slots(self, k: int | None) -> InterleavedCompressor:
         """Read only the first ``k`` soft tokens of each chunk from now on (nested slots; ``None``: all of them)."""
         self.config = self.config.replace(use_slots=k)
-        if self.config.mode == "soft":
-            self.module.use_slots = None if k is None else int(k)
         return self
 
     @property
@@ -406,16 +150,6 @@ class InterleavedCompressor(SoftCompressor):
 
     def embedder(self) -> InterleavedEmbedder:
         return InterleavedEmbedder(self.tokenizer, self.llm.get_input_embeddings(), self.image_path)
-
-    def marker(self, task: str):
-        if self.config.mode == "full":
-            return None
-        if task not in TASK_IDS:
-            raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
-        return self.module.markers[TASK_IDS[task]][None]
-
-    def decoder_mode(self):
-        return nullcontext() if self.config.mode == "full" else self.module.encoder.decoder()
 
     def format_question(self, question: str, task: str) -> str:
         return self.config.qa_template.format(question=question) if task == "qa" else question
@@ -477,7 +211,7 @@ class InterleavedCompressor(SoftCompressor):
 
     def collate(self, items: Sequence[EncodedItem]) -> dict[str, torch.Tensor]:
         return collate_items(items, self.image_path, int(self.config.chunk_tokens), self.pad_id,
-                             full=self.config.mode == "full")
+                             full=self.full_rows)
 
     # ---------------------------------------------------------------------------------------------- compress
     def compress(self, prompt: Any, *, question: str | None = None, instruction: str | None = None,
@@ -501,31 +235,11 @@ class InterleavedCompressor(SoftCompressor):
                 raise InvalidPromptError("no prompts to compress")
             items = [EncodedItem(self.plan_compressed(layout, prompt.separator), [], [], "qa",
                                  self.query_ids(layout, prompt.separator)) for prompt, layout in laid]
-        module = self.module
-        full = self.config.mode == "full"
         segments: list[SoftSegment] = []
         with timings("compress"), torch.no_grad():
-            step = 1 if full else 8
-            for start in range(0, len(items), step):
-                part = items[start : start + step]
-                batch = _to_device(self.collate(part), self.device)
-                if full:
-                    embeds = module.embed_chunks(batch)
-                    keep = batch["chunk_mask"][0].bool()
-                    segments.append(SoftSegment(embeddings=embeds[0][keep].detach(), origin_tokens=len(part[0].plan),
-                                                chunks=1))
-                    continue
-                encoded, chunks = module.compress_embedded(batch)
-                counts = chunks.chunks_per_span()
-                if self.config.style == "icae":
-                    per = [x.flatten(0, 1) for x in torch.split(encoded, counts)]
-                    segments += [SoftSegment(embeddings=h.detach(), origin_tokens=len(it.plan), chunks=c)
-                                 for h, it, c in zip(per, part, counts)]
-                else:
-                    per = spans_kv(encoded, chunks)
-                    segments += [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in kv),
-                                             origin_tokens=len(it.plan), chunks=c)
-                                 for kv, it, c in zip(per, part, counts)]
+            for start in range(0, len(items), self.prompts_per_batch):
+                part = items[start : start + self.prompts_per_batch]
+                segments += self.encode_items(part, _to_device(self.collate(part), self.device))
         out_items, origin, compressed = [], [], []
         with timings("count"):
             for (prompt, layout), soft, item in zip(laid, segments, items):
@@ -541,17 +255,11 @@ class InterleavedCompressor(SoftCompressor):
         extras = {"tokens_per_image": self.tokens_per_image, "images": [len(layout.images) for _, layout in laid]}
         return SoftPrompt(out_items, self.name, origin, compressed, dict(timings), extras)
 
+    def encode_items(self, items: Sequence[EncodedItem], batch: dict[str, Any]) -> list[SoftSegment]:
+        """One soft segment per item of a collated batch: what the decoder reads in place of its compressible part."""
+        raise NotImplementedError
+
     # ---------------------------------------------------------------------------------------------- generate
-    def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
-        """Answer from soft prompts (ICAE style and full mode: ``inputs_embeds``; KV style: the decoder cache)."""
-        if self.config.mode == "soft" and self.config.style == "kv":
-            return KvCompressor.generate(self, soft_prompts, question, task=task, max_new_tokens=max_new_tokens,
-                                         **generate_kwargs)
-        return super().generate(soft_prompts, question, task=task, max_new_tokens=max_new_tokens, **generate_kwargs)
-
-    def prefix_kv(self, pieces):
-        return KvCompressor.prefix_kv(self, pieces)
-
     def answer(self, prompts: Sequence[Any], *, batch_size: int = 8, **generate_kwargs: Any) -> list[str]:
         """Compress and answer many prompts (compress_batch + generate in batches)."""
         out: list[str] = []
@@ -644,6 +352,61 @@ class InterleavedCompressor(SoftCompressor):
                 if name not in own:
                     raise ConfigError(f"{source} has a tensor {name!r} this compressor does not have")
                 own[name].copy_(value.to(own[name].device, own[name].dtype))
+
+
+class InterleavedSoftCompressor(InterleavedCompressor):
+    """``mode="soft"``: the soft encoder turns each chunk of the compressible part into K slots, which the frozen
+    decoder reads in the way of the slot style (:mod:`.slot_styles`), chosen once from ``config.style``."""
+
+    @property
+    def slots(self) -> SlotStyle:
+        return SLOT_STYLES[self.config.style]
+
+    @property
+    def module_class(self):
+        return self.slots.model_class
+
+    def check_model(self, llm: nn.Module) -> None:
+        self.slots.check_model(llm)
+
+    def set_slots(self, k: int | None) -> InterleavedCompressor:
+        super().set_slots(k)
+        self.module.use_slots = None if k is None else int(k)
+        return self
+
+    def marker(self, task: str):
+        if task not in TASK_IDS:
+            raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
+        return self.module.markers[TASK_IDS[task]][None]
+
+    def decoder_mode(self):
+        return self.module.encoder.decoder()
+
+    def encode_items(self, items, batch):
+        encoded, chunks = self.module.compress_embedded(batch)
+        return self.slots.segments(encoded, chunks, [len(it.plan) for it in items])
+
+    def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
+        """Answer from soft prompts (ICAE style: ``inputs_embeds``; KV style: the decoder cache)."""
+        return self.slots.generate(self, soft_prompts, question, task=task, max_new_tokens=max_new_tokens,
+                                   **generate_kwargs)
+
+
+class InterleavedReference(InterleavedCompressor):
+    """``mode="full"``, the uncompressed reference (LLaVA style): the decoder reads every adapter token and text
+    token of the compressible part itself; no slots, no marker."""
+
+    module_class = InterleavedFullModel
+    full_rows = True
+    prompts_per_batch = 1
+
+    def marker(self, task: str):
+        return None
+
+    def encode_items(self, items, batch):
+        embeds = self.module.embed_chunks(batch)
+        keep = batch["chunk_mask"][0].bool()
+        return [SoftSegment(embeddings=embeds[0][keep].detach(), origin_tokens=len(items[0].plan), chunks=1)]
 
 
 def kept_suffix_text(layout: Layout) -> str:

@@ -19,16 +19,15 @@ easy-VQA ships its own train and test images. Everything is seeded, so a split i
 from __future__ import annotations
 
 import functools
-import os
 import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..data_paths import resolve_data_path
 from ..errors import ConfigError
 from ..prompt import Prompt, Role, TextSegment
 
@@ -77,23 +76,15 @@ class InterleavedExample:
 
 
 # --------------------------------------------------------------------------------------------------- sources
-def shared_data_dir() -> Path:
-    root = os.environ.get("MMCOMPRESS_SHARED")
-    if root:
-        return Path(root) / "data"
-    for parent in Path(__file__).resolve().parents[2:]:  # ../shared next to the repository (or a worktree's parents)
-        if (parent / "shared" / "data").is_dir():
-            return parent / "shared" / "data"
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
-
-
 @functools.lru_cache(maxsize=4)
 def load_cifar(split: str, path: str | None = None) -> tuple[np.ndarray, list[str]]:
     """CIFAR-10 dev images ``[n, 32, 32, 3]`` uint8 and class names, split train (1,600) / test (400)."""
     _check_split(split)
-    file = Path(path) if path else shared_data_dir() / CIFAR_FILE
-    if not file.is_file():
-        raise ConfigError(f"{file} not found; set MMCOMPRESS_SHARED to the folder holding data/{CIFAR_FILE}")
+    try:
+        file = resolve_data_path(path or f"../shared/data/{CIFAR_FILE}")
+    except ConfigError:
+        raise ConfigError(f"{path or CIFAR_FILE} not found; set the data path or MMCOMPRESS_SHARED to the folder "
+                          f"holding data/{CIFAR_FILE}") from None
     data = np.load(file)
     images, labels = data["images"], [str(x) for x in data["labels"]]
     sl = slice(0, CIFAR_TEST_START) if split == "train" else slice(CIFAR_TEST_START, None)

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..soft.tasks import resolve_data_path
+from ..data_paths import resolve_data_path
 from ..training.tasks import TaskSetup, register_task
 from .interleaved import InterleavedCompressor, rendered_text
 from .tasks import build_examples

@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import ConfigError, InvalidPromptError
 from ..registry import register_compressor
 from ..results import SoftSegment
-from ..training.tasks import TaskSetup, register_task
+from ..training.tasks import TaskSetup
 from .base import SoftCompressor, SoftConfig
 
 
@@ -164,8 +164,8 @@ class AutoCompressor(SoftCompressor):
     config_class = AutoCompressorConfig
 
     def qa_system(self, reader: Any):
-        """A system of the QA evaluation harness; see :mod:`.reader_system`."""
-        from .reader_system import SoftReaderSystem
+        """A system of the QA evaluation harness; see :mod:`mmcompress.evaluation.soft_reader_system`."""
+        from ..evaluation.soft_reader_system import SoftReaderSystem
 
         return SoftReaderSystem(self, reader)
 
@@ -249,7 +249,6 @@ class SegmentCollator:
         return {"input_ids": ids, "segment_lengths": lengths}
 
 
-@register_task("autocompressor")
 def build_autocompressor_task(recipe: dict[str, Any]) -> TaskSetup:
     """Recipe ``model:`` = AutoCompressorConfig fields; ``data:`` = corpus, sequence_tokens, segments,
     min_segment_tokens, examples, eval_examples, seed, max_documents."""

@@ -46,8 +46,9 @@ class SoftConfig(CompressorConfig):
 
     ``model`` is the base LLM: the frozen decoder, and (for encoder methods) the encoder under a LoRA adapter.
     ``num_slots`` soft tokens replace each chunk of at most ``chunk_tokens`` input tokens, so the nominal ratio is
-    ``chunk_tokens / num_slots`` (the inherited ``rate`` / ``target_tokens`` are not used by soft methods: the
-    ratio is fixed by the trained slots). ``max_new_tokens`` is the default answer length of :meth:`generate`.
+    ``chunk_tokens / num_slots``: the ratio is fixed by the trained slots, so soft configs have no ``rate`` /
+    ``target_tokens``; the achieved ratio is on the result (:attr:`SoftPrompt.rate` / :attr:`SoftPrompt.ratio`).
+    ``max_new_tokens`` is the default answer length of :meth:`generate`.
     """
 
     model: str = "smollm2-135m"
@@ -316,6 +317,8 @@ class SoftCompressor(Compressor):
         if meta.get("compressor") != cls.name and cls.name:
             raise ConfigError(f"{path} holds a {meta.get('compressor')!r} compressor, not {cls.name!r}")
         fields = dict(meta["config"])
+        for legacy in ("rate", "target_tokens"):  # saved before soft configs dropped the (unused) token budget
+            fields.pop(legacy, None)
         model_obj = overrides.pop("model", None)
         fields.update(overrides)
         if model_obj is not None and isinstance(model_obj, str):

@@ -2,29 +2,17 @@
 separated), tokenized once."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
+from ..data_paths import resolve_data_path
 from ..errors import ConfigError
 
-DEFAULT_CORPUS = "data/corpus_wiki_news.txt"  # under the shared folder
-
-
-def shared_path(path: str) -> Path:
-    """``path`` as given if it exists, else under ``$MMCOMPRESS_SHARED`` (default ``../shared``)."""
-    candidate = Path(path)
-    if candidate.exists():
-        return candidate
-    shared = Path(os.environ.get("MMCOMPRESS_SHARED", "../shared")) / path
-    if shared.exists():
-        return shared
-    raise ConfigError(f"training corpus {path!r} not found (also looked in {shared}); set data.corpus to a text file")
+DEFAULT_CORPUS = "../shared/data/corpus_wiki_news.txt"  # the recipe's data.corpus setting, found from the repository
 
 
 def corpus_documents(path: str, tokenizer: Any, min_tokens: int, max_documents: int | None = None) -> list[list[int]]:
     """Token ids of every document with at least ``min_tokens`` tokens."""
-    text = shared_path(path).read_text(encoding="utf-8")
+    text = resolve_data_path(path).read_text(encoding="utf-8")
     docs = [d.strip() for d in text.split("\n\n") if d.strip()]
     out = []
     for doc in docs:

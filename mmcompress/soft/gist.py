@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InvalidPromptError
-from ..kvcache.decoding import CachedContext, generate_from_cache
-from ..kvcache.rotary import shift_keys
+from ..models.decoding import CachedContext, generate_from_cache
+from ..models.rotary import shift_keys
 from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
-from ..training.tasks import TaskSetup, register_task
+from ..training.tasks import TaskSetup
 from .base import SoftCompressor, SoftConfig, _as_batch, _per_item
 
 PROMPT, GIST, AFTER, PAD = 0, 1, 2, -1  # segment ids of a training row
@@ -158,8 +158,8 @@ class GistCompressor(SoftCompressor):
     config_class = GistConfig
 
     def qa_system(self, reader: Any):
-        """A system of the QA evaluation harness; see :mod:`.reader_system`."""
-        from .reader_system import SoftReaderSystem
+        """A system of the QA evaluation harness; see :mod:`mmcompress.evaluation.soft_reader_system`."""
+        from ..evaluation.soft_reader_system import SoftReaderSystem
 
         return SoftReaderSystem(self, reader)
 
@@ -352,7 +352,6 @@ def gist_examples(documents: Sequence[Sequence[int]], count: int, num_gists: int
     return rows
 
 
-@register_task("gist")
 def build_gist_task(recipe: dict[str, Any]) -> TaskSetup:
     """Recipe ``model:`` = GistConfig fields; ``data:`` = corpus, examples, eval_examples, min_text_tokens,
     max_text_tokens (default chunk_tokens), continuation_tokens, seed."""

@@ -23,7 +23,8 @@ import torch
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import SoftCompressor, right_pad
-from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel, gather_spans
+from .chunking import Chunks, gather_spans
+from .encoder import EncoderCompressor, EncoderConfig, SlotModel
 
 
 @dataclass

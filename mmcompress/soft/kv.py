@@ -33,7 +33,8 @@ from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import SoftCompressor, _as_batch, _per_item, left_pad
-from .encoder import Chunks, EncoderCompressor, EncoderConfig, SlotModel
+from .chunking import Chunks
+from .encoder import EncoderCompressor, EncoderConfig, SlotModel
 
 
 @dataclass
@@ -132,69 +133,78 @@ class KvCompressor(EncoderCompressor, SoftCompressor):
 
     # ------------------------------------------------------------------------------------------------ decode
     def prefix_kv(self, pieces) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """One prompt's decoder cache, per layer ``[H, C, d]``: soft spans' KV re-rotated to their place, kept text
-        run through the decoder after what precedes it."""
-        backbone = self.module.encoder.backbone
-        layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        length = 0
-        for k, piece in enumerate(pieces):
-            if isinstance(piece, SoftSegment):
-                if piece.kv is None:
-                    raise ConfigError(f"{self.name} got an embedding soft segment; use the method that made it")
-                new = [(shift_rotary_keys(key.to(self.device), length, backbone), val.to(self.device))
-                       for key, val in piece.kv]
-                count = piece.num_tokens
-            else:
-                sep = (piece.sep if piece.sep is not None else "\n\n") if k else ""
-                embeds = self.embed_text(sep + piece.text)[None]
-                if embeds.shape[1] == 0:
-                    continue
-                cache = new_cache(self.llm)
-                if layers is not None:
-                    for i, (key, val) in enumerate(layers):
-                        cache.update(key[None], val[None], i)
-                positions = torch.arange(length, length + embeds.shape[1], device=self.device)[None]
-                with self.decoder_mode():
-                    out = backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True,
-                                   **cache_kwargs(backbone, cache))
-                cache = output_cache(out) or cache
-                count = embeds.shape[1]
-                new = [(layer.keys[0, :, -count:], layer.values[0, :, -count:]) for layer in cache.layers]
-            layers = new if layers is None else [(torch.cat([a, c], -2), torch.cat([b, d], -2))
-                                                 for (a, b), (c, d) in zip(layers, new)]
-            length += count
-        if layers is None:  # nothing before the marker: an empty cache
-            cfg = self.llm.config
-            heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-            dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            empty = torch.zeros(heads, 0, dim, device=self.device, dtype=self.llm.dtype)
-            layers = [(empty, empty) for _ in range(cfg.num_hidden_layers)]
-        return layers
+        return kv_prefix(self, pieces)
 
     def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
-        """Batched generation with each prompt's KV as the decoder cache (left-padded, positions per prompt)."""
-        soft = _as_batch(soft_prompts)
-        questions = _per_item(question, len(soft))
-        with torch.no_grad():
-            prefixes, tails = [], []
-            for item, q in zip(soft.items, questions):
-                head, tail = self.split_pieces(item, task, q)
-                prefixes.append(self.prefix_kv(head))
-                parts = [self.marker(task).to(self.device, self.llm.dtype)]
-                if tail:
-                    parts.append(self.embed_text("".join(tail)))
-                tails.append(torch.cat(parts, 0))
-            if all(p[0][0].shape[-2] == 0 for p in prefixes):  # no soft span anywhere: plain text generation
-                return SoftCompressor.generate(self, soft, questions, task=task, max_new_tokens=max_new_tokens,
-                                               **generate_kwargs)
-            cache, cache_mask, lengths = build_cache(self.llm, prefixes)
-            tail, tail_mask = left_pad(tails)
-            # generate() expects inputs to span the cached positions too; they are skipped, so zeros do
-            inputs = torch.cat([tail.new_zeros(len(tails), cache_mask.shape[1], tail.shape[-1]), tail], 1)
-            mask = torch.cat([cache_mask, tail_mask], 1)
-            kwargs = self._generate_defaults(max_new_tokens)
-            kwargs.update(generate_kwargs)
-            with self.decoder_mode():
-                out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, **cache_kwargs(self.llm, cache),
-                                        **kwargs)
-        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        return kv_generate(self, soft_prompts, question, task=task, max_new_tokens=max_new_tokens, **generate_kwargs)
+
+
+def kv_prefix(compressor: Any, pieces) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """One prompt's decoder cache, per layer ``[H, C, d]``: soft spans' KV re-rotated to their place, kept text run
+    through the decoder after what precedes it (``compressor``: any soft compressor whose slots are KV)."""
+    backbone = compressor.module.encoder.backbone
+    layers: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    length = 0
+    for k, piece in enumerate(pieces):
+        if isinstance(piece, SoftSegment):
+            if piece.kv is None:
+                raise ConfigError(f"{compressor.name} got an embedding soft segment; use the method that made it")
+            new = [(shift_rotary_keys(key.to(compressor.device), length, backbone), val.to(compressor.device))
+                   for key, val in piece.kv]
+            count = piece.num_tokens
+        else:
+            sep = (piece.sep if piece.sep is not None else "\n\n") if k else ""
+            embeds = compressor.embed_text(sep + piece.text)[None]
+            if embeds.shape[1] == 0:
+                continue
+            cache = new_cache(compressor.llm)
+            if layers is not None:
+                for i, (key, val) in enumerate(layers):
+                    cache.update(key[None], val[None], i)
+            positions = torch.arange(length, length + embeds.shape[1], device=compressor.device)[None]
+            with compressor.decoder_mode():
+                out = backbone(inputs_embeds=embeds, position_ids=positions, use_cache=True,
+                               **cache_kwargs(backbone, cache))
+            cache = output_cache(out) or cache
+            count = embeds.shape[1]
+            new = [(layer.keys[0, :, -count:], layer.values[0, :, -count:]) for layer in cache.layers]
+        layers = new if layers is None else [(torch.cat([a, c], -2), torch.cat([b, d], -2))
+                                             for (a, b), (c, d) in zip(layers, new)]
+        length += count
+    if layers is None:  # nothing before the marker: an empty cache
+        cfg = compressor.llm.config
+        heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        empty = torch.zeros(heads, 0, dim, device=compressor.device, dtype=compressor.llm.dtype)
+        layers = [(empty, empty) for _ in range(cfg.num_hidden_layers)]
+    return layers
+
+def kv_generate(compressor: Any, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None,
+                **generate_kwargs) -> list[str]:
+    """Batched generation with each prompt's KV as the decoder cache (left-padded, positions per prompt); used by
+    every soft compressor whose slots are KV (:class:`KvCompressor`, the interleaved compressor's KV style)."""
+    soft = _as_batch(soft_prompts)
+    questions = _per_item(question, len(soft))
+    with torch.no_grad():
+        prefixes, tails = [], []
+        for item, q in zip(soft.items, questions):
+            head, tail = compressor.split_pieces(item, task, q)
+            prefixes.append(kv_prefix(compressor, head))
+            parts = [compressor.marker(task).to(compressor.device, compressor.llm.dtype)]
+            if tail:
+                parts.append(compressor.embed_text("".join(tail)))
+            tails.append(torch.cat(parts, 0))
+        if all(p[0][0].shape[-2] == 0 for p in prefixes):  # no soft span anywhere: plain text generation
+            return SoftCompressor.generate(compressor, soft, questions, task=task, max_new_tokens=max_new_tokens,
+                                           **generate_kwargs)
+        cache, cache_mask, lengths = build_cache(compressor.llm, prefixes)
+        tail, tail_mask = left_pad(tails)
+        # generate() expects inputs to span the cached positions too; they are skipped, so zeros do
+        inputs = torch.cat([tail.new_zeros(len(tails), cache_mask.shape[1], tail.shape[-1]), tail], 1)
+        mask = torch.cat([cache_mask, tail_mask], 1)
+        kwargs = compressor._generate_defaults(max_new_tokens)
+        kwargs.update(generate_kwargs)
+        with compressor.decoder_mode():
+            out = compressor.llm.generate(inputs_embeds=inputs, attention_mask=mask, **cache_kwargs(compressor.llm, cache),
+                                    **kwargs)
+    return compressor.tokenizer.batch_decode(out, skip_special_tokens=True)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .encoder import TASK_IDS, make_chunks
+from .chunking import TASK_IDS, make_chunks
 
 IGNORE = -100
 

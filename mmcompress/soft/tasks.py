@@ -32,26 +32,14 @@ from typing import Any
 
 import torch
 
+from ..data_paths import resolve_data_path
 from ..errors import ConfigError
-from ..training.tasks import TaskSetup, register_task
+from ..training.tasks import TaskSetup
 from .losses import QA_TEMPLATE, PretrainDataset, QADataset, collate, read_jsonl
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "context_tokens": 128, "continuation_tokens": 0,
                  "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": QA_TEMPLATE,
                  "eval_examples": 64, "max_train_examples": None, "seed": 0}
-
-
-def resolve_data_path(path: str | Path) -> Path:
-    """A data path as written in a recipe: as is, or relative to the working folder or any folder above it (so
-    ``../shared/data/x`` works from the repository and from a worktree beside it)."""
-    path = Path(path).expanduser()
-    if path.exists():
-        return path
-    stripped = Path(*[p for p in path.parts if p != ".."]) if not path.is_absolute() else path
-    for folder in [Path.cwd(), *Path.cwd().parents]:
-        if (folder / stripped).exists():
-            return folder / stripped
-    raise ConfigError(f"data file not found: {path}")
 
 
 def documents(path: str | Path) -> list[str]:
@@ -135,19 +123,16 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
                      finalize=lambda _m, out: compressor.save_pretrained(Path(out) / "final"))
 
 
-@register_task("icae")
 def build_icae(recipe: dict[str, Any]) -> TaskSetup:
     """Train an ICAE compressor (see the module docstring for the recipe)."""
     return _build(recipe, "icae")
 
 
-@register_task("kv")
 def build_kv(recipe: dict[str, Any]) -> TaskSetup:
     """Train a 500xCompressor (kv) compressor (same recipe as icae)."""
     return _build(recipe, "kv")
 
 
-@register_task("meanpool")
 def build_meanpool(recipe: dict[str, Any]) -> TaskSetup:
     """Train a mean-pooling compressor (same recipe as icae; ``model.pool_ratio`` instead of ``num_slots``)."""
     return _build(recipe, "meanpool")

@@ -24,8 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..training.tasks import TaskSetup, register_task
-from .tasks import resolve_data_path
+from ..training.tasks import TaskSetup
+from ..data_paths import resolve_data_path
 from .xrag import (
     PARAPHRASE_INSTRUCTIONS,
     QA_INSTRUCTION,
@@ -162,7 +162,6 @@ class XRAGCollator:
 
 
 # ------------------------------------------------------------------------------------------------------ task
-@register_task("xrag")
 def build(recipe: dict[str, Any]) -> TaskSetup:
     from .xrag import XRAG
 

@@ -41,12 +41,16 @@ class TaskSetup:
 
 
 def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a recipe and apply dotted overrides (``{"train.max_steps": 10}``)."""
+    """Read a recipe (a file, a ``configs/train/...`` path, or a shipped recipe's name such as ``icae-pretrain``) and
+    apply dotted overrides (``{"train.max_steps": 10}``)."""
     import yaml
 
+    from ..factory import find_recipe, resolve_config_path
     from ..yaml_io import load_yaml
 
-    path = Path(path)
+    path = resolve_config_path(path)
+    if not path.exists() and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
+        path = find_recipe(str(path)) or path
     if not path.is_file():
         raise ConfigError(f"recipe not found: {path}")
     try:

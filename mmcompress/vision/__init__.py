@@ -6,7 +6,7 @@
 from .adapters import (ADAPTERS, AdapterConfig, MLPProjector, PerceiverResampler, PoolAdapter, QFormer,
                        VisionAdapter, create_adapter, pool_tokens)
 from . import reduction  # noqa: F401  registers the reductions as compressors
-from . import training  # noqa: F401  registers the small_vlm training task
+from . import training  # noqa: F401  registers the vision family's training task
 from .encoders import (ENCODERS, EncoderOutput, HFVisionEncoder, LlavaTowerEncoder, OpenCLIPEncoder, VisionEncoder,
                        create_encoder, register_open_clip_config)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError, InvalidPromptError, ModelNotFoundError
+from ..errors import ConfigError, InvalidPromptError
 from ..prompt import IMAGE_TOKEN, Prompt
 from .encoders.hf import LlavaTowerEncoder
 from .reduction.base import VisualReduction
@@ -92,22 +92,10 @@ class LlavaRunner:
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str = "cpu", dtype: Any = None,
                         template: str | None = None) -> LlavaRunner:
-        from transformers import AutoImageProcessor, AutoTokenizer, LlavaForConditionalGeneration
+        from ..models.llava import load_llava
 
-        from ..models.loading import pick_device, pick_dtype, resolve_model
-
-        path = resolve_model(name_or_path)
-        device = pick_device(device)
-        try:
-            model = LlavaForConditionalGeneration.from_pretrained(path, dtype=pick_dtype(dtype, device)).to(device)
-            tokenizer = AutoTokenizer.from_pretrained(path)
-        except (OSError, ValueError) as e:
-            raise ModelNotFoundError(f"cannot load a LLaVA model from {name_or_path!r}: {e}") from None
-        try:
-            processor = AutoImageProcessor.from_pretrained(path)
-        except (OSError, ValueError):
-            processor = None
-        return cls(model, tokenizer, processor, template)
+        vlm = load_llava(name_or_path, device, dtype)
+        return cls(vlm.model, vlm.tokenizer, vlm.image_processor, template)
 
     @property
     def device(self) -> torch.device:
@@ -193,11 +181,6 @@ class LlavaRunner:
         if isinstance(compressor, FastV):
             return compressor.apply(self.model, inputs.image_mask, images=inputs.num_images)
         return nullcontext()
-
-
-def load_llava(name_or_path: str, **kwargs: Any) -> LlavaRunner:
-    """Load a LLaVA model folder or HF id into a :class:`LlavaRunner`."""
-    return LlavaRunner.from_pretrained(name_or_path, **kwargs)
 
 
 def _as_list(images: Any) -> list:

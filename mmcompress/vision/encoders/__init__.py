@@ -20,7 +20,7 @@ ENCODERS.register("llava")(lambda name, **kw: _llava_tower(name, **kw))
 
 
 def _llava_tower(path: str, **kw: Any) -> LlavaTowerEncoder:
-    from ..vlm import load_llava
+    from ...models.llava import load_llava
 
     vlm = load_llava(path, **kw)
     return LlavaTowerEncoder(vlm.model, image_processor=vlm.image_processor)

@@ -29,13 +29,15 @@ from ..encoders.base import EncoderOutput
 
 @dataclass
 class ReductionConfig(CompressorConfig):
-    """``tokens``: visual tokens kept per image (K). Without it, ``rate`` (fraction of patches) sets K.
+    """``tokens``: visual tokens kept per image (K). Without it, ``rate`` (fraction of patches) sets K. (No
+    ``target_tokens``: the budget of an image is ``tokens``.)
 
     ``encoder`` is used when :meth:`VisualReduction.compress` gets raw images (a spec for
     :func:`~mmcompress.vision.encoders.create_encoder`); ``pretrained`` an open_clip tag (None: random init).
     """
 
     tokens: int | None = 64
+    rate: float = 0.5
     encoder: str = "open_clip:ViT-B-16"
     pretrained: str | None = None
     device: str = "cpu"
@@ -43,6 +45,7 @@ class ReductionConfig(CompressorConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_rate(self.rate)
         if self.tokens is not None and (isinstance(self.tokens, bool) or not isinstance(self.tokens, int)
                                         or self.tokens < 1):
             raise BudgetError(f"tokens must be a positive integer (visual tokens kept per image), got {self.tokens!r}")

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ..models.compat import cache_kwargs as _cache_kwargs
-from ..models.compat import new_cache, output_cache
+from .compat import cache_kwargs as _cache_kwargs
+from .compat import new_cache, output_cache
 
 
 def cache_kwargs(model: Any, cache: Any) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def is_vision_method(method: str) -> bool:
 
 def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
     from ..factory import create_compressor
-    from .vlm import LlavaRunner
+    from ..vision.vlm import LlavaRunner
 
     if not args.image:
         raise InvalidPromptError(f"--method {args.method} compresses images: pass at least one --image FILE")

@@ -10,8 +10,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from ..evaluation.harness import DEFAULT_INSTRUCTION, QAExample, SystemOutput
 from ..prompt import Prompt
+from .harness import DEFAULT_INSTRUCTION, QAExample, SystemOutput
 
 
 class SoftReaderSystem:

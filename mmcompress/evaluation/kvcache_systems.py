@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from ..evaluation.harness import DEFAULT_INSTRUCTION, QAExample, SystemOutput, register_system
-from .base import create_press, list_presses
-from .decoding import prefill
+from ..kvcache.base import create_press, list_presses
+from ..models.decoding import prefill
+from .harness import DEFAULT_INSTRUCTION, QAExample, SystemOutput, register_system
 
 
 def split_prompt(reader: Any, example: QAExample, instruction: str | None) -> tuple[list[int], list[int]]:

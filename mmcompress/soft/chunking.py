@@ -1,0 +1,70 @@
+"""How soft methods cut text for their encoder: ICAE's multi-span chunks (``n = ceil(T / L)`` chunks of near-equal
+length), the left-padded chunk batch, the split back into spans, and the ids of the task markers."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+TASK_IDS = {"ae": 0, "lm": 1, "qa": 2}  # marker rows: ICAE's [AE], [LM] and [FT] tokens
+
+
+def split_into_chunks(ids: Sequence[int], chunk_tokens: int) -> list[list[int]]:
+    """ICAE multi-span: ``n = ceil(T / L)`` chunks of near-equal length ``ceil(T / n)`` (an empty input: one empty)."""
+    ids = list(ids)
+    if not ids:
+        return [[]]
+    n = math.ceil(len(ids) / chunk_tokens)
+    size = math.ceil(len(ids) / n)
+    return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+@dataclass
+class Chunks:
+    """A batch of chunks ready for the encoder (left-padded).
+
+    ``ids`` ``[N, L]``, ``mask`` ``[N, L]``; ``span`` ``[N]`` says which span (input text) each chunk belongs to and
+    ``index`` ``[N]`` its position within that span; ``spans`` is the number of spans, ``lengths`` the token count
+    of each span.
+    """
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    span: torch.Tensor
+    index: torch.Tensor
+    lengths: list[int]
+
+    @property
+    def spans(self) -> int:
+        return len(self.lengths)
+
+    def chunks_per_span(self) -> list[int]:
+        return torch.bincount(self.span, minlength=self.spans).tolist()
+
+
+def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: int) -> Chunks:
+    """Split each span's ids into chunks and left-pad them into one batch."""
+    rows, span, index = [], [], []
+    for s, ids in enumerate(token_ids):
+        for c, chunk in enumerate(split_into_chunks(ids, chunk_tokens)):
+            rows.append(chunk)
+            span.append(s)
+            index.append(c)
+    width = max(1, max(len(r) for r in rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for n, r in enumerate(rows):
+        if r:
+            ids[n, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[n, width - len(r):] = 1
+    return Chunks(ids, mask, torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids])
+
+
+def gather_spans(per_chunk: torch.Tensor, chunks: Chunks) -> list[torch.Tensor]:
+    """Concatenate each span's chunk outputs in chunk order: ``[N, K, ...]`` -> per span ``[n_s * K, ...]``.
+
+    Chunks of a span are consecutive rows (``make_chunks`` order), so this is a split, not a gather."""
+    counts = chunks.chunks_per_span()
+    return [x.flatten(0, 1) for x in torch.split(per_chunk, counts, dim=0)]
