@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import machine_stamp  # noqa: E402
+from common import machine_stamp
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mmcompress" / "trained"
 

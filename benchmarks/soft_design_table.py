@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from common import markdown_table  # noqa: E402
-from soft_reconstruction_curve import command  # noqa: E402
+from common import markdown_table
+from soft_reconstruction_curve import command
 
 DESIGNS = {"meanpool": "mean-pooling of per-layer keys/values (meanpool)", "kv": "per-layer key/value slots (kv)",
            "icae": "ICAE memory slots (icae)"}

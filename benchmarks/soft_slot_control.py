@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_common_args, apply_common_args, write_results  # noqa: E402
+from common import add_common_args, apply_common_args, write_results
 
 
 def main() -> None:

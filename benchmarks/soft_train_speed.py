@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_common_args, apply_common_args, write_results  # noqa: E402
+from common import add_common_args, apply_common_args, write_results
 
 PATHS = {
     "old": {"method": "kv", "dtype": "float32", "attn": "sdpa", "autocast": True},

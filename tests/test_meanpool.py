@@ -7,7 +7,7 @@ import torch
 
 from mmcompress import create_compressor
 from mmcompress.errors import ConfigError
-from mmcompress.models.compat import new_cache, output_cache
+from mmcompress.models.compat import cache_kwargs, new_cache, output_cache
 from mmcompress.soft.losses import Example, collate
 from mmcompress.soft.meanpool import MeanPoolCompressor, pooling_matrix
 
@@ -67,7 +67,7 @@ def test_cache_is_the_mean_of_the_encoders_keys_at_grouped_positions(tiny_dir):
         cache = new_cache(c.llm)
         with torch.no_grad():
             out = backbone(input_ids=torch.tensor([chunk]), position_ids=positions, use_cache=True,
-                           past_key_values=cache)
+                           **cache_kwargs(backbone, cache))
         cache = output_cache(out) or cache
         for layer, (keys, values) in zip(cache.layers, span.kv):
             want_k = torch.stack([layer.keys[0, :, :4].mean(1),
