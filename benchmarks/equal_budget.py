@@ -120,6 +120,29 @@ def kv_bytes_per_entry(model: Any) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ the cache
+def cache_safe_types() -> list[Any]:
+    """The only classes a cached compression may contain: results, prompts, numpy arrays and dtypes. Anything else
+    in a cache file (a planted pickle) makes ``torch.load(weights_only=True)`` refuse it instead of running it."""
+    from mmcompress.prompt import ImageSegment, Policy, Prompt, Role, TextSegment
+    from mmcompress.results import CompressedPrompt, SegmentSelection, SoftSegment
+
+    dtypes = [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
+    return [CompressedPrompt, SegmentSelection, SoftSegment, Prompt, TextSegment, ImageSegment, Role, Policy,
+            (getattr(np, "_core", None) or np.core).multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
+
+
+def load_cached(path: Path) -> tuple[Any, float]:
+    """``(value, seconds)`` from a cache file, loaded with ``weights_only=True`` and only :func:`cache_safe_types`."""
+    import pickle
+
+    try:
+        with torch.serialization.safe_globals(cache_safe_types()):
+            return torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+        raise SystemExit(f"error: cached compression {path} cannot be loaded safely ({str(e).splitlines()[0][:200]}); "
+                         "delete it (or the --cache folder) and run again") from None
+
+
 class CompressionCache:
     """Compressions on disk, reused across runs: ``folder/<sha1 of the key>.pt`` holds ``(value, seconds)``.
 
@@ -136,7 +159,7 @@ class CompressionCache:
             digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
             path = self.folder / f"{digest}.pt"
             if path.is_file():
-                value, seconds = torch.load(path, weights_only=False)
+                value, seconds = load_cached(path)
                 self.hits += 1
                 self.spent += seconds
                 return value

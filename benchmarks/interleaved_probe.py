@@ -32,6 +32,7 @@ from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the 
 
 OUT = Path(__file__).resolve().parent / "results"
 QA_KINDS = {"shape-colour": 0, "shape-what": 1}  # which word of a label ("red circle") the question asks for
+SPLIT = "validation"  # which held-out split the probes read (--split); test only for reported numbers
 
 
 def _answers(comp, examples, batch_size: int = 8) -> list[str]:
@@ -58,7 +59,7 @@ def probe_model(path: str, n: int) -> dict:
     comp.module.eval()
     if getattr(comp.config, "mode", "soft") == "soft" and comp.config.slot_schedule:
         comp.set_slots(8)
-    captions = build_examples("shapes", "test", n, seed=3, kinds=["caption"])
+    captions = build_examples("shapes", SPLIT, n, seed=3, kinds=["caption"])
     preds = _answers(comp, captions)
     words = [p.lower().split() for p in preds]
     gold = [e.answer.split() for e in captions]  # ["a", colour, shape]
@@ -66,7 +67,7 @@ def probe_model(path: str, n: int) -> dict:
            "perception_shape": float(np.mean([w[2:3] == g[2:3] for w, g in zip(words, gold)])),
            "caption_samples": list(zip(preds[:4], [e.answer for e in captions[:4]]))}
     for kind, word in QA_KINDS.items():
-        examples = build_examples("shapes", "test", n, seed=1, num_images=(3,), kinds=[kind])
+        examples = build_examples("shapes", SPLIT, n, seed=1, num_images=(3,), kinds=[kind])
         row[kind] = routing(_answers(comp, examples), examples, word)
     return row
 
@@ -99,7 +100,7 @@ def text_probe(n: int, shots: int = 2) -> dict:
     lm = load_language_model("smollm2-135m", device="cpu", dtype=torch.float32)
     row = {}
     for kind, word in QA_KINDS.items():
-        examples = build_examples("shapes", "test", n, seed=1, num_images=(3,), kinds=[kind])
+        examples = build_examples("shapes", SPLIT, n, seed=1, num_images=(3,), kinds=[kind])
         demos = "".join(_as_words(e, True) for e in build_examples("shapes", "train", shots, seed=5,
                                                                    num_images=(3,), kinds=[kind]))
         row[kind] = _route_words(lm.model, lm.tokenizer, examples, word, demos)
@@ -138,7 +139,7 @@ def tuned_text_probe(n: int, steps: int, batch_size: int = 8, lr: float = 1e-3) 
     model.eval()
     row = {"steps": steps, "last_loss": float(loss)}
     for kind, word in QA_KINDS.items():
-        examples = build_examples("shapes", "test", n, seed=1, num_images=(3,), kinds=[kind])
+        examples = build_examples("shapes", SPLIT, n, seed=1, num_images=(3,), kinds=[kind])
         row[kind] = _route_words(model, tok, examples, word)
     return row
 
@@ -167,14 +168,18 @@ def main() -> None:
     ap.add_argument("--tuned-text-probe", type=int, default=0, metavar="STEPS",
                     help="also LoRA-tune the decoder on the words version for STEPS steps of 8, then probe it")
     ap.add_argument("--examples", type=int, default=96)
+    ap.add_argument("--split", choices=["validation", "test"], default="validation",
+                    help="validation while choosing a design; test once, for the reported numbers")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
+    global SPLIT
+    SPLIT = args.split
     if args.threads:
         torch.set_num_threads(args.threads)
     OUT.mkdir(parents=True, exist_ok=True)
     json_path = OUT / "interleaved_probe.json"
     data = json.loads(json_path.read_text()) if json_path.exists() else {"rows": {}}
-    data.update({"examples": args.examples, "machine": machine_line()})
+    data.update({"examples": args.examples, "split": SPLIT, "machine": machine_line()})
     for spec in args.model:
         name, _, path = spec.rpartition("=")  # names may hold "=" ("K=8"), folders rarely do
         if not path:

@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--soft-question", default="runs/interleaved-shapes-soft-question/final",
                     help="a question-aware soft model (configs/train/interleaved-shapes-soft-question.yaml)")
     ap.add_argument("--examples", type=int, default=48)
+    ap.add_argument("--split", choices=["validation", "test"], default="validation",
+                    help="validation while choosing a design; test once, for the reported numbers")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--part", choices=["full", "soft", "question", "all", "report"], default="all")
     ap.add_argument("--schedule", default="CPU shortened schedule (see README)")
@@ -172,11 +174,11 @@ def main() -> None:
     json_path = OUT / f"{args.name}.json"
     data = json.loads(json_path.read_text()) if json_path.exists() and args.part != "all" else {"rows": []}
     kinds = ["shape-colour", "shape-what"]
-    examples = build_examples("shapes", "test", args.examples, seed=1, num_images=(3,), kinds=kinds)
+    examples = build_examples("shapes", args.split, args.examples, seed=1, num_images=(3,), kinds=kinds)
     prompts = [e.prompt() for e in examples]
     data.update({"task": "easy-VQA, 3 images per prompt, 'What colour is the shape in the second image?' / "
                          "'What shape is in the first image?'",
-                 "examples": len(examples), "machine": machine_line(),
+                 "examples": len(examples), "split": args.split, "machine": machine_line(),
                  "schedule": args.schedule, "chance": "colour 1/8, shape 1/3 (mean 0.23)"})
     if args.part != "report":
         hard_prompts = hard_text(prompts, 0.5)

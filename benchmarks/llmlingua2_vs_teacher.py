@@ -70,7 +70,7 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
 
-    from mmcompress.evaluation.harness import HardCompressorSystem, evaluate, load_qa_file
+    from mmcompress.evaluation.harness import HardCompressorSystem, evaluate, load_qa_file, random_floor_name
     from mmcompress.factory import create_compressor
     from mmcompress.hard.llmlingua2_train import kept_spans_from_result, word_labels
     from mmcompress.models import load_tokenizer
@@ -82,7 +82,7 @@ def main() -> int:
     teacher_rate = float(teacher_cfg.get("rate", 0.5))
     teacher = create_compressor(teacher_name, **(teacher_cfg.get("options") or {}))
     student = create_compressor(args.classifier or str(run / "classifier"))
-    random = create_compressor("random")
+    random = create_compressor("random", unit=student.selection_unit)  # the student keeps words: random words
     tok = load_tokenizer("smollm2-135m")
     encode = lambda s: tok.encode(s, add_special_tokens=False)  # noqa: E731
 
@@ -121,7 +121,7 @@ def main() -> int:
     examples = load_qa_file(args.data, args.limit)
     systems = [HardCompressorSystem(teacher, None, name=f"{teacher_name} (teacher)"),
                HardCompressorSystem(student, None, name="llmlingua2 (student)"),
-               HardCompressorSystem(random, None, name="random")]
+               HardCompressorSystem(random, None, name=random_floor_name(random.selection_unit))]
     t0 = time.perf_counter()
     report = evaluate(examples, systems, rates, None, data_name=args.data)
     by = {(r.system, r.requested_rate): r for r in report.results}

@@ -51,7 +51,9 @@ def ours_rows(rows, golden_ids, lm, first_pass: str | None, settings=SETTINGS, s
         rate = kwargs.pop("rate")
         if first_pass:
             kwargs["first_pass"] = first_pass
-        compressor = create_compressor(method, model=lm.model, tokenizer=lm.tokenizer, rate=rate, **kwargs)
+        # the reference's own selection, even where it exceeds the rate (our default cuts it to the target)
+        compressor = create_compressor(method, model=lm.model, tokenizer=lm.tokenizer, rate=rate, strict_budget=False,
+                                       **kwargs)
         for row in rows:
             if row["id"] not in golden_ids:
                 continue

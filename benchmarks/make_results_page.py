@@ -31,7 +31,7 @@ CURRENT: list[tuple[str, str, list[str]]] = [
                                  "icae_reconstruction_curve", "icae_reconstruction_curve_continued",
                                  "xrag_reconstruction", "xrag_squad"]),
     ("Vision", "vision.md", ["vision_small_vlm", "vision_small_vlm_stage2", "vision_small_vlm_stage3",
-                             "vision_llava_prefill"]),
+                             "vision_llava_prefill", "vision_qwen2vl_prefill"]),
     ("Interleaved image-text", "multimodal.md", ["interleaved", "interleaved_700_steps", "interleaved_probe",
                                                  "interleaved_frozen_decoder", "interleaved_frozen_vit",
                                                  "interleaved_trainable_vit", "interleaved_no_caption_stage"]),

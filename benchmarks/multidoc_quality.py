@@ -43,7 +43,7 @@ def main() -> int:
 
     import mmcompress
     from mmcompress.evaluation import Reader, build_system, evaluate, load_qa_file
-    from mmcompress.evaluation.harness import PrecomputedSystem
+    from mmcompress.evaluation.harness import PrecomputedSystem, random_floor_name, random_floors
     from mmcompress.models import load_tokenizer
 
     available = set(mmcompress.list_compressors("hard"))
@@ -52,7 +52,11 @@ def main() -> int:
     rates = [float(x) for x in args.rates.split(",")]
     out = Path(args.out)
     examples = load_qa_file(args.data, args.limit)
-    systems = [build_system(m, None) for m in wanted]
+    systems = [build_system(m, None) for m in wanted if m != "random"]
+    # each method is compared with a random drop of its own granularity (LLMLingua-2 keeps words: random words)
+    floor_of = {s.name: random_floor_name(s.compressor.selection_unit) for s in systems if hasattr(s, "compressor")}
+    if "random" in wanted:
+        systems += random_floors(systems, None)
     report = evaluate(examples, systems, rates, None, data_name=args.data, progress=True)
 
     golden_rows = [json.loads(x) for x in Path(args.golden).read_text().splitlines() if x.strip()]
@@ -84,12 +88,13 @@ def main() -> int:
         summary["longllmlingua_at_least_published"] = summary["longllmlingua_retention_at_0.4_same_rows"] >= peer.retention
     beats = {}
     for m in wanted:
-        if m == "random":
+        floor = floor_of.get(m)
+        if m == "random" or floor is None:
             continue
-        beats[m] = {str(rate): dict(retention=by[(m, rate)].retention, random=by[("random", rate)].retention,
-                                    beats=by[(m, rate)].retention > by[("random", rate)].retention,
-                                    **paired_against_random(report.rows, m, rate))
-                    for rate in rates if (m, rate) in by and ("random", rate) in by}
+        beats[m] = {str(rate): dict(retention=by[(m, rate)].retention, random=by[(floor, rate)].retention,
+                                    random_system=floor, beats=by[(m, rate)].retention > by[(floor, rate)].retention,
+                                    **paired_against_random(report.rows, m, rate, floor))
+                    for rate in rates if (m, rate) in by and (floor, rate) in by}
     summary["retention_vs_random"] = beats
 
     if args.reader_limit:
@@ -110,13 +115,13 @@ def main() -> int:
     return 0
 
 
-def paired_against_random(rows: list[dict], method: str, rate: float) -> dict:
-    """Rows where only the method keeps an answer (won) or only random does (lost), and the exact two-sided McNemar
-    p-value of that split: how sure a retention gap over the same rows is."""
+def paired_against_random(rows: list[dict], method: str, rate: float, floor: str = "random") -> dict:
+    """Rows where only the method keeps an answer (won) or only the random ``floor`` does (lost), and the exact
+    two-sided McNemar p-value of that split: how sure a retention gap over the same rows is."""
     ret = {(r["system"], r["id"]): r["retention"] for r in rows if r["rate"] == rate}
-    ids = [i for (system, i) in ret if system == method and ("random", i) in ret]
-    won = sum(1 for i in ids if ret[(method, i)] > ret[("random", i)])
-    lost = sum(1 for i in ids if ret[(method, i)] < ret[("random", i)])
+    ids = [i for (system, i) in ret if system == method and (floor, i) in ret]
+    won = sum(1 for i in ids if ret[(method, i)] > ret[(floor, i)])
+    lost = sum(1 for i in ids if ret[(method, i)] < ret[(floor, i)])
     n, k = won + lost, min(won, lost)
     p = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0
     return {"rows": len(ids), "won": won, "lost": lost, "mcnemar_p": p}

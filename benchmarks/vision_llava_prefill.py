@@ -1,4 +1,5 @@
-"""Prefill time of a LLaVA-1.5-shaped model with 576 image tokens vs 64 VisionZip tokens (random weights).
+"""Prefill time of a LLaVA-1.5-shaped model with 576 image tokens vs 64 VisionZip tokens (random weights);
+``--family qwen2_vl``: the same for a Qwen2-VL-shaped model through mmcompress's runner (:func:`qwen2_vl_main`).
 
 Shape: LLaVA-1.5-7B widths -- CLIP ViT-L/14 at 336 px (hidden 1024, 16 heads, MLP 4096; 24x24 = 576 patches),
 projector 1024 -> 4096 -> 4096, Llama-2-7B text layers (hidden 4096, 32 heads, MLP 11008, vocab 32064) -- with the
@@ -11,6 +12,7 @@ Two timings, each the median of ``--repeats`` runs after a warm-up, side by side
 - ``end_to_end``: pixels -> vision tower -> (VisionZip to 64) -> projector -> language model.
 
     nice -n 5 python benchmarks/vision_llava_prefill.py --text-layers 2 --vision-layers 2
+    nice -n 5 python benchmarks/vision_llava_prefill.py --family qwen2_vl --text-layers 2 --vision-layers 2
 """
 from __future__ import annotations
 
@@ -55,12 +57,23 @@ def timed(fn, repeats: int) -> float:
 @torch.no_grad()
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--family", choices=["llava15", "qwen2_vl"], default="llava15")
     p.add_argument("--text-layers", type=int, default=2)
     p.add_argument("--vision-layers", type=int, default=2)
     p.add_argument("--text-tokens", type=int, default=32, help="prompt tokens besides the image")
     p.add_argument("--tokens", type=int, default=64, help="compressed image tokens")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=448, help="qwen2_vl: square image side in pixels")
+    p.add_argument("--vocab", type=int, default=32000, help="qwen2_vl: vocabulary (Qwen2-VL's own is 152064)")
+    p.add_argument("--methods", default="visionzip,prumerge,vision_pool", help="qwen2_vl: reductions to time")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", default=None, help="qwen2_vl: results path prefix")
     args = p.parse_args()
+    if args.family == "qwen2_vl":
+        from vision_qwen2vl_prefill import qwen2_vl_main
+
+        return qwen2_vl_main(args)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
     from transformers import LlavaForConditionalGeneration

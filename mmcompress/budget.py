@@ -12,6 +12,7 @@ original order is preserved (selections are masks or sorted indices, never reord
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -62,23 +63,31 @@ def plan_budget(
     *,
     rate: float | None = None,
     target_tokens: int | None = None,
+    overhead: int = 0,
 ) -> BudgetPlan:
     """Split a prompt-wide budget over segments.
 
     The budget covers the whole prompt, as in LLMLingua: kept segments (instructions, questions, anything marked
     keep) and own-rate segments take their share first, and the global-rate segments share what is left.
+    ``overhead``: tokens the rendered prompt takes beyond its segments' own (the separators between them); they
+    are counted in the prompt's size and taken from the budget like a kept segment.
     """
     rate, target_tokens = check_rate(rate), check_target_tokens(target_tokens)
     if rate is not None and target_tokens is not None:
         raise BudgetError("give either rate or target_tokens, not both")
     if rate is None and target_tokens is None:
         raise BudgetError("give a rate in (0, 1] or a target token count")
-    total = int(sum(costs))
-    if total == 0:
+    overhead = max(0, int(overhead))
+    total = int(sum(costs)) + overhead
+    if total == overhead:
         raise BudgetError("the prompt has no tokens to compress")
     if target_tokens is not None and target_tokens > total:
         raise BudgetError(f"target_tokens={target_tokens} is larger than the prompt ({total} tokens); nothing to do")
-    target = target_tokens if target_tokens is not None else int(round(rate * total))
+    # rounded down, so that the kept fraction never exceeds the rate
+    target = target_tokens if target_tokens is not None else int(math.floor(rate * total + 1e-9))
+    if target < 1:
+        raise BudgetError(f"rate={rate} keeps 0 of the prompt's {total} tokens; keep at least one token "
+                          f"(rate >= {1 / total:.3g}) or give target_tokens")
     fixed: list[int | None] = []
     for cost, policy, seg_rate in zip(costs, policies, segment_rates):
         if policy is Policy.KEEP:
@@ -87,15 +96,21 @@ def plan_budget(
             fixed.append(int(round(float(seg_rate) * cost)))
         else:
             fixed.append(None)
-    fixed_total = sum(t for t in fixed if t is not None)
+    fixed_segments = sum(t for t in fixed if t is not None)
+    # separators survive with the segments around them: certain only when some segment is kept or has its own rate
+    fixed_total = fixed_segments + (overhead if fixed_segments else 0)
     pooled_cost = sum(c for c, t in zip(costs, fixed) if t is None)
     if target < fixed_total:
         asked = f"target_tokens={target_tokens}" if target_tokens is not None else f"rate={rate} ({target} tokens)"
+        separators = f", {overhead} of them separators between segments" if overhead else ""
         raise BudgetError(
-            f"{asked} is below what the kept and own-rate segments take ({fixed_total} of {total} tokens); "
+            f"{asked} is below what the kept and own-rate segments take ({fixed_total} of {total} tokens{separators}); "
             "raise the budget or mark fewer segments keep"
         )
-    pooled = max(0, min(pooled_cost, target - fixed_total))
+    pooled = target - fixed_segments - overhead
+    if pooled < 1 and target - fixed_segments >= 1:
+        pooled = 1  # one unit of one segment needs no separator: a token allowed is a token kept
+    pooled = max(0, min(pooled_cost, pooled))
     return BudgetPlan(total, target, tuple(fixed), pooled)
 
 
@@ -105,10 +120,9 @@ def select_under_budget(
     """Keep the highest-scoring units whose total cost fits ``budget``; forced units first, order preserved.
 
     Units are taken best first; a unit that does not fit is skipped and smaller ones after it may still fit, so the
-    kept cost lands as close under the budget as the unit sizes allow. Only when nothing fits at all is the best unit
-    kept anyway, if that lands at least as close to the budget: with coarse units (sentences, documents) a budget
-    smaller than any unit keeps the best unit rather than nothing. NaN scores rank last. Ties keep the earlier unit.
-    Returns a boolean mask.
+    kept cost lands as close under the budget as the unit sizes allow, never over it (a unit larger than the whole
+    budget is never kept: split it first, :func:`~mmcompress.text_units.split_units`). NaN scores rank last. Ties keep
+    the earlier unit. Returns a boolean mask.
     """
     scores = np.asarray(scores, dtype=np.float64)
     costs = np.asarray(costs, dtype=np.float64)
@@ -116,17 +130,10 @@ def select_under_budget(
     used = float(costs[keep].sum())
     ranked = np.where(np.isnan(scores), -np.inf, scores)
     order = np.lexsort((np.arange(len(scores)), -ranked))  # best first, earlier first among ties
-    first_skipped = None
     for i in order:
-        if keep[i]:
-            continue
-        if used + costs[i] <= budget + 1e-9:
+        if not keep[i] and used + costs[i] <= budget + 1e-9:
             keep[i] = True
             used += costs[i]
-        elif first_skipped is None:
-            first_skipped = i
-    if not keep.any() and first_skipped is not None and costs[first_skipped] - budget <= budget:
-        keep[first_skipped] = True
     return keep
 
 

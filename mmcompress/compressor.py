@@ -7,46 +7,27 @@ Each family's base builds on these: ``hard/base.py`` (token dropping), ``soft/ba
 """
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from .budget import check_rate, check_target_tokens
-from .errors import ConfigError
+from .config_base import Config
+from .errors import ConfigError, InvalidPromptError
 
 
 @dataclass
-class CompressorConfig:
-    """Base of every method's config dataclass: no fields of its own, only reading, checking and copying.
+class CompressorConfig(Config):
+    """Base of every method's config dataclass: no fields of its own, only reading, checking and copying. Fields
+    are type-checked on construction and unknown keys refused (:mod:`mmcompress.config_base`).
 
     The budget vocabulary: a family that honours a budget by tokens has ``rate`` (fraction of tokens kept) and
     ``target_tokens`` (overrides it) through :class:`BudgetConfig`; a family whose ratio is fixed otherwise (soft
     methods: ``chunk_tokens / num_slots``) does not have them. Every family reports its achieved ``rate`` / ``ratio``
     on its result.
     """
-
-    def __post_init__(self) -> None:
-        pass
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> CompressorConfig:
-        unknown = sorted(set(values) - set(cls.field_names()))
-        if unknown:
-            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {cls.field_names()}")
-        try:
-            return cls(**values)
-        except TypeError as e:
-            raise ConfigError(f"bad value for {cls.__name__}: {e}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> CompressorConfig:
         return self.from_dict({**self.to_dict(), **changes})
@@ -104,8 +85,23 @@ class Compressor:
         """Compress many prompts (methods override this to batch the model work across prompts)."""
         from tqdm.auto import tqdm
 
-        prompts = list(prompts)
+        prompts = batch_list(prompts)
         return [self.compress(p, **kwargs) for p in tqdm(prompts, disable=not progress, desc=self.name)]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"
+
+
+def batch_list(prompts: Any) -> list:
+    """The prompts of a batch as a list; one prompt (a str, a Prompt, chat messages) is an error, not a batch of its
+    characters or messages."""
+    from .prompt import Prompt
+
+    if isinstance(prompts, (str, bytes, Prompt, dict)) or (
+            isinstance(prompts, Sequence) and prompts and all(isinstance(m, dict) for m in prompts)):
+        raise InvalidPromptError(f"compress_batch takes a list of prompts, got one {type(prompts).__name__} prompt; "
+                                 "use compress(prompt), or compress_batch([prompt])")
+    try:
+        return list(prompts)
+    except TypeError:
+        raise InvalidPromptError(f"compress_batch takes a list of prompts, got {type(prompts).__name__}") from None

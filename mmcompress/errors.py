@@ -39,3 +39,7 @@ class ImageError(MMCompressError, ValueError):
 
 class InputFileError(MMCompressError, OSError):
     """An input file cannot be read or is not UTF-8 text."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """A result depends on weights that were never trained (e.g. patches ranked by a randomly initialised encoder)."""

@@ -128,16 +128,47 @@ def create_compressor(name_or_path: str | Path, **overrides: Any):
     )
 
 
+def read_saved_meta(path: Path, file_name: str = SAVED_CONFIG_FILE) -> dict[str, Any]:
+    """The metadata of a saved compressor folder, with a clear error for a missing, broken or incomplete file."""
+    meta_file = Path(path) / file_name
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path} has no {file_name}; it is not a saved mmcompress compressor") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{meta_file} is not readable JSON ({e}); the saved compressor is damaged") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("compressor"), str):
+        raise ConfigError(f"{meta_file} has no 'compressor' name; the saved compressor is damaged")
+    if not isinstance(meta.get("config", {}), dict):
+        raise ConfigError(f"{meta_file}: 'config' must be a mapping of config fields")
+    return meta
+
+
+def load_saved_weights(file: Path) -> dict[str, Any]:
+    """Tensors of a saved ``.safetensors`` file, with a clear error for a missing or damaged one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = Path(file)
+    if not file.is_file():
+        raise ConfigError(f"{file} is missing; the saved compressor has no weights (was saving interrupted?)")
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConfigError(f"{file} is not a readable safetensors file ({e}); the saved compressor is damaged") from None
+
+
 def _build(name: str, fields: dict[str, Any]):
-    cls = COMPRESSORS.get(name)
-    return cls(**fields)
+    # field types are checked (and harmless spellings such as "3" for an int coerced) by the config base when the
+    # compressor builds its config: mmcompress/config_base.py
+    return COMPRESSORS.get(name)(**fields)
 
 
 def _from_saved(path: Path, overrides: dict[str, Any]):
     meta_file = path / SAVED_CONFIG_FILE
     if not meta_file.exists():
         raise ConfigError(f"{path} is a folder but has no {SAVED_CONFIG_FILE}; it is not a saved mmcompress compressor")
-    meta = json.loads(meta_file.read_text())
+    meta = read_saved_meta(path)
     cls = COMPRESSORS.get(meta["compressor"])
     if not hasattr(cls, "from_pretrained"):
         raise ConfigError(f"compressor {meta['compressor']!r} cannot be loaded from a folder")

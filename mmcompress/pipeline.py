@@ -32,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .compressor import Compressor, CompressorConfig
+from .compressor import Compressor, CompressorConfig, batch_list
 from .errors import ConfigError
 from .prompt import Prompt, Role, TextSegment
 from .registry import register_compressor
@@ -110,7 +110,7 @@ class Pipeline(Compressor):
     def compress_batch(self, prompts: Iterable[Any], *, question: str | None = None, instruction: str | None = None,
                        progress: bool = False, **kwargs: Any):
         """Hard work per prompt, then the soft stage (if any) on all prompts in one batch."""
-        originals = [Prompt.coerce(p, question=question, instruction=instruction) for p in prompts]
+        originals = [Prompt.coerce(p, question=question, instruction=instruction) for p in batch_list(prompts)]
         current, stage_logs = [], []
         t0 = time.perf_counter()
         for prompt in originals:

@@ -75,6 +75,11 @@ class TextSegment:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise InvalidPromptError(f"text segment needs a str, got {type(self.text).__name__}")
+        try:
+            self.text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidPromptError(f"the text has an invalid character at position {e.start} "
+                                     f"({self.text[e.start]!r}, a lone UTF-16 surrogate); fix the input's encoding") from None
         object.__setattr__(self, "role", Role.parse(self.role))
         if self.rate is not None and not (0.0 < float(self.rate) <= 1.0):
             raise InvalidPromptError(f"segment rate must be in (0, 1], got {self.rate}")

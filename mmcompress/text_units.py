@@ -88,6 +88,43 @@ def spans_from_offsets(text: str, offsets: np.ndarray) -> np.ndarray:
     return spans
 
 
+def split_units(units: Units, token_offsets: np.ndarray, max_tokens: int,
+                split_finer: bool = False) -> tuple[Units, np.ndarray]:
+    """Cut every unit longer than ``max_tokens`` tokens (of the tokenizer that gave ``token_offsets``) into pieces
+    of fewer tokens, so that a budget smaller than a unit keeps part of it rather than nothing (or all of it).
+    ``split_finer``: pieces of ``max_tokens / 16`` tokens instead (for budgets, which other units share).
+
+    Returns the new units and, for each, the index of the unit it came from (units that fit are unchanged).
+    """
+    spans = units.spans
+    parent = np.arange(len(spans))
+    tokens = spans_from_offsets(units.text, token_offsets)[:, :2]
+    if len(spans) == 0 or len(tokens) == 0:
+        return units, parent
+    starts = tokens[:, 0]
+    first = np.searchsorted(starts, spans[:, 0], side="left")
+    stop = np.searchsorted(starts, spans[:, 1], side="left")
+    limit = max(1, int(max_tokens) - 1)  # one token less: a token straddling a cut counts toward both pieces
+    if int((stop - first).max()) <= limit:
+        return units, parent
+    # pieces of a sixteenth of the budget, so that what other units leave of it is still filled
+    piece = max(1, min(limit, -(-int(max_tokens) // 16))) if split_finer else limit
+    rows, parents = [], []
+    for u, ((s, e), a, b) in enumerate(zip(spans.tolist(), first.tolist(), stop.tolist())):
+        if b - a <= limit:
+            rows.append((s, e))
+            parents.append(u)
+            continue
+        for j in range(a, b, piece):
+            ps = s if j == a else int(starts[j])
+            pe = e if j + piece >= b else int(starts[j + piece])
+            pe = ps + len(units.text[ps:pe].rstrip())
+            if pe > ps:
+                rows.append((ps, pe))
+                parents.append(u)
+    return Units(units.text, np.asarray(rows, dtype=np.int64).reshape(-1, 2)), np.asarray(parents, dtype=np.int64)
+
+
 def token_units(text: str, offsets: np.ndarray) -> Units:
     return Units(text, spans_from_offsets(text, offsets)[:, :2])
 

@@ -45,12 +45,32 @@ def test_selection_fits_budget_keeps_forced_and_order():
     assert forced[1] and costs[forced].sum() <= 4
 
 
-def test_selection_skips_a_big_unit_for_smaller_ones_and_never_returns_nothing():
+def test_selection_skips_a_big_unit_for_smaller_ones_and_never_exceeds_the_budget():
     keep = select_under_budget(np.array([9.0, 8.0, 7.0]), np.array([5, 2, 2]), budget=4)
     assert keep.tolist() == [False, True, True]
-    # one unit bigger than the budget: keeping it is closer to the budget than keeping nothing
-    assert select_under_budget(np.array([1.0]), np.array([46]), budget=23).tolist() == [True]
-    assert select_under_budget(np.array([1.0]), np.array([46]), budget=10).tolist() == [False]
+    # one unit bigger than the budget is never kept whole (main kept it, 46 tokens for a budget of 23): methods
+    # split such units first (text_units.split_units), see test_unit_larger_than_the_budget_is_cut
+    assert select_under_budget(np.array([1.0]), np.array([46]), budget=23).tolist() == [False]
+
+
+def test_split_units_cuts_only_units_longer_than_the_budget():
+    from mmcompress.text_units import Units, split_units
+
+    text = "short " + "x " * 30 + "end"
+    units = Units(text, np.array([[0, 5], [6, 6 + 59], [66, 69]]))
+    offsets = np.array([[0, 5]] + [[6 + 2 * i, 7 + 2 * i] for i in range(30)] + [[66, 69]])
+    pieces, parent = split_units(units, offsets, max_tokens=8)
+    assert parent.tolist() == [0] + [1] * 5 + [2]  # 30 one-token words in pieces of 7 tokens
+    assert pieces.strings()[0] == "short" and pieces.strings()[-1] == "end"
+    assert "".join(pieces.strings()[1:-1]).replace(" ", "") == "x" * 30 and all(len(p.split()) <= 7 for p in pieces.strings())
+    same, parent = split_units(units, offsets, max_tokens=40)
+    assert same is units and parent.tolist() == [0, 1, 2]
+
+
+def test_rate_that_keeps_no_token_is_an_error_and_rates_round_down():
+    with pytest.raises(BudgetError, match="keeps 0 of the prompt's 17 tokens"):
+        plan_budget([17], [G], [None], rate=1e-9)
+    assert plan_budget([697], [G], [None], rate=0.1).target_tokens == 69  # 69.7: never above the rate
 
 
 def test_nan_scores_rank_last():
@@ -71,3 +91,11 @@ def test_topk_indices_batched_exact_sorted_and_forced():
     assert forced.tolist() == [[0, 1], [0, 3]]
     with pytest.raises(BudgetError, match="between 1 and 4"):
         topk_indices(scores, 5)
+
+
+def test_separators_between_segments_are_counted_like_a_kept_segment():
+    # main planned on the segments alone, so "\n\n" between them pushed the rendered prompt over the target
+    plan = plan_budget([10, 100, 10], [K, G, K], [None, None, None], rate=0.5, overhead=4)
+    assert plan.total_tokens == 124 and plan.target_tokens == 62 and plan.pooled_target == 62 - 10 - 10 - 4
+    with pytest.raises(BudgetError, match="4 of them separators"):
+        plan_budget([10, 100, 10], [K, G, K], [None, None, None], target_tokens=23, overhead=4)

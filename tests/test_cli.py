@@ -89,7 +89,7 @@ def test_list_shows_methods_and_configs(capsys):
         (lambda t, d: ["compress", t / "doc.txt", "--model", "acme/no-such-model", "--rate", "0.5"], "acme/no-such-model"),
         (lambda t, d: ["compress", t / "doc.txt", "--set", "unit=paragraph"], "unit must be"),
         (lambda t, d: ["compress", t / "doc.txt", "--set", "nonsense"], "key=value"),
-        (lambda t, d: ["compress", t / "rows.jsonl", "--jsonl", "--model", d], "line 2 is not valid JSON"),
+        (lambda t, d: ["compress", t / "rows.jsonl", "--jsonl", "--model", d], "line 2: not valid JSON"),
         (lambda t, d: ["train", "--config", t / "nope.yaml"], "recipe not found"),
     ],
 )

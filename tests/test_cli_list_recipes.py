@@ -27,3 +27,18 @@ def test_list_labels_training_recipes(tmp_path, capsys, monkeypatch):
     text = capsys.readouterr().out
     assert "training recipes" in text and "my-recipe" in text.split("training recipes")[1]
     assert "llmlingua2-minilm " not in text.split("training recipes")[0]
+
+
+def test_list_says_what_the_default_model_is(capsys, monkeypatch, tmp_path):
+    from mmcompress.models import loading
+
+    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda repo: False)
+    monkeypatch.setattr(loading, "_package_dir", lambda package: tmp_path)
+    assert main(["list"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("default model: smollm2-135m -> SmolLM2-135M-Instruct as the Q4_1 GGUF")
+    assert "dequantized to float32" in first
+    monkeypatch.setattr(loading, "_in_local_hf_cache", lambda repo: repo == "HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert main(["list", "--json"]) == 0
+    loads = json.loads(capsys.readouterr().out)["default_model"]["loads"]
+    assert loads.startswith("HuggingFaceTB/SmolLM2-135M-Instruct: the hub weights")

@@ -17,8 +17,11 @@ from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample
 from mmcompress.prompt import Prompt
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = ["The Eiffel Tower was finished in 1889 and stands on the Champ de Mars in Paris, France.",
-        "Mount Everest is the highest mountain above sea level, on the border of Nepal and China."]
+# long enough that a quarter of the prompt covers the kept instruction and question (and their separators)
+DOCS = ["The Eiffel Tower was finished in 1889 and stands on the Champ de Mars in Paris, France. It was built as the "
+        "entrance arch to the World's Fair and was the tallest structure in the world for four decades.",
+        "Mount Everest is the highest mountain above sea level, on the border of Nepal and China. Climbers reach its "
+        "summit from the south side in Nepal or from the north side in Tibet, mostly in May."]
 EXAMPLE = QAExample(id="q1", question="When was the tower finished?", answers=["1889"], documents=DOCS)
 
 
@@ -158,3 +161,28 @@ def test_llmlingua2_rows_are_keyed_by_the_default_classifier(bench, tmp_path, mo
     assert bench.row_key(args, "longdoc", "llmlingua", 0.5, EXAMPLE)["classifier"] is None
     monkeypatch.setenv("MMCOMPRESS_LLMLINGUA2_CLASSIFIER", str(second))  # a training run registered a new default
     assert bench.row_key(args, "longdoc", "llmlingua2", 0.5, EXAMPLE) != before
+
+
+class _Planted:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_cached_compressions_load_without_running_code(bench, tmp_path):
+    cache = bench.CompressionCache(tmp_path / "cache")
+    prompt = Prompt.from_documents(DOCS, question=EXAMPLE.question)
+    from mmcompress.results import CompressedPrompt, SegmentSelection
+
+    value = CompressedPrompt(prompt, prompt, [SegmentSelection.whole(DOCS[0], True), None, None], 10, 10, "random")
+    assert cache.get({"k": 1}, lambda: value) is value and cache.misses == 1
+    again = cache.get({"k": 1}, lambda: None)  # a hit: the dataclass and its numpy masks come back from disk
+    assert cache.hits == 1 and again.text == value.text and again.selections[0].kept.tolist() == [True]
+    marker = tmp_path / "code-ran"
+    path = next((tmp_path / "cache").glob("*.pt"))
+    torch.save((_Planted(marker), 0.0), path)
+    with pytest.raises(SystemExit, match="cannot be loaded safely"):
+        cache.get({"k": 1}, lambda: None)
+    assert not marker.exists()

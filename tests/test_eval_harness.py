@@ -213,3 +213,26 @@ def test_cli_eval_set_reaches_the_methods_and_the_floor_takes_only_its_own_field
     capsys.readouterr()
     assert main([*argv, "--set", "alignment=sideways"]) == 2  # the named method still checks its values
     assert "alignment must be" in capsys.readouterr().err
+
+
+def test_random_floors_match_the_granularity_of_the_methods_compared(tiny_dir):
+    import re
+    from types import SimpleNamespace
+
+    from mmcompress import create_compressor
+    from mmcompress.evaluation.harness import random_floors
+    from mmcompress.hard.llmlingua2 import LLMLingua2
+
+    assert LLMLingua2.selection_unit == "word"  # LLMLingua-2 keeps whole words
+    assert create_compressor("selective_context", unit="sentence", model=str(tiny_dir)).selection_unit == "sentence"
+    systems = [SimpleNamespace(compressor=SimpleNamespace(selection_unit="word")),
+               HardCompressorSystem(create_compressor("truncate", model=str(tiny_dir)), None)]
+    floors = random_floors(systems, None, model=str(tiny_dir))
+    assert [f.name for f in floors] == ["random", "random_word"]
+    assert [f.compressor.config.unit for f in floors] == ["token", "word"]
+    # the word floor drops whole words: every kept piece is a word of the original
+    text = "Photosynthesis converts light energy into chemical energy that fuels the organism later."
+    kept = floors[1].compressor.compress(text, rate=0.5).text
+    words = lambda s: set(re.findall(r"\w+|[^\w\s]", s))  # noqa: E731
+    assert words(kept) <= words(text)
+    assert random_floors([], None, model=str(tiny_dir))[0].name == "random"  # soft systems only: token level

@@ -34,19 +34,27 @@ def compressor(request, tiny_lm):
     return create_compressor(name, model=model, tokenizer=tok, **fields)
 
 
-def is_subsequence(short: list[str], long: list[str]) -> bool:
-    it = iter(long)
-    return all(w in it for w in short)
+def appear_in_order(pieces: list[str], text: str) -> bool:
+    """Every piece is found in ``text`` after the previous one (kept units verbatim, in their original order)."""
+    at = 0
+    for piece in pieces:
+        found = text.find(piece, at)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return True
 
 
 @pytest.mark.parametrize("rate", [0.25, 0.5, 0.75])
 def test_rate_is_met_and_order_is_preserved(compressor, rate):
     result = compressor.compress(DOC, rate=rate)
-    assert abs(result.rate - rate) <= 0.08  # tiny BPE re-tokenises dropped-token text a little differently
+    # never over the rate; under it by at most what re-tokenising kept pieces next to each other cost
+    assert rate - 0.08 <= result.rate <= rate
     assert result.origin_tokens == len(compressor.tokenizer(DOC, add_special_tokens=False)["input_ids"])
     kept = result.selections[0]
     pieces = [DOC[s:e] for s, e in kept.spans[kept.kept]]
-    assert "".join(pieces).replace(" ", "") in "".join(result.text.split()) or is_subsequence(pieces, pieces)
+    assert pieces and appear_in_order(pieces, result.text)
+    assert "".join(pieces).replace(" ", "") == "".join(result.text.split())  # nothing but the kept units
     assert np.all(np.diff(kept.spans[:, 0]) > 0)  # units in text order
 
 
@@ -75,8 +83,8 @@ def test_own_rate_segments_get_their_rate(tiny_lm):
 
 def test_target_tokens(compressor):
     result = compressor.compress(DOC, target_tokens=40)
-    # selection lands at or under 40 tokens; re-tokenising text with dropped tokens costs a few more with a 400-word BPE
-    assert 30 <= result.compressed_tokens <= 52
+    # at or under 40 tokens, always (re-tokenising kept pieces may cost more: the shared budget check drops more)
+    assert 30 <= result.compressed_tokens <= 40
 
 
 def test_paragraph_breaks_survive(tiny_lm):

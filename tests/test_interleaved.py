@@ -14,8 +14,8 @@ from mmcompress.prompt import Prompt
 COLOURS = {"red": (230, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 230)}
 
 
-def _solid(name: str, size: int = 32) -> np.ndarray:
-    return np.full((size, size, 3), COLOURS[name], dtype=np.uint8)
+def _solid(name: str, size: int = 32, shade: int = 0) -> np.ndarray:
+    return np.full((size, size, 3), np.clip(np.add(COLOURS[name], shade), 0, 255), dtype=np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +194,9 @@ def test_llava_decoder(tmp_path):
     assert torch.allclose(feats, torch.stack(list(ref)), atol=1e-5)
 
 
-def _toy_examples(n: int, seed: int):
+def _toy_examples(n: int, seed: int, held_out: bool = False):
+    """Two squares of the 3 colours, each in its own shade: even shade offsets for training, odd ones held out, so
+    no held-out image (hence no held-out example) equals a training one (3 colours alone give only 12 examples)."""
     rng = np.random.default_rng(seed)
     names = list(COLOURS)
     out = []
@@ -202,10 +204,21 @@ def _toy_examples(n: int, seed: int):
         a, b = rng.choice(len(names), 2, replace=False)
         target = int(rng.integers(2))
         colour = names[(a, b)[target]]
+        shades = 2 * rng.integers(-3, 4, size=2) + int(held_out)
         prompt = Prompt.from_interleaved(f"A: <image> B: <image> Which is {colour}?",
-                                         [_solid(names[a]), _solid(names[b])])
+                                         [_solid(names[a], shade=shades[0]), _solid(names[b], shade=shades[1])])
         out.append((prompt, "A" if target == 0 else "B"))
     return out
+
+
+def _example_key(prompt, answer):
+    return prompt.text, answer, tuple(np.asarray(s.image).tobytes() for s in prompt.segments if hasattr(s, "image"))
+
+
+def test_toy_held_out_examples_are_not_training_examples():
+    train = {_example_key(*ex) for ex in _toy_examples(64, 0)}
+    held = [_example_key(*ex) for ex in _toy_examples(24, 1, held_out=True)]
+    assert len(train) > 12 and not train.intersection(held)
 
 
 def _learnable_llama(tokenizer, seed: int = 0):
@@ -232,13 +245,13 @@ def test_toy_interleaved_task_is_learned_on_cpu(tiny_parts, tmp_path, one_thread
     comp = InterleavedCompressor(model=_learnable_llama(tok), tokenizer=tok, num_slots=4, chunk_tokens=40,
                                  vision_encoder="open_clip:mmc-vit-micro", adapter="mlp", image_tokens=None, lora_r=8,
                                  lora_alpha=16, max_new_tokens=5)
-    test = _toy_examples(24, 1)
+    test = _toy_examples(24, 1, held_out=True)
     comp.module.eval()
     before = np.mean([answer_correct(a, g) for a, (_, g) in zip(comp.answer([p for p, _ in test], batch_size=24), test)])
-    train = [comp.example_item(p, a) for p, a in _toy_examples(64, 0)]
-    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=100, batch_size=16, lr=1e-2, schedule="constant", max_grad_norm=0.0,
+    train = [comp.example_item(p, a) for p, a in _toy_examples(256, 0)]
+    config = TrainConfig(output_dir=str(tmp_path / "run"), max_steps=120, batch_size=16, lr=1e-2, schedule="constant", max_grad_norm=0.0,
                          log_every=30, progress=False, seed=0)
-    # a fixed budget of 100 steps (seconds on a 2-core CPU); wall time is a benchmark's business, not a test's
+    # a fixed budget of 120 steps (seconds on a 2-core CPU); wall time is a benchmark's business, not a test's
     Trainer(comp.module, config, ItemDataset(train), None, comp.collate).train()
     comp.module.eval()
     answers = comp.answer([p for p, _ in test], batch_size=24)

@@ -175,8 +175,11 @@ def test_tasks_build_answerable_examples_with_disjoint_splits():
         prompt = e.prompt()
         assert prompt.question == e.question and len(prompt.images) == len(e.images)
     train_imgs, _ = load_cifar("train")
+    val_imgs, _ = load_cifar("validation")
     test_imgs, _ = load_cifar("test")
-    assert len(train_imgs) == 1600 and len(test_imgs) == 400
+    assert (len(train_imgs), len(val_imgs), len(test_imgs)) == (1440, 160, 400)
+    splits = [{x.tobytes() for x in imgs} for imgs in (train_imgs, val_imgs, test_imgs)]
+    assert not splits[0] & splits[1] and not splits[0] & splits[2] and not splits[1] & splits[2]
     assert answer_correct("The second.", "the second") and not answer_correct("the first", "the second")
 
 
@@ -184,6 +187,10 @@ def test_shapes_tasks_read_colour_and_shape_from_easy_vqa():
     pytest.importorskip("easy_vqa")
     from mmcompress.multimodal.tasks import COLOURS, SHAPES, build_examples
 
+    from mmcompress.multimodal.tasks import load_shapes
+
+    train, validation = load_shapes("train")[0], load_shapes("validation")[0]
+    assert len(validation) > 0 and not {x.tobytes() for x in train} & {x.tobytes() for x in validation}
     examples = build_examples("shapes", "test", 30, seed=0, max_images=200)
     kinds = {e.kind for e in examples}
     assert kinds == {"shape-colour", "shape-which", "shape-what"}

@@ -262,9 +262,12 @@ def test_save_load_round_trip_gives_identical_outputs(cls, tiny_dir, tmp_path):
     else:
         assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(sa.kv, sb.kv))
     assert c.generate(a, "Who?") == loaded.generate(b, "Who?")
-    fresh = build(cls, tiny_dir)
-    assert fresh.generate(fresh.compress(DOC), "Who?") != c.generate(a, "Who?") or not torch.equal(
-        fresh.module.encoder.slots, c.module.encoder.slots)
+    # the round trip is not vacuous: a fresh compressor (no trained weights) gives other soft tokens
+    sf = build(cls, tiny_dir).compress(DOC).items[0][0]
+    if cls is Icae:
+        assert not torch.allclose(sf.embeddings, sa.embeddings)
+    else:
+        assert not all(torch.allclose(x[0], y[0]) for x, y in zip(sf.kv, sa.kv))
 
 
 def test_loading_with_a_different_shape_fails_clearly(tiny_dir, tmp_path):
@@ -277,27 +280,15 @@ def test_loading_with_a_different_shape_fails_clearly(tiny_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- learning
-def _learnable_llama(tokenizer):
-    """A tiny Llama whose random logits are not flat (larger init) and with no zeroed padding row."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         initializer_range=0.2, tie_word_embeddings=True, pad_token_id=None,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.mark.parametrize("cls", METHODS)
 def test_tiny_compressor_learns_to_reconstruct_short_spans(cls, tiny_lm):
     _, tok = tiny_lm
-    from tiny_models import CORPUS
+    from tiny_models import CORPUS, make_learnable_llama
 
     ids = tok(CORPUS, add_special_tokens=False)["input_ids"]
     spans = [ids[i : i + 6] for i in range(0, 48, 6)]
     torch.manual_seed(0)
-    c = cls(model=_learnable_llama(tok), tokenizer=tok, num_slots=4, chunk_tokens=6, lora_r=8, lora_alpha=16)
+    c = cls(model=make_learnable_llama(tok), tokenizer=tok, num_slots=4, chunk_tokens=6, lora_r=8, lora_alpha=16)
     module = c.module
     module.train()
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)

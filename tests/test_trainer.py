@@ -175,3 +175,90 @@ def test_mixed_precision_reaches_training_step(tmp_path, precision, expected, fr
     cfg = _config(tmp_path, max_steps=2, mixed_precision=precision, eval_every=1)
     Trainer(module, cfg, Pairs(32), eval_dataset=Pairs(16, seed=1)).train()
     assert module.dtypes and set(module.dtypes) == {expected}  # training and evaluation steps alike
+
+
+# ------------------------------------------------------------------------------------- checkpoint safety
+class _Planted:
+    """A pickle that creates a file when unpickled without weights_only."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').close()",)
+
+
+def test_a_planted_pickle_in_a_checkpoint_does_not_run(tmp_path):
+    Trainer(Regressor(), _config(tmp_path, max_steps=10, save_every=10), Pairs()).train()
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer": _Planted(marker)}, tmp_path / "run" / "checkpoint-10" / "state.pt")
+    with pytest.raises(ConfigError, match="cannot be loaded safely"):
+        Trainer(Regressor(), _config(tmp_path, max_steps=20, resume=True), Pairs()).train()
+    assert not marker.exists()
+
+
+def test_checkpoint_state_loads_with_weights_only(tmp_path):
+    Trainer(Regressor(), _config(tmp_path, max_steps=10, save_every=10), Pairs()).train()
+    state = torch.load(tmp_path / "run" / "checkpoint-10" / "state.pt", weights_only=True)
+    assert state["step"] == 10 and state["optimizer"]["state"]
+
+
+def _recipe(tmp_path, task, dim=4, **train):
+    out = tmp_path / "recipe.yaml"
+    out.write_text(yaml.safe_dump({"task": task, "model": {"dim": dim},
+                                   "train": {"max_steps": 5, "batch_size": 8, "save_every": 5, "progress": False,
+                                             **train}}))
+    return str(out)
+
+
+def test_resume_refuses_a_different_model(tmp_path, toy_task, capsys):
+    out = str(tmp_path / "out")
+    assert main(["train", "--config", _recipe(tmp_path, toy_task, dim=4), "-o", out]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", _recipe(tmp_path, toy_task, dim=6), "-o", out, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.dim: 4 -> 6" in err and len(err.strip().splitlines()) == 1
+    # direct Trainer use: a checkpoint of another shape is refused with the parameter named, not a torch traceback
+    Trainer(Regressor(dim=8), _config(tmp_path, max_steps=5, save_every=5), Pairs()).train()
+    with pytest.raises(ConfigError, match="head.weight"):
+        Trainer(Regressor(dim=4), _config(tmp_path, max_steps=10, resume=True), Pairs(dim=4)).train()
+
+
+def test_a_fresh_run_refuses_a_used_folder_unless_overwrite(tmp_path, toy_task, capsys):
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path, toy_task, max_steps=20, log_every=1)
+    assert main(["train", "--config", recipe, "-o", str(out)]) == 0  # an older, longer run: checkpoints 15, 20
+    capsys.readouterr()
+    short = _recipe(tmp_path, toy_task, max_steps=10, log_every=1)
+    assert main(["train", "--config", short, "-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["train", "--config", short, "-o", str(out), "--overwrite"]) == 0
+    # the new run's own checkpoints survive, the old run's log lines are gone
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-5", "checkpoint-10"]
+    steps = [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 11))
+
+
+def test_resume_continues_only_its_own_checkpoints_and_logs_each_step_once(tmp_path):
+    import shutil
+
+    cfg = dict(save_every=5, log_every=1, keep_checkpoints=2)
+    Trainer(Regressor(), _config(tmp_path, max_steps=12, **cfg), Pairs()).train()  # stopped after checkpoint-10
+    run = tmp_path / "run"
+    foreign = run / "checkpoint-100"  # another run's checkpoint with a higher number
+    shutil.copytree(run / "checkpoint-10", foreign)
+    meta = json.loads((foreign / "checkpoint.json").read_text())
+    (foreign / "checkpoint.json").write_text(json.dumps({**meta, "run_id": "another-run", "step": 100}))
+    result = Trainer(Regressor(), _config(tmp_path, max_steps=20, resume=True, **cfg), Pairs()).train()
+    assert result.steps == 20 and result.start_step == 10
+    assert [p.name for p in checkpoints(run)] == ["checkpoint-15", "checkpoint-20", "checkpoint-100"]
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 21))
+    # the rate counts this run's 10 steps over this run's time
+    assert result.steps_per_second * result.seconds == pytest.approx(10)
+
+
+def test_overwrite_with_resume_starts_fresh(tmp_path):
+    Trainer(Regressor(), _config(tmp_path, max_steps=10, save_every=5), Pairs()).train()
+    result = Trainer(Regressor(), _config(tmp_path, max_steps=5, resume=True, overwrite=True), Pairs()).train()
+    assert result.start_step == 0 and result.steps == 5 and checkpoints(tmp_path / "run") == []

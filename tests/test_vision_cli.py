@@ -70,3 +70,24 @@ def test_unreadable_image_and_missing_image(tmp_path, capsys):
     assert "cannot read image" in capsys.readouterr().err
     assert main(["compress", "--method", "visionzip", "<image> hi"]) == 2
     assert "--image" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def qwen_dir(tmp_path_factory):
+    from vision_tiny_families import make_qwen2_vl
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2-vl")
+    model, processor = make_qwen2_vl()
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_qwen2_vl_folder_json_reports_tokens_and_prefill(qwen_dir, cat_png, capsys):
+    code = main(["compress", "--method", "visionzip", "--tokens", "4", "--image", str(cat_png),
+                 "What is in <image>?", "--model", str(qwen_dir), "--max-new-tokens", "2", "--json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["family"] == "qwen2_vl" and record["visual_tokens"] == 4
+    assert record["visual_tokens_full"] > 4 and record["timings"]["prefill"] > 0
+    assert record["timings"]["prefill"] <= record["timings"]["total"]

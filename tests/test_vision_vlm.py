@@ -156,3 +156,23 @@ def test_fastv_hooks_removed_even_when_forward_raises(runner, images):
     assert all(not l._forward_pre_hooks and not l.self_attn._forward_pre_hooks for l in layers)
     with torch.no_grad():  # and the model runs unpruned afterwards
         assert runner.model(inputs_embeds=inputs.inputs_embeds).logits.shape[1] == inputs.input_ids.shape[1]
+
+
+def test_fastv_batch_of_two_prompts_equals_each_alone(runner, images):
+    """FastV per row: a batch of two prompts keeps, for each, the tokens it keeps alone (the rotary tables are
+    shared by the batch; they used to be gathered with the second row's indices and crash)."""
+    rows = [runner.prepare("Look at <image> now", [image]) for image in images]
+    embeds = torch.cat([r.inputs_embeds for r in rows])
+    mask = torch.cat([r.image_mask for r in rows])
+    fastv = create_compressor("fastv", tokens=8, layer=2)
+    with torch.no_grad(), fastv.apply(runner.model, mask) as state:
+        batched = runner.model(inputs_embeds=embeds).logits
+    for i, row in enumerate(rows):
+        with torch.no_grad(), fastv.apply(runner.model, row.image_mask) as alone_state:
+            alone = runner.model(inputs_embeds=row.inputs_embeds).logits
+        assert torch.equal(state["keep_index"][i], alone_state["keep_index"][0])
+        torch.testing.assert_close(batched[i], alone[0], atol=1e-5, rtol=1e-4)
+    with torch.no_grad(), fastv.apply(runner.model, mask):
+        out = runner.model.generate(inputs_embeds=embeds, attention_mask=torch.ones(mask.shape, dtype=torch.long),
+                                    max_new_tokens=4, do_sample=False, pad_token_id=runner.tokenizer.eos_token_id)
+    assert out.shape == (2, 4)

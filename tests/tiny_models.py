@@ -93,3 +93,17 @@ def make_gpt2(tokenizer, folder: Path | None = None, window: int = 64, seed: int
         model.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
     return model
+
+
+def make_learnable_llama(tokenizer, hidden_size: int = 64):
+    """A tiny Llama whose random logits are not flat (larger init) and with no zeroed padding row, so that losses
+    through it can really move in a few steps (learning tests)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         initializer_range=0.2, tie_word_embeddings=True, pad_token_id=None,
+                         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    return LlamaForCausalLM(config).eval()

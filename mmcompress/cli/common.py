@@ -33,11 +33,36 @@ def read_text(source: str | None) -> str:
 
 def looks_like_literal_text(arg: str) -> bool:
     """A positional argument that is not a file but reads as a prompt (has spaces or an <image> marker)."""
-    return not Path(arg).expanduser().exists() and (any(c.isspace() for c in arg) or "<image>" in arg)
+    try:
+        exists = Path(arg).expanduser().exists()
+    except (OSError, ValueError):  # longer than a file name may be, or a NUL byte: not a file
+        exists = False
+    return not exists and (any(c.isspace() for c in arg) or "<image>" in arg)
+
+
+def check_output_path(path: str | None) -> None:
+    """Refuse an output file that cannot be written (missing folder, a folder, a read-only file) before any work."""
+    if path in (None, "-"):
+        return
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise InputFileError(f"output {target} is a folder; give a file name, e.g. {target / 'out.jsonl'}")
+    if not target.parent.is_dir():
+        raise InputFileError(f"cannot write {target}: the folder {target.parent} does not exist")
+    existed = target.exists()
+    try:
+        with open(target, "a", encoding="utf-8"):
+            pass
+    except OSError as e:
+        raise InputFileError(f"cannot write {target}: {e.strerror or e}") from None
+    if not existed:
+        target.unlink(missing_ok=True)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     """``["unit=phrase", "seed=3"]`` -> ``{"unit": "phrase", "seed": 3}`` (values parsed as YAML scalars)."""
+    import yaml
+
     from ..yaml_io import load_yaml
 
     out: dict[str, Any] = {}
@@ -45,5 +70,10 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         if "=" not in pair:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, value = pair.split("=", 1)
-        out[key.strip()] = load_yaml(value) if value.strip() else None
+        try:
+            out[key.strip()] = load_yaml(value) if value.strip() else None
+        except yaml.YAMLError as e:
+            problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+            raise ConfigError(f"--set {pair!r}: the value is not valid YAML ({problem}); quote it, e.g. "
+                              f"--set '{key.strip()}=\"{value}\"'") from None
     return out

@@ -3,8 +3,10 @@
     mmcompress compress --method visionzip --tokens 64 --image cat.png "USER: <image>\\nWhat is this? ASSISTANT:" \\
         --model llava-hf/llava-1.5-7b-hf
 
-With ``--model`` (a LLaVA-style VLM folder or HF id) the VLM answers the prompt with K tokens per image and the
-visual-token savings are reported; without it the images are only encoded and reduced (the method's ``encoder``).
+With ``--model`` (a VLM folder or HF id of a supported family: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL,
+Qwen2.5-VL, Idefics3, SmolVLM; the config picks it) the VLM answers the prompt with K tokens per image, and the
+visual tokens before and after and the prefill time are reported (``--json``: all of it as one record); without it
+the images are only encoded and reduced (the method's ``encoder``).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ def is_vision_method(method: str) -> bool:
 
 def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
     from ..factory import create_compressor
-    from ..vision.vlm import LlavaRunner
+    from ..vision.runners import create_vlm
 
     if not args.image:
         raise InvalidPromptError(f"--method {args.method} compresses images: pass at least one --image FILE")
@@ -50,11 +52,12 @@ def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
         raise ConfigError("for images use --tokens (visual tokens kept per image) or --rate, not --target-tokens")
     compressor = create_compressor(args.method, **overrides)
     if args.model:
-        runner = LlavaRunner.from_pretrained(args.model, template=args.template)
+        runner = create_vlm(args.model, template=args.template)
         result = runner.generate(text, images=args.image, compressor=compressor, max_new_tokens=args.max_new_tokens)
-        record = result.to_dict()
+        record = {"family": runner.family, **result.to_dict()}
         line = (f"--- {result.method}: visual tokens {result.visual_tokens_full} -> {result.visual_tokens_after_prune} "
-                f"({result.tokens_saved} saved) for {len(args.image)} image(s) in {result.timings['total']:.2f} s")
+                f"({result.tokens_saved} saved) for {len(args.image)} image(s); prefill "
+                f"{result.timings['prefill']:.3f} s, total {result.timings['total']:.2f} s ({runner.family})")
         body = result.text
     else:
         result = compressor.compress(text, images=args.image)

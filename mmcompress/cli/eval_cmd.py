@@ -51,7 +51,7 @@ def _fields_of(method: str, overrides: dict) -> dict:
 
 
 def run(args) -> int:
-    from ..evaluation.harness import DEFAULT_INSTRUCTION, build_system, evaluate, load_qa_file
+    from ..evaluation.harness import DEFAULT_INSTRUCTION, build_system, evaluate, load_qa_file, random_floors
     from ..evaluation.reader import Reader, ReaderConfig
 
     rates = parse_rates(args.rates)
@@ -69,7 +69,10 @@ def run(args) -> int:
                                                              batch_size=args.batch_size))
     systems = [build_system(m, reader, **overrides) for m in methods]  # unknown methods fail before any model runs
     if add_floor:  # --set names the methods' knobs; the floor takes the ones it has (model, device...)
-        systems.append(build_system("random", reader, **_fields_of("random", overrides)))
+        # one random drop per granularity compared: LLMLingua-2 keeps words, so its floor drops random words
+        floors = random_floors(systems, reader, **{k: v for k, v in _fields_of("random", overrides).items()
+                                                   if k != "unit"})
+        systems += floors
     instruction = DEFAULT_INSTRUCTION if args.instruction is None else args.instruction
     for s in systems:
         if hasattr(s, "instruction"):

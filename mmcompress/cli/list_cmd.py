@@ -12,6 +12,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..factory import list_configs, list_trained, load_config_file, trained_card
+    from ..models.loading import DEFAULT_MODEL, describe_model
     from ..registry import COMPRESSORS
 
     methods = [
@@ -30,9 +31,12 @@ def run(args) -> int:
             method = f"(unreadable: {e})"
         configs.append({"name": stem, "compressor": method, "path": str(path)})
     trained = [{"name": name, "path": str(path), **trained_card(name)} for name, path in list_trained().items()]
+    default_model = {"name": DEFAULT_MODEL, "loads": describe_model(DEFAULT_MODEL)}
     if args.json:
-        print(json.dumps({"methods": methods, "trained": trained, "configs": configs, "recipes": recipes}, indent=2))
+        print(json.dumps({"default_model": default_model, "methods": methods, "trained": trained, "configs": configs,
+                          "recipes": recipes}, indent=2))
         return 0
+    print(f"default model: {DEFAULT_MODEL} -> {default_model['loads']}")
     print("methods:")
     for m in methods:
         print(f"  {m['name']:<22} {m['family']:<8} {m['summary']}")

@@ -221,6 +221,21 @@ def build_system(method: str, reader: Reader | None, **overrides: Any) -> QASyst
                       "qa_system(reader) method or register one with @register_system")
 
 
+def random_floors(systems: Sequence[Any], reader: Reader | None, **overrides: Any) -> list[HardCompressorSystem]:
+    """One seeded random drop per selection unit of the hard ``systems`` (token-level for LLMLingua, word-level for
+    LLMLingua-2...), so each method is compared with a random baseline of its own granularity. Named ``random`` for
+    tokens and ``random_<unit>`` otherwise."""
+    from ..factory import create_compressor
+
+    units = {getattr(getattr(s, "compressor", None), "selection_unit", None) for s in systems} - {None}
+    return [HardCompressorSystem(create_compressor("random", **{**overrides, "unit": unit}), reader,
+                                 name=random_floor_name(unit)) for unit in sorted(units or {"token"})]
+
+
+def random_floor_name(unit: str) -> str:
+    return "random" if unit == "token" else f"random_{unit}"
+
+
 # ------------------------------------------------------------------------------------------------- evaluation
 @dataclass
 class RateResult:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..config_base import Config
 from ..models.compat import cache_kwargs, cache_length, output_cache
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ _PLACEHOLDER = "\x00USER\x00"
 
 
 @dataclass
-class ReaderConfig:
+class ReaderConfig(Config):
     """``max_new_tokens``: answer length; ``batch_size``: prompts per generate call (sorted by length to pad
     little); ``max_input_tokens``: longer prompts lose their middle (None: the model's window minus the answer)."""
 

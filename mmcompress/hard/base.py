@@ -9,16 +9,17 @@ A new hard method implements one function: given the prompt and its budget plan,
 """
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..budget import BudgetPlan, plan_budget, select_under_budget
-from ..compressor import BudgetConfig, Compressor, Timings
-from ..errors import ConfigError, InvalidPromptError
+from ..compressor import BudgetConfig, Compressor, Timings, batch_list
+from ..errors import BudgetError, ConfigError, InvalidPromptError
 from ..prompt import ImageSegment, Policy, Prompt, TextSegment
 from ..results import CompressedPrompt, SegmentSelection
 
@@ -30,17 +31,35 @@ class SegmentOutcome:
     text: str
     selection: SegmentSelection
     sep: str | None = None  # new separator before the segment (None: unchanged)
+    # for the final budget check (:meth:`HardCompressor.fit_budget`): each unit's rank (higher survives longer) and
+    # the segment's text for another keep mask over ``selection``'s units; an outcome without them is never shrunk
+    priority: np.ndarray | None = None
+    render: Callable[[np.ndarray], str] | None = None
+
+
+def unit_outcome(units: Any, mask: np.ndarray, unit: str, priority: np.ndarray | None = None) -> SegmentOutcome:
+    """The outcome of a segment rebuilt from its kept :class:`~mmcompress.text_units.Units`, ready to be shrunk."""
+    mask = np.asarray(mask, dtype=bool)
+    return SegmentOutcome(units.rebuild(mask), SegmentSelection(unit, units.spans, mask),
+                          priority=None if priority is None else np.asarray(priority, dtype=np.float64),
+                          render=units.rebuild)
 
 
 @dataclass
 class HardConfig(BudgetConfig):
     """Fields of token-dropping methods: the budget (``rate`` / ``target_tokens``), and ``model``, the scorer (or,
-    for baselines, only its tokenizer)."""
+    for baselines, only its tokenizer).
+
+    ``strict_budget``: after the method has selected, the rendered prompt is counted and, if re-tokenising the kept
+    text made it longer than the target, its lowest-ranked kept units are dropped until it fits (the promise
+    ``compressed_tokens <= target``). ``False`` leaves the method's own selection as it is (reference parity).
+    """
 
     model: str = "smollm2-135m"
     device: str = "auto"
     dtype: str = "auto"
     target_tokenizer: str | None = None
+    strict_budget: bool = True
 
 
 @dataclass
@@ -64,6 +83,18 @@ class Request:
         """Fixed target of text segment ``k`` (None: shares the pooled budget)."""
         return self.plan.segment_targets[k]
 
+    def unit_budget(self, k: int) -> int:
+        """The most tokens one unit of text segment ``k`` can take: its own target, or the pooled one."""
+        own = self.plan.segment_targets[k]
+        return int(own if own is not None else self.plan.pooled_target)
+
+    def split(self, k: int, units: Any, token_offsets: np.ndarray) -> tuple[Any, np.ndarray]:
+        """``units`` of text segment ``k`` with those larger than its budget cut into pieces that fit
+        (:func:`~mmcompress.text_units.split_units`); returns the units and each one's original index."""
+        from ..text_units import split_units
+
+        return split_units(units, token_offsets, self.unit_budget(k), split_finer=True)
+
 
 class HardCompressor(Compressor):
     """Shared flow of token-dropping methods; subclasses implement :meth:`compress_segments`.
@@ -73,6 +104,12 @@ class HardCompressor(Compressor):
 
     family = "hard"
     config_class = HardConfig
+
+    @property
+    def selection_unit(self) -> str:
+        """What the method keeps or drops whole (token, word, phrase, sentence): a random baseline compared with it
+        drops units of the same size (:func:`mmcompress.evaluation.harness.random_floors`)."""
+        return str(getattr(self.config, "unit", "token"))
 
     def __init__(self, config: HardConfig | None = None, *, tokenizer: Any = None, **overrides: Any):
         model_obj = overrides.pop("model", None)
@@ -154,15 +191,17 @@ class HardCompressor(Compressor):
             prompt = Prompt.coerce(prompt, question=question, instruction=instruction, images=images)
             if prompt.is_empty():
                 raise InvalidPromptError("the prompt is empty: there is no text to compress")
+            if target_tokens is not None and rate is not None:
+                raise BudgetError(f"give either rate={rate} or target_tokens={target_tokens}, not both")
             if target_tokens is None and rate is None:
                 rate, target_tokens = (None, self.config.target_tokens) if self.config.target_tokens else (self.config.rate, None)
-            elif target_tokens is not None:
-                rate = None
             text_indices = [i for i, s in enumerate(prompt.segments) if isinstance(s, TextSegment)]
             segments = [prompt.segments[i] for i in text_indices]
             costs = self.count_tokens([s.text for s in segments])
+            # the separators between segments cost tokens too (the rendered prompt is what is counted)
+            overhead = self.count_tokens([prompt.text])[0] - sum(costs) if len(prompt.segments) > 1 else 0
             plan = plan_budget(costs, [s.policy for s in segments], [s.rate for s in segments],
-                               rate=rate, target_tokens=target_tokens)
+                               rate=rate, target_tokens=target_tokens, overhead=overhead)
         return Request(prompt, plan, text_indices, costs, timings)
 
     def compress_segments(self, request: Request) -> list[SegmentOutcome]:
@@ -171,12 +210,33 @@ class HardCompressor(Compressor):
 
     def finish(self, request: Request, outcomes: list[SegmentOutcome], seconds: float,
                target_tokenizer: Any = None) -> CompressedPrompt:
-        """Assemble the compressed prompt and count its tokens."""
+        """Assemble the compressed prompt (shrunk to the target if needed) and count its tokens."""
         timings = request.timings
-        timings["compress"] = seconds
         prompt = request.prompt
         if len(outcomes) != len(request.text_indices):
             raise RuntimeError(f"{self.name} returned {len(outcomes)} outcomes for {len(request.text_indices)} segments")
+        t0 = time.perf_counter()
+        if self.config.strict_budget:
+            outcomes = self.fit_budget(request, outcomes)
+        timings["compress"] = seconds + time.perf_counter() - t0
+        compressed, selections = self._assemble(request, outcomes)
+        with timings("count"):
+            origin, after = self.count_tokens([prompt.text, compressed.text])
+            target_counts = (None, None)
+            tok = target_tokenizer or self.config.target_tokenizer
+            if tok is not None:
+                target_counts = _count_with(tok, [prompt.text, compressed.text])
+        # "total" is this call's work; a one-time model load during the call is reported as "load" and left out
+        timings["load"], self._load_seconds = self._load_seconds, 0.0
+        timings["total"] = timings["prepare"] + timings["compress"] + timings["count"] - timings["load"]
+        return CompressedPrompt(
+            prompt=compressed, original=prompt, selections=selections, origin_tokens=origin,
+            compressed_tokens=after, method=self.name, target_origin_tokens=target_counts[0],
+            target_compressed_tokens=target_counts[1], timings=dict(timings), extras=dict(request.extras),
+        )
+
+    def _assemble(self, request: Request, outcomes: list[SegmentOutcome]) -> tuple[Prompt, list]:
+        prompt = request.prompt
         by_index = dict(zip(request.text_indices, outcomes))
         shown = dict(zip(request.text_indices, request.text_indices))  # slot -> segment shown there
         if request.order is not None:
@@ -196,21 +256,75 @@ class HardCompressor(Compressor):
             if placed_outcome.text.strip():
                 sep = placed.sep if placed_outcome.sep is None else placed_outcome.sep
                 new_segments.append(placed.replace(text=placed_outcome.text, sep=sep))
-        compressed = prompt.replace_segments(new_segments)
-        with timings("count"):
-            origin, after = self.count_tokens([prompt.text, compressed.text])
-            target_counts = (None, None)
-            tok = target_tokenizer or self.config.target_tokenizer
-            if tok is not None:
-                target_counts = _count_with(tok, [prompt.text, compressed.text])
-        # "total" is this call's work; a one-time model load during the call is reported as "load" and left out
-        timings["load"], self._load_seconds = self._load_seconds, 0.0
-        timings["total"] = timings["prepare"] + timings["compress"] + timings["count"] - timings["load"]
-        return CompressedPrompt(
-            prompt=compressed, original=prompt, selections=selections, origin_tokens=origin,
-            compressed_tokens=after, method=self.name, target_origin_tokens=target_counts[0],
-            target_compressed_tokens=target_counts[1], timings=dict(timings), extras=dict(request.extras),
-        )
+        return prompt.replace_segments(new_segments), selections
+
+    def fit_budget(self, request: Request, outcomes: list[SegmentOutcome]) -> list[SegmentOutcome]:
+        """Count the rendered prompt and, if it has more tokens than the target, drop the fewest lowest-ranked kept
+        units of the compressible segments that make it fit (re-tokenising kept pieces next to each other, and the
+        separators between segments, can cost more than the units did apart): an exponential then a binary search
+        over how many go, a count of the rendered prompt per probe. Raises :class:`BudgetError` when even dropping
+        all of them does not fit (the kept segments and separators alone are over the target)."""
+        target = request.plan.target_tokens
+        text = self._assemble(request, outcomes)[0].text
+        count = self.count_tokens([text])[0]
+        shrinkable = [k for k, (seg, o) in enumerate(zip(request.text_segments, outcomes))
+                      if seg.policy is not Policy.KEEP and o.render is not None and o.priority is not None]
+        if count <= target:
+            return outcomes if text.strip() else self._best_single_unit(request, outcomes, shrinkable, target)
+        ranked = sorted(((np.nan_to_num(outcomes[k].priority[i], nan=-np.inf), k, -int(i)) for k in shrinkable
+                         for i in np.flatnonzero(outcomes[k].selection.kept)))  # NaN ranks last; later units first
+
+        def drop(n: int) -> tuple[list[SegmentOutcome], int]:
+            masks = {k: outcomes[k].selection.kept.copy() for k in shrinkable}
+            for _, k, i in ranked[:n]:
+                masks[k][-i] = False
+            trial = list(outcomes)
+            for k, mask in masks.items():
+                o = outcomes[k]
+                if not np.array_equal(mask, o.selection.kept):
+                    trial[k] = dataclasses.replace(o, text=o.render(mask),
+                                                   selection=dataclasses.replace(o.selection, kept=mask))
+            return trial, self.count_tokens([self._assemble(request, trial)[0].text])[0]
+
+        low, high = 0, max(1, min(len(ranked), count - target))  # low: known not to fit
+        trial, n_tokens = drop(high)
+        while n_tokens > target and high < len(ranked):
+            low, high = high, min(len(ranked), 2 * high)
+            trial, n_tokens = drop(high)
+        if n_tokens > target:
+            raise BudgetError(
+                f"the compressed prompt still takes {n_tokens} tokens, more than the target of {target}: the kept "
+                "segments and the separators between segments alone need more; raise the budget or keep fewer segments"
+            )
+        best = trial
+        while high - low > 1:
+            mid = (low + high) // 2
+            trial, n_tokens = drop(mid)
+            if n_tokens <= target:
+                best, high = trial, mid
+            else:
+                low = mid
+        return best if self._assemble(request, best)[0].text.strip() else self._best_single_unit(
+            request, best, shrinkable, target)
+
+    def _best_single_unit(self, request: Request, outcomes: list[SegmentOutcome], shrinkable: list[int],
+                          target: int, tries: int = 64) -> list[SegmentOutcome]:
+        """Nothing was kept although a token is allowed: keep the best-ranked unit that fits on its own (units are
+        costed inside their text; a piece of a word re-tokenised alone can cost more), or say that none does."""
+        ranked = sorted(((-np.nan_to_num(outcomes[k].priority[i], nan=-np.inf), k, int(i)) for k in shrinkable
+                         for i in range(len(outcomes[k].selection.kept))))
+        for _, k, i in ranked[:tries]:
+            trial = list(outcomes)
+            for j in shrinkable:
+                o = outcomes[j]
+                mask = np.zeros(len(o.selection.kept), dtype=bool)
+                if j == k:
+                    mask[i] = True
+                trial[j] = dataclasses.replace(o, text=o.render(mask), selection=dataclasses.replace(o.selection, kept=mask))
+            if self.count_tokens([self._assemble(request, trial)[0].text])[0] <= target:
+                return trial
+        raise BudgetError(f"no part of the prompt fits in {target} token(s) once re-tokenised on its own; "
+                          "raise the budget")
 
 
 class BatchedHardCompressor(HardCompressor):
@@ -233,7 +347,7 @@ class BatchedHardCompressor(HardCompressor):
         :meth:`_compress_requests`; each result's ``compress`` time is its share of its chunk's."""
         from tqdm.auto import tqdm
 
-        prompts = list(prompts)
+        prompts = batch_list(prompts)
         chunk = int(chunk or self.batch_chunk)
         target_tokenizer = kwargs.pop("target_tokenizer", None)
         results: list[CompressedPrompt] = []

@@ -102,6 +102,8 @@ class LLMLinguaConfig(HardConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.max_batch_tokens, bool) or not isinstance(self.max_batch_tokens, int) or self.max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be a positive integer, got {self.max_batch_tokens!r}")
         if not isinstance(self.iterative_size, int) or self.iterative_size < 2:
             raise ConfigError(f"iterative_size must be an integer >= 2, got {self.iterative_size!r}")
         if not isinstance(self.context_budget, str) or not _BUDGET.match(self.context_budget):
@@ -144,6 +146,7 @@ class _Job:
     offsets: np.ndarray | None = None
     start: int = 0
     pieces: list[tuple[int, int]] = field(default_factory=list)  # char span of each used document in the joint text
+    priority: np.ndarray | None = None  # each token's final ITPC score (NaN: never scored), for the budget check
 
 
 @register_compressor("llmlingua")
@@ -358,6 +361,8 @@ class LLMLingua(BatchedHardCompressor):
                                 split_id=split_id, split_flags=flags, initial=initial.get(id(job)))
             job.request.extras["forward_tokens"] = result.forward_tokens
             job.request.extras["max_cache"] = result.max_cache
+            values = result.values if result.self_values is None else result.self_values - result.values
+            job.priority = None if values is None else np.nan_to_num(np.asarray(values, np.float64), nan=np.inf)
             out.append(result.kept)
         return out
 
@@ -416,13 +421,15 @@ class LLMLingua(BatchedHardCompressor):
                     outcomes[k] = SegmentOutcome(segs[k].text, SegmentSelection.whole(segs[k].text, True), sep)
                     continue
                 mask = kept[inside]
-                text = self.tokenizer.decode(job.ids[inside[mask]].tolist())
+                render = (lambda m, inside=inside: self.tokenizer.decode(job.ids[inside[m]].tolist()))  # noqa: E731
+                text = render(mask)
                 spans = np.clip(job.offsets[inside] - s, 0, e - s)
                 cmap = job.char_maps.get(k)
                 if cmap is not None and len(cmap):
                     spans = np.stack([cmap[np.minimum(spans[:, 0], len(cmap) - 1)],
                                       cmap[np.maximum(spans[:, 1] - 1, 0)] + 1], axis=1)
-                outcomes[k] = SegmentOutcome(text, SegmentSelection("token", spans, mask), sep)
+                priority = None if job.priority is None else job.priority[inside]
+                outcomes[k] = SegmentOutcome(text, SegmentSelection("token", spans, mask), sep, priority, render)
         # reorder: document slots show the kept documents in output order, then the dropped ones (removed)
         order = list(range(len(segs)))
         slots = sorted(job.docs)
@@ -436,15 +443,13 @@ class LLMLingua(BatchedHardCompressor):
     @staticmethod
     def _from_chars(original: str, text: str, cmap: np.ndarray | None) -> SegmentOutcome:
         if cmap is None:
-            return keep_whole_text(original)
+            cmap = np.arange(len(original))
         kept = np.zeros(len(original), bool)
         kept[cmap] = True
         spans = np.stack([np.arange(len(original)), np.arange(1, len(original) + 1)], axis=1)
-        return SegmentOutcome(text, SegmentSelection("char", spans, kept))
-
-
-def keep_whole_text(text: str) -> SegmentOutcome:
-    return SegmentOutcome(text, SegmentSelection.whole(text, True))
+        # the budget check may cut the document's kept characters from its end
+        return SegmentOutcome(text, SegmentSelection("char", spans, kept), priority=-np.arange(len(original), dtype=float),
+                              render=lambda m: "".join(np.asarray(list(original))[m]))
 
 
 def _apply_budget(target: float, context_budget: str) -> float:

@@ -24,7 +24,6 @@ The default classifier is the one the ``llmlingua2`` training recipe produced la
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -36,11 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole, unit_outcome
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
-from ..results import SegmentSelection
 from ..scoring.token_classifier import TokenClassifierScorer, WordProbs
 from ..text_units import Units, aggregate_scores
 
@@ -119,6 +117,7 @@ class LLMLingua2(BatchedHardCompressor):
     """Keep the words a token classifier labels most likely to keep (LLMLingua-2)."""
 
     config_class = LLMLingua2Config
+    selection_unit = "word"  # labels are per word (token probabilities aggregated to words)
 
     def __init__(self, config: LLMLingua2Config | None = None, *, classifier_model: Any = None,
                  classifier_tokenizer: Any = None, **overrides: Any):
@@ -173,47 +172,25 @@ class LLMLingua2(BatchedHardCompressor):
             count_offsets = [off for _, off in self.tokenize_with_offsets([text for _, _, text in jobs])]
         found: dict[int, dict[int, tuple[Units, np.ndarray, np.ndarray]]] = {}
         for (r, k, text), wp, offsets in zip(jobs, words, count_offsets):
-            units = Units(text, wp.spans)
-            _, costs = aggregate_scores(wp.spans, offsets, np.zeros(len(offsets)))
-            found.setdefault(id(r), {})[k] = (units, wp.probs, costs)
+            units, parent = r.split(k, Units(text, wp.spans), offsets)  # a word longer than the budget is cut
+            _, costs = aggregate_scores(units.spans, offsets, np.zeros(len(offsets)))
+            found.setdefault(id(r), {})[k] = (units, np.asarray(wp.probs)[parent], costs)
         out = []
         for r in requests:
             per = found.get(id(r), {})
             with r.timings("select"):
-                masks = self._select_within_budget(r, per)
+                masks, scores = self._select(r, per)
             outcomes = []
             for k, seg in enumerate(r.text_segments):
                 if k not in per:
                     outcomes.append(keep_whole(seg))
                     continue
-                units = per[k][0]
-                outcomes.append(SegmentOutcome(units.rebuild(masks[k]), SegmentSelection("word", units.spans, masks[k])))
+                outcomes.append(unit_outcome(per[k][0], masks[k], "word", scores[k]))
             out.append(outcomes)
         return out
 
-    def _select_within_budget(self, request: Request, found: dict, max_rounds: int = 4) -> list:
-        """Select, then count the rebuilt prompt in the counting tokenizer: words glued together after a drop (and
-        the separators between segments) can take more tokens than the words cost apart, so the pooled budget
-        shrinks by any excess over the plan and the selection is redone (a few rounds at most)."""
-        if not any(request.text_segments[k].policy is Policy.GLOBAL for k in found):
-            return self._select(request, found)
-        plan = request.plan
-        masks = self._select(request, found)
-        for _ in range(max_rounds):
-            excess = self._count_rebuilt(request, found, masks) - request.plan.target_tokens
-            if excess <= 0 or plan.pooled_target == 0:
-                break
-            plan = dataclasses.replace(plan, pooled_target=max(0, plan.pooled_target - excess))
-            masks = self._select(dataclasses.replace(request, plan=plan), found)
-        return masks
-
-    def _count_rebuilt(self, request: Request, found: dict, masks: list) -> int:
-        by_index = {request.text_indices[k]: found[k][0].rebuild(masks[k]) for k in found}
-        segments = [seg.replace(text=by_index[i]) if i in by_index else seg for i, seg in enumerate(request.prompt.segments)]
-        segments = [seg for seg in segments if not hasattr(seg, "text") or seg.text.strip()]
-        return self.count_tokens([request.prompt.replace_segments(segments).text])[0]
-
-    def _select(self, request: Request, found: dict[int, tuple[Units, np.ndarray, np.ndarray]]) -> list:
+    def _select(self, request: Request, found: dict[int, tuple[Units, np.ndarray, np.ndarray]]) -> tuple[list, list]:
+        """Keep masks and the scores they were ranked by (the shared budget check drops the lowest first)."""
         cfg = self.config
         n = len(request.text_segments)
         scores: list[np.ndarray | None] = [None] * n
@@ -229,7 +206,7 @@ class LLMLingua2(BatchedHardCompressor):
         if cfg.drop_consecutive and cfg.force_tokens:
             for k, (units, _, _) in found.items():
                 masks[k] = _drop_consecutive(units, masks[k], set(cfg.force_tokens))
-        return masks
+        return masks, scores
 
     def _forced(self, units: Units) -> np.ndarray:
         """Words overlapping an occurrence of a force token, and (optionally) words with a digit."""

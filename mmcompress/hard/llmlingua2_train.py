@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, InputFileError
-from ..training.tasks import TaskSetup
+from ..training.tasks import TaskSetup, check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -281,9 +281,10 @@ def build_llmlingua2_task(recipe: dict[str, Any]) -> TaskSetup:
     (where the finished classifier is copied), ``register_default``."""
     from ..scoring.token_classifier import TokenClassifierScorer
 
-    model_cfg = dict(recipe.get("model") or {})
-    data_cfg = dict(recipe.get("data") or {})
-    teacher_cfg = dict(recipe.get("teacher") or {})
+    model_cfg = check_keys("model", recipe.get("model"), ("encoder", "max_length", "token_to_word"))
+    data_cfg = check_keys("data", recipe.get("data"),
+                          ("labels", "corpus", "labels_cache", "passage_words", "max_passages", "eval_fraction"))
+    teacher_cfg = check_keys("teacher", recipe.get("teacher"), ("method", "rate", "options", "question"))
     encoder = model_cfg.get("encoder", "minilm-l6")
     model, tokenizer = load_classifier_for_training(encoder)
     scorer = TokenClassifierScorer(model, tokenizer, max_length=model_cfg.get("max_length"))

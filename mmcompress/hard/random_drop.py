@@ -5,11 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from .base import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole, unit_outcome
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
-from ..results import SegmentSelection
 from ..text_units import token_units, units_for
 
 
@@ -35,20 +34,20 @@ class RandomDrop(HardCompressor):
     def compress_segments(self, request: Request) -> list[SegmentOutcome]:
         rng = np.random.default_rng(self.config.seed)
         segments = request.text_segments
-        units = [None if s.policy is Policy.KEEP else self._units(s.text) for s in segments]
+        units = []
+        for k, s in enumerate(segments):
+            if s.policy is Policy.KEEP:
+                units.append(None)
+                continue
+            offsets = self.tokenize_with_offsets([s.text])[0][1]
+            found = token_units(s.text, offsets) if self.config.unit == "token" else units_for(self.config.unit, s.text)
+            units.append(request.split(k, found, offsets)[0])
         scores = [None if u is None else rng.random(len(u)) for u in units]
         costs = [None if u is None else _unit_costs(self, u) for u in units]
         with request.timings("select"):
             masks = allocate(request, scores, costs)
-        return [
-            keep_whole(s) if u is None else SegmentOutcome(u.rebuild(m), SegmentSelection(self.config.unit, u.spans, m))
-            for s, u, m in zip(segments, units, masks)
-        ]
-
-    def _units(self, text: str):
-        if self.config.unit == "token":
-            return token_units(text, self.tokenize_with_offsets([text])[0][1])
-        return units_for(self.config.unit, text)
+        return [keep_whole(s) if u is None else unit_outcome(u, m, self.config.unit, sc)
+                for s, u, m, sc in zip(segments, units, masks, scores)]
 
 
 def _unit_costs(compressor: HardCompressor, units) -> np.ndarray:

@@ -21,13 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..budget import percentile_mask
-from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole, unit_outcome
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
-from ..results import SegmentSelection
 from ..scoring import CausalLMScorer, UnigramScorer
-from ..text_units import Units, aggregate_scores, phrase_units, sentence_units, token_units, units_for
+from ..text_units import Units, aggregate_scores, phrase_units, sentence_units, split_units, token_units, units_for
 
 
 @dataclass
@@ -48,6 +47,8 @@ class SelectiveContextConfig(HardConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if isinstance(self.max_batch_tokens, bool) or not isinstance(self.max_batch_tokens, int) or self.max_batch_tokens < 1:
+            raise ConfigError(f"max_batch_tokens must be a positive integer, got {self.max_batch_tokens!r}")
         if self.unit not in ("token", "word", "phrase", "sentence"):
             raise ConfigError(f"unit must be token, word, phrase or sentence, got {self.unit!r}")
         if self.context not in ("sentence", "segment"):
@@ -92,6 +93,7 @@ class SelectiveContext(BatchedHardCompressor):
             # unit costs are counted in the tokenizer that counts the budget (the unigram scorer's words are not it)
             count_offsets = ([offsets for offsets, _ in token_scores] if cfg.scorer == "lm"
                              else [off for _, off in self.tokenize_with_offsets([text for _, _, text in jobs])])
+            units = [r.split(k, u, off)[0] for (r, k, _), u, off in zip(jobs, units, count_offsets)]
         per_request: dict[int, dict[int, tuple[Units, np.ndarray, np.ndarray]]] = {}
         for (r, k, _), u, (offsets, scores), cost_offsets in zip(jobs, units, token_scores, count_offsets):
             unit_scores, _ = aggregate_scores(u.spans, offsets, scores)
@@ -108,7 +110,7 @@ class SelectiveContext(BatchedHardCompressor):
                     outcomes.append(keep_whole(seg))
                     continue
                 u = found[k][0]
-                outcomes.append(SegmentOutcome(u.rebuild(masks[k]), SegmentSelection(cfg.unit, u.spans, masks[k])))
+                outcomes.append(unit_outcome(u, masks[k], cfg.unit, found[k][1]))
             out.append(outcomes)
         return out
 
@@ -138,8 +140,13 @@ class SelectiveContext(BatchedHardCompressor):
         if self.config.context == "segment":
             return [(s.offsets, s.scores) for s in self.scorer.self_information(texts)]
         sentences = []
-        for i, text in enumerate(texts):
-            for s, e in sentence_units(text).spans:
+        # a "sentence" longer than the model's window is scored in window-long pieces (batched, not streamed)
+        window = getattr(self.scorer, "window", None)
+        for i, (text, (_, offsets)) in enumerate(zip(texts, self.tokenize_with_offsets(texts))):
+            units = sentence_units(text)
+            if window is not None:
+                units = split_units(units, offsets, window - 2)[0]
+            for s, e in units.spans:
                 sentences.append((i, int(s), text[s:e]))
         scored = self.scorer.self_information([t for _, _, t in sentences])
         offsets: list[list[np.ndarray]] = [[] for _ in texts]

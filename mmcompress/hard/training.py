@@ -3,4 +3,4 @@
 from ..training.tasks import register_task
 from .llmlingua2_train import build_llmlingua2_task
 
-register_task("llmlingua2")(build_llmlingua2_task)
+register_task("llmlingua2", sections=("teacher", "export_dir", "register_default"))(build_llmlingua2_task)

@@ -6,11 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole
+from .base import HardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole, unit_outcome
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
-from ..results import SegmentSelection
 from ..text_units import token_units
 
 
@@ -56,7 +55,5 @@ class Truncate(HardCompressor):
                 start += len(u)
         with request.timings("select"):
             masks = allocate(request, scores, [None if u is None else np.ones(len(u)) for u in units])
-        return [
-            keep_whole(s) if u is None else SegmentOutcome(u.rebuild(m), SegmentSelection("token", u.spans, m))
-            for s, u, m in zip(segments, units, masks)
-        ]
+        return [keep_whole(s) if u is None else unit_outcome(u, m, "token", sc)
+                for s, u, m, sc in zip(segments, units, masks, scores)]

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,38 @@ def _package_dir(package: str) -> Path | None:
     return Path(spec.origin).parent
 
 
-_convert_lock = threading.Lock()
+_convert_lock = threading.Lock()  # file locks are per process: threads of one process queue here first
+
+
+def build_cached_folder(target: Path, build: Callable[[Path], None]) -> Path:
+    """Make ``target`` with ``build(tmp_folder)`` exactly once, however many processes ask at the same time.
+
+    The work happens under a cross-process file lock (``target.lock``) in a temporary sibling folder that is renamed
+    into place when complete (marked by ``.complete``); a process that finds the lock taken waits and reuses the
+    finished folder. A failed build leaves no temporary folder behind, and temporary folders of crashed earlier
+    builds are removed by the next one.
+    """
+    from filelock import FileLock
+
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _convert_lock, FileLock(str(target) + ".lock"):
+        if (target / ".complete").exists():
+            return target  # another process built it while this one waited
+        for orphan in target.parent.glob(f"{target.name}.*"):
+            if orphan.is_dir():  # no other build can be running: we hold the lock
+                shutil.rmtree(orphan, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+        try:
+            build(tmp)
+            (tmp / ".complete").write_text(f"{target.name}\n")
+            if target.exists():
+                shutil.rmtree(target)  # an incomplete folder (no .complete) from an older version
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone already after the rename; a failed build's leftovers
+    return target
 
 
 def _gguf_to_plain_folder(alias_name: str, alias: ModelAlias) -> Path:
@@ -117,35 +149,28 @@ def _gguf_to_plain_folder(alias_name: str, alias: ModelAlias) -> Path:
     pkg = _package_dir(alias.package)
     assert pkg is not None and alias.gguf_file is not None
     target = cache_dir() / "models" / f"{alias_name}-{Path(alias.gguf_file).stem.lower()}"
-    if (target / ".complete").exists():
-        return target
-    with _convert_lock:
-        if (target / ".complete").exists():
-            return target
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    return build_cached_folder(target, lambda out: dequantize_gguf(pkg, alias, out))
 
-        logger.warning("converting %s from %s (once; cached in %s)", alias.hf_id, alias.gguf_file, target)
-        t0 = time.perf_counter()
-        tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=alias.gguf_file)
-        quantized = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=alias.gguf_file, dtype=torch.float32)
-        config = quantized.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config  # the weights are already dequantized; a plain model is serializable
-        config.name_or_path = alias.hf_id
-        plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config.to_dict()), dtype=torch.float32)
-        plain.load_state_dict(quantized.state_dict(), strict=False)
-        plain.tie_weights()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / ".complete").write_text(f"{alias.hf_id} from {alias.gguf_file}\n")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-        logger.warning("converted in %.1f s", time.perf_counter() - t0)
-    return target
+
+def dequantize_gguf(pkg: Path, alias: ModelAlias, out: Path) -> None:
+    """Save the package's GGUF model as a plain float32 HF folder (weights dequantized, tokenizer) into ``out``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    logger.warning("converting %s from %s (once; cached in %s)", alias.hf_id, alias.gguf_file, out.parent)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=alias.gguf_file)
+    quantized = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=alias.gguf_file, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are already dequantized; a plain model is serializable
+    config.name_or_path = alias.hf_id
+    plain = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config.to_dict()), dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=False)
+    plain.tie_weights()
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    logger.warning("converted in %.1f s", time.perf_counter() - t0)
 
 
 def resolve_model(name_or_path: str) -> str:
@@ -180,6 +205,24 @@ def resolve_model(name_or_path: str) -> str:
     elif _probe_hub(hf_id):
         return hf_id
     raise ModelNotFoundError(_not_found_message(name, alias))
+
+
+def describe_model(name: str = DEFAULT_MODEL) -> str:
+    """What ``name`` loads on this machine, in words, without probing the hub or converting anything."""
+    alias = ALIASES.get(name.lower())
+    if alias is None:
+        return name
+    if _in_local_hf_cache(alias.hf_id):
+        return f"{alias.hf_id}: the hub weights, from the local Hugging Face cache"
+    hub = ("" if hub_offline() else f"; the hub weights of {alias.hf_id} instead when the hub answers") + \
+        f"; the hub weights whenever {alias.hf_id} is in the local Hugging Face cache"
+    if alias.gguf_file and alias.package and _package_dir(alias.package) is not None:
+        quant = Path(alias.gguf_file).stem.rsplit(".", 1)[-1]
+        return (f"{alias.hf_id.split('/')[-1]} as the {quant} GGUF of the {alias.pip_spec.split('==')[0]} package, "
+                f"dequantized to float32 (not the original hub weights){hub}")
+    if alias.package and _package_dir(alias.package) is not None:
+        return f"{alias.hf_id} from the {alias.pip_spec.split('==')[0]} package"
+    return f"{alias.hf_id} (not installed here: {_not_found_message(name, alias)})"
 
 
 def _not_found_message(name: str, alias: ModelAlias | None) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compressor import Timings
+from ..compressor import Timings, batch_list
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import Prompt, TextSegment
 from ..registry import register_compressor
@@ -230,7 +230,7 @@ class InterleavedCompressor(SoftCompressor):
         self.module  # noqa: B018  (load outside the timed compression)
         timings["load"], self._load_seconds = self._load_seconds, 0.0
         with timings("prepare"):
-            laid = [self.layout(p, question, instruction) for p in prompts]
+            laid = [self.layout(p, question, instruction) for p in batch_list(prompts)]
             if not laid:
                 raise InvalidPromptError("no prompts to compress")
             items = [EncodedItem(self.plan_compressed(layout, prompt.separator), [], [], "qa",

@@ -9,8 +9,10 @@ Each example is a prompt with two or three images at ``<image>`` markers and a q
 - ``shape-what``   "... What shape is in the first image?" -> "circle"           (easy-VQA)
 
 plus single-image ``caption`` examples ("<image> What is this?" -> "a red circle" / "a cat") that train an adapter to
-describe one image. Train and test examples use disjoint images: CIFAR's 2,000 dev images are split 1,600 / 400,
-easy-VQA ships its own train and test images. Everything is seeded, so a split is the same in every run.
+describe one image. Train, validation and test examples use disjoint images: CIFAR's 2,000 dev images are split
+1,440 / 160 / 400; easy-VQA ships its own test images, and the last tenth of its train images are the validation
+split. Training runs and design choices are scored on ``validation``; ``test`` is for the reported numbers only.
+Everything is seeded, so a split is the same in every run.
 
     train = build_examples("shapes", "train", n=2000, seed=0)
     test = build_examples("shapes", "test", n=200, seed=1)
@@ -33,7 +35,9 @@ from ..prompt import Prompt, Role, TextSegment
 
 ORDINALS = ["first", "second", "third", "fourth", "fifth"]
 CIFAR_FILE = "cifar10_dev.npz"
-CIFAR_TEST_START = 1600  # images [0, 1600) train, [1600, 2000) test
+CIFAR_TEST_START = 1600  # images [0, 1440) train, [1440, 1600) validation, [1600, 2000) test
+VALIDATION_FRACTION = 0.1  # of the train images (CIFAR dev and easy-VQA train alike)
+SPLITS = ("train", "validation", "test")
 SHAPES = ("circle", "rectangle", "triangle")
 COLOURS = ("red", "green", "blue", "yellow", "teal", "brown", "gray", "black")
 CONTEXT_LINES = (
@@ -78,7 +82,8 @@ class InterleavedExample:
 # --------------------------------------------------------------------------------------------------- sources
 @functools.lru_cache(maxsize=4)
 def load_cifar(split: str, path: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """CIFAR-10 dev images ``[n, 32, 32, 3]`` uint8 and class names, split train (1,600) / test (400)."""
+    """CIFAR-10 dev images ``[n, 32, 32, 3]`` uint8 and class names, split train (1,440) / validation (160) /
+    test (400)."""
     _check_split(split)
     try:
         file = resolve_data_path(path or f"../shared/data/{CIFAR_FILE}")
@@ -87,8 +92,17 @@ def load_cifar(split: str, path: str | None = None) -> tuple[np.ndarray, list[st
                           f"holding data/{CIFAR_FILE}") from None
     data = np.load(file)
     images, labels = data["images"], [str(x) for x in data["labels"]]
-    sl = slice(0, CIFAR_TEST_START) if split == "train" else slice(CIFAR_TEST_START, None)
+    if split == "test":
+        sl = slice(CIFAR_TEST_START, None)
+    else:
+        cut = _train_cut(CIFAR_TEST_START)
+        sl = slice(0, cut) if split == "train" else slice(cut, CIFAR_TEST_START)
     return images[sl], labels[sl]
+
+
+def _train_cut(n: int) -> int:
+    """How many of ``n`` train-pool images train (the rest are the validation split)."""
+    return n - max(1, int(round(n * VALIDATION_FRACTION)))
 
 
 @functools.lru_cache(maxsize=4)
@@ -101,8 +115,9 @@ def load_shapes(split: str, max_images: int | None = None) -> tuple[np.ndarray, 
         raise ConfigError("the shapes tasks need the easy-vqa package: pip install easy-vqa==1.0") from None
     from PIL import Image
 
-    questions, answers, image_ids = (easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions())
-    paths = easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
+    pool = "test" if split == "test" else "train"  # validation: the last tenth of easy-VQA's train images
+    questions, answers, image_ids = (easy_vqa.get_train_questions() if pool == "train" else easy_vqa.get_test_questions())
+    paths = easy_vqa.get_train_image_paths() if pool == "train" else easy_vqa.get_test_image_paths()
     colour: dict[int, str] = {}
     shape: dict[int, str] = {}
     for q, a, i in zip(questions, answers, image_ids):
@@ -114,6 +129,8 @@ def load_shapes(split: str, max_images: int | None = None) -> tuple[np.ndarray, 
             if m and m.group(1) in COLOURS:
                 colour.setdefault(i, m.group(1))
     ids = sorted(i for i in paths if i in colour and i in shape)
+    if pool == "train":
+        ids = ids[: _train_cut(len(ids))] if split == "train" else ids[_train_cut(len(ids)):]
     if max_images:
         ids = ids[:max_images]
     images = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")) for i in ids])
@@ -121,8 +138,8 @@ def load_shapes(split: str, max_images: int | None = None) -> tuple[np.ndarray, 
 
 
 def _check_split(split: str) -> None:
-    if split not in ("train", "test"):
-        raise ConfigError(f"split must be 'train' or 'test', got {split!r}")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
 # ------------------------------------------------------------------------------------------------- examples

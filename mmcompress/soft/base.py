@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..compressor import Compressor, CompressorConfig, Timings
+from ..compressor import Compressor, CompressorConfig, Timings, batch_list
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import ImageSegment, Prompt, TextSegment
 from ..results import SoftPrompt, SoftSegment
@@ -163,7 +163,7 @@ class SoftCompressor(Compressor):
         _reject_budget(kwargs)
         timings = Timings()
         with timings("prepare"):
-            coerced = [self._coerce(p, question, instruction) for p in prompts]
+            coerced = [self._coerce(p, question, instruction) for p in batch_list(prompts)]
             if not coerced:
                 raise InvalidPromptError("no prompts to compress")
             spans = [(b, i) for b, p in enumerate(coerced) for i, s in enumerate(p.segments) if s.compressible]
@@ -307,13 +307,10 @@ class SoftCompressor(Compressor):
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any):
         """Load a compressor saved by :meth:`save_pretrained` (``model=`` may override the base model)."""
-        from safetensors.torch import load_file
+        from ..factory import load_saved_weights, read_saved_meta
 
         path = Path(path)
-        meta_file = path / CONFIG_FILE
-        if not meta_file.is_file():
-            raise ConfigError(f"{path} has no {CONFIG_FILE}; it is not a saved mmcompress compressor")
-        meta = json.loads(meta_file.read_text())
+        meta = read_saved_meta(path, CONFIG_FILE)
         if meta.get("compressor") != cls.name and cls.name:
             raise ConfigError(f"{path} holds a {meta.get('compressor')!r} compressor, not {cls.name!r}")
         fields = dict(meta["config"])
@@ -327,7 +324,7 @@ class SoftCompressor(Compressor):
         tokenizer = fields.pop("tokenizer", None)
         config = cls.config_class.from_dict(fields)
         compressor = cls(config, model=model_obj, tokenizer=tokenizer) if model_obj is not None else cls(config)
-        weights = load_file(str(path / WEIGHTS_FILE))
+        weights = load_saved_weights(path / WEIGHTS_FILE)
         compressor.load_trainable(weights, source=str(path))
         return compressor
 

@@ -21,6 +21,7 @@ def corpus_documents(path: str, tokenizer: Any, min_tokens: int, max_documents: 
             out.append(ids)
         if max_documents is not None and len(out) >= max_documents:
             break
-    if not out:
-        raise ConfigError(f"no document in {path} has {min_tokens} tokens or more")
+    if len(out) < 2:
+        raise ConfigError(f"{len(out)} document(s) in {path} have {min_tokens} tokens or more; training holds the "
+                          "last documents out for evaluation and needs at least 2 (documents are blank-line separated)")
     return out

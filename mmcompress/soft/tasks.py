@@ -51,6 +51,9 @@ def split_documents(docs: list[str], eval_fraction: float) -> tuple[list[str], l
     """The last ``eval_fraction`` of the documents are held out (a contiguous tail: no document is in both)."""
     if not 0.0 <= eval_fraction < 1.0:
         raise ConfigError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
+    if eval_fraction and len(docs) < 2:
+        raise ConfigError(f"the training text has {len(docs)} document(s) (blank-line separated); holding out "
+                          f"eval_fraction={eval_fraction} needs at least 2 (or set eval_fraction: 0)")
     cut = len(docs) - max(1, int(round(len(docs) * eval_fraction))) if eval_fraction else len(docs)
     return docs[:cut], docs[cut:]
 

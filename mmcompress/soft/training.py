@@ -6,9 +6,9 @@ from .gist import build_gist_task
 from .tasks import build_icae, build_kv, build_meanpool
 from .xrag_task import build as build_xrag
 
-register_task("icae")(build_icae)
-register_task("kv")(build_kv)
-register_task("meanpool")(build_meanpool)
-register_task("xrag")(build_xrag)
+register_task("icae", sections=("init_from",))(build_icae)
+register_task("kv", sections=("init_from",))(build_kv)
+register_task("meanpool", sections=("init_from",))(build_meanpool)
+register_task("xrag", sections=("objective",))(build_xrag)
 register_task("gist")(build_gist_task)
 register_task("autocompressor")(build_autocompressor_task)

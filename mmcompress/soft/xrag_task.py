@@ -14,6 +14,7 @@ Held-out splits are by document (paraphrase) and by article title (QA), so no he
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..training.tasks import TaskSetup
+from ..training.tasks import TaskSetup, check_keys
 from ..data_paths import resolve_data_path
 from .xrag import (
     PARAPHRASE_INSTRUCTIONS,
@@ -165,11 +166,13 @@ class XRAGCollator:
 def build(recipe: dict[str, Any]) -> TaskSetup:
     from .xrag import XRAG
 
+    objective = XRAGObjective(**check_keys("objective", recipe.get("objective"),
+                                           [f.name for f in dataclasses.fields(XRAGObjective)]))
     model_cfg = dict(recipe.get("model") or {})
     init_from = model_cfg.pop("init_from", None)
     compressor = XRAG.from_pretrained(init_from, **model_cfg) if init_from else XRAG(**model_cfg)
     module = compressor.module
-    module.objective = XRAGObjective(**(recipe.get("objective") or {}))
+    module.objective = objective
 
     data = dict(recipe.get("data") or {})
     kind = data.pop("kind", "paraphrase")

@@ -19,14 +19,36 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .run_folder import claim_output_dir, recipe_identity
 from .trainer import TrainConfig, Trainer, TrainResult, set_seed
 
 TASKS: Registry[Callable[[dict[str, Any]], TaskSetup]] = Registry("training task")
 
 
-def register_task(name: str):
-    """Decorator: make ``build(recipe) -> TaskSetup`` available to recipes under ``task: name``."""
-    return TASKS.register(name)
+COMMON_SECTIONS = ("task", "model", "data", "train")
+
+
+def register_task(name: str, *, sections: tuple[str, ...] = ()):
+    """Decorator: make ``build(recipe) -> TaskSetup`` available to recipes under ``task: name``. A recipe may hold
+    the common sections (task, model, data, train) and the task's own top-level ``sections``; any other key is an
+    error (a typo such as ``init_frm`` must not silently train from scratch)."""
+    def decorator(build: Callable[[dict[str, Any]], TaskSetup]):
+        build.recipe_sections = (*COMMON_SECTIONS, *sections)
+        return TASKS.register(name)(build)
+
+    return decorator
+
+
+def check_keys(where: str, values: Any, allowed: Any) -> dict[str, Any]:
+    """``values`` as a dict, after refusing keys outside ``allowed`` (a recipe section must be a mapping)."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"recipe section {where} must be a mapping, got {values!r}")
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(f"unknown {where} setting(s) {unknown}; valid: {sorted(allowed)}")
+    return dict(values)
 
 
 @dataclass
@@ -81,12 +103,17 @@ def run_recipe(recipe: dict[str, Any]) -> TrainResult:
 
     importlib.import_module("mmcompress")  # registers every family's tasks
     build = TASKS.get(recipe["task"])
+    check_keys(f"top-level recipe key for task {recipe['task']!r}:", recipe,
+               getattr(build, "recipe_sections", COMMON_SECTIONS))
     config = TrainConfig.from_dict(recipe.get("train"))
+    # the output folder is checked (and claimed) before the task loads any model
+    identity = recipe_identity(recipe)
+    claim = claim_output_dir(config.output_dir, identity, resume=config.resume, overwrite=config.overwrite)
     set_seed(config.seed)  # the task's fresh parameters are initialised reproducibly
     setup = build(recipe)
-    trainer = Trainer(setup.module, config, setup.train_dataset, setup.eval_dataset, setup.collate_fn)
+    trainer = Trainer(setup.module, config, setup.train_dataset, setup.eval_dataset, setup.collate_fn,
+                      identity=identity, claim=claim)
     output_dir = Path(config.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     result = trainer.train()
     if setup.finalize is not None and trainer.accelerator.is_main_process:

@@ -9,7 +9,9 @@ The module trained is any ``nn.Module`` with
 
 Only parameters with ``requires_grad=True`` are optimised and checkpointed, so a frozen base LLM is never copied
 into a checkpoint. A checkpoint holds those parameters (safetensors), the optimizer and scheduler states, the step
-and the RNG states; ``resume=True`` continues from the latest one in ``output_dir`` with the same data order.
+and the RNG states, in a form ``torch.load(weights_only=True)`` reads; ``resume=True`` continues from the latest
+checkpoint of the same run in ``output_dir`` with the same data order (see :mod:`.run_folder` for which run owns a
+folder, and why a fresh run refuses a non-empty one unless ``overwrite=True``).
 
 Single CPU or GPU runs as is; several GPUs, DeepSpeed or FSDP through ``accelerate launch`` (see the README).
 """
@@ -21,7 +23,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +32,26 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..config_base import Config
 from ..errors import ConfigError
+from .run_folder import (
+    CHECKPOINT_PREFIX,
+    ORDER_SETTINGS,
+    RunClaim,
+    checkpoint_run_id,
+    checkpoints,
+    claim_output_dir,
+    load_state,
+    rng_state,
+    set_rng_state,
+    write_checkpoint_file,
+)
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
-
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Optimisation settings (a recipe's ``train:`` section)."""
 
     output_dir: str = "runs/default"
@@ -59,6 +72,7 @@ class TrainConfig:
     seed: int = 0
     num_workers: int = 0
     resume: bool | str = False
+    overwrite: bool = False  # a fresh run may replace the previous run's checkpoints and log in output_dir
     compile: bool = False
     progress: bool = True
 
@@ -67,30 +81,11 @@ class TrainConfig:
         # from Python may still hold `no` as False and `5e-4` as a string
         if self.mixed_precision is False:
             self.mixed_precision = "no"
-        self._coerce_numbers()
+        super().__post_init__()  # type checks; numbers given as strings become numbers here, not deep in torch
         if self.schedule not in ("constant", "linear", "cosine"):
             raise ConfigError(f"schedule must be constant, linear or cosine, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
-        for name in ("max_steps", "batch_size", "grad_accum"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    def _coerce_numbers(self) -> None:
-        # numbers given as strings become numbers here rather than fail deep inside torch's optimizer
-        for f in fields(self):
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type))
-            value = getattr(self, f.name)
-            if kind is None or value is None or type(value) is kind:
-                continue
-            try:
-                number = math.nan if isinstance(value, bool) else float(value)
-            except (TypeError, ValueError):
-                number = math.nan
-            if math.isnan(number) or (kind is int and not number.is_integer()):
-                raise ConfigError(f"train setting {f.name} must be {'an integer' if kind is int else 'a number'}, "
-                                  f"got {value!r}")
-            setattr(self, f.name, kind(number))
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
@@ -108,10 +103,11 @@ class TrainResult:
     last_loss: float
     history: list[dict[str, Any]] = field(default_factory=list)
     output_dir: str = ""
+    start_step: int = 0  # the step a resumed run started from: ``seconds`` covers only the steps after it
 
     @property
     def steps_per_second(self) -> float:
-        return self.steps / self.seconds if self.seconds else 0.0
+        return (self.steps - self.start_step) / self.seconds if self.seconds else 0.0
 
 
 def set_seed(seed: int) -> None:
@@ -145,6 +141,9 @@ class Trainer:
         train_dataset: Dataset,
         eval_dataset: Dataset | None = None,
         collate_fn: Callable | None = None,
+        *,
+        identity: dict[str, Any] | None = None,
+        claim: RunClaim | None = None,
     ):
         from accelerate import Accelerator
 
@@ -152,6 +151,10 @@ class Trainer:
             raise ConfigError(f"{type(module).__name__} has no training_step(batch) method")
         self.config = config
         self.output_dir = Path(config.output_dir)
+        # what a resumed run must share with the run it continues (run_recipe passes the recipe's identity)
+        self.identity = identity if identity is not None else {
+            "module": type(module).__qualname__, "train": {k: getattr(config, k) for k in ORDER_SETTINGS}}
+        self.claim = claim
         self.accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
         set_seed(config.seed)
         self.module = module
@@ -187,10 +190,15 @@ class Trainer:
         from tqdm.auto import tqdm
 
         cfg = self.config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.resume:
-            self._resume()
-        log_file = (self.output_dir / "log.jsonl").open("a")
+        if self.claim is None:
+            self.claim = claim_output_dir(self.output_dir, self.identity, resume=cfg.resume, overwrite=cfg.overwrite)
+        if self.claim.resume_from is not None:
+            self._resume(self.claim.resume_from)
+            self.claim.resume_from = None  # a second train() call continues from where this one ends
+        elif cfg.resume:
+            logger.warning("resume requested but no checkpoint of this run in %s; starting fresh", self.output_dir)
+        start_step = self.step
+        log_file = self._open_log()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress or not self.accelerator.is_main_process,
                    desc="train", dynamic_ncols=True)
         self.module.train()
@@ -238,7 +246,23 @@ class Trainer:
             with (self.output_dir / "log.jsonl").open("a") as f:
                 self._log({"step": self.step, **{f"eval/{k}": v for k, v in self.evaluate().items()}}, f)
         return TrainResult(steps=self.step, seconds=time.perf_counter() - t_start, last_loss=last_loss,
-                           history=self.history, output_dir=str(self.output_dir))
+                           history=self.history, output_dir=str(self.output_dir), start_step=start_step)
+
+    def _open_log(self):
+        """The run's log for appending: records after the resumed step (written before an interruption, and about
+        to be written again) are dropped, so every step appears once."""
+        path = self.output_dir / "log.jsonl"
+        kept = []
+        if self.step and path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= self.step:
+                        kept.append(line)
+                except (ValueError, AttributeError):
+                    continue
+        if self.accelerator.is_main_process:
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        return path.open("a", encoding="utf-8")
 
     def _batches(self):
         """Endless batches, epoch after epoch. Each epoch's order is a function of (seed, epoch) alone, so a resumed
@@ -305,11 +329,10 @@ class Trainer:
         save_file(self.trainable_state(), str(tmp / "trainable.safetensors"))
         torch.save({
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "step": self.step,
-            "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch, "rng": rng_state(),
             "config": asdict(self.config),
         }, tmp / "state.pt")
+        write_checkpoint_file(tmp, self.claim.run_id if self.claim else "", self.step, self.identity)
         if path.exists():
             import shutil
 
@@ -319,44 +342,40 @@ class Trainer:
         return path
 
     def _prune_checkpoints(self) -> None:
+        """Remove this run's older checkpoints beyond ``keep_checkpoints``; another run's are never touched."""
         import shutil
 
-        for old in checkpoints(self.output_dir)[: -self.config.keep_checkpoints or None]:
+        run_id = self.claim.run_id if self.claim else ""
+        own = [p for p in checkpoints(self.output_dir) if checkpoint_run_id(p) == run_id
+               and int(p.name[len(CHECKPOINT_PREFIX):]) <= self.step]
+        for old in own[: -self.config.keep_checkpoints or None]:
             shutil.rmtree(old, ignore_errors=True)
 
-    def _resume(self) -> None:
+    def _resume(self, path: Path) -> None:
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        resume = self.config.resume
-        path = Path(resume) if isinstance(resume, str) else (checkpoints(self.output_dir) or [None])[-1]
-        if path is None:
-            logger.warning("resume requested but no checkpoint in %s; starting fresh", self.output_dir)
-            return
-        if not (path / "state.pt").exists():
+        if not (path / "state.pt").is_file():
             raise ConfigError(f"{path} is not a checkpoint (no state.pt)")
-        weights = load_file(str(path / "trainable.safetensors"))
-        missing = [n for n in self.trainable_state() if n not in weights]
+        try:
+            weights = load_file(str(path / "trainable.safetensors"))
+        except (OSError, SafetensorError) as e:
+            raise ConfigError(f"checkpoint {path} has no readable trainable.safetensors: {e}") from None
+        current = self.trainable_state()
+        missing = [n for n in current if n not in weights]
         if missing:
-            raise ConfigError(f"checkpoint {path} lacks trainable parameters {missing[:5]}")
+            raise ConfigError(f"checkpoint {path} lacks trainable parameters {missing[:5]}: it belongs to another model")
+        shapes = [f"{n} {tuple(weights[n].shape)} vs {tuple(t.shape)}" for n, t in current.items()
+                  if weights[n].shape != t.shape]
+        if shapes:
+            raise ConfigError(f"checkpoint {path} was trained with a different model shape ({'; '.join(shapes[:3])})")
+        state = load_state(path / "state.pt")
         self._unwrapped().load_state_dict(weights, strict=False)
-        state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        set_rng_state(state["rng"])
         logger.warning("resumed from %s at step %d", path, self.step)
-
-
-def checkpoints(output_dir: str | Path) -> list[Path]:
-    """Checkpoint folders in ``output_dir``, oldest first."""
-    root = Path(output_dir)
-    found = [p for p in root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
 def _to_device(batch: Any, device) -> Any:

@@ -2,6 +2,8 @@
 
 - :mod:`.encoders`: open_clip / HF CLIP / SigLIP / LLaVA towers -> patch tokens ``[B, N, D]`` (+ CLS, attention).
 - :mod:`.adapters`: ``[B, N, Dv] -> [B, K, D_llm]`` modules (MLP, Perceiver resampler, Q-Former, pooling).
+- :mod:`.reduction`: training-free reductions (VisionZip, PruMerge, ToMe, FastV, baselines).
+- :mod:`.runners`: :func:`create_vlm`, one runner for the HF VLM families (docs/vision.md).
 """
 from .adapters import (ADAPTERS, AdapterConfig, MLPProjector, PerceiverResampler, PoolAdapter, QFormer,
                        VisionAdapter, create_adapter, pool_tokens)
@@ -34,3 +36,6 @@ from .reduction import (FastV, PoolReduction, PruMerge, RandomReduction, Strided
 
 __all__ += ["FastV", "PoolReduction", "PruMerge", "RandomReduction", "StridedReduction", "ToMe", "VisionZip",
             "VisualReduction", "VisualTokens"]
+from .runners import create_vlm  # noqa: E402
+
+__all__ += ["create_vlm"]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config_base import Config
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, output_cache
 from .adapters import VisionAdapter
@@ -35,7 +36,7 @@ def _accepts(fn: Any, name: str) -> bool:
 
 
 @dataclass
-class SmallVLMConfig:
+class SmallVLMConfig(Config):
     prefix: str = "Question: What is in the image?\nImage:"
     suffix: str = "\nAnswer:"
     objective: str = "qa"  # qa | embedding

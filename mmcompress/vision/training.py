@@ -7,7 +7,7 @@ Recipe (``configs/train/small-vlm-cifar10.yaml``)::
     model: {encoder: open_clip:mmc-vit-tiny-p4-32, lm: smollm2-135m, objective: embedding,
             adapter: {name: perceiver, tokens: 16, depth: 2, heads: 4, dim_head: 48, max_patches: 64},
             nested_tokens: [1, 4, 16]}
-    data: {npz: ../shared/data/cifar10_dev.npz, train_fraction: 0.8, seed: 0}
+    data: {npz: ../shared/data/cifar10_dev.npz, train_fraction: 0.8, validation_fraction: 0.1, seed: 0}
     train: {max_steps: 600, batch_size: 64, lr: 1.0e-3, output_dir: runs/small-vlm}
 
 ``nested_tokens`` trains one resampler for several K at once (MQT-LLaVA: a random K per step, first K latents).
@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import ConfigError
-from ..training.tasks import TaskSetup, register_task
+from ..training.tasks import TaskSetup, check_keys, register_task
 
 
 @dataclass
@@ -48,6 +48,19 @@ def load_npz_split(path: str | Path, train_fraction: float = 0.8, seed: int = 0)
     cut = int(round(train_fraction * len(images)))
     tr, te = order[:cut], order[cut:]
     return LabelledImages(images[tr], labels[tr], classes), LabelledImages(images[te], labels[te], classes)
+
+
+def load_npz_splits(path: str | Path, train_fraction: float = 0.8, validation_fraction: float = 0.1,
+                    seed: int = 0) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """Train / validation / test: the test split is :func:`load_npz_split`'s, and the last ``validation_fraction``
+    of its train split is held out for choosing checkpoints and settings, so the test split is read only for the
+    reported numbers."""
+    if not 0.0 < validation_fraction < 1.0:
+        raise ConfigError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    pool, test = load_npz_split(path, train_fraction, seed)
+    cut = len(pool.labels) - max(1, int(round(len(pool.labels) * validation_fraction)))
+    part = lambda sl: LabelledImages(pool.images[sl], pool.labels[sl], pool.classes)  # noqa: E731
+    return part(slice(0, cut)), part(slice(cut, None)), test
 
 
 class ImageLabelDataset(Dataset):
@@ -113,13 +126,19 @@ def preprocess_all(encoder, images: np.ndarray, batch: int = 256) -> torch.Tenso
 
 @register_task("small_vlm")
 def build(recipe: dict[str, Any]) -> TaskSetup:
-    data_cfg, model_cfg = recipe.get("data", {}), recipe.get("model", {})
+    data_cfg = check_keys("data", recipe.get("data"), ("npz", "train_fraction", "validation_fraction", "seed",
+                                                       "eval_size"))
+    model_cfg = check_keys("model", recipe.get("model"), ("encoder", "lm", "adapter", "prefix", "suffix", "objective",
+                                                          "train_encoder", "temperature", "mse_weight",
+                                                          "nested_tokens"))
     if "npz" not in data_cfg:
         raise ConfigError("the small_vlm task needs data.npz (images + class-name labels)")
-    train, test = load_npz_split(data_cfg["npz"], data_cfg.get("train_fraction", 0.8), data_cfg.get("seed", 0))
+    # the run is scored on the validation split; the test split is left for the reported numbers
+    train, validation, _ = load_npz_splits(data_cfg["npz"], data_cfg.get("train_fraction", 0.8),
+                                           data_cfg.get("validation_fraction", 0.1), data_cfg.get("seed", 0))
     vlm = build_small_vlm(model_cfg, train.classes)
     module = NestedTokens(vlm, model_cfg["nested_tokens"]) if model_cfg.get("nested_tokens") else vlm
     train_ds = ImageLabelDataset(preprocess_all(vlm.encoder, train.images), train.labels, augment=True)
     eval_n = data_cfg.get("eval_size")
-    test_ds = ImageLabelDataset(preprocess_all(vlm.encoder, test.images[:eval_n]), test.labels[:eval_n])
-    return TaskSetup(module, train_ds, test_ds, finalize=lambda m, out: m.save_pretrained(Path(out) / "final"))
+    val_ds = ImageLabelDataset(preprocess_all(vlm.encoder, validation.images[:eval_n]), validation.labels[:eval_n])
+    return TaskSetup(module, train_ds, val_ds, finalize=lambda m, out: m.save_pretrained(Path(out) / "final"))

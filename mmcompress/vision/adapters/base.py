@@ -22,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ...config_base import Config
 from ...errors import ConfigError
 from ...registry import Registry
 
@@ -35,7 +36,7 @@ def register_adapter(name: str):
 
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(Config):
     """Fields every adapter has: input width ``in_dim`` (vision), output width ``out_dim`` (LLM embeddings) and the
     number of output tokens ``tokens`` (K; ``None`` keeps one token per patch)."""
 
@@ -44,19 +45,13 @@ class AdapterConfig:
     tokens: int | None = 64
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         for name in ("in_dim", "out_dim"):
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if self.tokens is not None and int(self.tokens) < 1:
             raise ConfigError(f"tokens must be a positive integer (or None for one per patch), got {self.tokens}")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> AdapterConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(values) - set(names))
-        if unknown:
-            raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {names}")
-        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,6 +32,7 @@ class EncoderOutput:
       ``P = num_prefix_tokens``; only when asked for.
     - ``keys``: ``[B, L, Dk]`` the attention keys of that layer (heads concatenated); ToMe's similarity metric.
     - ``grid``: ``(h, w)`` patch grid, ``h * w == N``.
+    - ``num_heads``: attention heads of that layer (``None``: taken from ``attentions``), to split ``keys`` by head.
     """
 
     patch_tokens: torch.Tensor
@@ -40,6 +41,7 @@ class EncoderOutput:
     keys: torch.Tensor | None = None
     grid: tuple[int, int] | None = None
     num_prefix_tokens: int = 0
+    num_heads: int | None = None
 
     @property
     def num_patches(self) -> int:
@@ -62,6 +64,18 @@ class EncoderOutput:
     def patch_keys(self) -> torch.Tensor | None:
         return None if self.keys is None else self.keys[:, self.num_prefix_tokens:]
 
+    def patch_keys_head_mean(self) -> torch.Tensor | None:
+        """``[B, N, Dk / H]`` patch keys averaged over heads: the metric of ToMe (``k.mean(1)``) and VisionZip."""
+        keys = self.patch_keys
+        if keys is None:
+            return None
+        heads = self.num_heads or (self.attentions.shape[1] if self.attentions is not None else None)
+        if heads is None:
+            raise ConfigError("cannot average keys over heads: num_heads is unknown (give num_heads or attentions)")
+        from einops import reduce
+
+        return reduce(keys, "b n (h d) -> b n d", "mean", h=heads)
+
     def select(self, index: torch.Tensor) -> EncoderOutput:
         """Rows ``index`` of the batch (e.g. one image)."""
         pick = lambda t: None if t is None else t[index]  # noqa: E731
@@ -73,6 +87,7 @@ class VisionEncoder(nn.Module):
     """Base class: ``preprocess(images) -> pixels``, ``forward(pixels) -> EncoderOutput``, ``encode(images)``."""
 
     kind: str = ""
+    randomly_initialised: bool = False  # True for a tower built without pretrained weights
 
     @property
     def hidden_size(self) -> int:

@@ -78,6 +78,7 @@ class OpenCLIPEncoder(VisionEncoder):
 
         _ensure_toolkit_configs()
         self.name, self.pretrained, self.layer = name, pretrained, layer
+        self.randomly_initialised = model is None and not pretrained
         if model is None:
             if name not in open_clip.list_models() and not name.startswith(("hf-hub:", "local-dir:")):
                 raise ModelNotFoundError(

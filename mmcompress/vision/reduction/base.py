@@ -16,6 +16,7 @@ projector, as VisionZip and PruMerge do.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ import torch
 
 from ...budget import check_rate
 from ...compressor import Compressor, CompressorConfig, Timings
-from ...errors import BudgetError, ConfigError
+from ...errors import BudgetError, ConfigError, RandomWeightsWarning
 from ..encoders.base import EncoderOutput
 
 
@@ -54,7 +55,8 @@ class ReductionConfig(CompressorConfig):
 @dataclass
 class ReductionResult:
     """``tokens [B, K, D]``; ``indices [B, K]`` the patch each output token is anchored at (kept tokens; the
-    destination of a merge); ``sizes [B, K]`` how many original patches each output token stands for."""
+    destination of a merge; ``-1`` for a token that stands at no patch: VisionZip's CLS token, PruMerge's extra
+    token); ``sizes [B, K]`` how many original patches each output token stands for (0 for the CLS token)."""
 
     tokens: torch.Tensor
     indices: torch.Tensor
@@ -118,6 +120,7 @@ class VisualReduction(Compressor):
     family = "vision"
     config_class: ClassVar[type[ReductionConfig]] = ReductionConfig
     needs_attention: ClassVar[bool] = False  # does reduce() read the CLS attention / keys?
+    ranks_patches: ClassVar[bool] = True  # does the choice depend on what the encoder learned (not pool / stride)?
 
     def __init__(self, config: ReductionConfig | None = None, *, encoder: Any = None, **overrides: Any):
         if isinstance(encoder, str):  # a spec is a config field; an encoder object is used as is
@@ -153,7 +156,8 @@ class VisualReduction(Compressor):
         if self.needs_attention and features.attentions is None:
             raise ConfigError(f"{self.name} needs attention maps: encode with output_attentions=True")
         result = self.reduce_to(features, k)
-        assert result.tokens.shape[1] == k, f"{self.name} returned {result.tokens.shape[1]} tokens, not {k}"
+        if not result.extras.get("adaptive"):  # an adaptive method (PruMerge adaptive=True) picks its own count
+            assert result.tokens.shape[1] == k, f"{self.name} returned {result.tokens.shape[1]} tokens, not {k}"
         return result
 
     def reduce_to(self, features: EncoderOutput, k: int) -> ReductionResult:
@@ -188,6 +192,7 @@ class VisualReduction(Compressor):
         t0 = time.perf_counter()
         encoder = self.encoder
         timings["load"] = time.perf_counter() - t0
+        self._warn_if_random(encoder)
         with timings("encode"), torch.no_grad():
             features = encoder.encode(pics, output_attentions=self.needs_attention)
         k = self.budget(features.num_patches, tokens=tokens, rate=rate)
@@ -196,6 +201,19 @@ class VisualReduction(Compressor):
         timings["total"] = timings["prepare"] + timings["encode"] + timings["compress"]
         return VisualTokens(result.tokens, result.indices, result.sizes, result.num_patches, self.name,
                             dict(timings), result.extras)
+
+
+    def _warn_if_random(self, encoder: Any) -> None:
+        if not self.ranks_patches or not getattr(encoder, "randomly_initialised", False):
+            return
+        if getattr(self, "_warned_random", False):
+            return
+        self._warned_random = True
+        warnings.warn(RandomWeightsWarning(
+            f"{self.name} ranks patches with a randomly initialised encoder ({self.config.encoder}, no pretrained "
+            "weights): the tokens it keeps carry no learned saliency, no better than vision_random. Set pretrained= "
+            "(an open_clip tag or checkpoint file), encoder='hf_clip:<model id or folder>', or pass your VLM's own "
+            "tower as encoder="), stacklevel=3)
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -207,8 +225,14 @@ def unit_sizes(index: torch.Tensor) -> torch.Tensor:
     return torch.ones(index.shape, dtype=torch.long, device=index.device)
 
 
-def normalized_metric(features: EncoderOutput) -> torch.Tensor:
-    """The similarity metric of merging methods: the layer's attention keys when available (ToMe, VisionZip,
-    PruMerge), else the tokens themselves; L2-normalised."""
-    metric = features.patch_keys if features.keys is not None else features.patch_tokens
-    return torch.nn.functional.normalize(metric.float(), dim=-1)
+def key_metric(features: EncoderOutput, head_mean: bool) -> torch.Tensor:
+    """The similarity metric of merging methods: the layer's attention keys when available, averaged over heads
+    (ToMe's ``k.mean(1)``, VisionZip) or with heads concatenated (PruMerge's ``k_proj`` output); else the tokens."""
+    if features.keys is None:
+        return features.patch_tokens.float()
+    return (features.patch_keys_head_mean() if head_mean else features.patch_keys).float()
+
+
+def normalized_metric(features: EncoderOutput, head_mean: bool = False) -> torch.Tensor:
+    """:func:`key_metric`, L2-normalised."""
+    return torch.nn.functional.normalize(key_metric(features, head_mean), dim=-1)

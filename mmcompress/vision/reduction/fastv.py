@@ -119,7 +119,9 @@ def fastv_pruning(model: nn.Module, image_mask: torch.Tensor, keep: int, layer: 
             args[0] = hidden
         pe = kwargs.get("position_embeddings")
         if pe is not None and pe[0].shape[1] == length:
-            kwargs["position_embeddings"] = tuple(t.gather(1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1])) for t in pe)
+            # rotary tables are computed once for the batch ([1, L, D] when rows share positions): expand first
+            kwargs["position_embeddings"] = tuple(
+                t.expand(index.shape[0], -1, -1).gather(1, index.unsqueeze(-1).expand(-1, -1, t.shape[-1])) for t in pe)
         pid = kwargs.get("position_ids")
         if isinstance(pid, torch.Tensor) and pid.shape[-1] == length:
             kwargs["position_ids"] = pid.expand(index.shape[0], -1).gather(1, index)
@@ -164,7 +166,7 @@ class FastV(VisualReduction):
 
     def reduce_to(self, features, k: int):
         raise ConfigError("FastV prunes inside the language model: use it with a VLM "
-                          "(mmcompress.vision.vlm.LlavaRunner or `mmcompress compress --model <vlm>`)")
+                          "(mmcompress.vision.runners.create_vlm or `mmcompress compress --model <vlm>`)")
 
     def compress(self, prompt: Any, **kwargs: Any):
         return self.reduce_to(None, 0)

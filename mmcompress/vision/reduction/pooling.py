@@ -28,6 +28,8 @@ def pool_regions(n: int, k: int, grid: tuple[int, int] | None = None) -> list[li
 class PoolReduction(VisualReduction):
     """Average pooling of the patch grid to K tokens (M3-style baseline)."""
 
+    ranks_patches = False  # the choice ignores what the encoder computed
+
     def reduce_to(self, features, k: int) -> ReductionResult:
         x = features.patch_tokens
         n = x.shape[1]

@@ -11,6 +11,9 @@ from .base import ReductionResult, VisualReduction, gather_tokens, unit_sizes
 @register_compressor("vision_random")
 class RandomReduction(VisualReduction):
     """Random visual-token pruning (seeded baseline)."""
+
+    ranks_patches = False  # the choice ignores what the encoder computed
+
     def reduce_to(self, features, k: int) -> ReductionResult:
         x = features.patch_tokens
         g = torch.Generator().manual_seed(self.config.seed)

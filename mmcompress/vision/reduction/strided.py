@@ -17,6 +17,9 @@ def strided_indices(n: int, k: int, device=None) -> torch.Tensor:
 @register_compressor("vision_strided")
 class StridedReduction(VisualReduction):
     """Uniform-stride visual-token selection (baseline)."""
+
+    ranks_patches = False  # the choice ignores what the encoder computed
+
     def reduce_to(self, features, k: int) -> ReductionResult:
         x = features.patch_tokens
         index = strided_indices(x.shape[1], k, x.device).expand(x.shape[0], -1)

@@ -1,0 +1,91 @@
+"""Config fields are type-checked when a config is built (from Python, YAML or ``--set``), and training recipes
+refuse unknown keys at every level, before any model is loaded."""
+from __future__ import annotations
+
+import pytest
+
+from mmcompress import create_compressor
+from mmcompress.cli import main
+from mmcompress.errors import ConfigError
+from mmcompress.training import TrainConfig, load_recipe, run_recipe
+from mmcompress.yaml_io import load_yaml
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", "abc", "RandomConfig.seed must be an integer"),
+    ("seed", 1.5, "RandomConfig.seed must be an integer"),
+    ("dtype", "float7", "RandomConfig.dtype must be one of"),
+    ("device", "quantum", "RandomConfig.device must be"),
+    ("unit", 3, "RandomConfig.unit must be a string"),
+    ("target_tokenizer", 7, "RandomConfig.target_tokenizer must be"),
+])
+def test_wrong_types_are_config_errors_naming_the_field(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        create_compressor("random", **{field: value})
+
+
+def test_harmless_spellings_are_coerced(tiny_dir):
+    # a numeric string for an int field, a path for a str field
+    compressor = create_compressor("random", seed="3", model=str(tiny_dir), target_tokenizer=tiny_dir)
+    assert compressor.config.seed == 3 and compressor.config.target_tokenizer == str(tiny_dir)
+    assert TrainConfig.from_dict({"lr": "5e-4", "max_steps": 20.0}).max_steps == 20
+
+
+@pytest.mark.parametrize("text, message", [
+    ("lr: -1", "TrainConfig.lr must be >= 0"),
+    ("lr: .nan", "TrainConfig.lr must be a finite number"),
+    ("seed: abc", "TrainConfig.seed must be an integer"),
+    ("progress: maybe", "TrainConfig.progress must be true or false"),
+    ("log_every: 0", "TrainConfig.log_every must be > 0"),
+])
+def test_train_settings_from_yaml_are_checked(text, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.from_dict(load_yaml(text))
+
+
+def test_scorer_batch_budget_must_be_positive():
+    with pytest.raises(ConfigError, match="SelectiveContextConfig.max_batch_tokens must be > 0"):
+        create_compressor("selective_context", max_batch_tokens=-1)
+
+
+def test_yaml_config_and_cli_set_are_checked(tmp_path, capsys, tiny_dir):
+    config = tmp_path / "random.yaml"
+    config.write_text("compressor: random\ndtype: float7\n")
+    with pytest.raises(ConfigError, match="dtype"):
+        create_compressor(str(config))
+    for pair, field in (("seed=abc", "seed"), ("dtype=float7", "dtype"), ("device=quantum", "device")):
+        code = main(["compress", "A literal prompt with several words in it.", "--method", "random",
+                     "--model", str(tiny_dir), "--set", pair])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith("error: ") and f"RandomConfig.{field}" in err
+
+
+@pytest.mark.parametrize("task, key, value, message", [
+    ("icae", "init_frm", "runs/icae/final", r"top-level recipe key.*\['init_frm'\]"),
+    ("small_vlm", "data", {"npz": "x.npz", "eval_sise": 8}, r"unknown data setting.*eval_sise"),
+    ("small_vlm", "model", {"adaptr": {}}, r"unknown model setting.*adaptr"),
+    ("llmlingua2", "teacher", {"method": "random", "rat": 0.5}, r"unknown teacher setting.*rat"),
+    ("llmlingua2", "model", {"encoder": "minilm-l6", "max_lenght": 64}, r"unknown model setting.*max_lenght"),
+    ("xrag", "objective", {"kll": 1.0}, r"unknown objective setting.*kll"),
+])
+def test_recipe_typos_are_refused_at_every_level(tmp_path, task, key, value, message):
+    # the model does not exist: the typo must be reported first, before anything is loaded
+    model = {"llmlingua2": {"encoder": str(tmp_path / "missing")}, "small_vlm": {"lm": str(tmp_path / "missing")}}
+    recipe = {"task": task, "model": model.get(task, {"model": str(tmp_path / "missing")}),
+              "train": {"output_dir": str(tmp_path / "run")}, key: value}
+    with pytest.raises(ConfigError, match=message):
+        run_recipe(recipe)
+
+
+def test_shipped_recipes_pass_the_key_checks():
+    from pathlib import Path
+
+    from mmcompress.training.tasks import TASKS
+
+    checked = 0
+    for path in sorted(Path(__file__).resolve().parent.parent.glob("mmcompress/configs/train/*.yaml")):
+        recipe = load_recipe(path)
+        allowed = TASKS.get(recipe["task"]).recipe_sections
+        assert set(recipe) <= set(allowed), path
+        checked += 1
+    assert checked >= 10
