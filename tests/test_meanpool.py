@@ -121,14 +121,13 @@ def _chunks(n, size=16):
 
 
 def test_tiny_meanpool_learns_to_reconstruct(tiny_lm):
-    from test_soft import _learnable_llama
-    from tiny_models import CORPUS
+    from tiny_models import CORPUS, make_learnable_llama
 
     _, tok = tiny_lm
     ids = tok(CORPUS, add_special_tokens=False)["input_ids"]
     spans = [ids[i : i + 8] for i in range(0, 64, 8)]
     torch.manual_seed(0)
-    c = MeanPoolCompressor(model=_learnable_llama(tok), tokenizer=tok, pool_ratio=2, chunk_tokens=8, lora_r=8,
+    c = MeanPoolCompressor(model=make_learnable_llama(tok), tokenizer=tok, pool_ratio=2, chunk_tokens=8, lora_r=8,
                            lora_alpha=16)
     module = c.module
     module.train()
