@@ -79,7 +79,7 @@ def machine_line() -> str:
 
 def command_line() -> str:
     """The command that produced a result, as it can be pasted back into a shell."""
-    return " ".join(shlex.quote(a) for a in [f"python {sys.argv[0]}", *sys.argv[1:]])
+    return "PYTHONPATH=. python " + " ".join(shlex.quote(a) for a in sys.argv)
 
 
 def add_common_args(parser: argparse.ArgumentParser, out: str) -> argparse.ArgumentParser:

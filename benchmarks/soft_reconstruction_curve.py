@@ -1,4 +1,4 @@
-"""Reconstruction BLEU-4 on held-out text against training steps, for icae / kv at 4x (128 tokens -> 32 slots).
+"""Reconstruction BLEU-4 on held-out text against training steps, for icae / kv / meanpool at 4x (--window tokens -> 1/4 as many positions).
 
 Trains from the shipped recipe (``configs/train/<method>-pretrain.yaml``) with the given overrides and, at each step
 in ``--points`` (and at step 0, the untrained compressor), pauses training to regenerate ``--eval-texts`` held-out
@@ -21,16 +21,25 @@ import contextlib
 import functools
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
-from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from common import describe_machine, machine_stamp  # benchmarks/ is on sys.path: the script's folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", default="icae", choices=["icae", "kv"])
+    ap.add_argument("--method", default="icae", choices=["icae", "kv", "meanpool"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="the base model's weights (bfloat16: no per-step casts on AMX CPUs; the adapter stays float32)")
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+    ap.add_argument("--window", type=int, default=128, help="tokens per window (compressed 4x)")
+    ap.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: the recipe's)")
+    ap.add_argument("--decoder-lora-r", type=int, default=0, help="> 0: train a decoder-side LoRA of this rank too")
+    ap.add_argument("--budget-cpu-minutes", type=float, default=0.0,
+                    help="stop before a point that would end past this much process CPU time (fair under load)")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--points", default="2,4", help="training steps at which to evaluate (step 0 is always evaluated)")
     ap.add_argument("--budget-minutes", type=float, default=0.0, help="stop before a point that would end past this")
@@ -59,8 +68,14 @@ def main() -> None:
     points = sorted({int(x) for x in args.points.split(",") if int(x) > 0})
     out_dir = Path(args.output_dir) / args.method
     shutil.rmtree(out_dir, ignore_errors=True)  # a curve starts from scratch; an old log would mix in
+    sizes = {"model.chunk_tokens": args.window, "data.context_tokens": args.window}
+    sizes.update({"model.pool_ratio": 4} if args.method == "meanpool" else {"model.num_slots": args.window // 4})
+    if args.lora_r:
+        sizes.update({"model.lora_r": args.lora_r, "model.lora_alpha": args.lora_r})
+    if args.decoder_lora_r:
+        sizes["model.decoder_lora_r"] = args.decoder_lora_r
     recipe = load_recipe(f"configs/train/{args.method}-pretrain.yaml", {
-        "model.model": args.model, "model.device": "cpu", "model.dtype": "float32",
+        **sizes, "model.model": args.model, "model.device": "cpu", "model.dtype": args.dtype,
         "train.max_steps": points[-1], "train.batch_size": args.batch_size, "train.lr": args.lr,
         "train.warmup_steps": args.warmup, "train.schedule": args.schedule, "train.save_every": 0,
         "train.eval_every": 0, "train.eval_batches": args.eval_batches, "train.log_every": 1,
@@ -84,11 +99,12 @@ def main() -> None:
     trainer = Trainer(module, TrainConfig.from_dict(recipe["train"]), setup.train_dataset, setup.eval_dataset,
                       setup.collate_fn)
     compressor = _compressor_of(setup)
+    compressor.llm.set_attn_implementation(args.attn)
     tok = compressor.tokenizer
     texts = [tok.decode(w) for w in held_out_windows(recipe, tok)[: args.eval_texts]]
 
     t_start = time.perf_counter()
-    train_seconds, curve = 0.0, []
+    train_seconds, cpu_seconds, curve = 0.0, 0.0, []
 
     def evaluate(step: int, teacher_forced: dict) -> None:
         module.eval()
@@ -97,6 +113,7 @@ def main() -> None:
             report = evaluate_reconstruction(compressor, texts, batch_size=args.eval_texts)
         module.train()
         curve.append({"step": step, "examples_seen": step * args.batch_size, "train_seconds": round(train_seconds, 1),
+                      "train_cpu_seconds": round(cpu_seconds, 1),
                       "wall_seconds": round(time.perf_counter() - t_start, 1), "bleu4": report.bleu4,
                       "token_accuracy": report.token_accuracy, "ratio": report.ratio,
                       "eval_seconds": round(time.perf_counter() - t0, 1),
@@ -108,6 +125,10 @@ def main() -> None:
     evaluate(0, {f"eval/{k}": v for k, v in trainer.evaluate().items()})
     write(args, out_dir, curve, texts)
     for point in points:
+        if args.budget_cpu_minutes and trainer.step:
+            if cpu_seconds + (point - trainer.step) * cpu_seconds / trainer.step > args.budget_cpu_minutes * 60:
+                print(f"stopping before step {point}: past the {args.budget_cpu_minutes} CPU-minute budget", flush=True)
+                break
         if args.budget_minutes and trainer.step:
             per_step = train_seconds / trainer.step
             eval_cost = max(c["eval_seconds"] for c in curve) + 30
@@ -115,9 +136,10 @@ def main() -> None:
                 print(f"stopping before step {point}: it would end past the {args.budget_minutes} min budget", flush=True)
                 break
         trainer.config.max_steps = point  # train() runs up to max_steps; the constant schedule ignores it
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         trainer.train()  # ends with a teacher-forced held-out evaluation (eval_every=0), logged to history
         train_seconds += time.perf_counter() - t0
+        cpu_seconds += time.process_time() - c0
         evaluate(point, trainer.history[-1])
         write(args, out_dir, curve, texts)
         if args.save_to:
@@ -152,7 +174,7 @@ def save(compressor, path: Path, step: int, args) -> None:
     text = loaded.reconstruct(soft, max_new_tokens=16)[0]
     ready = path.parent / "READY"
     lines = [x for x in (ready.read_text().splitlines() if ready.exists() else []) if not x.startswith(f"{path.name}:")]
-    lines.append(f"{path.name}: {path} ({args.method}, 4x: 128 tokens -> 32 slots, SmolLM2-135M; trained {step} steps "
+    lines.append(f"{path.name}: {path} ({args.method}, 4x: {args.window}-token windows, SmolLM2-135M; trained {step} steps "
                  f"of batch {args.batch_size}; loads with create_compressor('{path}') and generates, e.g. {text[:40]!r})")
     ready.write_text("\n".join(sorted(lines)) + "\n")
     print(f"saved {path} at step {step}; reload generated {text!r}", flush=True)
@@ -165,8 +187,10 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
     train_log = [{"step": r["step"], "loss": r["loss"], "token_accuracy": r.get("token_accuracy")} for r in log if "loss" in r]
     last = curve[-1]
     steps_per_s = last["step"] / last["train_seconds"] if last["train_seconds"] else 0.0
-    machine = f"{machine_line()}; shortened CPU schedule"
-    data = {"method": args.method, "model": args.model, "args": vars(args), "machine": machine,
+    stamp = machine_stamp()
+    machine = f"{describe_machine(stamp)}; shared with other jobs (CPU time is the fair budget)"
+    data = {"method": args.method, "model": args.model, "args": vars(args), "machine": machine, "machine_stamp": stamp,
+            "command": command(args),
             "schedule": "shortened CPU schedule", "steps_per_s": steps_per_s, "curve": curve, "train_log": train_log,
             "reference_text": texts[0][:200]}
     stem = Path(args.out or f"benchmarks/results/{args.method}_reconstruction_curve")
@@ -177,7 +201,7 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
                if args.init_from else []),
              f"Machine: {machine}. Command: `{command(args)}`. Training so far: {last['step']} steps of batch "
              f"{args.batch_size} in {last['train_seconds']:.0f} s ({steps_per_s:.3f} steps/s, evaluation excluded).", "",
-             f"Held-out: greedy reconstruction of {len(texts)} windows of 128 tokens from the last 5% of documents of "
+             f"Held-out: greedy reconstruction of {len(texts)} windows of {args.window} tokens from the last 5% of documents of "
              "corpus_wiki_news.txt (BLEU-4, positional token accuracy); teacher-forced loss / token accuracy on "
              f"{args.eval_batches} held-out batches.", "",
              "| step | examples | train s | BLEU-4 | token acc. (greedy) | held-out loss (TF) | token acc. (TF) |",
@@ -195,13 +219,20 @@ def _fmt(value, spec: str) -> str:
 
 
 def command(args) -> str:
-    parts = [f"--method {args.method}", f"--points {args.points}", f"--batch-size {args.batch_size}", f"--lr {args.lr}",
+    parts = [f"--method {args.method}", f"--dtype {args.dtype}", f"--attn {args.attn}", f"--window {args.window}",
+             f"--points {args.points}", f"--batch-size {args.batch_size}", f"--lr {args.lr}",
              f"--warmup {args.warmup}", f"--schedule {args.schedule}", f"--eval-texts {args.eval_texts}",
              f"--eval-batches {args.eval_batches}"]
     if args.budget_minutes:
         parts.append(f"--budget-minutes {args.budget_minutes:g}")
     if args.bf16:
         parts.append("--bf16")
+    if args.lora_r:
+        parts.append(f"--lora-r {args.lora_r}")
+    if args.decoder_lora_r:
+        parts.append(f"--decoder-lora-r {args.decoder_lora_r}")
+    if args.budget_cpu_minutes:
+        parts.append(f"--budget-cpu-minutes {args.budget_cpu_minutes:g}")
     if args.threads:
         parts.append(f"--threads {args.threads}")
     if args.save_to:

@@ -1,70 +1,78 @@
-"""Do the slots carry the text? Teacher-forced reconstruction loss / token accuracy of a saved icae / kv compressor
-on held-out windows, with each window's own soft prompt ("matched") and with the soft prompt of another window
-("mismatched": the chunks rolled by one across the batch). A compressor whose slots only act as a learned,
-text-independent prefix (prefix tuning for the domain) scores the same both ways; the gap is what the slots carry.
+"""Does the soft prompt carry its window? Held-out reconstruction of saved soft compressors: teacher-forced loss and
+token accuracy with each window's own soft prompt ("matched") and with another window's ("mismatched": the chunks
+rolled by one across the batch), and greedy regeneration scored by BLEU-4 and positional token accuracy.
 
-    PYTHONPATH=. python benchmarks/soft_slot_control.py --compressor /work/runs/soft/icae --compressor /work/runs/soft/kv
+A compressor whose soft prompt only acts as a learned, text-independent prefix scores the same both ways; the gap
+is what the soft prompt carries. Windows are the recipe's held-out documents (the last 5% of the corpus, never
+trained on), cut into windows of the compressor's own ``chunk_tokens``.
+
+    PYTHONPATH=. python benchmarks/soft_slot_control.py --compressor soft-smollm2-4x --windows 64
 """
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import torch
-from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+
+from common import add_common_args, apply_common_args, write_results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--compressor", action="append", required=True, help="saved compressor folder (repeatable)")
-    ap.add_argument("--recipe", default="configs/train/icae-pretrain.yaml", help="its data section gives the held-out text")
-    ap.add_argument("--windows", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--out", default="benchmarks/results/soft_slot_control")
+    ap.add_argument("--compressor", action="append", required=True, help="saved folder or shipped name (repeatable)")
+    ap.add_argument("--text", default="../shared/data/corpus_wiki_news.txt", help="the corpus the recipes train on")
+    ap.add_argument("--eval-fraction", type=float, default=0.05, help="its held-out tail (as in the recipes)")
+    ap.add_argument("--windows", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--no-greedy", action="store_true", help="teacher-forced numbers only")
+    add_common_args(ap, "benchmarks/results/soft_slot_control")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_common_args(args)
 
     from mmcompress import create_compressor
+    from mmcompress.evaluation.reconstruction import evaluate_reconstruction
     from mmcompress.soft.losses import collate
     from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
-    from mmcompress.training import load_recipe
 
-    data = {**DATA_DEFAULTS, **load_recipe(args.recipe)["data"]}
     rows = []
-    for path in args.compressor:
-        c = create_compressor(path, device="cpu", dtype="float32")
+    for name in args.compressor:
+        c = create_compressor(name, device="cpu")
         tok = c.tokenizer
+        data = {**DATA_DEFAULTS, "text": args.text, "eval_fraction": args.eval_fraction,
+                "context_tokens": c.config.chunk_tokens, "eval_examples": args.windows}
         _, held = build_datasets(data, tok, tok.eos_token_id)
-        batch = collate([held[i] for i in range(args.windows)], c.config.chunk_tokens, tok.pad_token_id)
-        if int(batch["chunk_span"].max()) != args.windows - 1 or len(batch["chunk_span"]) != args.windows:
-            raise SystemExit("expected one chunk per window")
-        rolled = {**batch, "chunk_ids": batch["chunk_ids"].roll(1, 0), "chunk_mask": batch["chunk_mask"].roll(1, 0)}
+        if len(held) < args.windows:
+            raise SystemExit(f"only {len(held)} held-out windows of {c.config.chunk_tokens} tokens")
         module = c.module.eval()
-        with torch.no_grad():
-            matched, mismatched = module.evaluation_step(batch), module.evaluation_step(rolled)
-        trained = Path(path) / "TRAINED.json"
-        rows.append({"compressor": path, "method": c.name,
-                     "trained": json.loads(trained.read_text()) if trained.exists() else None,
-                     "matched_loss": matched["loss"], "matched_token_accuracy": matched["token_accuracy"],
-                     "mismatched_loss": mismatched["loss"], "mismatched_token_accuracy": mismatched["token_accuracy"]})
-        print(json.dumps(rows[-1]), flush=True)
+        sums = {"matched_loss": 0.0, "matched_token_accuracy": 0.0, "mismatched_loss": 0.0,
+                "mismatched_token_accuracy": 0.0}
+        batches = range(0, args.windows, args.batch_size)
+        for start in batches:
+            batch = collate([held[i] for i in range(start, start + args.batch_size)], c.config.chunk_tokens,
+                            tok.pad_token_id)
+            rolled = {**batch, "chunk_ids": batch["chunk_ids"].roll(1, 0), "chunk_mask": batch["chunk_mask"].roll(1, 0)}
+            with torch.no_grad():
+                for key, b in (("matched", batch), ("mismatched", rolled)):
+                    out = module.evaluation_step(b)
+                    sums[f"{key}_loss"] += out["loss"] / len(batches)
+                    sums[f"{key}_token_accuracy"] += out["token_accuracy"] / len(batches)
+        row = {"compressor": str(name), "method": c.name, "window": c.config.chunk_tokens,
+               "ratio": c.config.nominal_ratio, "windows": args.windows, **sums}
+        if not args.no_greedy:
+            texts = [tok.decode(held[i].context) for i in range(args.windows)]
+            report = evaluate_reconstruction(c, texts, batch_size=args.batch_size)
+            row.update({"greedy_bleu4": report.bleu4, "greedy_token_accuracy": report.token_accuracy,
+                        "achieved_ratio": report.ratio, "sample": report.outputs[0][:160],
+                        "reference": texts[0][:160]})
+        rows.append(row)
+        print(row, flush=True)
         del c, module
-    command = "PYTHONPATH=. python benchmarks/soft_slot_control.py " + " ".join(f"--compressor {p}" for p in args.compressor)
-    machine = machine_line()
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "machine": machine, "windows": args.windows,
-                                                    "rows": rows}, indent=2) + "\n")
-    lines = [f"# Do the slots carry the text? ({args.windows} held-out windows of 128 tokens, teacher-forced)", "",
-             f"Machine: {machine}. Command: `{command}`", "",
-             "| compressor | trained steps | loss matched | loss mismatched | token acc. matched | token acc. mismatched |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        steps = r["trained"]["step"] if r["trained"] else "-"
-        lines.append(f"| {r['method']} ({r['compressor']}) | {steps} | {r['matched_loss']:.3f} | {r['mismatched_loss']:.3f} | "
-                     f"{r['matched_token_accuracy']:.3f} | {r['mismatched_token_accuracy']:.3f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    columns = ["compressor", "method", "window", "ratio", "windows", "matched_token_accuracy",
+               "mismatched_token_accuracy", "matched_loss", "mismatched_loss", "greedy_bleu4", "greedy_token_accuracy"]
+    write_results(args.out, "Does the soft prompt carry its window? Held-out reconstruction", rows, columns=columns,
+                  notes="Teacher-forced: matched = each window's own soft prompt, mismatched = the previous window's. "
+                        "Greedy: regenerate each window from its soft prompt (BLEU-4, positional token accuracy).")
 
 
 if __name__ == "__main__":

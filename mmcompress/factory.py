@@ -24,6 +24,22 @@ from .registry import COMPRESSORS
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"
 _CONFIG_PATHS: list[Path] = [SHIPPED_CONFIGS]
 SAVED_CONFIG_FILE = "mmcompress_config.json"  # written by save_pretrained of trainable compressors
+# trained compressors shipped inside the package (package data): saved folders loadable by their folder name
+TRAINED_DIR = Path(__file__).resolve().parent / "trained"
+TRAINED_CARD = "TRAINED.json"  # what a shipped compressor reaches: ratio, numbers, the command that trained it
+
+
+def list_trained() -> dict[str, Path]:
+    """Trained compressors shipped in the package, by name -> saved folder."""
+    if not TRAINED_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(TRAINED_DIR.iterdir()) if (p / SAVED_CONFIG_FILE).is_file()}
+
+
+def trained_card(name: str) -> dict[str, Any]:
+    """The card of a shipped trained compressor (``{}`` when it has none)."""
+    card = TRAINED_DIR / name / TRAINED_CARD
+    return json.loads(card.read_text()) if card.is_file() else {}
 
 
 def add_config_path(path: str | Path) -> None:
@@ -99,13 +115,16 @@ def create_compressor(name_or_path: str | Path, **overrides: Any):
     key = text.strip().lower().replace("-", "_")
     if key in COMPRESSORS:
         return _build(key, overrides)
+    trained = list_trained()
+    if text in trained:
+        return _from_saved(trained[text], overrides)
     configs = list_configs()
     if text in configs:
         name, fields = load_config_file(configs[text])
         return _build(name, {**fields, **overrides})
     raise UnknownCompressorError(
         f"unknown compressor {text!r}; methods: {', '.join(COMPRESSORS.names())}; "
-        f"configs: {', '.join(sorted(configs)) or 'none'}"
+        f"trained: {', '.join(trained) or 'none'}; configs: {', '.join(sorted(configs)) or 'none'}"
     )
 
 

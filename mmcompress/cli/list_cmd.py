@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..factory import list_configs, load_config_file
+    from ..factory import list_configs, list_trained, load_config_file, trained_card
     from ..models.loading import DEFAULT_MODEL, describe_model
     from ..registry import COMPRESSORS
 
@@ -30,15 +30,22 @@ def run(args) -> int:
         except Exception as e:  # a broken config is listed, not fatal
             method = f"(unreadable: {e})"
         configs.append({"name": stem, "compressor": method, "path": str(path)})
+    trained = [{"name": name, "path": str(path), **trained_card(name)} for name, path in list_trained().items()]
     default_model = {"name": DEFAULT_MODEL, "loads": describe_model(DEFAULT_MODEL)}
     if args.json:
-        print(json.dumps({"default_model": default_model, "methods": methods, "configs": configs,
+        print(json.dumps({"default_model": default_model, "methods": methods, "trained": trained, "configs": configs,
                           "recipes": recipes}, indent=2))
         return 0
     print(f"default model: {DEFAULT_MODEL} -> {default_model['loads']}")
     print("methods:")
     for m in methods:
         print(f"  {m['name']:<22} {m['family']:<8} {m['summary']}")
+    if trained:
+        print("trained (shipped weights, load by name):")
+        for t in trained:
+            numbers = ", ".join(f"{k} {v}" for k, v in (t.get("heldout") or {}).items())
+            print(f"  {t['name']:<22} {t.get('method', '?'):<8} {t.get('ratio', '?')}x on {t.get('base_model', '?')}"
+                  + (f"; held-out {numbers}" if numbers else ""))
     print("configs:")
     for c in configs:
         print(f"  {c['name']:<34} -> {c['compressor']}")

@@ -7,6 +7,7 @@ frozen LLM reads in place of the text.
 - :mod:`.encoder`: the shared trainable encoder (base LLM + LoRA + K memory slots);
 - :mod:`.icae`: ICAE (slots' last hidden states fed as ``inputs_embeds``);
 - :mod:`.kv`: 500xCompressor (slots' per-layer keys/values fed as the decoder's cache);
+- :mod:`.meanpool`: mean-pooling (the text's own per-layer keys/values averaged over groups of r tokens);
 - :mod:`.xrag`: xRAG (a frozen sentence encoder's embedding projected to one LLM token per document), and
   :mod:`.xrag_task` its ``xrag`` training task;
 - :mod:`.losses`: training objectives (autoencoding, continuation, QA) and the sliced loss;
@@ -20,11 +21,12 @@ from .chunking import Chunks, make_chunks, split_into_chunks
 from .encoder import EncoderCompressor, EncoderConfig, SlotModel, SoftEncoder
 from .icae import Icae, IcaeConfig, IcaeModel
 from .kv import KvCompressor, KvConfig, KvModel
+from .meanpool import MeanPoolCompressor, MeanPoolConfig, MeanPoolModel
 from . import autocompressor, gist, xrag  # noqa: F401,E402  register their methods
 from . import training  # noqa: F401,E402  registers the soft family's training tasks
 
 __all__ = [
     "Chunks", "EncoderCompressor", "EncoderConfig", "Icae", "IcaeConfig", "IcaeModel", "KvCompressor", "KvConfig",
-    "KvModel", "SlotModel", "SoftCompressor", "SoftConfig", "SoftEncoder", "SoftPrompt", "SoftSegment", "left_pad",
+    "KvModel", "MeanPoolCompressor", "MeanPoolConfig", "MeanPoolModel", "SlotModel", "SoftCompressor", "SoftConfig", "SoftEncoder", "SoftPrompt", "SoftSegment", "left_pad",
     "load_private_model", "make_chunks", "right_pad", "split_into_chunks",
 ]

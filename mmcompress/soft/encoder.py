@@ -31,7 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
-from ..models.lora import add_lora
+from ..models.lora import activate_adapter, add_lora, add_second_adapter
 from .base import SoftConfig
 from .chunking import TASK_IDS, Chunks, gather_spans, make_chunks, split_into_chunks  # noqa: F401  (re-exported)
 
@@ -48,6 +48,7 @@ class EncoderConfig(SoftConfig):
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_targets: Any = "all-linear"
+    decoder_lora_r: int = 0  # > 0: the decoder gets its own trained LoRA (part of the compressor; 0: frozen decoder)
     gradient_checkpointing: bool = False
     max_input_tokens: int = 4096  # longer inputs are rejected with a clear error, not silently truncated
     qa_template: str = "Question: {question}\nAnswer:"  # how questions read after the [FT]/qa marker
@@ -56,25 +57,31 @@ class EncoderConfig(SoftConfig):
         super().__post_init__()
         if int(self.lora_r) < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+        if int(self.decoder_lora_r) < 0:
+            raise ConfigError(f"decoder_lora_r must be >= 0, got {self.decoder_lora_r}")
 
 
 class SoftEncoder(nn.Module):
     """Base LLM + LoRA + ``num_slots`` memory slots; see the module docstring."""
 
-    def __init__(self, llm: nn.Module, config: EncoderConfig):
+    def __init__(self, llm: nn.Module, config: EncoderConfig, memory_slots: bool = True):
         super().__init__()
-        self.num_slots = int(config.num_slots)
+        self.num_slots = int(config.num_slots) if memory_slots else 0
         self.chunk_tokens = int(config.chunk_tokens)
         for p in llm.parameters():
             p.requires_grad_(False)
         self.peft = add_lora(llm, config)
+        self.tuned_decoder = int(config.decoder_lora_r) > 0
+        if self.tuned_decoder:
+            add_second_adapter(self.peft, "decoder", config, int(config.decoder_lora_r))
+            activate_adapter(self.peft, "default")
         if config.gradient_checkpointing:
             llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             llm.enable_input_require_grads()
         table = llm.get_input_embeddings().weight.detach()
         # slots start near typical token embeddings so the first steps see in-distribution inputs
         init = table.float().mean(0) + torch.randn(self.num_slots, table.shape[1]) * table.float().std()
-        self.slots = nn.Parameter(init.to(table.dtype))
+        self.slots = nn.Parameter(init.to(table.dtype)) if memory_slots else None
         self.rotary = is_rotary(llm)
 
     # ------------------------------------------------------------------------------------------------- parts
@@ -98,15 +105,28 @@ class SoftEncoder(nn.Module):
 
     @contextmanager
     def decoder(self):
-        """The frozen decoder: the adapter is off inside this block."""
-        with self.peft.disable_adapter():
+        """The decoder: the base LLM with the encoder's adapter off inside this block - frozen, or under its own
+        ``decoder`` adapter when ``decoder_lora_r > 0`` (then that adapter is part of the compressor: trained with
+        it, saved and loaded with it, and every generation from its soft prompts goes through it)."""
+        if not self.tuned_decoder:
+            with self.peft.disable_adapter():
+                yield
+            return
+        activate_adapter(self.peft, "decoder")
+        try:
             yield
+        finally:
+            activate_adapter(self.peft, "default")
 
     # ------------------------------------------------------------------------------------------------ encode
     def encode(self, chunks: Chunks, output: str = "hidden", positions: str = "standard"):
-        chunks_ids = chunks.ids.to(self.slots.device)
-        return self.encode_embeds(self.embed(chunks_ids), chunks.mask.to(self.slots.device),
-                                  chunks.index.to(self.slots.device), output=output, positions=positions)
+        device = self.embed_device
+        return self.encode_embeds(self.embed(chunks.ids.to(device)), chunks.mask.to(device),
+                                  chunks.index.to(device), output=output, positions=positions)
+
+    @property
+    def embed_device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
 
     def encode_embeds(self, embeds: torch.Tensor, mask: torch.Tensor, chunk_index: torch.Tensor | None = None,
                       output: str = "hidden", positions: str = "standard"):
@@ -161,11 +181,12 @@ class SlotModel(nn.Module):
 
     encoder_output = "hidden"
     positions = "standard"
+    memory_slots = True  # False: the soft prompt is made from the text's own positions (mean-pooling), no slots
     full_vocab_loss = False  # True: the unoptimised loss (full-vocab float32 logits everywhere), for benchmarks
 
     def __init__(self, llm: nn.Module, config: EncoderConfig):
         super().__init__()
-        self.encoder = SoftEncoder(llm, config)
+        self.encoder = SoftEncoder(llm, config, memory_slots=self.memory_slots)
         table = llm.get_input_embeddings().weight.detach().float()
         init = table.mean(0) + torch.randn(len(TASK_IDS), table.shape[1]) * table.std()
         self.markers = nn.Parameter(init.to(llm.get_input_embeddings().weight.dtype))

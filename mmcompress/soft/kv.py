@@ -92,8 +92,12 @@ class KvModel(SlotModel):
     encoder_output = "kv"
     positions = "prefix"
 
+    def per_span(self, encoded, chunks: Chunks) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """What :meth:`compress_chunks` returned -> per span, per layer ``(keys, values)`` ``[H, C, d]``."""
+        return spans_kv(encoded, chunks)
+
     def decoder_hidden(self, encoded, chunks: Chunks, batch: dict[str, Any]):
-        per_item = spans_kv(encoded, chunks)
+        per_item = self.per_span(encoded, chunks)
         cache, cache_mask, lengths = build_cache(self.encoder.llm, per_item)
         tails = torch.cat([self.marker_embeddings(batch["task"]), self.encoder.embed(batch["tail_ids"])], 1)
         tail_mask = torch.cat([batch["tail_mask"][:, :1].new_ones(len(per_item), 1), batch["tail_mask"]], 1)

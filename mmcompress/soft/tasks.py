@@ -134,3 +134,8 @@ def build_icae(recipe: dict[str, Any]) -> TaskSetup:
 def build_kv(recipe: dict[str, Any]) -> TaskSetup:
     """Train a 500xCompressor (kv) compressor (same recipe as icae)."""
     return _build(recipe, "kv")
+
+
+def build_meanpool(recipe: dict[str, Any]) -> TaskSetup:
+    """Train a mean-pooling compressor (same recipe as icae; ``model.pool_ratio`` instead of ``num_slots``)."""
+    return _build(recipe, "meanpool")

@@ -1,0 +1,132 @@
+"""Mean-pooling compression (Feldman & Artzi, "Simple Context Compression: Mean-Pooling and Multi-Ratio Training",
+2025): the soft prompt is the encoder's own keys and values at every layer, **averaged over each group of
+``pool_ratio`` consecutive tokens**, handed to the frozen decoder as its cache (as :mod:`.kv` does with memory slots).
+
+No memory slots are appended: each group of ``r`` tokens becomes one cache position, so a chunk of ``L`` tokens
+becomes ``ceil(L / r)`` positions and the ratio is ``r`` by construction. The paper finds pooling beats learned
+compression tokens at several scales and trains more stably; it also starts from something useful - before any
+training, the pooled cache already holds a blurred copy of the text the decoder can read.
+
+Positions (``positions: grouped``, the default). Cached keys are stored after the rotary embedding, and averaging
+keys rotated to four different positions would blur their phase. So the encoder places all tokens of group ``g``
+at the *same* position ``g`` (the causal mask still orders them), the averaged key is rotated exactly as a cache
+entry at position ``g``, and the decoder continues at ``ceil(L / r)`` - the same layout as :mod:`.kv`. With
+``positions: standard`` tokens keep ``0..L-1`` and the pooled keys mix phases (the paper's encoder-output pooling
+has no such issue because it pools hidden states, not rotated keys); it is kept as the ablation.
+
+    from mmcompress import create_compressor
+    mp = create_compressor("meanpool", model="smollm2-135m", pool_ratio=4, chunk_tokens=128)
+    soft = mp.compress("a long document ...", question="What ...?")   # 4x fewer positions, question kept as text
+    mp.generate(soft)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import ConfigError
+from ..models.compat import cache_kwargs, new_cache, output_cache
+from ..registry import register_compressor
+from ..results import SoftSegment
+from .encoder import Chunks, EncoderConfig
+from .kv import KvCompressor, KvModel
+
+PER_CHUNK = list[list[tuple[torch.Tensor, torch.Tensor]]]  # per chunk, per layer (keys, values) [H, G, d]
+
+
+@dataclass
+class MeanPoolConfig(EncoderConfig):
+    """Mean-pooling settings. ``pool_ratio`` tokens become one cache position (the compression ratio);
+    ``num_slots`` is derived (``ceil(chunk_tokens / pool_ratio)`` positions per full chunk) and need not be set."""
+
+    pool_ratio: int = 4
+    positions: str = "grouped"
+
+    def __post_init__(self) -> None:
+        if int(self.pool_ratio) < 1:
+            raise ConfigError(f"pool_ratio must be >= 1, got {self.pool_ratio}")
+        if self.positions not in ("grouped", "standard"):
+            raise ConfigError(f"positions must be 'grouped' or 'standard', got {self.positions!r}")
+        self.num_slots = math.ceil(int(self.chunk_tokens) / int(self.pool_ratio))
+        super().__post_init__()
+
+
+def pooling_matrix(mask: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For left-padded chunks (``mask`` ``[N, W]``): ``P`` ``[N, G, W]`` averaging each group of ``ratio`` real tokens
+    (the last group of a chunk may be shorter) and the number of groups of each chunk ``[N]``."""
+    lengths = mask.sum(1)
+    width = mask.shape[1]
+    index = torch.arange(width, device=mask.device)[None, :] - (width - lengths)[:, None]  # among real tokens
+    group = torch.where(mask.bool(), torch.div(index, ratio, rounding_mode="floor"), torch.full_like(index, -1))
+    groups = max(1, math.ceil(int(lengths.max()) / ratio))
+    onehot = (group[:, None, :] == torch.arange(groups, device=mask.device)[None, :, None]).float()
+    return onehot / onehot.sum(-1, keepdim=True).clamp(min=1.0), torch.div(lengths + ratio - 1, ratio,
+                                                                            rounding_mode="floor")
+
+
+def group_offsets(chunks: Chunks, groups: torch.Tensor) -> torch.Tensor:
+    """``[N]``: where each chunk's first group sits in its span's cache (groups of the span's earlier chunks)."""
+    offsets = torch.zeros_like(groups)
+    for n in range(1, len(groups)):
+        if chunks.span[n] == chunks.span[n - 1]:
+            offsets[n] = offsets[n - 1] + groups[n - 1]
+    return offsets
+
+
+class MeanPoolModel(KvModel):
+    """The chunk's per-layer keys/values averaged over groups of ``pool_ratio`` tokens -> the decoder's cache."""
+
+    memory_slots = False
+
+    def __init__(self, llm, config: MeanPoolConfig):
+        super().__init__(llm, config)
+        self.pool_ratio = int(config.pool_ratio)
+        self.grouped = config.positions == "grouped"
+
+    def compress_chunks(self, chunks: Chunks) -> PER_CHUNK:
+        encoder = self.encoder
+        device = encoder.embed_device
+        mask = chunks.mask.to(device)
+        pool, groups = pooling_matrix(mask, self.pool_ratio)
+        lengths = mask.sum(1)
+        index = torch.arange(mask.shape[1], device=device)[None, :] - (mask.shape[1] - lengths)[:, None]
+        if self.grouped:  # every token of group g at position (chunk offset + g): pooled keys are rotated as g
+            offsets = group_offsets(chunks, groups.cpu()).to(device)
+            position_ids = offsets[:, None] + torch.div(index, self.pool_ratio, rounding_mode="floor")
+        else:
+            position_ids = index
+        position_ids = torch.where(mask.bool(), position_ids, torch.zeros_like(position_ids))
+        cache = new_cache(encoder.llm)
+        out = encoder.backbone(inputs_embeds=encoder.embed(chunks.ids.to(device)), attention_mask=mask,
+                               position_ids=position_ids, use_cache=True, **cache_kwargs(encoder.backbone, cache))
+        cache = output_cache(out) or cache
+        pool = pool.to(cache.layers[0].keys.dtype)
+        pooled = [(torch.einsum("ngw,nhwd->nhgd", pool, layer.keys), torch.einsum("ngw,nhwd->nhgd", pool, layer.values))
+                  for layer in cache.layers]
+        return [[(k[n, :, :g], v[n, :, :g]) for k, v in pooled] for n, g in enumerate(groups.tolist())]
+
+    def per_span(self, encoded: PER_CHUNK, chunks: Chunks) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        out, start = [], 0
+        for count in chunks.chunks_per_span():
+            rows = encoded[start : start + count]
+            out.append([(torch.cat([r[layer][0] for r in rows], -2), torch.cat([r[layer][1] for r in rows], -2))
+                        for layer in range(len(rows[0]))])
+            start += count
+        return out
+
+
+@register_compressor("meanpool")
+class MeanPoolCompressor(KvCompressor):
+    """Mean-pooling: every ``pool_ratio`` tokens of a chunk become one cached key/value per layer."""
+
+    config_class = MeanPoolConfig
+    module_class = MeanPoolModel
+
+    def encode_spans(self, texts):
+        outs, chunks = self.encode_chunks(texts)
+        per_chunk = [row for part in outs for row in part]
+        spans = self.module.per_span(per_chunk, chunks)
+        return [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in item), origin_tokens=n, chunks=c, text=t)
+                for item, n, c, t in zip(spans, chunks.lengths, chunks.chunks_per_span(), texts)]
