@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .base import BatchedHardCompressor, HardConfig, Request, SegmentOutcome, allocate, keep_whole, unit_outcome
+from .llmlingua2_reference import compress_chunked
 from ..errors import ConfigError
 from ..prompt import Policy
 from ..registry import register_compressor
@@ -52,10 +53,24 @@ class LLMLingua2Config(HardConfig):
     """``classifier``: token-classification model (folder, HF id or alias); None = :func:`default_classifier`.
     ``model`` only provides the tokenizer that counts the budget.
 
-    ``token_to_word``: mean | first. ``force_tokens``: strings kept whenever the budget allows (each word overlapping
-    an occurrence is forced). ``force_reserve_digit``: also force words holding a digit. ``drop_consecutive``: drop a
-    forced token that repeats with nothing kept in between. ``context_level_filter``: first drop whole documents by
-    mean word probability, keeping ``context_level_rate`` of them (default ``(rate + 1) / 2``).
+    ``budget``: ``chunk`` (default, llmlingua's rule): each chunk of at most the encoder's limit keeps its words above
+    the percentile ``int(100 * (1 - rate) + 1)`` of its word probabilities weighted by each word's tokens; ``rate`` is
+    the kept fraction of every compressible segment (instructions, questions and kept segments come on top, as in
+    llmlingua, which leaves them out), ``target_tokens`` becomes that rate over the compressible text. No hard promise
+    on the count. ``global``: the words of all documents ranked together under one budget in the counting tokenizer
+    (the prompt-wide rate or ``target_tokens`` is met, kept segments included) - use it when the prompt must fit a
+    hard token budget across documents.
+
+    ``token_to_word``: mean | first. ``force_tokens``: tokens kept (chunk: a word whose first token is one gets
+    probability 1, a force token the classifier splits is replaced by a ``[NEWi]`` placeholder as llmlingua does;
+    global: each word overlapping an occurrence ranks first, the budget still holds). ``force_reserve_digit``: tokens
+    (chunk) or words (global) holding a digit are forced. ``drop_consecutive``: drop a forced token that repeats with
+    nothing kept in between. ``context_level_filter`` (default: on for ``chunk`` when two or more documents share the
+    rate, as llmlingua's ``compress_prompt``; off for ``global``): drop whole documents by mean word probability first,
+    keeping ``context_level_rate`` of them (default ``(rate + 1) / 2``), and apply the rate to the rest (``global``
+    only lowers their words' rank). ``render``: ``spans`` (default) keeps the original text of the kept words (casing,
+    accents and line breaks survive); ``tokens`` re-joins the kept words with the classifier's
+    ``convert_tokens_to_string`` as llmlingua does (lowercased with uncased models).
     """
 
     classifier: str | None = None
@@ -67,11 +82,17 @@ class LLMLingua2Config(HardConfig):
     batch_size: int = 32
     keep_label: int = 1
     chunk_end_tokens: list[str] = field(default_factory=lambda: [".", "\n"])
-    context_level_filter: bool = False
+    context_level_filter: bool | None = None
     context_level_rate: float | None = None
+    budget: str = "chunk"
+    render: str = "spans"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.budget not in ("chunk", "global"):
+            raise ConfigError(f"budget must be 'chunk' (llmlingua's per-chunk threshold) or 'global', got {self.budget!r}")
+        if self.render not in ("spans", "tokens"):
+            raise ConfigError(f"render must be 'spans' or 'tokens', got {self.render!r}")
         if self.token_to_word not in ("mean", "first"):
             raise ConfigError(f"token_to_word must be 'mean' or 'first', got {self.token_to_word!r}")
         if isinstance(self.force_tokens, str) or not all(isinstance(t, str) and t for t in self.force_tokens):
@@ -177,7 +198,18 @@ class LLMLingua2(BatchedHardCompressor):
         """The classifier's keep probability of every word of each text (before forcing)."""
         return self.scorer.word_probs(list(texts))
 
+    def prepare(self, prompt: Any, *, rate: float | None = None, target_tokens: int | None = None,
+                **kwargs: Any) -> Request:
+        request = super().prepare(prompt, rate=rate, target_tokens=target_tokens, **kwargs)
+        if self.config.budget == "chunk":  # the rate as given (llmlingua applies it to each chunk), not the plan's share
+            if target_tokens is None and rate is None:
+                rate = None if self.config.target_tokens else self.config.rate
+            request.extras["llmlingua2"] = {"budget": "chunk", "rate": None if target_tokens is not None else rate}
+        return request
+
     def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
+        if self.config.budget == "chunk":
+            return compress_chunked(self, requests)
         jobs = [(r, k, seg.text) for r in requests for k, seg in enumerate(r.text_segments) if seg.policy is not Policy.KEEP]
         timings = requests[0].timings
         scorer = self.scorer
@@ -215,7 +247,7 @@ class LLMLingua2(BatchedHardCompressor):
             forced[k] = self._forced(units)
             scores[k] = np.where(forced[k], _FORCED_SCORE, probs)
             costs[k] = unit_costs
-        if cfg.context_level_filter:
+        if cfg.context_level_filter:  # None: off in the global budget (its behaviour before the chunk rule)
             self._filter_documents(request, found, scores)
         masks = allocate(request, scores, costs)
         if cfg.drop_consecutive and cfg.force_tokens:

@@ -34,6 +34,14 @@ class WordProbs:
     spans: np.ndarray
     probs: np.ndarray
     token_counts: np.ndarray  # classifier tokens per word
+    # every classifier token of the text (whitespace-only ones included): id, character offsets (t, 2), keep
+    # probability, the chunk it was classified in, and its word (-1: none); LLMLingua-2's reference selection regroups
+    # tokens into words by its own rule (``mmcompress.hard.llmlingua2_reference``)
+    token_ids: np.ndarray | None = None
+    token_offsets: np.ndarray | None = None
+    token_probs: np.ndarray | None = None
+    token_chunk: np.ndarray | None = None
+    token_word: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -47,6 +55,7 @@ class _Tokenized:
     ids: np.ndarray  # (t,) classifier token ids without specials
     word_of_token: np.ndarray  # (t,) index into spans, -1 for tokens of whitespace-only words
     spans: np.ndarray  # (n, 2)
+    offsets: np.ndarray | None = None  # (t, 2) character offsets of the tokens
 
 
 class TokenClassifierScorer:
@@ -188,11 +197,15 @@ class TokenClassifierScorer:
         jobs = [(i, s, e) for i, (tk, text) in enumerate(zip(tokenized, texts)) for s, e in self.chunks(tk, text)]
         probs = self.token_probs([tokenized[i].ids[s:e] for i, s, e in jobs])
         per_text = [np.zeros(len(tk.ids), np.float64) for tk in tokenized]
+        chunk_of = [np.zeros(len(tk.ids), np.int64) for tk in tokenized]
+        seen: dict[int, int] = {}
         for (i, s, e), p in zip(jobs, probs):
             per_text[i][s:e] = p
-        return [self._to_words(tk, text, p) for tk, text, p in zip(tokenized, texts, per_text)]
+            chunk_of[i][s:e] = seen.get(i, 0)
+            seen[i] = seen.get(i, 0) + 1
+        return [self._to_words(tk, text, p, c) for tk, text, p, c in zip(tokenized, texts, per_text, chunk_of)]
 
-    def _to_words(self, tk: _Tokenized, text: str, token_probs: np.ndarray) -> WordProbs:
+    def _to_words(self, tk: _Tokenized, text: str, token_probs: np.ndarray, token_chunk: np.ndarray) -> WordProbs:
         n = len(tk.spans)
         valid = tk.word_of_token >= 0
         w, p = tk.word_of_token[valid], token_probs[valid]
@@ -204,7 +217,8 @@ class TokenClassifierScorer:
             idx = np.arange(len(w))[::-1]
             first[w[::-1]] = idx  # reversed assignment leaves each word's first token
             probs = p[first]
-        return WordProbs(text, tk.spans, probs.astype(np.float64), counts)
+        return WordProbs(text, tk.spans, probs.astype(np.float64), counts, tk.ids, tk.offsets, token_probs, token_chunk,
+                         tk.word_of_token)
 
 
 def _words_from_tokens(text: str, ids: np.ndarray, offsets: np.ndarray, word_ids: list[int | None]) -> _Tokenized:
@@ -235,7 +249,7 @@ def _words_from_tokens(text: str, ids: np.ndarray, offsets: np.ndarray, word_ids
                 ts, te = int(offsets[t, 0]), int(offsets[t, 1])
                 if word_of_token[t] < 0 and te > s and ts < e and text[max(ts, s) : min(te, e)].strip():
                     word_of_token[t] = len(spans) - 1
-    return _Tokenized(ids, word_of_token, np.asarray(spans, dtype=np.int64).reshape(-1, 2))
+    return _Tokenized(ids, word_of_token, np.asarray(spans, dtype=np.int64).reshape(-1, 2), offsets)
 
 
 def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
