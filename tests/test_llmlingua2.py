@@ -103,8 +103,9 @@ def compressor_parts(tiny_dir):
 
 
 def make(parts, **kw):
+    """The global budget (the behaviour these tests were written for); the chunk rule has its own tests below."""
     model, tok, counter = parts
-    return LLMLingua2(classifier_model=model, classifier_tokenizer=tok, **{"model": counter, **kw})
+    return LLMLingua2(classifier_model=model, classifier_tokenizer=tok, **{"model": counter, "budget": "global", **kw})
 
 
 def test_rate_met_in_counting_tokenizer_and_keep_policies(compressor_parts):

@@ -171,7 +171,8 @@ class LLMLingua2(BatchedHardCompressor):
         cfg = self.config
         return TokenClassifierScorer(model, tokenizer, max_length=cfg.max_seq_len, batch_size=cfg.batch_size,
                                      keep_label=cfg.keep_label, token_to_word=cfg.token_to_word,
-                                     chunk_end_tokens=cfg.chunk_end_tokens)
+                                     chunk_end_tokens=cfg.chunk_end_tokens,
+                                     chunking="reference" if cfg.budget == "chunk" else "words")
 
     @property
     def scorer(self) -> TokenClassifierScorer:

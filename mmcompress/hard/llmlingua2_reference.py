@@ -257,6 +257,8 @@ def compress_chunked(compressor: Any, requests: Sequence[Request]) -> list[list[
     token_map = placeholder_map(tokenizer, list(cfg.force_tokens))
     if token_map:
         ensure_placeholders(scorer.model, tokenizer)
+    # chunk ends as tokens, placeholders of chunk-end force tokens included (prompt_compressor.py:777-780)
+    scorer.chunk_end_tokens = set(cfg.chunk_end_tokens) | {token_map[c] for c in cfg.chunk_end_tokens if c in token_map}
     jobs = [(r, k, seg.text) for r in requests for k, seg in enumerate(r.text_segments) if seg.policy is not Policy.KEEP]
     subs = [substitute(text, token_map) if token_map else (text, None, None) for _, _, text in jobs]
     timings = requests[0].timings

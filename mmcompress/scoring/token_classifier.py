@@ -75,10 +75,16 @@ class TokenClassifierScorer:
         ``"mean"`` or ``"first"``: how token probabilities become a word probability.
     chunk_end_tokens:
         Words after which a chunk may end (a line break in the text counts too).
+    chunking:
+        ``"words"``: chunks of whole words cut after the last sentence end in the window. ``"reference"``:
+        llmlingua's ``__chunk_context`` (prompt_compressor.py:2230-2253, llmlingua 0.2.2): from the token one past
+        the window backwards to the last token equal to a chunk-end token, so a chunk may hold one token more than
+        the window, and then the closing special token is cut off (``TokenClfDataset``, utils.py:46-52).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, max_length: int | None = None, batch_size: int = 32,
-                 keep_label: int = 1, token_to_word: str = "mean", chunk_end_tokens: Sequence[str] = (".", "\n")):
+                 keep_label: int = 1, token_to_word: str = "mean", chunk_end_tokens: Sequence[str] = (".", "\n"),
+                 chunking: str = "words"):
         if not getattr(tokenizer, "is_fast", False):
             raise ConfigError(f"{type(tokenizer).__name__} is not a fast tokenizer; word merging needs word_ids() "
                               "(load it with use_fast=True or convert it with the tokenizers library)")
@@ -90,6 +96,9 @@ class TokenClassifierScorer:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.keep_label, self.token_to_word = batch_size, keep_label, token_to_word
         self.chunk_end_tokens = set(chunk_end_tokens)
+        if chunking not in ("words", "reference"):
+            raise ConfigError(f"chunking must be 'words' or 'reference', got {chunking!r}")
+        self.chunking = chunking
         self.prefix, self.suffix = _special_tokens(tokenizer)
         limit = encoder_limit(model, tokenizer)
         self.max_length = min(limit, max_length) if max_length else limit
@@ -140,6 +149,8 @@ class TokenClassifierScorer:
     def chunks(self, tokenized: _Tokenized, text: str) -> list[tuple[int, int]]:
         """Token ranges ``[start, end)`` of at most :attr:`chunk_tokens`, cut after whole words, preferably after a
         sentence end."""
+        if self.chunking == "reference":
+            return self._reference_chunks(tokenized)
         n, limit = len(tokenized.ids), self.chunk_tokens
         if n <= limit:
             return [(0, n)] if n else []
@@ -157,6 +168,22 @@ class TokenClassifierScorer:
             start = end
         return out
 
+    def _reference_chunks(self, tokenized: _Tokenized) -> list[tuple[int, int]]:
+        tokens = self.tokenizer.convert_ids_to_tokens([int(i) for i in tokenized.ids])
+        n, max_len, start, out = len(tokens), self.chunk_tokens, 0, []
+        while start < n:
+            if start + max_len > n - 1:
+                out.append((start, n))
+                break
+            end = start + max_len
+            for j in range(0, end - start):
+                if tokens[end - j] in self.chunk_end_tokens:
+                    end -= j
+                    break
+            out.append((start, end + 1))
+            start = end + 1
+        return out
+
     def _sentence_end_words(self, tokenized: _Tokenized, text: str) -> set[int]:
         ends = set()
         for w, (s, e) in enumerate(tokenized.spans):
@@ -170,7 +197,7 @@ class TokenClassifierScorer:
     # ------------------------------------------------------------------------------------------- inference
     @torch.no_grad()
     def token_probs(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Keep probability of every token of each id sequence (each at most :attr:`chunk_tokens` long)."""
+        """Keep probability of every token of each id sequence (each at most :attr:`chunk_tokens` long, or one more)."""
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
@@ -178,7 +205,8 @@ class TokenClassifierScorer:
         n_pre = len(self.prefix)
         for start in range(0, len(order), self.batch_size):
             batch = order[start : start + self.batch_size]
-            rows = [self.prefix + [int(t) for t in sequences[i]] + self.suffix for i in batch]
+            # a sequence one token over the window (reference chunking) loses its closing special token
+            rows = [(self.prefix + [int(t) for t in sequences[i]] + self.suffix)[: self.max_length] for i in batch]
             width = max(len(r) for r in rows)
             ids = torch.full((len(rows), width), pad, dtype=torch.long)
             mask = torch.zeros(len(rows), width, dtype=torch.long)
