@@ -297,7 +297,9 @@ class Systems:
         if key not in self._hard:
             from mmcompress import create_compressor
 
-            compressor = create_compressor(name) if rate is None else create_compressor(name, rate=rate)
+            # llmlingua2's default is llmlingua's per-chunk rate; an equal-budget comparison needs its global budget
+            options = {"budget": "global"} if name == "llmlingua2" else {}
+            compressor = create_compressor(name, **options) if rate is None else create_compressor(name, rate=rate, **options)
             self._hard[key] = self.cache.wrap_hard(compressor, self._hard_fingerprint(compressor))
         return self._hard[key]
 

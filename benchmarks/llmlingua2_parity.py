@@ -90,6 +90,13 @@ def run_ours(classifier: Path, rows: list[dict], render: str) -> list[dict]:
     return out
 
 
+def _reusable(path: Path, rows: list[dict]) -> bool:
+    if not path.exists():
+        return False
+    have = {(r["id"], r["setting"], json.dumps(r.get("kwargs"))) for r in map(json.loads, path.read_text().splitlines())}
+    return have == {(r["id"], name, json.dumps(kw)) for r in rows for name, (kw, _) in SETTINGS.items()}
+
+
 def score(reference: Path, ours: Path, tokenizer: Path) -> dict:
     cmd = [sys.executable, str(PEER / "agreement.py"), str(reference), str(ours), "--tokenizer", str(tokenizer)]
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
@@ -105,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=15, help="rows of multidoc_qa_dev.jsonl (default: %(default)s)")
     ap.add_argument("--classifiers", default=str(cache_dir() / "llmlingua2-parity"),
                     help="where the two classifiers are built (once)")
+    ap.add_argument("--reuse-reference", action="store_true",
+                    help="keep llmlingua's outputs already written for the same rows and settings (it is slow)")
     args = ap.parse_args(argv)
     apply_common_args(args)
     why = reference_available()
@@ -124,9 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     table, ours_all = [], []
     for family, folder in classifiers.items():
         ref_path = out.with_name(f"{out.name}_reference_{family}.jsonl")
-        run_reference(python, folder, counter, rows_path, ref_path, args.limit)
+        if not (args.reuse_reference and _reusable(ref_path, rows)):
+            run_reference(python, folder, counter, rows_path, ref_path, args.limit)
         reference = [json.loads(line) for line in ref_path.read_text().splitlines()]
-        ref_path.write_text("".join(json.dumps({k: r[k] for k in ("id", "setting", "compressed_prompt", "seconds")})
+        ref_path.write_text("".join(json.dumps({k: r[k] for k in ("id", "setting", "kwargs", "compressed_prompt", "seconds")})
                                     + "\n" for r in reference))
         scores = {}
         for render, label in (("tokens", "selected"), ("spans", "spans")):

@@ -178,3 +178,25 @@ def test_bad_budget_and_render_are_config_errors():
         LLMLingua2(budget="per-document")
     with pytest.raises(ConfigError, match="render"):
         LLMLingua2(render="text")
+
+
+@pytest.mark.slow
+def test_parity_with_llmlingua_on_two_rows(tmp_path):
+    """benchmarks/llmlingua2_parity.py on 2 rows: llmlingua 0.2.2 in its own environment against ours, on both shared
+    classifiers; every setting's agreement of the selected words must reach the target."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import llmlingua2_parity as bench
+
+    why = bench.reference_available()
+    if why:
+        pytest.skip(why)
+    out = tmp_path / "parity"
+    bench.main(["--limit", "2", "--out", str(out)])
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert {(r["classifier"], r["setting"]) for r in rows} == {(c, s) for c in ("bert", "xlmr") for s in bench.SETTINGS}
+    assert all(r["rows"] == 2 for r in rows)
+    assert all(min(r["selected_smollm2"], r["selected_classifier"]) >= bench.TARGET for r in rows), rows
