@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -128,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     classifiers = build_all(Path(args.classifiers), [d for r in all_rows for d in r["documents"]])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows_path = out.with_name(out.name + "_rows.jsonl")
+    scratch = tempfile.TemporaryDirectory()
+    rows_path = Path(scratch.name) / "rows.jsonl"
     rows_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     table, ours_all = [], []
     for family, folder in classifiers.items():
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                           "ours_s_per_call": round(sum(r["seconds"] for r in ours_all if r["setting"] == name
                                                        and r["classifier"] == family and r["render"] == "spans")
                                                    / max(1, len(ref_rows)), 3)})
-    rows_path.unlink()
+    scratch.cleanup()
     notes = ("Agreement: `../shared/peer/agreement.py` (difflib ratio of token sequences, 1.0 = identical) under SmolLM2's "
              "tokenizer and the classifier's own. `selected`: our selection re-joined as llmlingua does "
              f"(`render: tokens`); `spans`: our default rendering (original text of the kept words). Target: selected "

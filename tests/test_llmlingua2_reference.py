@@ -171,6 +171,28 @@ def test_global_budget_keeps_its_behaviour_and_budget(tiny_dir):
         assert c.extras["llmlingua2"]["rate"] == rate
     g = glob.compress(prompt, target_tokens=60)
     assert g.compressed_tokens <= 60
+    # chunk rule with target_tokens: the rate over the compressible text, what the kept segments leave of the target
+    request = chunk.prepare(prompt, target_tokens=60)
+    pooled = sum(cost for cost, seg in zip(request.costs, request.text_segments) if seg.role.value == "context")
+    info = chunk.compress(prompt, target_tokens=60).extras["llmlingua2"]
+    assert info["rate"] == pytest.approx(request.plan.pooled_target / pooled) and 0 < info["rate"] < 0.5
+
+
+def test_sentencepiece_words_split_at_punctuation_tokens():
+    """utils.py:89-94: in the XLM-R branch a one-character punctuation token starts a word, so "France." is two words
+    (the tokenizer's own words, ``word_ids()``, keep it whole); spans stay on the original text."""
+    from mmcompress.hard.llmlingua2_reference import reference_words, strip_spans
+    from mmcompress.scoring import TokenClassifierScorer
+
+    model, tok = make_classifier("xlmr")
+    text = "Paris is the capital of France. The game was played on February 7, 2016, at Levi's Stadium."
+    (wp,) = TokenClassifierScorer(model, tok, chunking="reference").word_probs([text])
+    words = reference_words(wp, tok, force_tokens=[], token_map={})
+    units = strip_spans(words, text)
+    pieces = [words.pieces[i].lstrip("▁") for i in units]
+    assert pieces == [text[s:e] for s, e in words.spans[units]]
+    assert "France" in pieces and "France." not in pieces and pieces.count(".") == 2
+    assert [text[s:e] for s, e in wp.spans].count("France.") == 1
 
 
 def test_bad_budget_and_render_are_config_errors():

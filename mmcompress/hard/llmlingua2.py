@@ -1,22 +1,23 @@
 """LLMLingua-2 (Pan et al., Findings of ACL 2024, arXiv 2403.12968; reference: microsoft/LLMLingua,
 ``PromptCompressor.compress_prompt_llmlingua2``).
 
-A bidirectional encoder with a token-classification head labels every word keep or drop; the words with the highest
-keep probability are kept under the budget. No causal LM runs, so it is fast and question-agnostic.
+A bidirectional encoder with a token-classification head labels every word keep or drop. No causal LM runs, so it is
+fast and question-agnostic.
 
-Faithful to the reference: chunks of at most the encoder's limit cut at sentence ends, word probability = mean (or
-first) of its tokens' keep probabilities, ``force_tokens`` and digits (``force_reserve_digit``) ranked first,
-``drop_consecutive`` for repeated forced tokens, the optional document-level filter (``context_level_filter``,
-documents with the lowest mean word probability dropped first). Unlike the reference:
+``budget: chunk`` (default) selects as the reference does (restated in :mod:`.llmlingua2_reference`, with file:line
+citations): llmlingua's chunks, words and force-token placeholders, each chunk thresholded on its own at the percentile
+``int(100 * (1 - rate) + 1)`` of its token-weighted word probabilities, the context-level filter (on by default, as
+``compress_prompt`` passes it) dropping whole documents first. ``budget: global`` ranks the words of all documents
+together under one budget in the counting tokenizer (``model``, SmolLM2 by default), for a hard token budget across
+documents; there, words come from the tokenizer's ``word_ids()``, forced words rank first and the budget still holds,
+and the filter only lowers the rank of filtered documents.
 
-- words come from the tokenizer's ``word_ids()``, so any BERT, RoBERTa or XLM-R style classifier works (the
-  reference knows three model names and raises for the rest);
-- the output is the original text with dropped words removed (the reference re-joins tokens with
-  ``convert_tokens_to_string``, which lowercases with uncased models and loses line breaks);
-- the rate is met globally over all documents in the counting tokenizer (``model``, by default SmolLM2's), by
-  top-k under the budget; the reference thresholds each 512-token chunk at the rate's percentile of tiktoken counts;
-- forced words rank above all others but the budget still holds (the reference may exceed it);
-- instructions, questions and kept segments are never touched, and many prompts share the encoder's batches.
+In both modes, unlike the reference: any BERT, RoBERTa or XLM-R style classifier works (the reference knows three
+model names and raises for the rest); the output keeps the original text of the kept words (``render: spans``; the
+reference re-joins tokens with ``convert_tokens_to_string``, which lowercases with uncased models and loses line
+breaks - ``render: tokens`` does that); instructions, questions and kept segments are never touched; many prompts
+share the encoder's batches; XLM-R style encoders get their own ``<s>``/``</s>`` around each chunk (the reference's
+``TokenClfDataset`` writes BERT's ``[CLS]``/``[SEP]``, which XLM-R's vocabulary reads as ``<unk>``, utils.py:13-40).
 
 The default classifier is the one the ``llmlingua2`` training recipe produced last (see
 :func:`default_classifier`); pass ``classifier=`` a folder or HF id to use another (e.g.
@@ -207,6 +208,13 @@ class LLMLingua2(BatchedHardCompressor):
                 rate = None if self.config.target_tokens else self.config.rate
             request.extras["llmlingua2"] = {"budget": "chunk", "rate": None if target_tokens is not None else rate}
         return request
+
+    def fit_budget(self, request: Request, outcomes: list[SegmentOutcome], **kwargs: Any) -> list[SegmentOutcome]:
+        """The shared final budget check, for ``budget: global`` only: llmlingua's chunk rule promises a rate per
+        chunk, not a prompt-wide count, and shrinking its selection would part from the reference."""
+        if self.config.budget == "chunk":
+            return outcomes
+        return super().fit_budget(request, outcomes, **kwargs)
 
     def _compress_requests(self, requests: Sequence[Request]) -> list[list[SegmentOutcome]]:
         if self.config.budget == "chunk":
