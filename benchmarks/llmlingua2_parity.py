@@ -20,6 +20,7 @@ Writes benchmarks/results/llmlingua2_parity.{json,md}, llmlingua's outputs to
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -75,27 +76,43 @@ def run_reference(python: Path, classifier: Path, counter: Path, rows_path: Path
     subprocess.run(cmd, check=True, capture_output=True, text=True)
 
 
-def run_ours(classifier: Path, rows: list[dict], render: str) -> list[dict]:
+def run_ours(classifier: Path, rows: list[dict]) -> dict[str, list[dict]]:
+    """Our outputs under both renderings of one selection: ``render: tokens`` (llmlingua's re-joined words) and the
+    default ``render: spans``, which is the kept units of each segment's selection rebuilt from the original text
+    (what ``render: spans`` writes; computed from the same call to halve the run time)."""
     from mmcompress import Prompt
     from mmcompress.hard.llmlingua2 import LLMLingua2
+    from mmcompress.text_units import Units
 
-    out = []
+    out: dict[str, list[dict]] = {"selected": [], "spans": []}
     for name, (_, config) in SETTINGS.items():
-        compressor = LLMLingua2(classifier=str(classifier), device="cpu", dtype="float32", render=render, **config)
+        compressor = LLMLingua2(classifier=str(classifier), device="cpu", dtype="float32", render="tokens", **config)
         for row in rows:
+            prompt = Prompt.from_documents(row["documents"])
             t0 = time.perf_counter()
-            result = compressor.compress(Prompt.from_documents(row["documents"]))
-            out.append(dict(id=row["id"], setting=name, render=render, compressed_prompt=result.text,
-                            seconds=time.perf_counter() - t0,
-                            dropped_segments=result.extras.get("llmlingua2", {}).get("dropped_segments", [])))
+            result = compressor.compress(prompt)
+            base = dict(id=row["id"], setting=name, seconds=time.perf_counter() - t0,
+                        dropped_segments=result.extras.get("llmlingua2", {}).get("dropped_segments", []))
+            spans = [Units(seg.text, sel.spans).rebuild(sel.kept) for seg, sel in zip(prompt.segments, result.selections)]
+            out["selected"].append(dict(base, render="tokens", compressed_prompt=result.text))
+            out["spans"].append(dict(base, render="spans", compressed_prompt=prompt.separator.join(t for t in spans if t.strip())))
     return out
 
 
-def _reusable(path: Path, rows: list[dict]) -> bool:
+def fingerprint(folder: Path) -> str:
+    """The classifier's files, so that llmlingua's outputs are reused only for the same classifier."""
+    digest = hashlib.sha256()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        digest.update((folder / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _reusable(path: Path, rows: list[dict], sha: str) -> bool:
     if not path.exists():
         return False
-    have = {(r["id"], r["setting"], json.dumps(r.get("kwargs"))) for r in map(json.loads, path.read_text().splitlines())}
-    return have == {(r["id"], name, json.dumps(kw)) for r in rows for name, (kw, _) in SETTINGS.items()}
+    have = {(r["id"], r["setting"], json.dumps(r.get("kwargs")), r.get("classifier_sha"))
+            for r in map(json.loads, path.read_text().splitlines())}
+    return have == {(r["id"], name, json.dumps(kw), sha) for r in rows for name, (kw, _) in SETTINGS.items()}
 
 
 def score(reference: Path, ours: Path, tokenizer: Path) -> dict:
@@ -135,14 +152,14 @@ def main(argv: list[str] | None = None) -> int:
     table, ours_all = [], []
     for family, folder in classifiers.items():
         ref_path = out.with_name(f"{out.name}_reference_{family}.jsonl")
-        if not (args.reuse_reference and _reusable(ref_path, rows)):
+        sha = fingerprint(folder)
+        if not (args.reuse_reference and _reusable(ref_path, rows, sha)):
             run_reference(python, folder, counter, rows_path, ref_path, args.limit)
-        reference = [json.loads(line) for line in ref_path.read_text().splitlines()]
-        ref_path.write_text("".join(json.dumps({k: r[k] for k in ("id", "setting", "kwargs", "compressed_prompt", "seconds")})
-                                    + "\n" for r in reference))
+        reference = [dict(json.loads(line), classifier_sha=sha) for line in ref_path.read_text().splitlines()]
+        keys = ("id", "setting", "kwargs", "classifier_sha", "compressed_prompt", "seconds")
+        ref_path.write_text("".join(json.dumps({k: r[k] for k in keys}) + "\n" for r in reference))
         scores = {}
-        for render, label in (("tokens", "selected"), ("spans", "spans")):
-            ours = run_ours(folder, rows, render)
+        for label, ours in run_ours(folder, rows).items():
             ours_path = out.with_name(f"{out.name}_ours_{family}_{label}.jsonl")
             ours_path.write_text("".join(json.dumps(r) + "\n" for r in ours))
             scores[label] = {"smollm2": score(ref_path, ours_path, counter), "classifier": score(ref_path, ours_path, folder)}
@@ -158,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                           "met": sel >= TARGET,
                           "reference_s_per_call": round(sum(r["seconds"] for r in ref_rows) / max(1, len(ref_rows)), 3),
                           "ours_s_per_call": round(sum(r["seconds"] for r in ours_all if r["setting"] == name
-                                                       and r["classifier"] == family and r["render"] == "spans")
+                                                       and r["classifier"] == family and r["render"] == "tokens")
                                                    / max(1, len(ref_rows)), 3)})
     scratch.cleanup()
     notes = ("Agreement: `../shared/peer/agreement.py` (difflib ratio of token sequences, 1.0 = identical) under SmolLM2's "
