@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=15, help="rows of multidoc_qa_dev.jsonl (default: %(default)s)")
     ap.add_argument("--classifiers", default=str(cache_dir() / "llmlingua2-parity"),
                     help="where the two classifiers are built (once)")
+    ap.add_argument("--families", default="bert,xlmr", help="classifiers to compare (default: %(default)s)")
     ap.add_argument("--reuse-reference", action="store_true",
                     help="keep llmlingua's outputs already written for the same rows and settings (it is slow)")
     args = ap.parse_args(argv)
@@ -144,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     all_rows = [json.loads(line) for line in DATA.open()]
     rows = all_rows[: args.limit]
     classifiers = build_all(Path(args.classifiers), [d for r in all_rows for d in r["documents"]])
+    classifiers = {k: v for k, v in classifiers.items() if k in args.families.split(",")}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.TemporaryDirectory()
