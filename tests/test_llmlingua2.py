@@ -221,6 +221,6 @@ def test_real_minilm_words_keep_casing_and_chunk_at_512(tiny_dir):
     tk = scorer.tokenize([text])[0]
     chunks = scorer.chunks(tk, text)
     assert len(chunks) >= 3 and all(e - s <= 510 for s, e in chunks)
-    c = LLMLingua2(classifier_model=model, classifier_tokenizer=tok, model=str(tiny_dir))
+    c = LLMLingua2(classifier_model=model, classifier_tokenizer=tok, model=str(tiny_dir), budget="global")
     r = c.compress(Prompt.from_documents([text], question="Where?"), rate=0.4)
     assert r.compressed_tokens <= round(0.4 * r.origin_tokens) and r.text.endswith("Where?")
