@@ -352,7 +352,7 @@ def test_cli_compress_answers_from_a_saved_compressor(tiny_dir, tmp_path, capsys
     assert [p["kind"] for p in out["prompts"][0]["pieces"]] == ["embeddings", "text"]
     assert out["prompts"][0]["pieces"][1]["text"] == "Who won?"
     assert main(["compress", "--method", str(tmp_path / "icae"), DOC]) == 0
-    assert "reconstruction above" in capsys.readouterr().out
+    assert "reconstruction above" in capsys.readouterr().err  # the stats line goes to stderr
     assert main(["compress", "--method", str(tmp_path / "icae"), DOC, "--rate", "0.5"]) == 2
 
 

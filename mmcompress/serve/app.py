@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from ..extras import require
@@ -25,39 +24,15 @@ require("httpx", "mmcompress serve")
 import httpx  # noqa: E402
 from fastapi import FastAPI, Request  # noqa: E402
 from fastapi.exceptions import RequestValidationError  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
 from pydantic import BaseModel, ConfigDict, Field, model_validator  # noqa: E402
 
 from ..errors import ConfigError, MMCompressError  # noqa: E402
 from ..prompt import Prompt  # noqa: E402
 from ..results import CompressedPrompt  # noqa: E402
 from .batcher import BatchInfo, MicroBatcher  # noqa: E402
+from .settings import ServeError, ServeSettings, error_response  # noqa: E402,F401  (re-exported)
 
 WARM_UP_TEXT = "Warming up the model once at start-up, so that the first request does not pay for loading it."
-
-
-@dataclass
-class ServeSettings:
-    """How the service runs. ``config`` sets fields of the default method (``model``, ``device``...); other
-    methods a request names get the fields of it that they have."""
-
-    method: str = "selective_context"
-    rate: float = 0.5
-    config: dict[str, Any] = field(default_factory=dict)
-    upstream_base_url: str | None = None
-    upstream_api_key: str | None = None
-    upstream_timeout: float = 300.0
-    max_batch: int = 16
-    max_wait_ms: float = 5.0
-    max_methods: int = 4  # compressors kept loaded at once (the default one always stays)
-
-
-class ServeError(MMCompressError):
-    """A request the service refuses; ``status`` is the HTTP code."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.status = status
 
 
 class CompressRequest(BaseModel):
@@ -225,10 +200,6 @@ def create_app(settings: ServeSettings | None = None) -> FastAPI:
 
     add_proxy_routes(app, settings, state)
     return app
-
-
-def error_response(status: int, message: str, kind: str = "invalid_request_error") -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
 def check_settings(settings: ServeSettings) -> None:

@@ -25,7 +25,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from ..prompt import Prompt, Role, TextSegment
-from .app import ServeError, ServeSettings, error_response
+from .settings import ServeError, ServeSettings, error_response
 
 OPTION_HEADERS = {"method": "x-mmcompress-method", "rate": "x-mmcompress-rate",
                   "target_tokens": "x-mmcompress-target-tokens"}
