@@ -59,6 +59,7 @@ def test_require_names_the_extra_and_is_a_user_error(monkeypatch):
 def test_require_does_not_mask_a_broken_installed_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "sacrebleu", None)
     monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)  # an earlier test may have imported it already
     # matplotlib missing is reported as matplotlib's extra even when asked through a submodule
     with pytest.raises(MissingExtraError, match=r"mmcompress\[eval\]"):
         require("matplotlib.pyplot")
