@@ -121,7 +121,7 @@ def _chunks(n, size=16):
 
 
 def test_tiny_meanpool_learns_to_reconstruct(tiny_lm):
-    from tiny_models import CORPUS, make_learnable_llama
+    from tiny_models import CORPUS, learn_reconstruction, make_learnable_llama
 
     _, tok = tiny_lm
     ids = tok(CORPUS, add_special_tokens=False)["input_ids"]
@@ -129,21 +129,8 @@ def test_tiny_meanpool_learns_to_reconstruct(tiny_lm):
     torch.manual_seed(0)
     c = MeanPoolCompressor(model=make_learnable_llama(tok), tokenizer=tok, pool_ratio=2, chunk_tokens=8, lora_r=8,
                            lora_alpha=16)
-    module = c.module
-    module.train()
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    batch = collate([Example(s, [], s + [tok.eos_token_id], "ae") for s in spans], 8, tok.pad_token_id)
-    first = None
-    for _ in range(150):
-        out = module.training_step(batch)
-        first = first if first is not None else float(out["token_accuracy"])
-        out["loss"].backward()
-        opt.step()
-        opt.zero_grad()
-        if out["token_accuracy"] >= 0.95:
-            break
-    module.eval()
-    assert first < 0.3 and module.evaluation_step(batch)["token_accuracy"] >= 0.9
+    first, final = learn_reconstruction(c, spans, tok, 8)
+    assert first < 0.3 and final >= 0.9
 
 
 def test_decoder_lora_is_trained_with_the_encoder_and_saved_with_it(tiny_dir, tmp_path):

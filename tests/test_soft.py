@@ -283,27 +283,13 @@ def test_loading_with_a_different_shape_fails_clearly(tiny_dir, tmp_path):
 @pytest.mark.parametrize("cls", METHODS)
 def test_tiny_compressor_learns_to_reconstruct_short_spans(cls, tiny_lm):
     _, tok = tiny_lm
-    from tiny_models import CORPUS, make_learnable_llama
+    from tiny_models import CORPUS, learn_reconstruction, make_learnable_llama
 
     ids = tok(CORPUS, add_special_tokens=False)["input_ids"]
     spans = [ids[i : i + 6] for i in range(0, 48, 6)]
     torch.manual_seed(0)
     c = cls(model=make_learnable_llama(tok), tokenizer=tok, num_slots=4, chunk_tokens=6, lora_r=8, lora_alpha=16)
-    module = c.module
-    module.train()
-    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=1e-2)
-    batch = collate([Example(s, [], s + [tok.eos_token_id], "ae") for s in spans], 6, tok.pad_token_id)
-    first = None
-    for _ in range(150):
-        out = module.training_step(batch)
-        first = first if first is not None else float(out["token_accuracy"])
-        out["loss"].backward()
-        opt.step()
-        opt.zero_grad()
-        if out["token_accuracy"] >= 0.95:
-            break
-    module.eval()
-    final = module.evaluation_step(batch)["token_accuracy"]
+    first, final = learn_reconstruction(c, spans, tok, 6)
     assert first < 0.2 and final >= 0.9
 
 

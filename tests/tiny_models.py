@@ -107,3 +107,28 @@ def make_learnable_llama(tokenizer, hidden_size: int = 64):
                          initializer_range=0.2, tie_word_embeddings=True, pad_token_id=None,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
     return LlamaForCausalLM(config).eval()
+
+
+def learn_reconstruction(compressor, spans, tokenizer, chunk_tokens: int, steps: int = 150, lr: float = 1e-2):
+    """Train a soft compressor's module on autoencoding ``spans`` (token id lists) until 95% train accuracy or
+    ``steps``; returns ``(first step's accuracy, final accuracy in eval mode)`` (learning tests)."""
+    import torch
+
+    from mmcompress.soft.losses import Example, collate
+
+    module = compressor.module
+    module.train()
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr)
+    batch = collate([Example(s, [], s + [tokenizer.eos_token_id], "ae") for s in spans], chunk_tokens,
+                    tokenizer.pad_token_id)
+    first = None
+    for _ in range(steps):
+        out = module.training_step(batch)
+        first = first if first is not None else float(out["token_accuracy"])
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        if out["token_accuracy"] >= 0.95:
+            break
+    module.eval()
+    return first, module.evaluation_step(batch)["token_accuracy"]
