@@ -10,6 +10,7 @@ from mmcompress.errors import ConfigError
 from mmcompress.models.compat import cache_kwargs, new_cache, output_cache
 from mmcompress.soft.losses import Example, collate
 from mmcompress.soft.meanpool import MeanPoolCompressor, pooling_matrix
+from tiny_models import perturb
 
 DOC = "Super Bowl 50 was an American football game to determine the champion of the National Football League."
 DOC2 = "Paris is the capital and most populous city of France."
@@ -22,14 +23,6 @@ def build(tiny_dir, **kw):
               "dtype": "float32"}
     fields.update(kw)
     return MeanPoolCompressor(model=str(tiny_dir), **fields)
-
-
-def perturb(compressor, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in compressor.module.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 def test_pooling_matrix_averages_groups_of_real_tokens_from_the_first_one():

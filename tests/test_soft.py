@@ -14,6 +14,7 @@ from mmcompress.soft.chunking import TASK_IDS, make_chunks, split_into_chunks
 from mmcompress.soft.icae import Icae
 from mmcompress.soft.kv import KvCompressor, shift_rotary_keys
 from mmcompress.soft.losses import IGNORE, Example, collate, full_lm_loss, sliced_lm_loss
+from tiny_models import perturb
 
 METHODS = [Icae, KvCompressor]
 DOC = "Super Bowl 50 was an American football game to determine the champion of the National Football League."
@@ -38,15 +39,6 @@ class FirstStepScores(LogitsProcessor):
         if self.scores is None:
             self.scores = scores.detach().clone()
         return scores
-
-
-def perturb(compressor, seed=0):
-    """Give the LoRA B matrices non-zero values (fresh LoRA is the identity), as after some training."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in compressor.module.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
 def batch_for(compressor, texts, task="ae"):

@@ -132,3 +132,14 @@ def learn_reconstruction(compressor, spans, tokenizer, chunk_tokens: int, steps:
             break
     module.eval()
     return first, module.evaluation_step(batch)["token_accuracy"]
+
+
+def perturb(compressor, seed: int = 0):
+    """Give the LoRA B matrices non-zero values (fresh LoRA is the identity), as after some training."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in compressor.module.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
