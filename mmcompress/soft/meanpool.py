@@ -53,12 +53,17 @@ class MeanPoolConfig(EncoderConfig):
         super().__post_init__()
 
 
+def token_index(mask: torch.Tensor) -> torch.Tensor:
+    """``[N, W]``: each position's index among its left-padded chunk's real tokens (negative on padding)."""
+    width = mask.shape[1]
+    return torch.arange(width, device=mask.device)[None, :] - (width - mask.sum(1))[:, None]
+
+
 def pooling_matrix(mask: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
     """For left-padded chunks (``mask`` ``[N, W]``): ``P`` ``[N, G, W]`` averaging each group of ``ratio`` real tokens
     (the last group of a chunk may be shorter) and the number of groups of each chunk ``[N]``."""
     lengths = mask.sum(1)
-    width = mask.shape[1]
-    index = torch.arange(width, device=mask.device)[None, :] - (width - lengths)[:, None]  # among real tokens
+    index = token_index(mask)
     group = torch.where(mask.bool(), torch.div(index, ratio, rounding_mode="floor"), torch.full_like(index, -1))
     groups = max(1, math.ceil(int(lengths.max()) / ratio))
     onehot = (group[:, None, :] == torch.arange(groups, device=mask.device)[None, :, None]).float()
@@ -90,8 +95,7 @@ class MeanPoolModel(KvModel):
         device = encoder.embed_device
         mask = chunks.mask.to(device)
         pool, groups = pooling_matrix(mask, self.pool_ratio)
-        lengths = mask.sum(1)
-        index = torch.arange(mask.shape[1], device=device)[None, :] - (mask.shape[1] - lengths)[:, None]
+        index = token_index(mask)
         if self.grouped:  # every token of group g at position (chunk offset + g): pooled keys are rotated as g
             offsets = group_offsets(chunks, groups.cpu()).to(device)
             position_ids = offsets[:, None] + torch.div(index, self.pool_ratio, rounding_mode="floor")
