@@ -8,11 +8,12 @@ from torch import nn
 
 
 def lora_config(config: Any, rank: int | None = None):
+    """peft's LoraConfig from the config's LoRA fields; ``rank`` makes a second adapter of that rank with scaling 1
+    (alpha = rank), whatever the first adapter's rank and alpha."""
     from peft import LoraConfig
 
     targets = config.lora_targets
-    rank = int(rank or config.lora_r)
-    alpha = int(config.lora_alpha) if rank == int(config.lora_r) else rank  # a second adapter: scaling 1
+    rank, alpha = (int(config.lora_r), int(config.lora_alpha)) if rank is None else (int(rank), int(rank))
     return LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=float(config.lora_dropout),
                       target_modules=targets if isinstance(targets, str) else list(targets), bias="none")
 
