@@ -135,7 +135,7 @@ def main() -> None:
             if time.perf_counter() - t_start + (point - trainer.step) * per_step + eval_cost > args.budget_minutes * 60:
                 print(f"stopping before step {point}: it would end past the {args.budget_minutes} min budget", flush=True)
                 break
-        trainer.config.max_steps = point  # train() runs up to max_steps; the constant schedule ignores it
+        trainer.config.max_steps = point  # train() runs up to max_steps; the lr schedule keeps the full run's length
         t0, c0 = time.perf_counter(), time.process_time()
         trainer.train()  # ends with a teacher-forced held-out evaluation (eval_every=0), logged to history
         train_seconds += time.perf_counter() - t0

@@ -262,3 +262,20 @@ def test_overwrite_with_resume_starts_fresh(tmp_path):
     Trainer(Regressor(), _config(tmp_path, max_steps=10, save_every=5), Pairs()).train()
     result = Trainer(Regressor(), _config(tmp_path, max_steps=5, resume=True, overwrite=True), Pairs()).train()
     assert result.start_step == 0 and result.steps == 5 and checkpoints(tmp_path / "run") == []
+
+
+def test_lr_schedule_keeps_its_length_when_trained_in_pieces(tmp_path):
+    """Raising max_steps point by point (as the reconstruction-curve benchmark does) must follow the one-shot decay,
+    not restart it at every piece."""
+    def lrs(pieces):
+        torch.manual_seed(0)
+        trainer = Trainer(Regressor(), _config(tmp_path / str(pieces), max_steps=40, schedule="cosine", log_every=1),
+                          Pairs())
+        for stop in pieces:
+            trainer.config.max_steps = stop
+            trainer.train()
+        return [r["lr"] for r in trainer.history if "lr" in r]
+
+    one_shot, in_pieces = lrs([40]), lrs([10, 20, 40])
+    assert in_pieces == pytest.approx(one_shot)
+    assert one_shot[9] > 0.5 * one_shot[0]  # a quarter of the way in, the cosine has barely started to decay

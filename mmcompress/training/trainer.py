@@ -117,14 +117,18 @@ def set_seed(seed: int) -> None:
 
 
 def _lr_lambda(config: TrainConfig) -> Callable[[int], float]:
+    # The run length is read once: a caller that trains in pieces (raising max_steps point by point, as the
+    # reconstruction-curve benchmark does) must not restart the decay at every piece.
+    warmup, total, kind = config.warmup_steps, config.max_steps, config.schedule
+
     def schedule(step: int) -> float:
-        if config.warmup_steps and step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        span = max(1, config.max_steps - config.warmup_steps)
-        progress = min(1.0, (step - config.warmup_steps) / span)
-        if config.schedule == "linear":
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        span = max(1, total - warmup)
+        progress = min(1.0, (step - warmup) / span)
+        if kind == "linear":
             return 1.0 - progress
-        if config.schedule == "cosine":
+        if kind == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
         return 1.0
 
