@@ -167,7 +167,14 @@ def _build(name: str, fields: dict[str, Any]):
 def _from_saved(path: Path, overrides: dict[str, Any]):
     meta_file = path / SAVED_CONFIG_FILE
     if not meta_file.exists():
-        raise ConfigError(f"{path} is a folder but has no {SAVED_CONFIG_FILE}; it is not a saved mmcompress compressor")
+        from .soft.published import detect_format, published_formats
+
+        fmt = detect_format(path)
+        if fmt is not None:
+            return fmt.load(path, **overrides)
+        known = ", ".join(published_formats()) or "none"
+        raise ConfigError(f"{path} is a folder but has no {SAVED_CONFIG_FILE} and is not a published checkpoint layout "
+                          f"mmcompress knows ({known}); it is not a saved mmcompress compressor")
     meta = read_saved_meta(path)
     cls = COMPRESSORS.get(meta["compressor"])
     if not hasattr(cls, "from_pretrained"):
