@@ -301,7 +301,7 @@ def test_train_recipe_runs_resumes_and_loads(task, tiny_dir, tmp_path):
         "task": task,
         "model": {"model": str(tiny_dir), "num_slots": 4, "chunk_tokens": 16, "lora_r": 4, "device": "cpu",
                   "dtype": "float32"},
-        "data": {"text": str(text), "eval_fraction": 0.2, "context_tokens": 16, "continuation_tokens": 8,
+        "data": {"text": str(text), "eval_fraction": 0.34, "context_tokens": 16, "continuation_tokens": 8,
                  "lm_ratio": 0.5, "eval_examples": 4},
         "train": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "batch_size": 2, "lr": 1e-3, "save_every": 2,
                   "log_every": 1, "eval_every": 2, "progress": False},
@@ -390,3 +390,16 @@ def test_small_qa_eval_compressed_full_and_no_context(cls, tiny_dir):
     mixed = c.compress_batch([Prompt.from_documents([DOC], question="Who?"),
                               Prompt((TextSegment("Who?", role="question"),))])
     assert mixed.soft_tokens[1] == 0 and len(c.generate(mixed)) == 2  # a batch with and without soft spans
+
+
+def test_held_out_tail_splits_into_disjoint_validation_and_test_documents():
+    from mmcompress.soft.tasks import held_out_part
+
+    held = [f"doc {i}" for i in range(7)]
+    validation, test = held_out_part(held, "validation"), held_out_part(held, "test")
+    assert validation == held[:3] and test == held[3:]  # contiguous halves: no document in both
+    assert held_out_part(held, "all") == held
+    with pytest.raises(ConfigError, match="eval_split"):
+        held_out_part(held, "train")
+    with pytest.raises(ConfigError, match="at least 2"):
+        held_out_part(held[:1], "test")

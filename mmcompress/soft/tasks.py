@@ -11,7 +11,9 @@ Recipe sections::
     init_from: null                 # a saved compressor folder to start from (e.g. pretrain -> QA fine-tuning)
     data:
       text: ../shared/data/corpus_wiki_news.txt   # plain text; documents separated by blank lines
-      eval_fraction: 0.05           # the last 5% of documents are held out (evaluation and reported metrics)
+      eval_fraction: 0.05           # the last 5% of documents are held out, never trained on
+      eval_split: validation        # which part of them evaluation reads: validation (first half of the held-out
+                                    # documents: model and setting choices), test (second half: reported once), all
       context_tokens: 128           # tokens compressed per example
       continuation_tokens: 0        # > 0: continuation examples predict this many following tokens
       lm_ratio: 0.0                 # fraction of continuation examples (ICAE: 0.4-0.6 once AE works)
@@ -37,7 +39,7 @@ from ..errors import ConfigError
 from ..training.tasks import TaskSetup
 from .losses import QA_TEMPLATE, PretrainDataset, QADataset, collate, read_jsonl
 
-DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "context_tokens": 128, "continuation_tokens": 0,
+DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128, "continuation_tokens": 0,
                  "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": QA_TEMPLATE,
                  "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
@@ -66,11 +68,27 @@ def windows(docs: list[str], tokenizer: Any, size: int) -> list[list[int]]:
     return out
 
 
+EVAL_SPLITS = ("validation", "test", "all")
+
+
+def held_out_part(held: list[str], split: str) -> list[str]:
+    """The validation (first half) or test (second half) documents of the held-out tail, or all of it."""
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"eval_split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    if split == "all":
+        return held
+    if len(held) < 2:
+        raise ConfigError(f"the held-out tail has {len(held)} document(s); a validation/test split needs at least 2 "
+                          "(raise eval_fraction or use eval_split: all)")
+    half = len(held) // 2
+    return held[:half] if split == "validation" else held[half:]
+
+
 def held_out_windows(recipe: dict[str, Any], tokenizer: Any) -> list[list[int]]:
-    """The held-out windows of a recipe's text (what reconstruction is reported on)."""
+    """The held-out windows of a recipe's text in its ``eval_split`` (what reconstruction is measured on)."""
     data = {**DATA_DEFAULTS, **(recipe.get("data") or {})}
     _, held = split_documents(documents(data["text"]), data["eval_fraction"])
-    return windows(held, tokenizer, data["context_tokens"])
+    return windows(held_out_part(held, data["eval_split"]), tokenizer, data["context_tokens"])
 
 
 def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
@@ -78,6 +96,7 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
     size = data["context_tokens"] + data["continuation_tokens"]
     if data["text"]:
         train_docs, eval_docs = split_documents(documents(data["text"]), data["eval_fraction"])
+        eval_docs = held_out_part(eval_docs, data["eval_split"])
         train_w, eval_w = windows(train_docs, tokenizer, size), windows(eval_docs, tokenizer, size)
         if not train_w:
             raise ConfigError(f"{data['text']} has no window of {size} tokens to train on")
