@@ -1,4 +1,4 @@
-"""Reconstruction BLEU-4 on held-out text against training steps, for icae / kv / meanpool at 4x (--window tokens -> 1/4 as many positions).
+"""Reconstruction BLEU-4 on held-out text against training steps, for icae / kv / meanpool at --ratio (default 4x: --window tokens -> 1/4 as many positions).
 
 Trains from the shipped recipe (``configs/train/<method>-pretrain.yaml``) with the given overrides and, at each step
 in ``--points`` (and at step 0, the untrained compressor), pauses training to regenerate ``--eval-texts`` held-out
@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="the base model's weights (bfloat16: no per-step casts on AMX CPUs; the adapter stays float32)")
     ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
-    ap.add_argument("--window", type=int, default=128, help="tokens per window (compressed 4x)")
+    ap.add_argument("--window", type=int, default=128, help="tokens per window")
+    ap.add_argument("--ratio", type=int, default=4, help="compression ratio: tokens per pooled group or per slot")
     ap.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: the recipe's)")
     ap.add_argument("--decoder-lora-r", type=int, default=0, help="> 0: train a decoder-side LoRA of this rank too")
     ap.add_argument("--budget-cpu-minutes", type=float, default=0.0,
@@ -69,7 +70,8 @@ def main() -> None:
     out_dir = Path(args.output_dir) / args.method
     shutil.rmtree(out_dir, ignore_errors=True)  # a curve starts from scratch; an old log would mix in
     sizes = {"model.chunk_tokens": args.window, "data.context_tokens": args.window}
-    sizes.update({"model.pool_ratio": 4} if args.method == "meanpool" else {"model.num_slots": args.window // 4})
+    sizes.update({"model.pool_ratio": args.ratio} if args.method == "meanpool"
+                 else {"model.num_slots": args.window // args.ratio})
     if args.lora_r:
         sizes.update({"model.lora_r": args.lora_r, "model.lora_alpha": args.lora_r})
     if args.decoder_lora_r:
@@ -174,7 +176,7 @@ def save(compressor, path: Path, step: int, args) -> None:
     text = loaded.reconstruct(soft, max_new_tokens=16)[0]
     ready = path.parent / "READY"
     lines = [x for x in (ready.read_text().splitlines() if ready.exists() else []) if not x.startswith(f"{path.name}:")]
-    lines.append(f"{path.name}: {path} ({args.method}, 4x: {args.window}-token windows, SmolLM2-135M; trained {step} steps "
+    lines.append(f"{path.name}: {path} ({args.method}, {args.ratio}x: {args.window}-token windows, SmolLM2-135M; trained {step} steps "
                  f"of batch {args.batch_size}; loads with create_compressor('{path}') and generates, e.g. {text[:40]!r})")
     ready.write_text("\n".join(sorted(lines)) + "\n")
     print(f"saved {path} at step {step}; reload generated {text!r}", flush=True)
@@ -196,12 +198,12 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
     stem = Path(args.out or f"benchmarks/results/{args.method}_reconstruction_curve")
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
-    lines = [f"# {args.method} reconstruction at 4x vs training steps ({args.model}, shortened CPU schedule)", "",
+    lines = [f"# {args.method} reconstruction at {args.ratio}x vs training steps ({args.model}, shortened CPU schedule)", "",
              *([f"Continued from `{args.init_from}` (steps below count from there; fresh optimizer; data seed 1, so a new order of the training windows).", ""]
                if args.init_from else []),
              f"Machine: {machine}. Command: `{command(args)}`. Training so far: {last['step']} steps of batch "
              f"{args.batch_size} in {last['train_seconds']:.0f} s ({steps_per_s:.3f} steps/s, evaluation excluded).", "",
-             f"Held-out: greedy reconstruction of {len(texts)} windows of {args.window} tokens from the last 5% of documents of "
+             f"Held-out (validation part): greedy reconstruction of {len(texts)} windows of {args.window} tokens from the last 5% of documents of "
              "corpus_wiki_news.txt (BLEU-4, positional token accuracy); teacher-forced loss / token accuracy on "
              f"{args.eval_batches} held-out batches.", "",
              "| step | examples | train s | BLEU-4 | token acc. (greedy) | held-out loss (TF) | token acc. (TF) |",
@@ -223,22 +225,13 @@ def command(args) -> str:
              f"--points {args.points}", f"--batch-size {args.batch_size}", f"--lr {args.lr}",
              f"--warmup {args.warmup}", f"--schedule {args.schedule}", f"--eval-texts {args.eval_texts}",
              f"--eval-batches {args.eval_batches}"]
-    if args.budget_minutes:
-        parts.append(f"--budget-minutes {args.budget_minutes:g}")
-    if args.bf16:
-        parts.append("--bf16")
-    if args.lora_r:
-        parts.append(f"--lora-r {args.lora_r}")
-    if args.decoder_lora_r:
-        parts.append(f"--decoder-lora-r {args.decoder_lora_r}")
-    if args.budget_cpu_minutes:
-        parts.append(f"--budget-cpu-minutes {args.budget_cpu_minutes:g}")
-    if args.threads:
-        parts.append(f"--threads {args.threads}")
-    if args.save_to:
-        parts.append(f"--save-to {args.save_to}")
-    if args.init_from:
-        parts.append(f"--init-from {args.init_from}")
+    optional = {"--ratio": args.ratio if args.ratio != 4 else None, "--budget-minutes": args.budget_minutes or None,
+                "--bf16": "" if args.bf16 else None, "--lora-r": args.lora_r or None,
+                "--decoder-lora-r": args.decoder_lora_r or None,
+                "--budget-cpu-minutes": args.budget_cpu_minutes or None, "--threads": args.threads or None,
+                "--save-to": args.save_to, "--init-from": args.init_from, "--out": args.out}
+    parts += [f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}".rstrip()
+              for flag, value in optional.items() if value is not None]
     return "PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py " + " ".join(parts)
 
 

@@ -318,6 +318,49 @@ def test_train_recipe_runs_resumes_and_loads(task, tiny_dir, tmp_path):
     assert loaded.name == task and len(loaded.generate(loaded.compress(DOC), "Who?")) == 1
 
 
+def test_staged_recipe_runs_a_ratio_curriculum_each_stage_from_the_last(tiny_dir, tmp_path, capsys):
+    """``stages``: 2x then 4x; the second stage starts from the first's trained result; --resume skips done stages."""
+    import json
+
+    import yaml
+
+    from mmcompress.cli import main
+    from mmcompress.factory import read_saved_meta
+    from tiny_models import CORPUS
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([CORPUS] * 6))
+    recipe = {
+        "task": "meanpool",
+        "model": {"model": str(tiny_dir), "pool_ratio": 2, "chunk_tokens": 16, "lora_r": 4, "device": "cpu",
+                  "dtype": "float32"},
+        "data": {"text": str(text), "eval_fraction": 0.34, "context_tokens": 16, "eval_examples": 2},
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "lr": 1e-3, "save_every": 0,
+                  "log_every": 1, "eval_every": 0, "progress": False},
+        "stages": [{"name": "two_x", "train": {"max_steps": 2}},
+                   {"name": "four_x", "model": {"pool_ratio": 4}, "train": {"max_steps": 3, "lr": 5e-4}}],
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(path)]) == 0
+    first, second = tmp_path / "run" / "1-two_x", tmp_path / "run" / "2-four_x"
+    assert read_saved_meta(first / "final")["config"]["pool_ratio"] == 2
+    ran = yaml.safe_load((second / "recipe.yaml").read_text())
+    assert ran["init_from"] == str(first / "final") and ran["train"]["lr"] == 5e-4
+    steps = [r["step"] for r in map(json.loads, (second / "log.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == [1, 2, 3]  # a fresh run of its own length, not the first stage's continuation
+    loaded = create_compressor(tmp_path / "run" / "final")
+    assert loaded.config.pool_ratio == 4 and len(loaded.generate(loaded.compress(DOC), "Who?")) == 1
+    before = (first / "log.jsonl").read_text()
+    assert main(["train", "--config", str(path), "--resume"]) == 0  # both done: nothing reruns
+    assert (first / "log.jsonl").read_text() == before
+    capsys.readouterr()
+    recipe["stages"].append({"name": "four_x", "train": {"max_steps": 1}})
+    path.write_text(yaml.safe_dump(recipe))
+    assert main(["train", "--config", str(path), "--overwrite"]) == 2
+    assert "unique 'name'" in capsys.readouterr().err
+
+
 def test_cli_compress_answers_from_a_saved_compressor(tiny_dir, tmp_path, capsys):
     import json
 

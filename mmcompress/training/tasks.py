@@ -4,6 +4,9 @@
     model: {...}              # task-specific
     data: {...}               # task-specific
     train: {max_steps: 2000, batch_size: 8, lr: 1e-4, output_dir: runs/icae}   # TrainConfig fields
+    stages:                   # optional: a schedule of runs, each from the previous one's trained result
+      - {name: warm, train: {max_steps: 600, lr: 1.0e-3}}
+      - {name: anneal, train: {max_steps: 1500, lr: 5.0e-4, schedule: cosine}, model: {pool_ratio: 4}}
 
 A task is a function ``build(recipe) -> TaskSetup``, registered with ``@register_task("name")`` next to the model it
 trains (soft encoders, projectors, adapters, classifiers). ``mmcompress train --config recipe.yaml`` runs it.
@@ -104,7 +107,9 @@ def run_recipe(recipe: dict[str, Any]) -> TrainResult:
     importlib.import_module("mmcompress")  # registers every family's tasks
     build = TASKS.get(recipe["task"])
     check_keys(f"top-level recipe key for task {recipe['task']!r}:", recipe,
-               getattr(build, "recipe_sections", COMMON_SECTIONS))
+               (*getattr(build, "recipe_sections", COMMON_SECTIONS), "stages"))
+    if "stages" in recipe:
+        return run_stages(recipe)
     config = TrainConfig.from_dict(recipe.get("train"))
     # the output folder is checked (and claimed) before the task loads any model
     identity = recipe_identity(recipe)
@@ -119,3 +124,62 @@ def run_recipe(recipe: dict[str, Any]) -> TrainResult:
     if setup.finalize is not None and trainer.accelerator.is_main_process:
         setup.finalize(trainer.accelerator.unwrap_model(trainer.module), output_dir)
     return result
+
+
+STAGE_KEYS = ("name", "model", "data", "train")
+
+
+def stage_recipes(recipe: dict[str, Any]) -> list[dict[str, Any]]:
+    """One plain recipe per entry of ``stages``: the base recipe with the stage's sections merged in, its own
+    ``output_dir/<i>-<name>`` folder, and (after the first) ``init_from`` the previous stage's trained result. A
+    stage starts with a fresh optimizer and schedule; model fields may change between stages (e.g. a ratio
+    curriculum), data and train fields too."""
+    base = {k: v for k, v in recipe.items() if k != "stages"}
+    stages = recipe["stages"]
+    if not isinstance(stages, list) or not stages:
+        raise ConfigError("recipe 'stages' must be a non-empty list of mappings")
+    build = TASKS.get(recipe["task"])
+    if len(stages) > 1 and "init_from" not in getattr(build, "recipe_sections", ()):
+        raise ConfigError(f"task {recipe['task']!r} cannot continue from a trained result (no init_from), so it "
+                          "cannot run in stages")
+    root = Path(TrainConfig.from_dict(base.get("train")).output_dir)
+    out, names = [], set()
+    for i, stage in enumerate(stages, 1):
+        stage = check_keys(f"key of stage {i}:", stage, STAGE_KEYS)
+        name = stage.get("name")
+        if not isinstance(name, str) or not name.isidentifier() or name in names:
+            raise ConfigError(f"stage {i} needs a unique 'name' (letters, digits, _), got {name!r}")
+        names.add(name)
+        merged = copy.deepcopy(base)
+        for section in ("model", "data", "train"):
+            if section in stage:
+                values = stage[section]  # its keys are checked by the task and TrainConfig, as the base's are
+                values = check_keys(f"stage {name!r} {section}:", values, values if isinstance(values, dict) else ())
+                merged[section] = {**(merged.get(section) or {}), **values}
+        merged.setdefault("train", {})["output_dir"] = str(root / f"{i}-{name}")
+        if out:
+            merged["init_from"] = str(Path(out[-1]["train"]["output_dir"]) / "final")
+        out.append(merged)
+    return out
+
+
+def run_stages(recipe: dict[str, Any]) -> TrainResult:
+    """Run a staged recipe: each stage in turn; with ``resume``, stages whose result exists are skipped. The last
+    stage's result is copied to ``<output_dir>/final``."""
+    import shutil
+
+    stages = stage_recipes(recipe)
+    result = None
+    for stage in stages:
+        config = TrainConfig.from_dict(stage["train"])
+        done = Path(config.output_dir) / "final"
+        if config.resume and done.is_dir():
+            continue  # finished in an earlier call
+        result = run_recipe(stage)
+    final = Path(stages[-1]["train"]["output_dir"]) / "final"
+    if not final.is_dir():
+        raise ConfigError(f"the last stage wrote no result in {final}; its task must save one to <output_dir>/final")
+    target = Path(TrainConfig.from_dict(recipe.get("train")).output_dir) / "final"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(final, target)
+    return result if result is not None else TrainResult(steps=0, seconds=0.0, last_loss=float("nan"), output_dir=str(target))
