@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from mmcompress.evaluation.metrics import mcnemar_exact  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -122,9 +122,7 @@ def paired_against_random(rows: list[dict], method: str, rate: float, floor: str
     ids = [i for (system, i) in ret if system == method and (floor, i) in ret]
     won = sum(1 for i in ids if ret[(method, i)] > ret[(floor, i)])
     lost = sum(1 for i in ids if ret[(method, i)] < ret[(floor, i)])
-    n, k = won + lost, min(won, lost)
-    p = min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0
-    return {"rows": len(ids), "won": won, "lost": lost, "mcnemar_p": p}
+    return {"rows": len(ids), "won": won, "lost": lost, "mcnemar_p": mcnemar_exact(won, lost)}
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ single spaces) and scored against every gold answer, keeping the best. BLEU-4 co
 """
 from __future__ import annotations
 
+import math
+
 import re
 import string
 from collections import Counter
@@ -63,3 +65,10 @@ def bleu4(predictions: Sequence[str], references: Sequence[str]) -> float:
 
     sacrebleu = require("sacrebleu", "BLEU")
     return sacrebleu.corpus_bleu(list(predictions), [list(references)]).score / 100.0
+
+
+def mcnemar_exact(won: int, lost: int) -> float:
+    """Exact two-sided McNemar (sign) test p-value for paired binary outcomes: ``won`` rows where only A succeeds,
+    ``lost`` where only B does (ties carry no information)."""
+    n, k = won + lost, min(won, lost)
+    return min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0

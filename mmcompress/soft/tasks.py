@@ -18,7 +18,7 @@ Recipe sections::
       continuation_tokens: 0        # > 0: continuation examples predict this many following tokens
       lm_ratio: 0.0                 # fraction of continuation examples (ICAE: 0.4-0.6 once AE works)
       qa: null                      # SQuAD-style JSONL: adds QA examples ({context, question, answers})
-      qa_eval_fraction: 0.1
+      qa_eval_fraction: 0.1         # the last 10% of QA rows are held out (split by eval_split, as the text)
       eval_examples: 64
     train: {output_dir: runs/icae, max_steps: 1000, batch_size: 8, lr: 1e-4, ...}   # TrainConfig
 
@@ -112,7 +112,8 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
         rows = read_jsonl(resolve_data_path(data["qa"]))
         cut = len(rows) - max(1, int(len(rows) * data["qa_eval_fraction"]))
         train_parts.append(QADataset(rows[:cut], tokenizer, data["context_tokens"] * 8, data["qa_template"]))
-        eval_parts.append(QADataset(rows[cut:][: data["eval_examples"]], tokenizer, data["context_tokens"] * 8,
+        held = held_out_part(rows[cut:], data["eval_split"])
+        eval_parts.append(QADataset(held[: data["eval_examples"]], tokenizer, data["context_tokens"] * 8,
                                     data["qa_template"]))
     if not train_parts:
         raise ConfigError("the recipe's data section needs 'text' (plain text) and/or 'qa' (JSONL)")
