@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--source", required=True, help="a saved compressor folder (save_pretrained)")
     ap.add_argument("--name", required=True, help="the name it loads by, e.g. soft-smollm2-4x")
     ap.add_argument("--heldout", default=None, help="results JSON of benchmarks/soft_slot_control.py on the shipped name")
+    ap.add_argument("--recipe", default=None, help="the shipped recipe that runs the whole schedule (name)")
     ap.add_argument("--training", action="append", default=[],
                     help="results JSON of each training stage's curve, in order (steps, CPU time, command)")
     args = ap.parse_args()
@@ -56,7 +57,8 @@ def main() -> None:
         row = next(r for r in heldout["rows"] if r["compressor"] == args.name)
         card["heldout"] = {"tf_token_accuracy": round(row["matched_token_accuracy"], 4),
                            "tf_token_accuracy_mismatched": round(row["mismatched_token_accuracy"], 4),
-                           "greedy_bleu4": round(row["greedy_bleu4"], 4), "windows": row["windows"]}
+                           "greedy_bleu4": round(row["greedy_bleu4"], 4), "windows": row["windows"],
+                           "split": row.get("split", "validation")}
         card["heldout_command"] = heldout["command"]
     stages = []
     for path in args.training:
@@ -64,12 +66,14 @@ def main() -> None:
         last = training["curve"][-1]
         stages.append({"steps": last["step"], "batch_size": training["args"]["batch_size"],
                        "train_cpu_seconds": last.get("train_cpu_seconds"), "machine": training["machine"],
-                       "command": training.get("command") or command(argparse.Namespace(**{"decoder_lora_r": 0,
-                                                                                            **training["args"]})),
+                       "command": training.get("command") or command(argparse.Namespace(**{
+                           "decoder_lora_r": 0, "ratio": 4, "out": None, **training["args"]})),
                        "results": path})
     if stages:
         card["training"] = {"stages": stages, "steps": sum(s["steps"] for s in stages),
                             "train_cpu_minutes": round(sum(s["train_cpu_seconds"] or 0 for s in stages) / 60, 1)}
+    if args.recipe:
+        card["recipe"] = args.recipe
     (tmp / "TRAINED.json").write_text(json.dumps(card, indent=2) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)

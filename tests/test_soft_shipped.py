@@ -1,6 +1,6 @@
-"""The trained soft compressor shipped in the package (``soft-smollm2-4x``, real SmolLM2-135M, slow tier): it loads
-by name offline, carries its held-out window (matched soft prompt far better than another window's), regenerates
-held-out text, answers through the CLI, and chains after a hard stage."""
+"""The trained soft compressors shipped in the package (``soft-smollm2-4x``, ``soft-smollm2-2x``; real SmolLM2-135M,
+slow tier): they load by name offline, carry their held-out windows (matched soft prompt far better than another
+window's, near the card's number), answer through the CLI, and chain after a hard stage."""
 from __future__ import annotations
 
 import json
@@ -15,13 +15,18 @@ from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
 
 pytestmark = pytest.mark.slow
 NAME = "soft-smollm2-4x"
+SHIPPED = {"soft-smollm2-4x": 4, "soft-smollm2-2x": 2}
+
+
+def load_shipped(name):
+    if name not in list_trained():
+        pytest.fail(f"{name} is not shipped in mmcompress/trained/")
+    return create_compressor(name, device="cpu")
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    if NAME not in list_trained():
-        pytest.fail(f"{NAME} is not shipped in mmcompress/trained/")
-    return create_compressor(NAME, device="cpu")
+    return load_shipped(NAME)
 
 
 def test_card_and_listing(shipped, capsys):
@@ -34,11 +39,14 @@ def test_card_and_listing(shipped, capsys):
     assert listed[NAME]["ratio"] == 4 and "tf_token_accuracy" in listed[NAME]["heldout"]
 
 
-def test_shipped_weights_carry_held_out_windows(shipped):
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_carry_held_out_windows(name):
     """Teacher-forced on 16 held-out windows (the corpus tail the recipe never trains on): each window's own soft
     prompt must give far higher token accuracy than another window's, and above the card's number less a margin."""
     from conftest import shared_file
 
+    shipped = load_shipped(name)
+    assert shipped.config.pool_ratio == SHIPPED[name] == trained_card(name)["ratio"]
     tok = shipped.tokenizer
     window = shipped.config.chunk_tokens
     data = {**DATA_DEFAULTS, "text": str(shared_file("corpus_wiki_news.txt")), "context_tokens": window,
@@ -50,7 +58,7 @@ def test_shipped_weights_carry_held_out_windows(shipped):
     with torch.no_grad():
         matched = module.evaluation_step(batch)["token_accuracy"]
         mismatched = module.evaluation_step(rolled)["token_accuracy"]
-    card = trained_card(NAME)["heldout"]
+    card = trained_card(name)["heldout"]
     assert matched >= card["tf_token_accuracy"] - 0.1
     assert matched >= mismatched + 0.2
 
