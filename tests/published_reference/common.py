@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import string
 import subprocess
 import sys
 import sysconfig
@@ -34,6 +35,10 @@ What is the capital of France? Which team won the game? Answer the question usin
 Neural networks learn representations from data; transformers use attention over tokens. 0123456789 !?,.;:'"()-
 [INST] Refer to the background document: Background: [/INST] The answer is: ### Instruction: ### Input: ### Response:
 """
+
+
+# every character the prompts use, so that no test text hits <unk> (tokenizers versions differ in how they emit it)
+ALPHABET = string.ascii_letters + string.digits + string.punctuation + "\n"
 
 
 def ensure_venv(name: str, requirements: list[str]) -> Path:
@@ -64,15 +69,19 @@ def reexec_in(python: Path, script: str, argv: list[str]) -> None:
 def llama_tokenizer(vocab_size: int = 320):
     """A tiny sentencepiece-style BPE (``▁`` for spaces, ``<unk>``/``<s>``/``</s>``, BOS added) as a
     ``LlamaTokenizerFast``, laid out as transformers' Llama converter writes Llama-2 / Mistral tokenizers."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
     from transformers import LlamaTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=False))
     tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Fuse(), decoders.Strip(" ", 1, 0)])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-                                  initial_alphabet=list("\n[]/<>#"))
+                                  initial_alphabet=list(ALPHABET))
     tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    # BOS in tokenizer.json itself, as Llama's converted tokenizers have it (older LlamaTokenizerFast versions
+    # do not add it from ``add_bos_token``)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", tok.token_to_id("<s>"))])
     return LlamaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
                               add_bos_token=True, add_eos_token=False)
 
