@@ -22,6 +22,7 @@ same logits from one full forward pass under ``make_gist_mask``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -78,6 +79,10 @@ def build_release(out: Path) -> None:
     weight_diff.PRETRAINED_VOCAB_SIZE = len(tok) - 1
     weight_diff.LlamaTokenizer = LlamaTokenizerFast
     weight_diff.make_diff(path_raw=str(base_dir), path_tuned=str(tuned_dir), path_diff=str(diff_dir))
+    for folder in (tuned_dir, diff_dir):  # save_pretrained records where the weights came from: no local paths
+        config = json.loads((folder / "config.json").read_text())
+        config["_name_or_path"] = base_dir.name
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     recovered, _ = weight_diff.recover(path_raw=str(base_dir), path_diff=str(diff_dir), test_inference=False,
                                        check_integrity_naively=False)
     tuned = GistLlamaForCausalLM.from_pretrained(tuned_dir).state_dict()
