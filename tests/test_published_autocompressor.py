@@ -120,7 +120,7 @@ def test_wrong_or_incomplete_releases_get_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="summary_length is 0"):
         create_compressor(str(folder))
     (folder / "config.json").write_text(json.dumps({**config, "summary_length": 7}))
-    with pytest.raises(ConfigError, match=r"embed_summary.weight has shape \(4, 32\), expected \(7, 32\)"):
+    with pytest.raises(ConfigError, match=r"embed_summary.weight has shape \(4, 16\), expected \(7, 16\)"):
         create_compressor(str(folder))
     (folder / "config.json").write_text(json.dumps(config))
     weights = torch.load(folder / "pytorch_model.bin", weights_only=True)

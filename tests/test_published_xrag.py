@@ -125,7 +125,7 @@ def _copy_release(tmp_path: Path) -> Path:
 
 def test_wrong_or_incomplete_releases_get_clear_errors(tmp_path):
     folder = _copy_release(tmp_path)
-    with pytest.raises(ConfigError, match="hidden size 32, but this xRAG projector reads 24"):
+    with pytest.raises(ConfigError, match="hidden size 16, but this xRAG projector reads 12"):
         create_compressor(str(folder), retriever=str(folder))  # the LM itself is not the retriever
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "projector_type": "linear"}))

@@ -57,13 +57,13 @@ def build_release(kind: str, folder: Path, ac) -> None:
     tok = llama_tokenizer()
     torch.manual_seed(0 if kind == "llama" else 1)
     if kind == "llama":
-        config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                             num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
                              bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
         cls = ac.LlamaAutoCompressorModel
     else:
-        config = OPTConfig(vocab_size=len(tok), hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
-                           max_position_embeddings=128, word_embed_proj_dim=32, bos_token_id=1, eos_token_id=2,
+        config = OPTConfig(vocab_size=len(tok), hidden_size=16, ffn_dim=32, num_hidden_layers=2, num_attention_heads=2,
+                           max_position_embeddings=128, word_embed_proj_dim=16, bos_token_id=1, eos_token_id=2,
                            pad_token_id=1, enable_bias=True, do_layer_norm_before=True)
         cls = ac.OPTAutoCompressorModel
     config.summary_length, config.accumulate_summary, config.segment_gradient_checkpointing = SUMMARY_LENGTH, True, False

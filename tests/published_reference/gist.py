@@ -61,8 +61,8 @@ def build_release(out: Path) -> None:
     base_dir, tuned_dir, diff_dir = out / "llama-base-tiny", out / "llama-gist-tiny", out / "llama-gist-diff-tiny"
     tok = llama_tokenizer()
     torch.manual_seed(0)
-    raw = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                       num_attention_heads=4, max_position_embeddings=256, bos_token_id=1,
+    raw = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, max_position_embeddings=256, bos_token_id=1,
                                        eos_token_id=2, pad_token_id=0, tie_word_embeddings=False))
     raw.save_pretrained(base_dir)
     tok.save_pretrained(base_dir)

@@ -59,14 +59,14 @@ def build_release(xrag_dir: Path, sfr_dir: Path) -> None:
     retriever_tok = llama_tokenizer()
     retriever_tok.pad_token = retriever_tok.eos_token
     torch.manual_seed(0)
-    shape = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+    shape = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                  max_position_embeddings=512, sliding_window=None, bos_token_id=1, eos_token_id=2)
-    retriever = SFR(MistralConfig(vocab_size=base_vocab, **{**shape, "hidden_size": 24}))
+    retriever = SFR(MistralConfig(vocab_size=base_vocab, **{**shape, "hidden_size": 12}))
     retriever.config.architectures = ["MistralModel"]
     retriever.save_pretrained(sfr_dir, safe_serialization=True)
     retriever_tok.save_pretrained(sfr_dir)
 
-    config = XMistralConfig(vocab_size=base_vocab, projector_type="mlp2x_gelu", retriever_hidden_size=24,
+    config = XMistralConfig(vocab_size=base_vocab, projector_type="mlp2x_gelu", retriever_hidden_size=12,
                             tie_word_embeddings=False, **shape)
     model = XMistralForCausalLM(config)
     # train.py:470-483: the pad token, then the placeholder token; the embedding matrices grow to match
