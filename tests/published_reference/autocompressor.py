@@ -20,13 +20,12 @@ continuation computed by repeated forward passes.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIXTURES, as_list, ensure_venv, llama_tokenizer, reexec_in, write_json  # noqa: E402
+from common import FIXTURES, as_list, enter_reference, llama_tokenizer, stamp, write_json  # noqa: E402
 
 OUT = FIXTURES / "autocompressor"
 CONTEXT = ("Super Bowl 50 was an American football game to determine the champion of the National Football League. "
@@ -103,19 +102,11 @@ def golden(kind: str, folder: Path, ac) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", required=True, help="checkout of princeton-nlp/AutoCompressors at 80352a42")
-    parser.add_argument("--out", default=str(OUT))
-    args = parser.parse_args()
-    python = ensure_venv("published-autocompressor", ["transformers==4.34.0"])
-    reexec_in(python, __file__, sys.argv[1:])
-    import torch
-    import transformers
-
-    ac = official_classes(Path(args.repo).resolve())
-    out = Path(args.out)
-    result = {"source": "princeton-nlp/AutoCompressors@80352a4233c4a70504c75bf95c5f3e6d2533a863",
-              "transformers": transformers.__version__, "torch": torch.__version__, "summary_length": SUMMARY_LENGTH}
+    repo, out = enter_reference(__file__, __doc__, "checkout of princeton-nlp/AutoCompressors at 80352a42",
+                                "published-autocompressor", ["transformers==4.34.0"], OUT)
+    ac = official_classes(repo)
+    result = {**stamp("princeton-nlp/AutoCompressors@80352a4233c4a70504c75bf95c5f3e6d2533a863"),
+              "summary_length": SUMMARY_LENGTH}
     for kind in ("llama", "opt"):
         folder = out / f"{kind}-tiny"
         build_release(kind, folder, ac)

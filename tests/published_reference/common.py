@@ -12,6 +12,7 @@ The official code itself is read from a checkout of the release's repository at 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import string
@@ -64,6 +65,28 @@ def reexec_in(python: Path, script: str, argv: list[str]) -> None:
     """Run ``script`` again under ``python`` unless this interpreter already is it."""
     if Path(sys.prefix).resolve() != python.parent.parent.resolve():
         os.execv(str(python), [str(python), script, *argv])
+
+
+def enter_reference(script: str, doc: str, repo_help: str, venv: str, requirements: list[str],
+                    default_out: Path) -> tuple[Path, Path]:
+    """Parse ``--repo`` / ``--out``, move into the pinned venv (re-running ``script`` there), put the official
+    checkout on ``sys.path``; returns ``(repo, out)``."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repo", required=True, help=repo_help)
+    parser.add_argument("--out", default=str(default_out))
+    args = parser.parse_args()
+    reexec_in(ensure_venv(venv, requirements), script, sys.argv[1:])
+    repo = Path(args.repo).resolve()
+    sys.path.insert(0, str(repo))
+    return repo, Path(args.out)
+
+
+def stamp(source: str) -> dict:
+    """Where the golden outputs come from: the official commit and the versions that ran it."""
+    import torch
+    import transformers
+
+    return {"source": source, "transformers": transformers.__version__, "torch": torch.__version__}
 
 
 def llama_tokenizer(vocab_size: int = 320):

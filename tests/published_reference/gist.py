@@ -21,13 +21,12 @@ same logits from one full forward pass under ``make_gist_mask``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIXTURES, as_list, ensure_venv, llama_tokenizer, reexec_in, write_json  # noqa: E402
+from common import FIXTURES, as_list, enter_reference, llama_tokenizer, stamp, write_json  # noqa: E402
 
 OUT = FIXTURES / "gist"
 CASES = [  # (instruction, input, number of gist tokens)
@@ -135,21 +134,11 @@ def golden(folder: Path) -> list[dict]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", required=True, help="checkout of jayelm/gisting at 3be0d062")
-    parser.add_argument("--out", default=str(OUT))
-    args = parser.parse_args()
-    python = ensure_venv("published-gist", ["transformers==4.28.0", "fire", "tqdm"])
-    reexec_in(python, __file__, sys.argv[1:])
-    sys.path.insert(0, str(Path(args.repo).resolve()))
-    import torch
-    import transformers
-
-    out = Path(args.out)
+    _, out = enter_reference(__file__, __doc__, "checkout of jayelm/gisting at 3be0d062", "published-gist",
+                             ["transformers==4.28.0", "fire", "tqdm"], OUT)
     official_modules()
     build_release(out)
-    write_json(out / "golden.json", {"source": "jayelm/gisting@3be0d062b6bdfd3caf51843bbc60261a0855f876",
-                                     "transformers": transformers.__version__, "torch": torch.__version__,
+    write_json(out / "golden.json", {**stamp("jayelm/gisting@3be0d062b6bdfd3caf51843bbc60261a0855f876"),
                                      "cases": golden(out / "llama-gist-tiny")})
 
 

@@ -21,12 +21,11 @@ cannot be trained here without the sentencepiece trainer's data files).
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIXTURES, as_list, ensure_venv, llama_tokenizer, reexec_in, write_json  # noqa: E402
+from common import FIXTURES, as_list, enter_reference, llama_tokenizer, stamp, write_json  # noqa: E402
 
 OUT = FIXTURES / "xrag"
 # Mistral-7B-Instruct-v0.2's chat template (the tokenizer xrag-7b ships).
@@ -87,9 +86,8 @@ def chat_prompt(question: str, n_docs: int) -> str:
     return "[INST] " + content + " [/INST]"  # run_eval.py create_prompt_with_mistral_chat_format
 
 
-def golden(xrag_dir: Path, sfr_dir: Path, repo: Path) -> dict:
+def golden(xrag_dir: Path, sfr_dir: Path) -> dict:
     import torch
-    import transformers
     from transformers import AutoTokenizer
     from src.language_modeling.utils import XRAG_TOKEN
     from src.model import SFR, XMistralForCausalLM
@@ -114,23 +112,16 @@ def golden(xrag_dir: Path, sfr_dir: Path, repo: Path) -> dict:
             prompts.append({"question": question, "documents": docs, "prompt": text, "input_ids": ids[0].tolist(),
                             "next_token_logits": as_list(logits), "generated_ids": out[0].tolist(),
                             "generated_text": tok.decode(out[0], skip_special_tokens=True).strip()})
-    return {"source": "Hannibal046/xRAG@121fa4180a8c1fa0ec1af5901d879452e5c9ce89", "transformers": transformers.__version__,
-            "torch": torch.__version__, "documents": DOCUMENTS, "retriever_max_length": 180,
+    return {**stamp("Hannibal046/xRAG@121fa4180a8c1fa0ec1af5901d879452e5c9ce89"), "documents": DOCUMENTS, "retriever_max_length": 180,
             "doc_embeddings": as_list(doc_embeds), "projected": as_list(projected), "prompts": prompts}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repo", required=True, help="checkout of Hannibal046/xRAG at 121fa418")
-    parser.add_argument("--out", default=str(OUT))
-    args = parser.parse_args()
-    python = ensure_venv("published-xrag", ["transformers==4.38.0"])
-    reexec_in(python, __file__, sys.argv[1:])
-    sys.path.insert(0, str(Path(args.repo).resolve()))
-    out = Path(args.out)
+    _, out = enter_reference(__file__, __doc__, "checkout of Hannibal046/xRAG at 121fa418", "published-xrag",
+                                ["transformers==4.38.0"], OUT)
     xrag_dir, sfr_dir = out / "xrag-7b-tiny", out / "sfr-tiny"
     build_release(xrag_dir, sfr_dir)
-    write_json(out / "golden.json", golden(xrag_dir, sfr_dir, Path(args.repo)))
+    write_json(out / "golden.json", golden(xrag_dir, sfr_dir))
 
 
 if __name__ == "__main__":
