@@ -131,3 +131,11 @@ def test_wrong_or_incomplete_releases_get_clear_errors(tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="not a readable weights file"):
         create_compressor(str(folder))
+
+
+def test_a_loaded_release_saves_and_reloads_as_an_mmcompress_compressor(loaded, tmp_path):
+    loaded["opt"].save_pretrained(tmp_path / "saved")
+    again = create_compressor(str(tmp_path / "saved"))
+    assert (again.config.finetune, again.config.chunk_tokens, again.module.positions_counted) == ("frozen", 24, True)
+    soft = again.compress(GOLDEN["opt"]["context"]).items[0][0].embeddings
+    assert (soft - torch.tensor(GOLDEN["opt"]["softprompt"])).abs().max() < TOLERANCE

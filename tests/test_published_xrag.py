@@ -155,3 +155,12 @@ def test_a_tokenizer_without_the_placeholder_is_refused(tmp_path):
     shutil.copy(RETRIEVER / "special_tokens_map.json", folder / "special_tokens_map.json")
     with pytest.raises(ConfigError, match="no <xRAG> token"):
         create_compressor(str(folder), retriever=str(RETRIEVER))
+
+
+def test_a_loaded_release_saves_and_reloads_as_an_mmcompress_compressor(xrag, tmp_path):
+    xrag.save_pretrained(tmp_path / "saved")
+    again = create_compressor(str(tmp_path / "saved"))
+    assert again.config.slot_token == "<xRAG>" and again.config.encoder == str(RETRIEVER)
+    case = GOLDEN["prompts"][0]
+    soft = again.compress([GOLDEN["documents"][0]], question=case["question"])
+    assert (last_logits(again, soft.items[0]) - torch.tensor(case["next_token_logits"])).abs().max() < TOLERANCE
