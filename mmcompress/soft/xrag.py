@@ -30,7 +30,7 @@ from ..prompt import Role
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
 from .base import SoftCompressor, SoftConfig
-from .sentence_encoder import SentenceEncoder, _sentence_transformers_settings  # noqa: F401  (re-exported)
+from .sentence_encoder import SentenceEncoder
 
 MARKER = "<|xrag|>"  # stands for the projected tokens while a prompt is rendered as text; never tokenized
 SLOT = -1  # token id of a placeholder position before the projected vectors are spliced in

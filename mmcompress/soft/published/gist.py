@@ -46,7 +46,6 @@ def load(folder: Path, base: str | None = None, **overrides: Any):
     """A :class:`~mmcompress.soft.gist.GistCompressor` reading the release in ``folder``; ``base`` is the original
     LLaMA folder when ``folder`` holds a weight diff. Other keyword arguments override
     :class:`~mmcompress.soft.gist.GistConfig` fields (``num_slots``, ``dtype``, ``device``...)."""
-    import torch
 
     from ..gist import GistCompressor, GistConfig
 
