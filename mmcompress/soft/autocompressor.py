@@ -7,8 +7,10 @@ Training is next-token LM over every segment with **truncated backpropagation** 
 vectors are detached every ``bptt_segments`` segments (the reference's "softprompt stop gradient" between
 substeps), and segment boundaries are drawn at random per batch (``randomize_segments``).
 
-Each segment is run at positions ``0..S+L+K-1`` whatever its place in the document, so documents far longer than
-the model's window compress into summary vectors; ``max_summary_segments`` caps how many segments' summaries are
+Each segment is run at positions ``0..S+L+K-1`` whatever its place in the document (the reference's Llama models), so
+documents far longer than the model's window compress into summary vectors. ``summary_positions="none"`` is the
+reference's OPT scheme instead (auto for OPT models): summary vectors and summary tokens take no position (OPT's
+padding row of the learned position table) and the segment's tokens count from 0; ``max_summary_segments`` caps how many segments' summaries are
 kept (the oldest are dropped), which bounds both the prompt each segment reads and the final soft-prompt size.
 
 Layout of one segment: ``[summary vectors so far (S)] [segment tokens (L)] [summary tokens (K)]``.
@@ -36,6 +38,9 @@ class AutoCompressorConfig(SoftConfig):
     """``num_slots`` summary vectors per segment of at most ``chunk_tokens`` tokens.
 
     ``accumulate``: later segments read the summaries of every earlier segment (False: only the last one's).
+    ``summary_positions``: "sequential" (summaries and summary tokens numbered with the text, the reference's Llama
+    code), "none" (they take no position, the reference's OPT code) or "auto" (none for OPT, sequential otherwise).
+    ``finetune``: "lora", "full", or "frozen" (only the summary embeddings train; how a released model is loaded).
     ``max_summary_segments``: keep at most this many segments' summaries (None: all). Training: ``bptt_segments``
     segments share one gradient window; ``randomize_segments`` draws segment lengths at random.
     """
@@ -51,11 +56,14 @@ class AutoCompressorConfig(SoftConfig):
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     bptt_segments: int = 2
     randomize_segments: bool = True
+    summary_positions: str = "auto"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.finetune not in ("lora", "full"):
-            raise ConfigError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.finetune not in ("lora", "full", "frozen"):
+            raise ConfigError(f"finetune must be 'lora', 'full' or 'frozen', got {self.finetune!r}")
+        if self.summary_positions not in ("auto", "sequential", "none"):
+            raise ConfigError(f"summary_positions must be auto, sequential or none, got {self.summary_positions!r}")
         if int(self.bptt_segments) < 1:
             raise ConfigError(f"bptt_segments must be >= 1, got {self.bptt_segments}")
         if self.max_summary_segments is not None and int(self.max_summary_segments) < 1:
@@ -91,32 +99,48 @@ class AutoCompressorModule(nn.Module):
                                                  target_modules=list(config.lora_targets)))
         else:
             for p in llm.parameters():
-                p.requires_grad_(True)
+                p.requires_grad_(config.finetune == "full")
         self.llm = llm
         self.config = config
+        self.positions_counted = config.summary_positions == "none" or (
+            config.summary_positions == "auto" and getattr(llm.config, "model_type", "") == "opt")
 
     @property
     def base(self) -> nn.Module:
         return self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
 
     def forward_segment(self, softprompt: torch.Tensor | None, segment_embeds: torch.Tensor,
-                        mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                        mask: torch.Tensor | None = None,
+                        text: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run ``[softprompt][segment][summary tokens]``; return (hidden states of softprompt+segment, new summaries).
 
         ``mask`` ``(B, S+L)`` marks real positions (left padding is 0); positions count real tokens only.
+        ``text`` ``(B, S+L)`` marks the text tokens among them (default: the segment's), for ``summary_positions``
+        "none", where only text tokens take positions.
         """
         batch = segment_embeds.shape[0]
         summary = self.summary_embeddings.to(segment_embeds.dtype)[None].expand(batch, -1, -1)
         parts = [segment_embeds, summary] if softprompt is None else [softprompt, segment_embeds, summary]
         embeds = torch.cat(parts, dim=1)
+        soft = 0 if softprompt is None else softprompt.shape[1]
         if mask is None:
-            mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-        else:
-            mask = torch.cat([mask, mask.new_ones(batch, summary.shape[1])], dim=1)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = self.base.get_decoder()(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).last_hidden_state
+            mask = torch.ones(batch, embeds.shape[1] - summary.shape[1], dtype=torch.long, device=embeds.device)
+        if text is None:
+            text = torch.cat([mask.new_zeros(batch, soft), mask[:, soft:]], dim=1) if mask.shape[1] > soft else mask
+        mask = torch.cat([mask, mask.new_ones(batch, summary.shape[1])], dim=1)
+        text = torch.cat([text, text.new_zeros(batch, summary.shape[1])], dim=1)
+        hidden = self.base.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
+                                         position_ids=self.positions(mask, text)).last_hidden_state
         k = summary.shape[1]
         return hidden[:, :-k], hidden[:, -k:]
+
+    def positions(self, mask: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Position ids: real tokens numbered from 0 (sequential), or text tokens only with -1 elsewhere (OPT's
+        padding row of its learned position table, what the reference gives summary vectors and tokens)."""
+        if not self.positions_counted:
+            return (mask.cumsum(-1) - 1).clamp(min=0)
+        counted = text * mask
+        return (counted.cumsum(-1) - 1).masked_fill(counted == 0, -1)
 
     def next_softprompt(self, softprompt: torch.Tensor | None, summaries: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -195,28 +219,49 @@ class AutoCompressor(SoftCompressor):
             seg_embeds = embed(ids)
             prior = [softprompts[b] for b in rows]
             if prior[0] is None:
-                hidden_in, full_mask = seg_embeds, mask
+                hidden_in, full_mask, text = seg_embeds, mask, mask
                 soft = None
             else:
                 soft = torch.stack(prior)  # same length for every row at the same step
                 # left padding must come first: [pad][soft][segment] -> move the pads to the front
-                hidden_in, full_mask = _pads_first(torch.cat([soft, seg_embeds], 1),
-                                                   torch.cat([mask.new_ones(soft.shape[:2]), mask], 1))
-            _, summaries = module.forward_segment(None, hidden_in, full_mask)
+                hidden_in, full_mask, text = _pads_first(torch.cat([soft, seg_embeds], 1),
+                                                         torch.cat([mask.new_ones(soft.shape[:2]), mask], 1),
+                                                         torch.cat([mask.new_zeros(soft.shape[:2]), mask], 1))
+            _, summaries = module.forward_segment(None, hidden_in, full_mask, text)
             for i, b in enumerate(rows):
                 softprompts[b] = module.next_softprompt(None if soft is None else soft[i:i + 1], summaries[i:i + 1])[0]
         return [SoftSegment(embeddings=sp, origin_tokens=len(d), chunks=len(segs), text=t)
                 for sp, d, segs, t in zip(softprompts, docs, segments, texts)]
+
+    def generate(self, soft_prompts: Any, question: Any = None, *, task: str = "qa", max_new_tokens: int | None = None,
+                 **generate_kwargs: Any) -> list[str]:
+        """As the base class; with ``summary_positions`` "none" the decoder's position ids skip the soft tokens, as
+        the reference's OPT AutoCompressor reads a soft prompt (generation continues from the last text position)."""
+        if not self.module.positions_counted:
+            return super().generate(soft_prompts, question, task=task, max_new_tokens=max_new_tokens, **generate_kwargs)
+        from .base import _as_batch, _per_item, left_pad
+
+        soft = _as_batch(soft_prompts)
+        rows = [self.decoder_parts(item, task, q) for item, q in zip(soft.items, _per_item(question, len(soft)))]
+        inputs, mask = left_pad([torch.cat([p for p, _ in parts]) for parts in rows])
+        text, _ = left_pad([torch.cat([torch.full((p.shape[0],), int(not s), device=self.device) for p, s in parts])
+                            for parts in rows])
+        kwargs = {**self._generate_defaults(max_new_tokens), **generate_kwargs}
+        with torch.no_grad(), self.decoder_mode():
+            out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask,
+                                    position_ids=self.module.positions(mask, text), **kwargs)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def training_loss(self, ids: torch.Tensor, lengths: Sequence[int]) -> torch.Tensor:
         losses, counts = self.module.segment_losses(ids, lengths)
         return sum(losses) / sum(counts)
 
 
-def _pads_first(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pads_first(embeds: torch.Tensor, mask: torch.Tensor,
+                text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Reorder each row so masked (padding) positions come before real ones, keeping the real ones' order."""
     order = torch.argsort(mask, dim=1, stable=True)
-    return embeds.gather(1, order[..., None].expand_as(embeds)), mask.gather(1, order)
+    return embeds.gather(1, order[..., None].expand_as(embeds)), mask.gather(1, order), text.gather(1, order)
 
 
 # ------------------------------------------------------------------------------------------------ training task

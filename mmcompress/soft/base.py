@@ -272,22 +272,26 @@ class SoftCompressor(Compressor):
         text embedded), this method's marker for ``task``, then the kept text after it and ``question``."""
         import torch
 
+        return torch.cat([p for p, _ in self.decoder_parts(pieces, task, question) if p.shape[0]], 0)
+
+    def decoder_parts(self, pieces: Sequence[Any], task: str, question: str | None) -> list[tuple[Any, bool]]:
+        """The pieces of :meth:`decoder_embeddings` in order, each ``(embeddings [n, D], is_soft)``."""
         head, tail = self.split_pieces(pieces, task, question)
         parts = []
         for k, piece in enumerate(head):
             if isinstance(piece, SoftSegment):
                 if piece.embeddings is None:
                     raise ConfigError(f"{self.name} got a KV soft segment; generate it with the method that made it")
-                parts.append(piece.embeddings.to(self.device, self.llm.dtype))
+                parts.append((piece.embeddings.to(self.device, self.llm.dtype), True))
             else:
                 sep = (piece.sep if piece.sep is not None else "\n\n") if k else ""
-                parts.append(self.embed_text(sep + piece.text))
+                parts.append((self.embed_text(sep + piece.text), False))
         marker = self.marker(task)
         if marker is not None:
-            parts.append(marker.to(self.device, self.llm.dtype))
+            parts.append((marker.to(self.device, self.llm.dtype), False))
         if tail:
-            parts.append(self.embed_text("".join(tail)))
-        return torch.cat([p for p in parts if p.shape[0]], 0)
+            parts.append((self.embed_text("".join(tail)), False))
+        return parts
 
     # ------------------------------------------------------------------------------------------- save / load
     def trainable_state_dict(self) -> dict[str, Any]:

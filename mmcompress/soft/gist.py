@@ -41,8 +41,10 @@ PROMPT, GIST, AFTER, PAD = 0, 1, 2, -1  # segment ids of a training row
 class GistConfig(SoftConfig):
     """``num_slots`` gist tokens per chunk of at most ``chunk_tokens`` tokens.
 
-    ``finetune``: "lora" (adapter on ``lora_targets``) or "full". ``tied_gists``: one shared gist embedding repeated
-    ``K`` times, as in the paper (False: ``K`` separate embeddings).
+    ``finetune``: "lora" (adapter on ``lora_targets``), "full", or "frozen" (only the gist embedding trains; how a
+    released model is loaded). ``tied_gists``: one shared gist embedding repeated ``K`` times, as in the paper (False:
+    ``K`` separate embeddings). ``chunk_bos``: each chunk starts with the tokenizer's BOS, as the reference's
+    ``tokenizer.encode`` of the instruction does (the gists then also summarise BOS, which later tokens cannot see).
     """
 
     num_slots: int = 8
@@ -53,11 +55,12 @@ class GistConfig(SoftConfig):
     lora_dropout: float = 0.0
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     tied_gists: bool = True
+    chunk_bos: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.finetune not in ("lora", "full"):
-            raise ConfigError(f"finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.finetune not in ("lora", "full", "frozen"):
+            raise ConfigError(f"finetune must be 'lora', 'full' or 'frozen', got {self.finetune!r}")
         self.lora_targets = tuple(self.lora_targets)
 
 
@@ -100,7 +103,7 @@ class GistModule(nn.Module):
             llm = add_lora(llm, config)
         else:
             for p in llm.parameters():
-                p.requires_grad_(True)
+                p.requires_grad_(config.finetune == "full")
         self.llm = llm
         self.num_gists = int(config.num_slots)
 
@@ -179,7 +182,8 @@ class GistCompressor(SoftCompressor):
         if not ids:
             raise InvalidPromptError("cannot gist an empty text")
         size = int(self.config.chunk_tokens)
-        return [ids[i:i + size] for i in range(0, len(ids), size)]
+        bos = [self.tokenizer.bos_token_id] if self.config.chunk_bos and self.tokenizer.bos_token_id is not None else []
+        return [bos + ids[i:i + size] for i in range(0, len(ids), size)]
 
     @torch.no_grad()
     def encode_spans(self, texts: Sequence[str]) -> list[SoftSegment]:

@@ -15,11 +15,9 @@ Differences from the reference code (Hannibal046/xRAG), on purpose:
 """
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +30,7 @@ from ..prompt import Role
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
 from .base import SoftCompressor, SoftConfig
+from .sentence_encoder import SentenceEncoder
 
 MARKER = "<|xrag|>"  # stands for the projected tokens while a prompt is rendered as text; never tokenized
 SLOT = -1  # token id of a placeholder position before the projected vectors are spliced in
@@ -55,105 +54,6 @@ PARAPHRASE_INSTRUCTIONS = [
 # How documents are shown to the reader (xRAG's fine-tuning prompt), for soft tokens and full text alike.
 RAG_TEMPLATE = "Refer to the background document: {background}\n\n{question}"
 QA_INSTRUCTION = "Answer the question with a short phrase."
-
-
-# ------------------------------------------------------------------------------------------------ sentence encoder
-class SentenceEncoder(nn.Module):
-    """A frozen Hugging Face encoder with sentence-transformers pooling (mean over tokens by default).
-
-    The pooling mode and L2 normalisation are read from a sentence-transformers folder (``1_Pooling/config.json``,
-    ``modules.json``) when there is one, so ``minilm-l6`` gives exactly the all-MiniLM-L6-v2 sentence embedding.
-    """
-
-    def __init__(self, name: str, pooling: str = "auto", normalize: bool | None = None, max_tokens: int | None = None):
-        super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        from ..errors import ModelNotFoundError
-        from ..models.loading import resolve_model
-
-        path = resolve_model(name)
-        try:
-            self.model = AutoModel.from_pretrained(path, dtype=torch.float32).eval()
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-        except OSError as e:
-            raise ModelNotFoundError(f"could not load sentence encoder {name!r} from {path}: {e}") from None
-        self.model.requires_grad_(False)
-        st = _sentence_transformers_settings(path)
-        self.pooling = st.get("pooling", "mean") if pooling == "auto" else pooling
-        if self.pooling not in ("mean", "cls", "max"):
-            raise ConfigError(f"encoder pooling must be auto, mean, cls or max, got {self.pooling!r}")
-        self.normalize = st.get("normalize", False) if normalize is None else bool(normalize)
-        limit = st.get("max_seq_length") or getattr(self.model.config, "max_position_embeddings", 512)
-        self.max_tokens = int(min(max_tokens or limit, limit))
-
-    @property
-    def dim(self) -> int:
-        return int(self.model.config.hidden_size)
-
-    def train(self, mode: bool = True) -> SentenceEncoder:
-        return super().train(False)  # frozen: dropout stays off even while the projector trains
-
-    def tokenize_chunks(self, texts: Sequence[str],
-                        max_chunks: int | None = None) -> tuple[dict[str, torch.Tensor], list[int]]:
-        """Split every text into windows of at most ``max_tokens`` encoder tokens (special tokens included).
-
-        Returns the padded encoder batch of all chunks, in document order, and the number of chunks per text.
-        """
-        enc = self.tokenizer(list(texts), max_length=self.max_tokens, truncation=True, padding=True,
-                             return_overflowing_tokens=True, return_tensors="pt")
-        owner = enc.pop("overflow_to_sample_mapping").tolist()
-        keep, counts, seen = [], [0] * len(texts), [0] * len(texts)
-        for row, doc in enumerate(owner):
-            seen[doc] += 1
-            if max_chunks is None or seen[doc] <= max_chunks:
-                keep.append(row)
-                counts[doc] += 1
-        batch = {k: v[keep] for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
-        return batch, counts
-
-    @torch.no_grad()
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """``(n, dim)`` sentence embeddings of an encoder batch."""
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        elif self.pooling == "max":
-            pooled = hidden.masked_fill(mask == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
-        else:
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return F.normalize(pooled, dim=-1) if self.normalize else pooled
-
-
-def _sentence_transformers_settings(source: str) -> dict[str, Any]:
-    """Pooling, normalisation and window from a sentence-transformers folder or cached hub repo (if it is one)."""
-    settings: dict[str, Any] = {}
-    pooling = _model_file(source, "1_Pooling/config.json")
-    if pooling:
-        cfg = json.loads(pooling.read_text())
-        settings["pooling"] = ("cls" if cfg.get("pooling_mode_cls_token")
-                               else "max" if cfg.get("pooling_mode_max_tokens") else "mean")
-    modules = _model_file(source, "modules.json")
-    if modules:
-        settings["normalize"] = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules.read_text()))
-    st_config = _model_file(source, "sentence_bert_config.json")
-    if st_config:
-        settings["max_seq_length"] = json.loads(st_config.read_text()).get("max_seq_length")
-    return settings
-
-
-def _model_file(source: str, name: str) -> Path | None:
-    folder = Path(source)
-    if folder.is_dir():
-        return folder / name if (folder / name).is_file() else None
-    try:  # a hub id: only what is already in the local cache (never a download)
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(source, name)
-        return Path(found) if isinstance(found, str) else None
-    except Exception:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------------ projector
@@ -181,11 +81,29 @@ def render_chat(tokenizer: Any, user: str, system: str | None = None) -> str:
     return f"{head}User: {user}\nAssistant:"
 
 
-def tokenize_with_slots(tokenizer: Any, text: str, slot_counts: Sequence[int]) -> list[int]:
-    """Token ids of ``text`` where every :data:`MARKER` becomes ``slot_counts[i]`` :data:`SLOT` positions."""
+def tokenize_with_slots(tokenizer: Any, text: str, slot_counts: Sequence[int], slot_token: str | None = None) -> list[int]:
+    """Token ids of ``text`` where every :data:`MARKER` becomes ``slot_counts[i]`` :data:`SLOT` positions.
+
+    With ``slot_token`` (a token of the tokenizer's vocabulary, xRAG's ``<xRAG>``) the text is tokenized in one piece
+    with ``slot_counts[i]`` space-separated copies of that token per marker, as xRAG's own code does, and the token's
+    positions become the slots; without it the pieces between markers are tokenized separately.
+    """
     pieces = text.split(MARKER)
     if len(pieces) - 1 != len(slot_counts):
         raise InvalidPromptError(f"the prompt has {len(pieces) - 1} xRAG markers for {len(slot_counts)} documents")
+    if slot_token is not None:
+        slot_id = tokenizer.convert_tokens_to_ids(slot_token)
+        if slot_id is None or slot_id == tokenizer.unk_token_id:
+            raise ConfigError(f"slot_token {slot_token!r} is not a token of this tokenizer's vocabulary")
+        # a space before the token, as xRAG always writes it: sentencepiece-style tokenizers match an added
+        # (normalized) token only after one
+        fills = [(" " if p and not p.endswith(" ") else "") + " ".join([slot_token] * int(n))
+                 for p, n in zip(pieces, slot_counts)] + [""]
+        ids = tokenizer("".join(p + f for p, f in zip(pieces, fills)), add_special_tokens=False)["input_ids"]
+        if ids.count(slot_id) != sum(int(n) for n in slot_counts):
+            raise InvalidPromptError(f"the prompt tokenizes to {ids.count(slot_id)} {slot_token} tokens for "
+                                     f"{sum(int(n) for n in slot_counts)} soft tokens")
+        return [SLOT if i == slot_id else i for i in ids]
     ids: list[int] = []
     for i, piece in enumerate(pieces):
         if piece:
@@ -266,6 +184,7 @@ class XRAGModel(nn.Module):
         self.projector = Projector(encoder.dim, llm_dim, tokens_per_chunk, projector_hidden)
         self.projector.to(device=self.device)
         self.max_chunks = max_chunks
+        self.slot_token: str | None = None
         self.objective = XRAGObjective()
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -342,7 +261,8 @@ class XRAGModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ generation
     def prompt_ids(self, user: str, slot_counts: Sequence[int], system: str | None = None) -> list[int]:
-        return tokenize_with_slots(self.tokenizer, render_chat(self.tokenizer, user, system), slot_counts)
+        return tokenize_with_slots(self.tokenizer, render_chat(self.tokenizer, user, system), slot_counts,
+                                   self.slot_token)
 
 
 def distill_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0,
@@ -360,7 +280,9 @@ class XRAGConfig(SoftConfig):
     """xRAG's knobs. ``num_slots`` is the number of LLM tokens per encoder chunk (1 in the paper); ``chunk_tokens``
     is the chunk size in *encoder* tokens (capped by the encoder's window, 256 for MiniLM); ``max_chunks`` caps the
     chunks per document (None: all). ``answer_instruction`` ends every QA prompt; ``system`` replaces the chat
-    template's default system message."""
+    template's default system message. ``slot_token``: a vocabulary token that marks the soft tokens' places when
+    the prompt is tokenized (xRAG's ``<xRAG>``; None: the text around them is tokenized piece by piece, so no token
+    has to be added to a frozen vocabulary). ``encoder_dtype``: dtype of the frozen encoder (float32, bfloat16...)."""
 
     num_slots: int = 1
     chunk_tokens: int = 256
@@ -372,11 +294,15 @@ class XRAGConfig(SoftConfig):
     max_chunks: int | None = None
     answer_instruction: str | None = QA_INSTRUCTION
     system: str | None = None
+    slot_token: str | None = None
+    encoder_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.max_chunks is not None and int(self.max_chunks) < 1:
             raise ConfigError(f"max_chunks must be >= 1 or None, got {self.max_chunks}")
+        if not isinstance(getattr(torch, str(self.encoder_dtype), None), torch.dtype):
+            raise ConfigError(f"encoder_dtype must be a torch dtype name (float32, bfloat16...), got {self.encoder_dtype!r}")
 
 
 @register_compressor("xrag")
@@ -395,9 +321,12 @@ class XRAG(SoftCompressor):
 
     def build_module(self) -> XRAGModel:
         cfg = self.config
-        encoder = SentenceEncoder(cfg.encoder, cfg.pooling, cfg.normalize, cfg.chunk_tokens)
+        encoder = SentenceEncoder(cfg.encoder, cfg.pooling, cfg.normalize, cfg.chunk_tokens,
+                                  getattr(torch, cfg.encoder_dtype))
         encoder.to(self.device)
-        return XRAGModel(self.llm, self.tokenizer, encoder, cfg.num_slots, cfg.projector_hidden, cfg.max_chunks)
+        module = XRAGModel(self.llm, self.tokenizer, encoder, cfg.num_slots, cfg.projector_hidden, cfg.max_chunks)
+        module.slot_token = cfg.slot_token
+        return module
 
     def encode_spans(self, texts: Sequence[str]) -> list[SoftSegment]:
         module = self.module

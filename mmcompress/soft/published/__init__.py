@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 # Format modules, imported on first use so that importing mmcompress stays cheap.
-FORMAT_MODULES: tuple[str, ...] = ()
+FORMAT_MODULES: tuple[str, ...] = ("xrag", "autocompressor", "gist")
 
 
 @dataclass(frozen=True)
