@@ -48,7 +48,7 @@ def main() -> None:
     golds = [[a if isinstance(a, str) else a.get("text", "") for a in r["answers"]] for r in rows]
 
     def row(name: str, report) -> dict:
-        hits = [contains_answer(a, g) for a, g in zip(report.answers, golds)]
+        hits = [bool(contains_answer(a, g)) for a, g in zip(report.answers, golds)]
         return {"condition": name, "method": report.method, "questions": report.questions,
                 "ratio": report.ratio, "exact_match": report.exact_match, "f1": report.f1,
                 "contains": report.contains, "hits": hits, "answers": report.answers}

@@ -70,5 +70,6 @@ def bleu4(predictions: Sequence[str], references: Sequence[str]) -> float:
 def mcnemar_exact(won: int, lost: int) -> float:
     """Exact two-sided McNemar (sign) test p-value for paired binary outcomes: ``won`` rows where only A succeeds,
     ``lost`` where only B does (ties carry no information)."""
+    won, lost = int(won), int(lost)
     n, k = won + lost, min(won, lost)
     return min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0
