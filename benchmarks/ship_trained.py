@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--source", required=True, help="a saved compressor folder (save_pretrained)")
     ap.add_argument("--name", required=True, help="the name it loads by, e.g. soft-smollm2-4x")
     ap.add_argument("--heldout", default=None, help="results JSON of benchmarks/soft_slot_control.py on the shipped name")
+    ap.add_argument("--squad", default=None, help="results JSON of benchmarks/soft_squad.py on the shipped name")
     ap.add_argument("--recipe", default=None, help="the shipped recipe that runs the whole schedule (name)")
     ap.add_argument("--training", action="append", default=[],
                     help="results JSON of each training stage's curve, in order (steps, CPU time, command)")
@@ -60,6 +61,13 @@ def main() -> None:
                            "greedy_bleu4": round(row["greedy_bleu4"], 4), "windows": row["windows"],
                            "split": row.get("split", "validation")}
         card["heldout_command"] = heldout["command"]
+    if args.squad:  # QA on held-out SQuAD rows, next to the same reader with the full context and with none
+        squad = json.loads(Path(args.squad).read_text())
+        row = next(r for r in squad["rows"] if r["condition"] == args.name)
+        card["squad"] = {k: round(row[k], 4) if isinstance(row[k], float) else row[k]
+                         for k in ("questions", "f1", "contains", "f1_of_full", "contains_of_full",
+                                   "won_vs_no_context", "lost_vs_no_context", "mcnemar_p")}
+        card["squad_command"] = squad["command"]
     stages = []
     for path in args.training:
         training = json.loads(Path(path).read_text())
