@@ -15,7 +15,7 @@ from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
 
 pytestmark = pytest.mark.slow
 NAME = "soft-smollm2-4x"
-SHIPPED = {"soft-smollm2-4x": 4, "soft-smollm2-2x": 2}
+SHIPPED = {"soft-smollm2-4x": 4, "soft-smollm2-2x": 2, "soft-smollm2-4x-qa": 4}
 
 
 def load_shipped(name):
