@@ -6,9 +6,9 @@ measured them, machine), which ``mmcompress list`` shows.
     PYTHONPATH=. python benchmarks/ship_trained.py --source runs/main/meanpool-final --name soft-smollm2-4x \\
         --training benchmarks/results/soft_design/meanpool.json \\
         --training benchmarks/results/soft_design/meanpool_continued.json
-    PYTHONPATH=. python benchmarks/soft_slot_control.py --compressor soft-smollm2-4x --windows 32 \\
-        --out benchmarks/results/soft_heldout
-    PYTHONPATH=. python benchmarks/ship_trained.py ... --heldout benchmarks/results/soft_heldout.json  # the card
+    PYTHONPATH=. python benchmarks/soft_slot_control.py --compressor soft-smollm2-4x \\
+        --split test --out benchmarks/results/soft_test_4x
+    PYTHONPATH=. python benchmarks/ship_trained.py ... --heldout benchmarks/results/soft_test_4x.json  # the card
 """
 from __future__ import annotations
 
