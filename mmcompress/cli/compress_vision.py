@@ -20,17 +20,19 @@ from ..errors import ConfigError, InvalidPromptError
 
 def is_vision_method(method: str) -> bool:
     """True when ``method`` (a name, shipped config or YAML path) is a compressor of family ``vision``."""
-    from ..factory import list_configs, load_config_file
+    from ..factory import find_recipe, list_configs, list_trained, load_config_file
     from ..registry import COMPRESSORS
 
     key = str(method).strip().lower().replace("-", "_")
     if key in COMPRESSORS:
         return getattr(COMPRESSORS.get(key), "family", "") == "vision"
+    if method in list_trained():  # shipped trained compressors are text (soft) compressors
+        return False
     path = Path(method)
     configs = list_configs()
     if path.suffix in (".yaml", ".yml") and path.is_file():
         name = load_config_file(path)[0]
-    elif method in configs:
+    elif method in configs and find_recipe(method) != configs[method]:  # a training recipe is not a compressor
         name = load_config_file(configs[method])[0]
     else:
         return False
