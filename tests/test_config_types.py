@@ -80,12 +80,15 @@ def test_recipe_typos_are_refused_at_every_level(tmp_path, task, key, value, mes
 def test_shipped_recipes_pass_the_key_checks():
     from pathlib import Path
 
-    from mmcompress.training.tasks import TASKS
+    from mmcompress.training import TrainConfig
+    from mmcompress.training.tasks import TASKS, stage_recipes
 
     checked = 0
     for path in sorted(Path(__file__).resolve().parent.parent.glob("mmcompress/configs/train/*.yaml")):
         recipe = load_recipe(path)
         allowed = TASKS.get(recipe["task"]).recipe_sections
-        assert set(recipe) <= set(allowed), path
+        for run in stage_recipes(recipe) if "stages" in recipe else [recipe]:  # each stage is a plain recipe
+            assert set(run) <= set(allowed), path
+            TrainConfig.from_dict(run.get("train"))  # types and names of the train fields
         checked += 1
     assert checked >= 10
