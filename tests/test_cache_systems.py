@@ -150,3 +150,22 @@ def test_question_ids_follow_the_chat_template(reader):
     prefix, suffix = reader.template_parts()
     assert question_ids(reader, "Why?") == reader.encode("\n\n" + "Why?" + suffix)
     assert context_ids(reader, ["a", "b"], None) == reader.encode(prefix + "a\n\nb")
+
+
+def test_the_cli_evaluates_full_and_pairs(capsys, tmp_path, tiny_dir):
+    import json
+
+    from mmcompress.cli import main
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps({"id": "q1", "question": EXAMPLE.question, "answers": EXAMPLE.answers,
+                                "documents": DOCS}) + "\n")
+    argv = ["eval", "--data", str(data), "--rates", "0.5", "--reader", str(tiny_dir), "--model", str(tiny_dir),
+            "--max-new-tokens", "2", "--no-random", "--out", str(tmp_path / "out")]
+    assert main([*argv, "--method", "full,random+snapkv"]) == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "out" / "eval.json").read_text())
+    rates = {r["system"]: r["rate"] for r in result["results"]}
+    assert set(rates) == {"full", "random+snapkv"} and rates["random+snapkv"] < rates["full"] == 1.0
+    capsys.readouterr()
+    assert main([*argv, "--method", "full", "--no-reader"]) == 2
+    assert "needs a reader" in capsys.readouterr().err

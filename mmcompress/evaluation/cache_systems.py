@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..errors import ConfigError
 from ..kvcache.base import create_press
 from ..models.decoding import CachedContext, generate_from_cache, prefill
 from .harness import DEFAULT_INSTRUCTION, QAExample, SystemOutput, register_system
@@ -65,6 +66,8 @@ class CacheSystem:
     seconds_include_prefill = False  # presses compress while the reader prefills
 
     def __init__(self, reader: Any, *, name: str, instruction: str | None = DEFAULT_INSTRUCTION):
+        if reader is None:
+            raise ConfigError(f"{name} is answered from a KV cache by the reader: it needs a reader (no --no-reader)")
         self.reader, self.name, self.instruction = reader, name, instruction
 
     def compress(self, example: QAExample, rate: float) -> Any:
@@ -118,7 +121,13 @@ class FullContextSystem(CacheSystem):
         return self.prefill_text(example.documents, example.question)
 
 
-register_system("full")(FullContextSystem)
+@register_system("full")
+def _full(reader: Any, **settings: Any) -> FullContextSystem:
+    # the scorer settings every method of a command gets (--model, --device) mean nothing here; others are refused
+    unknown = sorted(set(settings) - {"model", "device", "model_kwargs"})
+    if unknown:
+        raise ConfigError(f"full (the uncompressed context) takes no settings, got {unknown}")
+    return FullContextSystem(reader)
 
 
 class HardCacheSystem(CacheSystem):
