@@ -33,7 +33,6 @@ compression times.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -57,6 +56,7 @@ from mmcompress.evaluation.metrics import contains_answer, exact_match, f1_score
 from mmcompress.evaluation.reader import Reader, ReaderConfig  # noqa: E402
 from mmcompress.evaluation.systems import build_system  # noqa: E402
 from common import machine_line, markdown_table, write_results  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from compression_cache import CompressionCache, weights_source  # noqa: E402
 
 SHARED = Path(os.environ.get("MMCOMPRESS_SHARED") or next(
     (p for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared") if p.is_dir()), ROOT.parent / "shared")) / "data"
@@ -77,95 +77,6 @@ def kv_bytes_per_entry(model: Any) -> int:
     cfg = model.config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     return int(cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * head_dim * next(model.parameters()).element_size())
-
-
-# ------------------------------------------------------------------------------------------------ the cache
-def cache_safe_types() -> list[Any]:
-    """The only classes a cached compression may contain: results, prompts, numpy arrays and dtypes. Anything else
-    in a cache file (a planted pickle) makes ``torch.load(weights_only=True)`` refuse it instead of running it."""
-    from mmcompress.prompt import ImageSegment, Policy, Prompt, Role, TextSegment
-    from mmcompress.results import CompressedPrompt, SegmentSelection, SoftSegment
-
-    dtypes = [t for t in vars(np.dtypes).values() if isinstance(t, type) and issubclass(t, np.dtype)]
-    return [CompressedPrompt, SegmentSelection, SoftSegment, Prompt, TextSegment, ImageSegment, Role, Policy,
-            (getattr(np, "_core", None) or np.core).multiarray._reconstruct, np.ndarray, np.dtype, *dtypes]
-
-
-def load_cached(path: Path) -> tuple[Any, float]:
-    """``(value, seconds)`` from a cache file, loaded with ``weights_only=True`` and only :func:`cache_safe_types`."""
-    import pickle
-
-    try:
-        with torch.serialization.safe_globals(cache_safe_types()):
-            return torch.load(path, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
-        raise SystemExit(f"error: cached compression {path} cannot be loaded safely ({str(e).splitlines()[0][:200]}); "
-                         "delete it (or the --cache folder) and run again") from None
-
-
-class CompressionCache:
-    """Compressions on disk, reused across runs: ``folder/<sha1 of the key>.pt`` holds ``(value, seconds)``.
-
-    ``spent`` adds up the seconds each returned value took when it was computed (this run or an earlier one), so
-    a cached compression reports its original time. ``folder=None`` caches nothing."""
-
-    def __init__(self, folder: str | Path | None):
-        self.folder = Path(folder) if folder else None
-        self.spent, self.hits, self.misses = 0.0, 0, 0
-
-    def get(self, key: Any, compute: Any) -> Any:
-        path = None
-        if self.folder is not None:
-            digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-            path = self.folder / f"{digest}.pt"
-            if path.is_file():
-                value, seconds = load_cached(path)
-                self.hits += 1
-                self.spent += seconds
-                return value
-        t0 = time.perf_counter()
-        value = compute()
-        seconds = time.perf_counter() - t0
-        self.misses += 1
-        self.spent += seconds
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save((value, seconds), path.with_suffix(".tmp"))
-            os.replace(path.with_suffix(".tmp"), path)
-        return value
-
-    def wrap_hard(self, compressor: Any, fingerprint: dict[str, Any]) -> Any:
-        """Cache ``compressor.compress`` (also when a :class:`~mmcompress.Pipeline` calls it) per prompt and rate."""
-        original = compressor.compress
-
-        def compress(prompt: Any, **kwargs: Any):
-            rate = kwargs.get("rate") or compressor.config.rate
-            key = {"hard": compressor.name, "config": fingerprint, "rate": rate, "kwargs": sorted(set(kwargs) - {"rate"}),
-                   "prompt": [(s.role.value, s.text) for s in prompt.segments]}
-            return self.get(key, lambda: original(prompt, **kwargs))
-
-        compressor.compress = compress
-        return compressor
-
-    def wrap_soft(self, compressor: Any, source: dict[str, Any]) -> Any:
-        """Cache ``compressor.encode_spans`` (what ``compress`` and pipelines call) per texts and config."""
-        original = compressor.encode_spans
-
-        def encode_spans(texts: Any):
-            key = {"soft": compressor.name, "source": source, "config": compressor.config.to_dict(), "texts": list(texts)}
-            return self.get(key, lambda: original(texts))
-
-        compressor.encode_spans = encode_spans
-        return compressor
-
-
-def weights_source(path: str | Path | None) -> dict[str, Any]:
-    """What identifies loaded weights: the path, and the size and time of its weights file."""
-    if not path:
-        return {"path": None}
-    weights = Path(path, "trainable.safetensors")
-    stat = weights.stat() if weights.is_file() else None
-    return {"path": str(Path(path).resolve()), "size": stat and stat.st_size, "mtime": stat and stat.st_mtime}
 
 
 def soft_note(name: str, path: str | Path | None) -> str:
