@@ -1,19 +1,22 @@
-"""benchmarks/equal_budget.py on tiny models: icae / kv rows and HARD+SOFT pipelines decode exactly as the methods'
-own ``generate()`` does, the pipeline's hard stage reuses the hard row's compression, and compressions cached on
-disk come back with the seconds they took."""
+"""benchmarks/equal_budget.py on tiny models: its rows are the QA harness's numbers (the script is a thin loop over
+:func:`mmcompress.evaluation.systems.build_system`), the pipeline's hard stage reuses the hard row's compression,
+compressions cached on disk come back with the seconds they took, and cache files cannot run code."""
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
+import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from test_soft import FirstStepScores  # records the first generated position's scores
-from transformers import LogitsProcessorList
+from tiny_models import perturb
 
-from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample
+from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION, QAExample, evaluate
+from mmcompress.evaluation.reader import Reader
+from mmcompress.evaluation.systems import build_system
 from mmcompress.prompt import Prompt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +26,10 @@ DOCS = ["The Eiffel Tower was finished in 1889 and stands on the Champ de Mars i
         "Mount Everest is the highest mountain above sea level, on the border of Nepal and China. Climbers reach its "
         "summit from the south side in Nepal or from the north side in Tibet, mostly in May."]
 EXAMPLE = QAExample(id="q1", question="When was the tower finished?", answers=["1889"], documents=DOCS)
+EXAMPLES = [EXAMPLE, QAExample(id="q2", question="Where is Mount Everest?", answers=["Nepal"], documents=DOCS[::-1],
+                               gold_index=1)]
+EXAMPLE.gold_index = 0
+METHODS = ["full", "random", "snapkv", "random+snapkv", "icae", "random+icae"]
 
 
 @pytest.fixture(scope="module")
@@ -37,100 +44,131 @@ def bench():
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_systems(bench, tiny_dir, tiny_lm, cache_dir):
+@pytest.fixture
+def reader(tiny_lm):
+    return Reader(model=tiny_lm[0], tokenizer=tiny_lm[1], max_new_tokens=3)
+
+
+def tiny_compressors(tiny_dir):
+    """The compressors the methods are built from, each created from the same seed (the same untrained weights)."""
     from mmcompress import create_compressor
 
-    torch.manual_seed(0)  # slots and markers start random: the same seed gives the same (untrained) weights
-    soft = {"num_slots": 4, "chunk_tokens": 16, "lora_r": 4, "device": "cpu", "dtype": "float32"}
-    compressors = {"icae": create_compressor("icae", model=str(tiny_dir), **soft),
-                   "kv": create_compressor("kv", model=str(tiny_dir), **soft),
-                   "random": create_compressor("random", model=str(tiny_dir)),
-                   "pipeline:random@0.5": create_compressor("random", model=str(tiny_dir), rate=0.5)}
-    args = argparse.Namespace(soft_task="qa", pipeline_hard_rate=0.5)
-    reader = bench.Reader(*tiny_lm, template=("", ""))
-    return bench.Systems(reader, args, compressors, cache=bench.CompressionCache(cache_dir))
+    torch.manual_seed(0)
+    icae = create_compressor("icae", model=str(tiny_dir), num_slots=4, chunk_tokens=16, lora_r=4, device="cpu",
+                             dtype="float32")
+    perturb(icae)
+    return {"icae": icae, "random": create_compressor("random", model=str(tiny_dir)),
+            "random@0.5": create_compressor("random", model=str(tiny_dir), rate=0.5)}
 
 
-def next_token_logits(prepared):
-    """The decoder's scores for the first answer token: the question read after the prepared context."""
-    from mmcompress.models.decoding import cache_kwargs
-
-    ctx = prepared.context
-    ids = torch.tensor([prepared.question])
-    mask = torch.cat([ctx.cache_mask, torch.ones_like(ids)], 1)
-    positions = ctx.next_position[:, None] + torch.arange(ids.shape[1])[None]
-    with torch.no_grad(), prepared.mode():
-        out = prepared.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             **cache_kwargs(prepared.model, ctx.cache))
-    return out.logits[0, -1]
+def make_from(compressors):
+    return lambda name, rate=None: compressors[name if rate is None else f"{name}@{rate}"]
 
 
-@pytest.mark.parametrize("method", ["icae", "kv"])
-def test_encoder_soft_row_scores_like_the_methods_own_generate(bench, tiny_dir, tiny_lm, tmp_path, method):
-    systems = make_systems(bench, tiny_dir, tiny_lm, tmp_path)
-    compressor = systems.soft(method)
-    with torch.no_grad():  # LoRA B starts at zero: give the encoder something to do, as after training
-        for name, p in compressor.module.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
-    prepared = systems.prepare(method, EXAMPLE, 0.25)
-    assert compressor.config.chunk_tokens == 16  # 4 slots / 0.25
-    entries = prepared.context.cache_entries
-    ours = next_token_logits(prepared)
-
-    # alone, the method compresses the documents as one span (as gist and autocompressor do)
-    soft = compressor.compress(Prompt.from_documents(["\n\n".join(DOCS)], instruction=DEFAULT_INSTRUCTION))
-    first = FirstStepScores()
-    compressor.generate(soft, EXAMPLE.question, max_new_tokens=1, logits_processor=LogitsProcessorList([first]))
-    torch.testing.assert_close(ours, first.scores[0], atol=2e-4, rtol=1e-4)
-    assert len([s for s in soft.items[0] if hasattr(s, "num_tokens")]) == 1
-    # the cache holds the instruction, the soft tokens and the marker: nothing of the documents' text
-    instruction = len(systems.reader.encode(DEFAULT_INSTRUCTION))
-    assert prepared.extras["soft_tokens"] == sum(s.num_tokens for s in soft.items[0] if hasattr(s, "num_tokens"))
-    assert entries == instruction + prepared.extras["soft_tokens"] + 1
+def args_for(tmp_path, **changes):
+    args = argparse.Namespace(soft_task="qa", pipeline_hard_rate=0.5, max_new_tokens=3, cache=str(tmp_path / "cache"),
+                              icae=None, kv=None, gist=None, autocompressor=None, methods=METHODS)
+    vars(args).update(changes)
+    return args
 
 
-def test_pipeline_reuses_the_hard_rows_compression_and_splits_the_budget(bench, tiny_dir, tiny_lm, tmp_path):
-    systems = make_systems(bench, tiny_dir, tiny_lm, tmp_path)
-    hard_row = bench.answer(systems, "random", EXAMPLE, 0.5, "multidoc", 1, max_new_tokens=2)
-    assert systems.cache.misses == 1 and hard_row["compress_s"] > 0
-    row = bench.answer(systems, "random+icae", EXAMPLE, 0.25, "multidoc", 1, max_new_tokens=2)
-    assert systems.cache.hits == 1  # the pipeline's 2x hard stage is the hard row at 0.5, not recomputed
-    assert row["family"] == "pipeline"
-    stage = systems.pipeline("random+icae").soft_stage
-    assert stage.config.chunk_tokens == 8  # the soft stage gets the rest of the budget: 0.25 / 0.5 -> 2x
-    kept = [s.text for s in systems.hard("random").compress(
-        Prompt.from_documents(DOCS, instruction=DEFAULT_INSTRUCTION, question=EXAMPLE.question), rate=0.5).prompt.segments
-        if s.role.value == "context"]
-    tok = systems.reader.tokenizer
-    expected = sum(4 * -(-len(tok(t, add_special_tokens=False)["input_ids"]) // 8) for t in kept)
-    assert row["soft_tokens"] == expected
-    assert row["kv_entries"] == len(systems.reader.encode(DEFAULT_INSTRUCTION)) + expected + 1
+def test_the_scripts_numbers_are_the_harness_numbers(bench, tiny_dir, reader, tmp_path):
+    data = tmp_path / "multidoc.jsonl"
+    data.write_text("".join(json.dumps({"id": ex.id, "question": ex.question, "answers": ex.answers,
+                                        "documents": ex.documents, "gold_index": ex.gold_index}) + "\n"
+                            for ex in EXAMPLES))
+    out = tmp_path / "eb"
+    argv = ["--data", "multidoc", "--methods", *METHODS, "--rates", "0.5", "0.25", "--max-new-tokens", "3",
+            "--cache", str(tmp_path / "cache"), "--out", str(out), "--fresh"]
+    assert bench.main(argv, reader, data_files={"multidoc": data}, preloaded=tiny_compressors(tiny_dir)) == 0
+    written = json.loads(out.with_suffix(".json").read_text())
+    assert written["machine"]["cpu"] and written["command"]  # benchmarks/common.py write_results
+    assert "| kv_fraction |" in out.with_suffix(".md").read_text()
+    rows = {(r["method"], r["rate"], r["id"]): r for r in written["examples"]}
+    table = {(t["method"], t["budget"]): t for t in written["rows"]}
+    assert len(rows) == 2 * (1 + 2 * (len(METHODS) - 1)) and len(table) == 1 + 2 * (len(METHODS) - 1)
+
+    # the harness, on systems built from fresh compressors of the same seed
+    compressors = tiny_compressors(tiny_dir)
+    for method in METHODS:
+        system = build_system(method, reader, through_cache=True, make=make_from(compressors))
+        for rate in [1.0] if method == "full" else [0.5, 0.25]:
+            report = evaluate(EXAMPLES, [system], [rate], None)
+            outputs = {o.id: o for o in system.run(EXAMPLES, rate)}
+            for ex in EXAMPLES:
+                row, harness = rows[method, rate, ex.id], outputs[ex.id]
+                assert row["answer"] == harness.answer, (method, rate)
+                assert row["kv_entries"] == harness.extras["kv_entries"], (method, rate)
+                assert row["context_tokens"] == harness.extras["context_tokens"]
+                assert row["family"] == system.family
+            result = evaluate(EXAMPLES, [system], [rate], reader).results[0]
+            assert table[method, rate]["f1"] == pytest.approx(result.f1)
+            assert table[method, rate]["contains"] == pytest.approx(result.contains)
+            assert report.results[0].rate == pytest.approx(
+                sum(o.compressed_tokens for o in outputs.values()) / sum(o.origin_tokens for o in outputs.values()))
+    assert table["random+snapkv", 0.25]["family"] == table["random+icae", 0.25]["family"] == "pipeline"
+    full = table["full", 1.0]
+    assert full["kv_fraction"] == 1.0 and table["snapkv", 0.25]["kv_fraction"] == pytest.approx(0.25, abs=0.02)
 
 
-def test_cached_compressions_come_back_with_their_original_seconds(bench, tiny_dir, tiny_lm, tmp_path):
-    first = make_systems(bench, tiny_dir, tiny_lm, tmp_path)
-    a = first.prepare("kv", EXAMPLE, 0.5)
-    assert first.cache.misses == 1 and first.cache.hits == 0
-    second = make_systems(bench, tiny_dir, tiny_lm, tmp_path)  # a new run: same weights, same prompt
-    b = second.prepare("kv", EXAMPLE, 0.5)
-    assert second.cache.hits == 1 and second.cache.misses == 0
-    assert b.compress_s == a.compress_s
-    torch.testing.assert_close(next_token_logits(a), next_token_logits(b))
-    second.prepare("kv", EXAMPLE, 0.25)  # another ratio is another compression
-    assert second.cache.misses == 1
+def test_a_bad_method_is_a_one_line_error_before_any_example_runs(bench, reader, tmp_path, capsys):
+    argv = ["--methods", "random+nosuch", "--out", str(tmp_path / "eb"), "--cache", ""]
+    assert bench.main(argv, reader, data_files={}) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "nosuch" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "eb.json").exists()
 
 
-def test_compress_only_fills_the_cache_that_the_next_run_reads(bench, tiny_dir, tiny_lm, tmp_path):
-    warm = make_systems(bench, tiny_dir, tiny_lm, tmp_path)
-    warm.compress_only = True
-    for method in ("full", "random", "icae", "random+kv"):
-        assert warm.prepare(method, EXAMPLE, 0.25) is None
-    assert warm.cache.misses == 4  # random@0.25, icae, random@0.5 (the pipeline's hard stage), kv
-    run = make_systems(bench, tiny_dir, tiny_lm, tmp_path)
-    for method in ("random", "icae", "random+kv"):
-        run.prepare(method, EXAMPLE, 0.25)
-    assert (run.cache.hits, run.cache.misses) == (4, 0)
+def test_pipeline_reuses_the_hard_rows_compression(bench, tiny_dir, reader, tmp_path):
+    args = args_for(tmp_path)
+    cache = bench.CompressionCache(tmp_path / "cache")
+    compressors = bench.Compressors(args, cache, tiny_compressors(tiny_dir))
+    hard, pipeline = (build_system(m, reader, through_cache=True, make=compressors) for m in ("random", "random+icae"))
+    hard_row = bench.answer(hard, EXAMPLE, 0.5, "multidoc", 1, cache)
+    assert cache.misses == 1 and hard_row["compress_s"] > 0
+    row = bench.answer(pipeline, EXAMPLE, 0.25, "multidoc", 1, cache)
+    assert cache.hits == 1  # the pipeline's 2x hard stage is the hard row at 0.5, not recomputed
+    assert row["family"] == "pipeline" and row["soft_tokens"] > 0
+    assert row["compress_s"] >= hard_row["compress_s"]  # the cached hard stage counts with its original seconds
+
+
+def test_cached_compressions_come_back_with_their_original_seconds(bench, tiny_dir, reader, tmp_path):
+    def kv_system():
+        from mmcompress import create_compressor
+
+        torch.manual_seed(0)
+        kv = create_compressor("kv", model=str(tiny_dir), num_slots=4, chunk_tokens=16, lora_r=4, device="cpu",
+                               dtype="float32")
+        cache = bench.CompressionCache(tmp_path / "cache")
+        return build_system("kv", reader, make=bench.Compressors(args_for(tmp_path), cache, {"kv": kv})), cache
+
+    first, first_cache = kv_system()
+    a = bench.answer(first, EXAMPLE, 0.5, "multidoc", 1, first_cache)
+    assert first_cache.misses == 1 and first_cache.hits == 0
+    second, second_cache = kv_system()  # a new run: same weights, same prompt
+    b = bench.answer(second, EXAMPLE, 0.5, "multidoc", 1, second_cache)
+    assert second_cache.hits == 1 and second_cache.misses == 0
+    assert b["compress_s"] == a["compress_s"] and b["answer"] == a["answer"] and b["kv_entries"] == a["kv_entries"]
+    bench.answer(second, EXAMPLE, 0.25, "multidoc", 1, second_cache)  # another ratio is another compression
+    assert second_cache.misses == 1
+
+
+def test_compress_only_fills_the_cache_that_the_next_run_reads(bench, tiny_dir, reader, tmp_path):
+    methods = ["full", "random", "icae", "random+icae", "snapkv"]
+
+    def systems():
+        cache = bench.CompressionCache(tmp_path / "cache")
+        compressors = bench.Compressors(args_for(tmp_path), cache, tiny_compressors(tiny_dir))
+        return bench.build_systems(args_for(tmp_path, methods=methods), reader, compressors), cache
+
+    warm, warm_cache = systems()
+    for system in warm:
+        system.compress(EXAMPLE, 0.25)
+    assert warm_cache.misses == 4  # random@0.25, icae, random@0.5 (the pipeline's hard stage), icae after it
+    run, run_cache = systems()
+    for system in run:
+        bench.answer(system, EXAMPLE, 0.25, "multidoc", 1, run_cache)
+    assert (run_cache.hits, run_cache.misses) == (4, 0)
 
 
 def test_a_reused_row_is_keyed_by_the_weights_it_was_computed_with(bench, tmp_path):
@@ -161,6 +199,13 @@ def test_llmlingua2_rows_are_keyed_by_the_default_classifier(bench, tmp_path, mo
     assert bench.row_key(args, "longdoc", "llmlingua", 0.5, EXAMPLE)["classifier"] is None
     monkeypatch.setenv("MMCOMPRESS_LLMLINGUA2_CLASSIFIER", str(second))  # a training run registered a new default
     assert bench.row_key(args, "longdoc", "llmlingua2", 0.5, EXAMPLE) != before
+
+
+def test_rows_of_files_written_before_write_results_are_read(bench, tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"meta": {"notes": {"x": "y"}}, "table": [], "rows": [{"id": "a"}]}))
+    assert bench.load_previous(old) == ([{"id": "a"}], {"notes": {"x": "y"}})
+    assert bench.load_previous(tmp_path / "none.json") == ([], {})
 
 
 class _Planted:

@@ -162,7 +162,8 @@ def test_registry_and_bad_settings():
 
 
 def test_presses_are_systems_of_the_evaluation_harness(tiny_lm):
-    from mmcompress.evaluation.harness import QAExample, build_system, evaluate
+    from mmcompress.evaluation.harness import QAExample, evaluate
+    from mmcompress.evaluation.systems import build_system
     from mmcompress.evaluation.reader import Reader
     from mmcompress.evaluation.kvcache_systems import split_prompt
 

@@ -53,7 +53,8 @@ def _fields_of(method: str, overrides: dict) -> dict:
 
 
 def run(args) -> int:
-    from ..evaluation.harness import DEFAULT_INSTRUCTION, build_system, evaluate, load_qa_file, random_floors
+    from ..evaluation.harness import DEFAULT_INSTRUCTION, evaluate, load_qa_file, random_floors
+    from ..evaluation.systems import build_system
     from ..evaluation.reader import Reader, ReaderConfig
 
     rates = parse_rates(args.rates)

@@ -7,13 +7,13 @@ from .harness import (
     QASystem,
     RateResult,
     SystemOutput,
-    build_system,
     evaluate,
     load_qa_file,
     register_system,
 )
 from .metrics import bleu4, contains_answer, exact_match, f1_score, normalize_answer, token_accuracy
 from .reader import Reader, ReaderConfig
+from .systems import build_system
 
 __all__ = [
     "EvalReport",
@@ -37,4 +37,4 @@ __all__ = [
     "token_accuracy",
 ]
 
-from . import kvcache_systems  # noqa: E402,F401  registers the KV presses as QA systems
+from . import kvcache_systems  # noqa: E402,F401  registers the KV presses as QA systems (full: cache_systems)

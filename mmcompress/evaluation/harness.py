@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ..errors import ConfigError, InputFileError
+from ..errors import InputFileError
 from ..prompt import Prompt, Role
 from ..registry import Registry
 from .metrics import contains_answer, exact_match, f1_score
@@ -200,25 +200,6 @@ SYSTEMS: Registry[Callable[..., QASystem]] = Registry("QA system")
 def register_system(name: str):
     """Decorator for ``build(reader, **overrides) -> QASystem`` (soft methods, KV presses...)."""
     return SYSTEMS.register(name)
-
-
-def build_system(method: str, reader: Reader | None, **overrides: Any) -> QASystem:
-    """A registered QA system, else a compressor (name, YAML, saved folder) wrapped with the reader."""
-    import importlib
-
-    importlib.import_module("mmcompress")
-    key = method.strip().lower().replace("-", "_")
-    if key in SYSTEMS:
-        return SYSTEMS.get(key)(reader, **overrides)
-    from ..factory import create_compressor
-
-    compressor = create_compressor(method, **overrides)
-    if getattr(compressor, "family", None) == "hard":
-        return HardCompressorSystem(compressor, reader, name=Path(method).stem if method.endswith((".yaml", ".yml")) else None)
-    if hasattr(compressor, "qa_system"):
-        return compressor.qa_system(reader)
-    raise ConfigError(f"{method!r} is a {compressor.family} compressor without a QA system; give it a "
-                      "qa_system(reader) method or register one with @register_system")
 
 
 def random_floors(systems: Sequence[Any], reader: Reader | None, **overrides: Any) -> list[HardCompressorSystem]:

@@ -6,47 +6,28 @@ compressed size is kept entries + question tokens, comparable with a hard method
 """
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
 from typing import Any
 
-import torch
-
 from ..kvcache.base import create_press, list_presses
-from ..models.decoding import prefill
-from .harness import DEFAULT_INSTRUCTION, QAExample, SystemOutput, register_system
+from .cache_systems import CacheSystem, PreparedContext, split_prompt
+from .harness import DEFAULT_INSTRUCTION, QAExample, register_system
+
+__all__ = ["PressSystem", "split_prompt"]
 
 
-def split_prompt(reader: Any, example: QAExample, instruction: str | None) -> tuple[list[int], list[int]]:
-    """Token ids of ``(context part, question part)`` of the reader's chat prompt for ``example``."""
-    prefix, suffix = reader.template_parts()
-    head = "\n\n".join(([instruction] if instruction else []) + list(example.documents))
-    return reader.encode(prefix + head), reader.encode("\n\n" + example.question + suffix)
-
-
-class PressSystem:
+class PressSystem(CacheSystem):
     """A KV press + the reader, for :func:`mmcompress.evaluation.harness.evaluate`."""
 
-    def __init__(self, press_name: str, reader: Any, *, instruction: str | None = DEFAULT_INSTRUCTION, **settings: Any):
-        self.press_name, self.reader, self.instruction, self.settings = press_name, reader, instruction, settings
-        self.name = press_name
+    family = "attention"
+    seconds_include_prefill = True  # the press works while the context is prefilled
 
-    def run(self, examples: Sequence[QAExample], rate: float) -> list[SystemOutput]:
-        press = create_press(self.press_name, rate=rate, **self.settings)
-        outputs = []
-        for ex in examples:
-            context_ids, question_ids = split_prompt(self.reader, ex, self.instruction)
-            t0 = time.perf_counter()
-            context = prefill(self.reader.model, torch.tensor([context_ids], device=self.reader.device), press)
-            seconds = time.perf_counter() - t0
-            entries = context.cache_entries  # decoding appends to the cache
-            answer = self.reader.generate(input_ids=torch.tensor([question_ids], device=self.reader.device),
-                                          cache=context.cache, position_offset=len(context_ids))[0]
-            outputs.append(SystemOutput(
-                id=ex.id, origin_tokens=len(context_ids) + len(question_ids),
-                compressed_tokens=entries + len(question_ids), seconds=seconds, context=None,
-                prompt=None, answer=answer, extras={"kv_entries": entries}))
-        return outputs
+    def __init__(self, press_name: str, reader: Any, *, instruction: str | None = DEFAULT_INSTRUCTION, **settings: Any):
+        super().__init__(reader, name=press_name, instruction=instruction)
+        self.press_name, self.settings = press_name, settings
+
+    def read(self, example: QAExample, compressed: Any, rate: float) -> PreparedContext:
+        return self.prefill_text(example.documents, example.question, create_press(self.press_name, rate=rate,
+                                                                                   **self.settings))
 
 
 def _register(name: str) -> None:

@@ -182,7 +182,7 @@ class Reader:
         offset = past if position_offset is None else position_offset
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0) + torch.as_tensor(offset, device=device).reshape(-1, 1)
         full_mask = torch.cat([torch.ones(b, past, dtype=attention_mask.dtype, device=device), attention_mask], dim=1)
-        stop_ids = self._stop_ids()
+        stop_ids = self.stop_ids()
         inputs = {"input_ids": x.to(device)} if input_ids is not None else {"inputs_embeds": x.to(device)}
         out_tokens: list[torch.Tensor] = []
         done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -209,7 +209,7 @@ class Reader:
         return texts
 
     # --------------------------------------------------------------------------------------------- helpers
-    def _stop_ids(self) -> list[int]:
+    def stop_ids(self) -> list[int]:
         tok = self.tokenizer
         ids = []
         for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tok.get_vocab() else None):
@@ -228,7 +228,7 @@ class Reader:
 
     def _left_pad(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self._stop_ids()[0]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.stop_ids()[0]
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):

@@ -134,3 +134,15 @@ def generate_from_cache(model: Any, context: CachedContext, suffix_ids: list[lis
     if restore:
         keep_first_in_cache(cache, entries)
     return Generation(generated, prefill_seconds=t1 - t0, decode_seconds=t2 - t1, new_tokens=sum(map(len, generated)))
+
+
+@torch.no_grad()
+def extend_context(model: Any, context: CachedContext, embeds: torch.Tensor) -> CachedContext:
+    """Read ``embeds`` ``(B, T, D)`` after ``context`` (at its next positions) into its cache."""
+    batch, length = embeds.shape[:2]
+    mask = torch.cat([context.cache_mask, context.cache_mask.new_ones(batch, length)], dim=1)
+    positions = context.next_position[:, None] + torch.arange(length, device=embeds.device)[None]
+    out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                **cache_kwargs(model, context.cache))
+    cache = output_cache(out) or context.cache
+    return CachedContext(cache, mask, context.next_position + length, [n + length for n in context.context_tokens])

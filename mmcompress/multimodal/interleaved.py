@@ -39,7 +39,7 @@ from ..prompt import Prompt, TextSegment
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
 from ..soft.base import SoftCompressor, _reject_budget
-from ..soft.chunking import TASK_IDS
+from ..soft.encoder import QATemplate, SlotDecoding
 from ..soft.losses import IGNORE
 from .batches import EncodedItem, collate_items
 from .config import InterleavedConfig
@@ -54,7 +54,7 @@ LLAVA_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_pro
 
 # ---------------------------------------------------------------------------------------------- compressor
 @register_compressor("interleaved")
-class InterleavedCompressor(SoftCompressor):
+class InterleavedCompressor(QATemplate, SoftCompressor):
     """What the soft compressor (:class:`InterleavedSoftCompressor`, ``mode="soft"``) and the uncompressed reference
     (:class:`InterleavedReference`, ``mode="full"``) share: the image path, the embedding and layout of a prompt,
     batches, and saving / loading. ``InterleavedCompressor(...)`` (and ``create_compressor("interleaved")``) builds
@@ -150,9 +150,6 @@ class InterleavedCompressor(SoftCompressor):
 
     def embedder(self) -> InterleavedEmbedder:
         return InterleavedEmbedder(self.tokenizer, self.llm.get_input_embeddings(), self.image_path)
-
-    def format_question(self, question: str, task: str) -> str:
-        return self.config.qa_template.format(question=question) if task == "qa" else question
 
     @property
     def pad_id(self) -> int:
@@ -354,7 +351,7 @@ class InterleavedCompressor(SoftCompressor):
                 own[name].copy_(value.to(own[name].device, own[name].dtype))
 
 
-class InterleavedSoftCompressor(InterleavedCompressor):
+class InterleavedSoftCompressor(SlotDecoding, InterleavedCompressor):
     """``mode="soft"``: the soft encoder turns each chunk of the compressible part into K slots, which the frozen
     decoder reads in the way of the slot style (:mod:`.slot_styles`), chosen once from ``config.style``."""
 
@@ -373,14 +370,6 @@ class InterleavedSoftCompressor(InterleavedCompressor):
         super().set_slots(k)
         self.module.use_slots = None if k is None else int(k)
         return self
-
-    def marker(self, task: str):
-        if task not in TASK_IDS:
-            raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
-        return self.module.markers[TASK_IDS[task]][None]
-
-    def decoder_mode(self):
-        return self.module.encoder.decoder()
 
     def encode_items(self, items, batch):
         encoded, chunks = self.module.compress_embedded(batch)

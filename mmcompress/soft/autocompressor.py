@@ -187,12 +187,6 @@ class AutoCompressor(SoftCompressor):
 
     config_class = AutoCompressorConfig
 
-    def qa_system(self, reader: Any):
-        """A system of the QA evaluation harness; see :mod:`mmcompress.evaluation.soft_reader_system`."""
-        from ..evaluation.soft_reader_system import SoftReaderSystem
-
-        return SoftReaderSystem(self, reader)
-
     def build_module(self) -> AutoCompressorModule:
         return AutoCompressorModule(self.llm, self.config, self.tokenizer.eos_token_id)
 

@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from ..compressor import Compressor, CompressorConfig, Timings, batch_list
 from ..errors import ConfigError, InvalidPromptError
@@ -71,6 +71,16 @@ class SoftConfig(CompressorConfig):
     @property
     def nominal_ratio(self) -> float:
         return self.chunk_tokens / self.num_slots
+
+
+class DecoderCache(NamedTuple):
+    """What :meth:`SoftCompressor.decoder_cache` gives: ``model`` decodes (inside ``mode()``) from ``context``
+    after ``tail``, the prompt's kept text that follows its last soft span."""
+
+    model: Any
+    context: Any  # mmcompress.models.decoding.CachedContext
+    tail: str
+    mode: Callable[[], Any]
 
 
 class SoftCompressor(Compressor):
@@ -233,6 +243,25 @@ class SoftCompressor(Compressor):
         from contextlib import nullcontext
 
         return nullcontext()
+
+    def decoder_cache(self, pieces: Sequence[Any], task: str = "qa") -> DecoderCache:
+        """One prompt's pieces up to its last soft span (and this method's marker for ``task``) read into a KV cache,
+        laid out as :meth:`generate` lays them out; the kept text after it is returned to be read after the cache.
+        Lets a caller decode one prompt from a cache it can measure (the QA harness's soft systems)."""
+        import torch
+
+        from ..models.decoding import prefill
+
+        head, tail = self.split_pieces(pieces, task, None)
+        with torch.no_grad(), self.decoder_mode():
+            context = prefill(self.llm, inputs_embeds=self.decoder_embeddings(head, task, None)[None])
+        return DecoderCache(self.llm, context, "".join(tail), self.decoder_mode)
+
+    def qa_system(self, reader: Any, **options: Any):
+        """This compressor as a system of the QA harness (``mmcompress eval --method ...``)."""
+        from ..evaluation.soft_reader_system import SoftReaderSystem
+
+        return SoftReaderSystem(self, reader, **options)
 
     def _generate_defaults(self, max_new_tokens: int | None) -> dict[str, Any]:
         tok = self.tokenizer

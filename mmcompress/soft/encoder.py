@@ -225,14 +225,16 @@ class SlotModel(nn.Module):
         return self.markers[task][:, None, :]
 
 
-class EncoderCompressor:
-    """Mixin of compressors built on :class:`SlotModel` (icae, kv): build, encode spans, markers, decoder mode."""
+class QATemplate:
+    """Mixin: a question read after the soft prompt for the ``qa`` task takes the config's ``qa_template``."""
 
-    module_class: type[SlotModel] = SlotModel
-    encode_batch_chunks = 64  # chunks per encoder forward when compressing
+    def format_question(self, question: str, task: str) -> str:
+        return self.config.qa_template.format(question=question) if task == "qa" else question
 
-    def build_module(self):
-        return self.module_class(self.llm, self.config)
+
+class SlotDecoding(QATemplate):
+    """Mixin of compressors whose module holds a :class:`SoftEncoder` (``module.encoder``) and one learned marker per
+    task (``module.markers``): the marker read after the soft prompt, and the frozen decoder (adapter off)."""
 
     def marker(self, task: str):
         if task not in TASK_IDS:
@@ -242,8 +244,15 @@ class EncoderCompressor:
     def decoder_mode(self):
         return self.module.encoder.decoder()
 
-    def format_question(self, question: str, task: str) -> str:
-        return self.config.qa_template.format(question=question) if task == "qa" else question
+
+class EncoderCompressor(SlotDecoding):
+    """Mixin of compressors built on :class:`SlotModel` (icae, kv): build, encode spans, markers, decoder mode."""
+
+    module_class: type[SlotModel] = SlotModel
+    encode_batch_chunks = 64  # chunks per encoder forward when compressing
+
+    def build_module(self):
+        return self.module_class(self.llm, self.config)
 
     def tokenize_spans(self, texts: Sequence[str]) -> list[list[int]]:
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]

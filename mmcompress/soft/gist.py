@@ -17,6 +17,7 @@ Layout of one training row: ``[text (L)] [gist x K] [continuation (C)]``; the lo
 from __future__ import annotations
 
 import random
+from contextlib import nullcontext
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
 from ..registry import register_compressor
 from ..results import SoftPrompt, SoftSegment
 from ..training.tasks import TaskSetup
-from .base import SoftCompressor, SoftConfig, _as_batch, _per_item
+from .base import DecoderCache, SoftCompressor, SoftConfig, _as_batch, _per_item
 
 PROMPT, GIST, AFTER, PAD = 0, 1, 2, -1  # segment ids of a training row
 
@@ -160,12 +161,6 @@ class GistCompressor(SoftCompressor):
 
     config_class = GistConfig
 
-    def qa_system(self, reader: Any):
-        """A system of the QA evaluation harness; see :mod:`mmcompress.evaluation.soft_reader_system`."""
-        from ..evaluation.soft_reader_system import SoftReaderSystem
-
-        return SoftReaderSystem(self, reader)
-
     def build_module(self) -> GistModule:
         if not is_rotary(self.llm):
             raise ConfigError("gist caching re-rotates the gists' keys, so it needs a RoPE model (Llama, Qwen, "
@@ -250,6 +245,12 @@ class GistCompressor(SoftCompressor):
             eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id or 0, restore=False)
         texts = tok.batch_decode(generation.token_ids, skip_special_tokens=True)
         return (texts, generation) if return_details else texts
+
+    def decoder_cache(self, pieces: Sequence[Any], task: str = "qa") -> DecoderCache:
+        """One prompt as :meth:`generate` reads it: its pieces up to the last gisted span as a cache (``task``: gist
+        has no markers), and the text after it."""
+        layers, position, tail = self._row_cache(pieces)
+        return DecoderCache(self.decoder, stack_row_caches(self.decoder, [(layers, position)]), tail, nullcontext)
 
     @torch.no_grad()
     def _row_cache(self, pieces: Sequence[Any]) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], int, str]:

@@ -30,11 +30,13 @@ from einops import rearrange
 
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, new_cache, output_cache
+from ..models.decoding import extend_context
 from ..registry import register_compressor
 from ..results import SoftSegment
-from .base import SoftCompressor, _as_batch, _per_item, left_pad
+from .base import DecoderCache, SoftCompressor, _as_batch, _per_item, left_pad
 from .chunking import Chunks
 from .encoder import EncoderCompressor, EncoderConfig, SlotModel
+from .gist import stack_row_caches
 
 
 @dataclass
@@ -134,6 +136,17 @@ class KvCompressor(EncoderCompressor, SoftCompressor):
     # ------------------------------------------------------------------------------------------------ decode
     def prefix_kv(self, pieces) -> list[tuple[torch.Tensor, torch.Tensor]]:
         return kv_prefix(self, pieces)
+
+    def decoder_cache(self, pieces, task: str = "qa") -> DecoderCache:
+        """One prompt as :meth:`generate` reads it: the KV of its pieces up to the last soft span, then the marker of
+        ``task`` read after them; the kept text after the span is returned to follow."""
+        head, tail = self.split_pieces(pieces, task, None)
+        with torch.no_grad():
+            layers = self.prefix_kv(head)
+            context = stack_row_caches(self.llm, [(layers, layers[0][0].shape[-2])])
+            with self.decoder_mode():
+                context = extend_context(self.llm, context, self.marker(task)[None].to(self.device, self.llm.dtype))
+        return DecoderCache(self.llm, context, "".join(tail), self.decoder_mode)
 
     def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
         return kv_generate(self, soft_prompts, question, task=task, max_new_tokens=max_new_tokens, **generate_kwargs)
