@@ -379,7 +379,7 @@ def _load_language_model(path: str, device: str, dtype: Any, name: str, model_kw
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
         raise ModelNotFoundError(f"could not load model {name!r} from {path}: {e}") from None
-    except (TypeError, ValueError) as e:  # a bad --model-kwargs entry, said before any traceback from deep inside
+    except (TypeError, ValueError, AttributeError) as e:  # a bad --model-kwargs entry, said before a deep traceback
         raise ConfigError(f"from_pretrained of {name!r} refused model_kwargs {dict(model_kwargs)}: {e}") from None
     if "device_map" not in kwargs:
         model.to(device)

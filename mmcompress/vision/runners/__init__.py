@@ -23,9 +23,10 @@ def runner_class(model_type: str) -> type[VLMRunner]:
 
 
 def create_vlm(model: Any, processor: Any = None, *, device: str = "cpu", dtype: Any = None,
-               template: str | None = None) -> VLMRunner:
+               template: str | None = None, model_kwargs: dict[str, Any] | None = None) -> VLMRunner:
     """A runner for ``model``: a folder or HF id (its config picks the family; model and processor are loaded), or
-    a loaded model with its ``processor``."""
+    a loaded model with its ``processor``. ``model_kwargs`` go to ``from_pretrained`` (``device_map``,
+    ``attn_implementation``, quantization...); with a ``device_map`` the model is left where accelerate put it."""
     if not isinstance(model, str):
         if processor is None:
             raise ConfigError("a loaded model needs its processor: create_vlm(model, processor)")
@@ -42,11 +43,19 @@ def create_vlm(model: Any, processor: Any = None, *, device: str = "cpu", dtype:
         raise ModelNotFoundError(f"cannot load a vision-language model from {model!r}: {e}") from None
     cls = runner_class(config.model_type)
     device = pick_device(device)
+    kwargs = {"dtype": pick_dtype(dtype, device), **(model_kwargs or {})}
     try:
-        loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=pick_dtype(dtype, device)).to(device)
+        loaded = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(f"cannot load {config.model_type} model from {model!r}: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:  # a bad --model-kwargs entry, said before a deep traceback
+        raise ConfigError(f"from_pretrained of {model!r} refused model_kwargs {model_kwargs or {}}: {e}") from None
+    if "device_map" not in kwargs:
+        loaded.to(device)
+    try:
         processor = processor if processor is not None else processor_for(loaded, path)
     except (OSError, ValueError) as e:
-        raise ModelNotFoundError(f"cannot load {config.model_type} model or processor from {model!r}: {e}") from None
+        raise ModelNotFoundError(f"cannot load {config.model_type} processor from {model!r}: {e}") from None
     return cls(loaded, processor, template)
 
 
