@@ -28,13 +28,16 @@ def output_cache(output: Any) -> Any:
 
 
 def new_cache(model: Any = None):
-    """An empty DynamicCache."""
+    """An empty DynamicCache whose every layer keeps all its positions.
+
+    Not ``DynamicCache(config=...)``: for models with sliding-window layers (Gemma 2/3, Mistral...) that builds
+    layers which drop positions older than the window by themselves, and then cannot be cropped, evicted from,
+    prepended to or read back by position as mmcompress does. Full layers are still attended through the model's own
+    sliding-window mask (built from the config), so the outputs are the same; they only hold more memory past the
+    window. ``model`` is accepted for the callers' symmetry and ignored."""
     from transformers import DynamicCache
 
-    try:
-        return DynamicCache(config=model.config) if model is not None else DynamicCache()
-    except TypeError:
-        return DynamicCache()
+    return DynamicCache()
 
 
 def cache_length(cache: Any) -> int:
