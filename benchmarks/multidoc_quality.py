@@ -106,9 +106,9 @@ def main() -> int:
     summary["retention_vs_random"] = beats
     if len(scorers) > 1:
         first = scorers[0]
-        summary["scorers_paired"] = {
-            f"{m} [{s}] vs [{first}]": {str(rate): paired_against_random(report.rows, f"{m} [{s}]", rate, f"{m} [{first}]")
-                                        for rate in rates}
+        summary["scorers_paired"] = {  # rows only one scorer keeps the answer in, per method and rate
+            f"{m} [{s}] vs [{first}]": {str(r): paired_against_random(report.rows, f"{m} [{s}]", r, f"{m} [{first}]")
+                                        for r in rates}
             for m in wanted if m in SCORED for s in scorers[1:]}
         summary[f"rate_in_{first}_tokens"] = rates_in_tokens(report.rows, examples, load_tokenizer(first))
 

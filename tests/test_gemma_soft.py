@@ -25,7 +25,8 @@ def test_meanpool_trains_saves_and_loads_on_gemma3(tmp_path):
                            max_new_tokens=8, device="cpu", dtype="float32")
     assert c.llm.config.vocab_size > 260_000 and "sliding_attention" in c.llm.config.layer_types
     tok, module = c.tokenizer, c.module
-    examples = [Example(ids, [], ids + [tok.eos_token_id], "ae") for ids in tok(DOCS, add_special_tokens=False)["input_ids"]]
+    ids = tok(DOCS, add_special_tokens=False)["input_ids"]
+    examples = [Example(x, [], x + [tok.eos_token_id], "ae") for x in ids]
     batch = collate(examples, 32, tok.pad_token_id)
     trainable = {n for n, p in module.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n == "markers" for n in trainable)

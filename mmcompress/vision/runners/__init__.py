@@ -33,7 +33,7 @@ def create_vlm(model: Any, processor: Any = None, *, device: str = "cpu", dtype:
         return runner_class(model.config.model_type)(model, processor, template)
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from ...models.loading import pick_device, pick_dtype, resolve_model
+    from ...models.loading import pick_device, pick_dtype, place_pretrained, resolve_model
     from .llava import processor_for
 
     path = resolve_model(model)
@@ -43,15 +43,7 @@ def create_vlm(model: Any, processor: Any = None, *, device: str = "cpu", dtype:
         raise ModelNotFoundError(f"cannot load a vision-language model from {model!r}: {e}") from None
     cls = runner_class(config.model_type)
     device = pick_device(device)
-    kwargs = {"dtype": pick_dtype(dtype, device), **(model_kwargs or {})}
-    try:
-        loaded = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise ModelNotFoundError(f"cannot load {config.model_type} model from {model!r}: {e}") from None
-    except (TypeError, ValueError, AttributeError) as e:  # a bad --model-kwargs entry, said before a deep traceback
-        raise ConfigError(f"from_pretrained of {model!r} refused model_kwargs {model_kwargs or {}}: {e}") from None
-    if "device_map" not in kwargs:
-        loaded.to(device)
+    loaded = place_pretrained(AutoModelForImageTextToText, path, model, device, pick_dtype(dtype, device), model_kwargs)
     try:
         processor = processor if processor is not None else processor_for(loaded, path)
     except (OSError, ValueError) as e:
