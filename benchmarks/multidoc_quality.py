@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python benchmarks/multidoc_quality.py [--limit 30] [--rates 0.5,0.4,0.33,0.2]
         [--reader-limit 10] [--reader-rates 0.5,0.33] [--methods random,selective_context,llmlingua2,...]
+        [--scorers smollm2-135m,gemma3-270m]
 
 1. Answer retention, achieved rate and latency of every method at every rate on the first ``--limit`` rows of
    ../shared/data/multidoc_qa_dev.jsonl (no reader: cheap enough for more rows).
@@ -9,6 +10,10 @@
    same way: ``longllmlingua`` at rate 0.4, ``llmlingua`` at 0.5 and ``llmlingua_tokens`` at 0.33.
 3. Reader accuracy (SmolLM2-135M-Instruct answering from the original and the compressed prompt: EM, F1,
    contains-answer) on the first ``--reader-limit`` rows at ``--reader-rates``.
+4. With ``--scorers``, every scorer-based method (LLMLingua, LongLLMLingua, Selective Context) runs once per scoring
+   model, named ``method [scorer]``, on the same rows, rates, random floor and reader; the summary adds each pair of
+   scorers' paired comparison (rows only one of them keeps the answer in, McNemar p) and every system's achieved rate
+   counted in the first scorer's tokens, so that scorers with different tokenizers are compared at the same budget.
 Writes benchmarks/results/multidoc_quality{,_reader}.{json,md,png} and multidoc_quality_summary.json.
 """
 from __future__ import annotations
@@ -38,6 +43,9 @@ def main() -> int:
     ap.add_argument("--rates", default="0.5,0.4,0.2")
     ap.add_argument("--reader-limit", type=int, default=6)
     ap.add_argument("--reader-rates", default="0.4")
+    ap.add_argument("--scorers", default=None,
+                    help="comma-separated model aliases: run each scorer-based method once per scoring model")
+    ap.add_argument("--stem", default="multidoc_quality", help="file name stem of the results")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -52,7 +60,9 @@ def main() -> int:
     rates = [float(x) for x in args.rates.split(",")]
     out = Path(args.out)
     examples = load_qa_file(args.data, args.limit)
-    systems = [build_system(m, None) for m in wanted if m != "random"]
+    scorers = args.scorers.split(",") if args.scorers else [None]
+    systems = [build_scored(build_system, m, scorer, len(scorers) > 1)
+               for m in wanted if m != "random" for scorer in (scorers if m in SCORED else [None])]
     # each method is compared with a random drop of its own granularity (LLMLingua-2 keeps words: random words)
     floor_of = {s.name: random_floor_name(s.compressor.selection_unit) for s in systems if hasattr(s, "compressor")}
     if "random" in wanted:
@@ -71,12 +81,12 @@ def main() -> int:
         extra = evaluate(rows, [peer], [rate], None, data_name=args.data)
         report.results += extra.results
         report.rows += extra.rows
-    paths = report.write(out, "multidoc_quality")
+    paths = report.write(out, args.stem)
     print(report.markdown())
 
     by = {(r.system, r.requested_rate): r for r in report.results}
-    summary = {"machine": machine_line(), "rows": len(examples),
-               "methods": wanted, "rates": rates, "command": " ".join(["python", *sys.argv])}
+    summary = {"machine": machine_line(), "rows": len(examples), "methods": wanted, "scorers": scorers,
+               "rates": rates, "command": " ".join(["python", *sys.argv])}
     ours, peer = by.get(("longllmlingua", 0.4)), by.get(("longllmlingua (llmlingua 0.2.2)", 0.4))
     if peer is not None:
         summary["published_longllmlingua_retention_at_0.4"] = peer.retention
@@ -87,15 +97,20 @@ def main() -> int:
         summary["longllmlingua_retention_at_0.4_same_rows"] = sum(r["retention"] for r in same) / max(1, len(same))
         summary["longllmlingua_at_least_published"] = summary["longllmlingua_retention_at_0.4_same_rows"] >= peer.retention
     beats = {}
-    for m in wanted:
-        floor = floor_of.get(m)
-        if m == "random" or floor is None:
-            continue
+    for m in floor_of:
+        floor = floor_of[m]
         beats[m] = {str(rate): dict(retention=by[(m, rate)].retention, random=by[(floor, rate)].retention,
                                     random_system=floor, beats=by[(m, rate)].retention > by[(floor, rate)].retention,
                                     **paired_against_random(report.rows, m, rate, floor))
                     for rate in rates if (m, rate) in by and (floor, rate) in by}
     summary["retention_vs_random"] = beats
+    if len(scorers) > 1:
+        first = scorers[0]
+        summary["scorers_paired"] = {  # rows only one scorer keeps the answer in, per method and rate
+            f"{m} [{s}] vs [{first}]": {str(r): paired_against_random(report.rows, f"{m} [{s}]", r, f"{m} [{first}]")
+                                        for r in rates}
+            for m in wanted if m in SCORED for s in scorers[1:]}
+        summary[f"rate_in_{first}_tokens"] = rates_in_tokens(report.rows, examples, load_tokenizer(first))
 
     if args.reader_limit:
         reader = Reader(batch_size=4)
@@ -105,14 +120,44 @@ def main() -> int:
         reader_systems = systems
         reader_rates = [float(x) for x in args.reader_rates.split(",")]
         rep2 = evaluate(reader_examples, reader_systems, reader_rates, reader, data_name=args.data, progress=True)
-        rep2.write(out, "multidoc_quality_reader")
+        rep2.write(out, f"{args.stem}_reader")
         print(rep2.markdown())
         summary["reader"] = {"rows": len(reader_examples), "original": rep2.original,
                              "results": rep2.to_dict()["results"]}
-    (out / "multidoc_quality_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{args.stem}_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps({k: v for k, v in summary.items() if k != "reader"}, indent=2))
     print(json.dumps({k: str(v) for k, v in paths.items()}))
     return 0
+
+
+SCORED = ("selective_context", "llmlingua", "longllmlingua")  # methods whose scores come from a causal LM
+
+
+def build_scored(build_system, method: str, scorer: str | None, named: bool):
+    """``method`` scored by ``scorer`` (its config's model when None), named ``method [scorer]`` when ``named``."""
+    if scorer is None:
+        return build_system(method, None)
+    system = build_system(method, None, model=scorer)
+    if named:
+        system.name = f"{method} [{scorer}]"
+    return system
+
+
+def rates_in_tokens(rows: list[dict], examples: list, tokenizer) -> dict:
+    """Every system's achieved rate at every requested rate, counted in ``tokenizer``'s tokens (whole prompts)."""
+    from mmcompress.evaluation.harness import DEFAULT_INSTRUCTION
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    original = {ex.id: count(ex.prompt(DEFAULT_INSTRUCTION).text) for ex in examples}
+    sums: dict[str, list[int]] = {}
+    for r in rows:
+        if r.get("prompt") is not None and r["id"] in original:
+            s = sums.setdefault(f"{r['system']} @ {r['rate']}", [0, 0])
+            s[0] += count(r["prompt"])
+            s[1] += original[r["id"]]
+    return {k: round(a / b, 4) for k, (a, b) in sums.items()}
 
 
 def paired_against_random(rows: list[dict], method: str, rate: float, floor: str = "random") -> dict:

@@ -11,7 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 import hard_speed_gpu  # noqa: E402
-from multidoc_quality import paired_against_random  # noqa: E402
+from multidoc_quality import build_scored, paired_against_random, rates_in_tokens  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,6 +30,24 @@ def test_paired_against_random_counts_rows_won_and_lost():
     assert (lopsided["won"], lopsided["lost"]) == (0, 6) and lopsided["mcnemar_p"] == pytest.approx(2 / 64)
     tie = paired_against_random(_rows("m", 0.4, [1, 0]) + _rows("random", 0.4, [0, 1]), "m", 0.4)
     assert tie["mcnemar_p"] == 1.0
+
+
+def test_scorer_dimension_names_each_scored_system_and_counts_rates_in_one_tokenizer(tiny_dir):
+    from mmcompress.evaluation import build_system
+    from mmcompress.evaluation.harness import QAExample
+    from mmcompress.models import load_tokenizer
+
+    named = build_scored(build_system, "llmlingua", str(tiny_dir), True)
+    assert named.name == f"llmlingua [{tiny_dir}]" and named.compressor.config.model == str(tiny_dir)
+    assert build_scored(build_system, "llmlingua", None, False).name == "llmlingua"  # the config's own scorer
+    tok = load_tokenizer(str(tiny_dir))
+    ex = QAExample(id="q0", question="Who?", answers=["Ann"], documents=["Ann met Bob in the garden at noon."])
+    original = ex.prompt().text
+    half = original[: len(original) // 2]
+    rows = [dict(system="a [x]", rate=0.5, id="q0", prompt=half), dict(system="a [x]", rate=0.5, id="q9", prompt="x")]
+    n_half, n_all = (len(x) for x in tok([half, original], add_special_tokens=False)["input_ids"])
+    # q9 is not one of the examples: left out
+    assert rates_in_tokens(rows, [ex], tok) == {"a [x] @ 0.5": pytest.approx(n_half / n_all, abs=1e-4)}
 
 
 def test_gpu_speed_script_runs_end_to_end_on_a_cpu(tiny_dir, tmp_path):

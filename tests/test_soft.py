@@ -170,7 +170,7 @@ def test_shift_rotary_keys_composes_positions(tiny_lm):
     keys = torch.randn(2, 5, 8)  # [H, T, d]
     pos = torch.arange(5)[None]
     cos, sin = backbone.rotary_emb(keys, pos)
-    from mmcompress.soft.kv import _rotate_half
+    from mmcompress.models.rotary import _rotate_half
 
     rotated = keys * cos[0] + _rotate_half(keys) * sin[0]
     cos7, sin7 = backbone.rotary_emb(keys, pos + 7)

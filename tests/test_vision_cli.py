@@ -126,3 +126,54 @@ def test_image_overlay_is_refused_for_text_methods(tmp_path, capsys):
     code = main(["compress", "Some text to compress here.", "--method", "random", "--image-overlay",
                  str(tmp_path / "x.png")])
     assert code == 2 and "not a vision method" in capsys.readouterr().err
+
+
+def test_device_and_model_kwargs_reach_the_vlm(llava_dir, cat_png, capsys, monkeypatch):
+    from transformers import AutoModelForImageTextToText
+
+    import mmcompress.vision.runners as runners
+
+    loads, calls = [], []
+    real_load = AutoModelForImageTextToText.from_pretrained.__func__
+    real_create = runners.create_vlm
+
+    def spy_load(cls, path, *args, **kwargs):
+        loads.append(kwargs)
+        return real_load(cls, path, *args, **kwargs)
+
+    def spy_create(*args, **kwargs):
+        calls.append(kwargs)
+        runner = real_create(*args, **kwargs)
+        calls[-1]["attn"] = runner.model.config._attn_implementation
+        return runner
+
+    monkeypatch.setattr(AutoModelForImageTextToText, "from_pretrained", classmethod(spy_load))
+    monkeypatch.setattr(runners, "create_vlm", spy_create)
+    code = main(["compress", "--method", "visionzip", "--tokens", "8", "--image", str(cat_png), "What is <image>?",
+                 "--model", str(llava_dir), "--max-new-tokens", "2", "--device", "cpu",
+                 "--model-kwargs", '{"attn_implementation": "eager"}', "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert loads and loads[-1]["attn_implementation"] == "eager"
+    assert calls[-1]["device"] == "cpu" and calls[-1]["attn"] == "eager"
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--model-kwargs", "{bad"], "not valid JSON"),
+    (["--model-kwargs", "[1]"], "expected a JSON object"),
+    (["--model-kwargs", '{"device_map": {"nowhere": 7}}'], "refused model_kwargs"),
+])
+def test_bad_model_kwargs_for_a_vlm_is_one_line_exit_2(llava_dir, cat_png, capsys, flags, words):
+    try:
+        code = main(["compress", "--method", "visionzip", "--tokens", "8", "--image", str(cat_png), "<image>?",
+                     "--model", str(llava_dir), *flags])
+    except SystemExit as e:  # argparse rejects what is not a JSON object
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and words in err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_model_kwargs_without_a_vlm_is_an_error(cat_png, capsys):
+    code = main(["compress", "--method", "tome", "--tokens", "4", "--image", str(cat_png), "A <image> here",
+                 "--set", "encoder=open_clip:mmc-vit-micro", "--model-kwargs", '{"attn_implementation": "eager"}'])
+    assert code == 2 and "give the VLM with --model" in capsys.readouterr().err

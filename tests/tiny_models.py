@@ -81,6 +81,22 @@ def make_llama(tokenizer, folder: Path | None = None, window: int = 128, seed: i
     return model
 
 
+def make_gemma3(tokenizer, window: int = 4, seed: int = 0, hidden: int = 32):
+    """A tiny Gemma 3 text model: a sliding-window layer (``window`` positions, local rotary base) then a full
+    attention layer (global base), QK-norm and scaled embeddings, as the real Gemma 3 270M."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=window,
+        layer_types=["sliding_attention", "full_attention"], max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
 def make_gpt2(tokenizer, folder: Path | None = None, window: int = 64, seed: int = 0):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel

@@ -16,8 +16,16 @@ from ..errors import MMCompressError
 SUBCOMMANDS = ["compress", "list_cmd", "train", "eval_cmd", "serve"]
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line, ``error: ...`` (exit 2) like every other bad input,
+    rather than the usage block and then the message; subcommand parsers inherit the class."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mmcompress", description="Prompt compression for LLMs and VLMs.")
+    parser = OneLineErrorParser(prog="mmcompress", description="Prompt compression for LLMs and VLMs.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress and model loading")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

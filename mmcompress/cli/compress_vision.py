@@ -6,7 +6,8 @@
 With ``--model`` (a VLM folder or HF id of a supported family: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL,
 Qwen2.5-VL, Idefics3, SmolVLM; the config picks it) the VLM answers the prompt with K tokens per image, and the
 visual tokens before and after and the prefill time are reported (``--json``: all of it as one record); without it
-the images are only encoded and reduced (the method's ``encoder``).
+the images are only encoded and reduced (the method's ``encoder``). ``--device`` places the VLM (or, without
+``--model``, the method's encoder); ``--model-kwargs`` go to the VLM's ``from_pretrained``.
 """
 from __future__ import annotations
 
@@ -55,9 +56,14 @@ def run_vision(args: Any, text: str, overrides: dict[str, Any]) -> int:
     overlay = getattr(args, "image_overlay", None)
     if overlay and args.model:
         raise ConfigError("--image-overlay shows the reduction of the method's own encoder; drop --model to get it")
+    device, model_kwargs = getattr(args, "device", None), getattr(args, "model_kwargs", None)
+    if model_kwargs is not None and not args.model:
+        raise ConfigError("--model-kwargs go to the VLM's from_pretrained: give the VLM with --model")
+    if device is not None:
+        overrides.setdefault("device", device)  # the method's own encoder, used without --model
     compressor = create_compressor(args.method, **overrides)
     if args.model:
-        runner = create_vlm(args.model, template=args.template)
+        runner = create_vlm(args.model, template=args.template, device=device or "cpu", model_kwargs=model_kwargs)
         result = runner.generate(text, images=args.image, compressor=compressor, max_new_tokens=args.max_new_tokens)
         record = {"family": runner.family, **result.to_dict()}
         line = (f"--- {result.method}: visual tokens {result.visual_tokens_full} -> {result.visual_tokens_after_prune} "

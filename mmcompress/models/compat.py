@@ -28,13 +28,24 @@ def output_cache(output: Any) -> Any:
 
 
 def new_cache(model: Any = None):
-    """An empty DynamicCache."""
+    """An empty DynamicCache, one layer per model layer, every layer keeping all its positions.
+
+    ``DynamicCache(config=...)`` gives models with sliding-window layers (Gemma 2/3, Mistral...) layers that drop
+    positions older than the window by themselves, and then cannot be cropped, evicted from, prepended to or read
+    back by position as mmcompress does; those are replaced by full layers. The model's own sliding-window mask
+    (built from the config) still limits attention, so outputs are the same; the layers only hold more memory past
+    the window."""
     from transformers import DynamicCache
 
     try:
-        return DynamicCache(config=model.config) if model is not None else DynamicCache()
+        cache = DynamicCache(config=model.config) if model is not None else DynamicCache()
     except TypeError:
         return DynamicCache()
+    if any(getattr(layer, "is_sliding", False) for layer in getattr(cache, "layers", ())):
+        from transformers.cache_utils import DynamicLayer
+
+        cache.layers = [DynamicLayer() if getattr(layer, "is_sliding", False) else layer for layer in cache.layers]
+    return cache
 
 
 def cache_length(cache: Any) -> int:

@@ -369,20 +369,29 @@ def freeze_kwargs(kwargs: dict[str, Any] | None) -> tuple | None:
     return items
 
 
+def place_pretrained(auto_class: Any, path: str, name: str, device: str, dtype: Any,
+                     model_kwargs: dict[str, Any] | None = None) -> Any:
+    """``auto_class.from_pretrained(path, dtype=..., **model_kwargs)`` moved to ``device`` (left where accelerate put
+    it with a ``device_map``). A missing model is a ModelNotFoundError, and a ``model_kwargs`` entry
+    ``from_pretrained`` refuses a ConfigError naming them, said before any traceback from deep inside."""
+    kwargs = {"dtype": dtype, **(model_kwargs or {})}
+    try:
+        model = auto_class.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelNotFoundError(f"could not load model {name!r} from {path}: {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ConfigError(f"from_pretrained of {name!r} refused model_kwargs {model_kwargs or {}}: {e}") from None
+    if "device_map" not in kwargs:
+        model.to(device)
+    return model
+
+
 @functools.lru_cache(maxsize=8)
 def _load_language_model(path: str, device: str, dtype: Any, name: str, model_kwargs: tuple = ()) -> LanguageModel:
     from transformers import AutoModelForCausalLM
 
     t0 = time.perf_counter()
-    kwargs = {"dtype": dtype, **dict(model_kwargs)}
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise ModelNotFoundError(f"could not load model {name!r} from {path}: {e}") from None
-    except (TypeError, ValueError) as e:  # a bad --model-kwargs entry, said before any traceback from deep inside
-        raise ConfigError(f"from_pretrained of {name!r} refused model_kwargs {dict(model_kwargs)}: {e}") from None
-    if "device_map" not in kwargs:
-        model.to(device)
+    model = place_pretrained(AutoModelForCausalLM, path, name, device, dtype, dict(model_kwargs))
     model.eval()
     tokenizer = _load_tokenizer(path)
     logger.info("loaded %s in %.2f s", name, time.perf_counter() - t0)

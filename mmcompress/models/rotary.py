@@ -23,13 +23,27 @@ def rotary_module(model: Any) -> Any:
     return rotary
 
 
-def shift_keys(model: Any, keys: torch.Tensor, delta: torch.Tensor | int) -> torch.Tensor:
-    """Re-rotate post-RoPE ``keys`` ``(B, H, T, d)`` by ``delta`` positions (an int, or one per row ``(B,)``)."""
+def layer_rotary(model: Any, x: torch.Tensor, position_ids: torch.Tensor, layer: int = 0):
+    """``(cos, sin, scale)`` of ``layer``'s rotary embedding at ``position_ids``. Models whose layer types rotate
+    differently (Gemma 3: sliding-window layers with a local base, full-attention layers with the global one) get
+    the table of ``layer``'s type; others have one table for every layer."""
+    rotary = rotary_module(model)
+    layer_types = getattr(getattr(rotary, "config", None), "layer_types", None)
+    per_type = getattr(rotary, "layer_types", None)  # transformers 5: one rotary module holds a table per type
+    if layer_types is not None and per_type is not None:
+        kind = layer_types[layer]
+        cos, sin = rotary(x, position_ids, kind)
+        return cos, sin, getattr(rotary, f"{kind}_attention_scaling", 1.0)
+    cos, sin = rotary(x, position_ids)
+    return cos, sin, getattr(rotary, "attention_scaling", 1.0)
+
+
+def shift_keys(model: Any, keys: torch.Tensor, delta: torch.Tensor | int, layer: int = 0) -> torch.Tensor:
+    """Re-rotate post-RoPE ``keys`` ``(B, H, T, d)`` of ``layer`` by ``delta`` positions (an int, or one per row
+    ``(B,)``)."""
     batch = keys.shape[0]
     delta = torch.as_tensor(delta, device=keys.device).reshape(-1).expand(batch)
-    rotary = rotary_module(model)
-    cos, sin = rotary(keys, position_ids=delta.abs()[:, None])  # (B, 1, d)
+    cos, sin, scale = layer_rotary(model, keys, delta.abs()[:, None], layer)  # (B, 1, d)
     sin = sin * delta.sign()[:, None, None].to(sin.dtype)  # a negative shift rotates backwards
     cos, sin = cos[:, None].to(keys.dtype), sin[:, None].to(keys.dtype)
-    scale = getattr(rotary, "attention_scaling", 1.0)  # cos/sin carry it; one rotation must not rescale
-    return (keys * cos + _rotate_half(keys) * sin) / scale
+    return (keys * cos + _rotate_half(keys) * sin) / scale  # cos/sin carry the scale; one rotation must not rescale

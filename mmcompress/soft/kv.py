@@ -31,6 +31,7 @@ from einops import rearrange
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..models.decoding import extend_context
+from ..models.rotary import shift_keys
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import DecoderCache, SoftCompressor, _as_batch, _per_item, left_pad
@@ -74,18 +75,12 @@ def build_cache(model: Any, per_item: list[list[tuple[torch.Tensor, torch.Tensor
     return cache, mask, torch.tensor(lengths, device=ref.device)
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def shift_rotary_keys(keys: torch.Tensor, delta: int, backbone: Any) -> torch.Tensor:
-    """Rotate post-RoPE keys ``[..., T, d]`` by ``delta`` positions (R(p + delta) = R(delta) R(p))."""
+def shift_rotary_keys(keys: torch.Tensor, delta: int, backbone: Any, layer: int = 0) -> torch.Tensor:
+    """Rotate post-RoPE keys ``[H, T, d]`` of ``layer`` by ``delta`` positions (R(p + delta) = R(delta) R(p)); the
+    layer matters for models whose layer types have different rotary bases (Gemma 3)."""
     if delta == 0:
         return keys
-    pos = torch.full((1, keys.shape[-2]), int(delta), device=keys.device, dtype=torch.long)
-    cos, sin = backbone.rotary_emb(keys, pos)  # [1, T, d]
-    return keys * cos[0].to(keys.dtype) + _rotate_half(keys) * sin[0].to(keys.dtype)
+    return shift_keys(backbone, keys[None], int(delta), layer)[0]
 
 
 class KvModel(SlotModel):
@@ -162,8 +157,8 @@ def kv_prefix(compressor: Any, pieces) -> list[tuple[torch.Tensor, torch.Tensor]
         if isinstance(piece, SoftSegment):
             if piece.kv is None:
                 raise ConfigError(f"{compressor.name} got an embedding soft segment; use the method that made it")
-            new = [(shift_rotary_keys(key.to(compressor.device), length, backbone), val.to(compressor.device))
-                   for key, val in piece.kv]
+            new = [(shift_rotary_keys(key.to(compressor.device), length, backbone, i), val.to(compressor.device))
+                   for i, (key, val) in enumerate(piece.kv)]
             count = piece.num_tokens
         else:
             sep = (piece.sep if piece.sep is not None else "\n\n") if k else ""

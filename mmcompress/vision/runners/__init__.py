@@ -23,16 +23,17 @@ def runner_class(model_type: str) -> type[VLMRunner]:
 
 
 def create_vlm(model: Any, processor: Any = None, *, device: str = "cpu", dtype: Any = None,
-               template: str | None = None) -> VLMRunner:
+               template: str | None = None, model_kwargs: dict[str, Any] | None = None) -> VLMRunner:
     """A runner for ``model``: a folder or HF id (its config picks the family; model and processor are loaded), or
-    a loaded model with its ``processor``."""
+    a loaded model with its ``processor``. ``model_kwargs`` go to ``from_pretrained`` (``device_map``,
+    ``attn_implementation``, quantization...); with a ``device_map`` the model is left where accelerate put it."""
     if not isinstance(model, str):
         if processor is None:
             raise ConfigError("a loaded model needs its processor: create_vlm(model, processor)")
         return runner_class(model.config.model_type)(model, processor, template)
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from ...models.loading import pick_device, pick_dtype, resolve_model
+    from ...models.loading import pick_device, pick_dtype, place_pretrained, resolve_model
     from .llava import processor_for
 
     path = resolve_model(model)
@@ -42,11 +43,11 @@ def create_vlm(model: Any, processor: Any = None, *, device: str = "cpu", dtype:
         raise ModelNotFoundError(f"cannot load a vision-language model from {model!r}: {e}") from None
     cls = runner_class(config.model_type)
     device = pick_device(device)
+    loaded = place_pretrained(AutoModelForImageTextToText, path, model, device, pick_dtype(dtype, device), model_kwargs)
     try:
-        loaded = AutoModelForImageTextToText.from_pretrained(path, dtype=pick_dtype(dtype, device)).to(device)
         processor = processor if processor is not None else processor_for(loaded, path)
     except (OSError, ValueError) as e:
-        raise ModelNotFoundError(f"cannot load {config.model_type} model or processor from {model!r}: {e}") from None
+        raise ModelNotFoundError(f"cannot load {config.model_type} processor from {model!r}: {e}") from None
     return cls(loaded, processor, template)
 
 
