@@ -53,7 +53,11 @@ def resolve_checkpoint(checkpoint: Any) -> Path:
     path = Path(str(checkpoint)).expanduser()
     if path.exists():
         return path
-    parts = str(checkpoint).strip("/").split("/")
+    text = str(checkpoint)
+    parts = text.split("/")
+    local_looking = path.is_absolute() or text.startswith((".", "~")) or Path(parts[0]).exists()
+    if local_looking:
+        raise ConfigError(f"checkpoint not found: {checkpoint}")
     if len(parts) >= 3 and is_hub_id("/".join(parts[:2])):
         from huggingface_hub import hf_hub_download
 
