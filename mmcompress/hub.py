@@ -65,7 +65,8 @@ def resolve_checkpoint(checkpoint: Any) -> Path:
         try:
             return Path(hf_hub_download(repo_id, filename, local_files_only=_offline()))
         except Exception as e:
-            where = "it is not in the local cache and HF_HUB_OFFLINE is set" if _offline() else f"{type(e).__name__}: {e}"
+            where = (f"{type(e).__name__}: {e}" if not _offline()
+                     else "it is not in the local cache and HF_HUB_OFFLINE is set")
             raise ConfigError(f"checkpoint {filename!r} of hub repository {repo_id} cannot be read ({where})") from None
     if len(parts) == 2 and is_hub_id(str(checkpoint)):
         return snapshot(str(checkpoint))

@@ -73,8 +73,9 @@ class EncoderConfig(SoftConfig):
             raise ConfigError(f"pad_to must be >= 0, got {self.pad_to}")
         if 0 < int(self.pad_to) < int(self.chunk_tokens):
             raise ConfigError(f"pad_to={self.pad_to} is shorter than chunk_tokens={self.chunk_tokens}")
-        if self.marker_ids is not None and (not isinstance(self.marker_ids, dict) or set(self.marker_ids) - set(TASK_IDS)):
-            raise ConfigError(f"marker_ids must map tasks {sorted(TASK_IDS)} to token id lists, got {self.marker_ids!r}")
+        markers = self.marker_ids
+        if markers is not None and (not isinstance(markers, dict) or set(markers) - set(TASK_IDS)):
+            raise ConfigError(f"marker_ids must map tasks {sorted(TASK_IDS)} to token id lists, got {markers!r}")
 
 
 class SoftEncoder(nn.Module):

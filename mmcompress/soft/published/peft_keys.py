@@ -11,7 +11,7 @@ ENCODER_PEFT = "encoder.peft."  # where the soft encoder's PeftModel sits in Ica
 
 def map_lora(weights: dict[str, Any], prefix: str, source: str) -> tuple[dict[str, Any], int, list[str]]:
     """``(tensors renamed for the soft encoder, rank, target module names)`` of the ``lora_A`` / ``lora_B`` tensors
-    under ``prefix`` (e.g. ``"icae."`` for ``icae.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight``).
+    under ``prefix`` (``"icae."`` for ``icae.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight``).
     Only the ``default`` adapter is read; a :class:`ConfigError` names what is missing."""
     lora = {k: v for k, v in weights.items() if k.startswith(prefix) and (".lora_A." in k or ".lora_B." in k)}
     if not lora:
