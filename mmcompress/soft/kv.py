@@ -103,7 +103,8 @@ class KvModel(SlotModel):
 
     def __init__(self, llm, config: KvConfig):
         super().__init__(llm, config)
-        self.positions = config.slot_positions
+        # configs of the methods built on this model (meanpool, interleaved) keep their class's positions
+        self.positions = getattr(config, "slot_positions", type(self).positions)
 
     def per_span(self, encoded, chunks: Chunks) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """What :meth:`compress_chunks` returned -> per span, per layer ``(keys, values)`` ``[H, C, d]``."""
