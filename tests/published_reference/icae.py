@@ -23,12 +23,11 @@ scripts read it (a fresh ``ICAE`` + ``load_state_dict(load_file(...), strict=Fal
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FIXTURES, as_list, ensure_venv, llama_tokenizer, reexec_in, write_json  # noqa: E402
+from common import FIXTURES, as_list, enter_reference, llama_tokenizer, write_json  # noqa: E402
 
 OUT = FIXTURES / "icae"
 TEXT = ("Super Bowl 50 was an American football game to determine the champion of the National Football League. "
@@ -99,16 +98,13 @@ def greedy(model, embeds):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--repo", required=True, help="a checkout of getao/icae at the pinned commit")
-    args = parser.parse_args()
-    python = ensure_venv("published-icae", ["transformers==4.36.2", "peft==0.7.1", "accelerate==0.25.0"])
-    reexec_in(python, __file__, sys.argv[1:])
+    repo, _ = enter_reference(__file__, __doc__, "a checkout of getao/icae at the pinned commit",
+                                "published-icae", ["transformers==4.36.2", "peft==0.7.1", "accelerate==0.25.0"], OUT)
 
     import torch
     from safetensors.torch import load_file, save_file
 
-    sys.path.insert(0, str(Path(args.repo).resolve() / "code" / "icae_v2"))
+    sys.path.insert(0, str(repo / "code" / "icae_v2"))
     import modeling_icae_multi_span as modeling
 
     base = OUT / "mistral-tiny"

@@ -21,13 +21,12 @@ fresh ``L3LoraL3`` that loads ``lora.pt`` as the demo does.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import types
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import CORPUS, FIXTURES, as_list, ensure_venv, reexec_in, write_json  # noqa: E402
+from common import CORPUS, FIXTURES, as_list, enter_reference, write_json  # noqa: E402
 
 OUT = FIXTURES / "xcompressor500"
 TEXT = "Paris is the capital and most populous city of France. The river flows to the sea."
@@ -82,11 +81,9 @@ def official_module(repo: Path, hidden: int):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
-    parser.add_argument("--repo", required=True, help="a checkout of ZongqianLi/500xCompressor at the pinned commit")
-    args = parser.parse_args()
-    python = ensure_venv("published-500x", ["transformers==4.42.3", "peft==0.11.1", "accelerate==0.31.0"])
-    reexec_in(python, __file__, sys.argv[1:])
+    repo, _ = enter_reference(__file__, __doc__, "a checkout of ZongqianLi/500xCompressor at the "
+                              "pinned commit", "published-500x",
+                              ["transformers==4.42.3", "peft==0.11.1", "accelerate==0.31.0"], OUT)
 
     import torch
     from peft import LoraConfig
@@ -94,7 +91,7 @@ def main() -> None:
 
     base = OUT / "llama3-tiny"
     build_base(base)
-    official = official_module(Path(args.repo).resolve(), hidden=32)
+    official = official_module(repo, hidden=32)
     lora_config = LoraConfig(r=RANK, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM")
     lora_file = OUT / "lora.pt"
     torch.save({}, lora_file)  # the constructor loads lora_path; the first instance starts from nothing
