@@ -260,8 +260,9 @@ class SlotDecoding(QATemplate):
     def marker(self, task: str):
         if task not in TASK_IDS:
             raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
-        if self.config.marker_ids is not None:  # a published checkpoint's fixed tokens (possibly none)
-            return self.embed_ids(self.config.marker_ids.get(task))
+        fixed = getattr(self.config, "marker_ids", None)  # interleaved configs have no such field
+        if fixed is not None:  # a published checkpoint's fixed tokens (possibly none)
+            return self.embed_ids(fixed.get(task))
         return self.module.markers[TASK_IDS[task]][None]
 
     def decoder_mode(self):
