@@ -114,6 +114,10 @@ def create_compressor(name_or_path: str | Path, **overrides: Any):
         return _build(name, {**fields, **overrides})
     key = text.strip().lower().replace("-", "_")
     if key in COMPRESSORS:
+        if overrides.get("checkpoint") is not None:  # a published release: weights on top of a base model
+            from .soft.published import load_checkpoint
+
+            return load_checkpoint(key, **overrides)
         return _build(key, overrides)
     trained = list_trained()
     if text in trained:
@@ -122,6 +126,10 @@ def create_compressor(name_or_path: str | Path, **overrides: Any):
     if text in configs:
         name, fields = load_config_file(configs[text])
         return _build(name, {**fields, **overrides})
+    from .hub import is_hub_id, snapshot
+
+    if is_hub_id(text):  # org/name: a saved or published compressor on the Hugging Face hub
+        return _from_saved(snapshot(text), overrides)
     raise UnknownCompressorError(
         f"unknown compressor {text!r}; methods: {', '.join(COMPRESSORS.names())}; "
         f"trained: {', '.join(trained) or 'none'}; configs: {', '.join(sorted(configs)) or 'none'}"

@@ -224,15 +224,29 @@ class SoftCompressor(Compressor):
         """
         import torch
 
-        soft = _as_batch(soft_prompts)
-        questions = _per_item(question, len(soft))
-        embeds = [self.decoder_embeddings(item, task, q) for item, q in zip(soft.items, questions)]
-        inputs, mask = left_pad(embeds)
+        inputs, mask = self._decoder_batch(soft_prompts, question, task)
         kwargs = self._generate_defaults(max_new_tokens)
         kwargs.update(generate_kwargs)
         with torch.no_grad(), self.decoder_mode():
             out = self.llm.generate(inputs_embeds=inputs, attention_mask=mask, **kwargs)
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+    def next_token_logits(self, soft_prompts: SoftPrompt | Sequence[SoftPrompt],
+                          question: str | Sequence[str] | None = None, *, task: str = "qa"):
+        """``[B, V]`` float32 logits of the decoder's next token after each prompt: what :meth:`generate` scores at
+        its first step (parity checks against official code, scoring answers)."""
+        import torch
+
+        inputs, mask = self._decoder_batch(soft_prompts, question, task)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad(), self.decoder_mode():
+            out = self.llm(inputs_embeds=inputs, attention_mask=mask, position_ids=positions, use_cache=False)
+        return out.logits[:, -1].float()
+
+    def _decoder_batch(self, soft_prompts, question, task: str):
+        soft = _as_batch(soft_prompts)
+        questions = _per_item(question, len(soft))
+        return left_pad([self.decoder_embeddings(item, task, q) for item, q in zip(soft.items, questions)])
 
     def reconstruct(self, soft_prompts: SoftPrompt | Sequence[SoftPrompt], **kwargs: Any) -> list[str]:
         """Regenerate the compressed text from the soft prompt (the autoencoding task)."""
@@ -276,6 +290,13 @@ class SoftCompressor(Compressor):
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         emb = self.llm.get_input_embeddings()
         return emb(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+    def embed_ids(self, ids: Sequence[int] | None):
+        """``[len(ids), D]`` decoder input embeddings of fixed token ids (None or empty: ``[0, D]``)."""
+        import torch
+
+        ids = torch.tensor(list(ids or []), dtype=torch.long, device=self.device)
+        return self.llm.get_input_embeddings()(ids)
 
     def format_question(self, question: str, task: str) -> str:
         """How a question reads after the soft prompt (methods trained with a QA template apply it here)."""
@@ -327,8 +348,28 @@ class SoftCompressor(Compressor):
         """Every trained tensor (``requires_grad``) of :attr:`module`, by parameter name."""
         return {n: p.detach().cpu().contiguous() for n, p in self.module.named_parameters() if p.requires_grad}
 
-    def save_pretrained(self, path: str | Path) -> Path:
-        """Write ``trainable.safetensors`` (trained tensors only) and ``mmcompress_config.json`` to ``path``."""
+    def save_pretrained(self, path: str | Path, *, push_to_hub: bool = False, repo_id: str | None = None,
+                        hub_layout: bool | None = None, card: dict[str, Any] | None = None,
+                        private: bool | None = None) -> Path:
+        """Write ``trainable.safetensors`` (trained tensors only) and ``mmcompress_config.json`` to ``path``.
+
+        ``hub_layout`` (implied by ``push_to_hub``) adds a model card and the LoRA in peft's format
+        (:func:`mmcompress.hub.write_hub_files`; ``card``: ``training_data``, ``metrics``, ``command``, ``title``);
+        ``push_to_hub`` then uploads the folder to ``repo_id``."""
+        if push_to_hub and not repo_id:
+            raise ConfigError("push_to_hub=True needs repo_id='org/name'")
+        path = self._save_files(path)
+        if push_to_hub or hub_layout:
+            from ..hub import write_hub_files
+
+            write_hub_files(self, path, card)
+        if push_to_hub:
+            from ..hub import push_folder
+
+            push_folder(path, repo_id, private=private)
+        return path
+
+    def _save_files(self, path: str | Path) -> Path:
         from safetensors.torch import save_file
 
         path = Path(path)

@@ -44,8 +44,9 @@ class Chunks:
         return torch.bincount(self.span, minlength=self.spans).tolist()
 
 
-def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: int) -> Chunks:
-    """Split each span's ids into chunks and left-pad them into one batch."""
+def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: int, pad_to: int = 0) -> Chunks:
+    """Split each span's ids into chunks and left-pad them into one batch (masked). ``pad_to > 0``: right-pad every
+    chunk to ``pad_to`` tokens of ``pad_id`` that are read like text (mask all ones), as 500xCompressor does."""
     rows, span, index = [], [], []
     for s, ids in enumerate(token_ids):
         for c, chunk in enumerate(split_into_chunks(ids, chunk_tokens)):
@@ -53,7 +54,11 @@ def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: i
             span.append(s)
             index.append(c)
     width = max(1, max(len(r) for r in rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    ids = torch.full((len(rows), max(width, pad_to)), pad_id, dtype=torch.long)
+    if pad_to:
+        for n, r in enumerate(rows):
+            ids[n, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return Chunks(ids, torch.ones_like(ids), torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids])
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     for n, r in enumerate(rows):
         if r:

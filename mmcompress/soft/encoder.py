@@ -16,7 +16,12 @@ Positions. In ``"standard"`` mode a chunk's tokens sit at ``0..L_i-1`` and its s
 ``"prefix"`` mode (used for KV) the whole row is shifted so that slot ``j`` of chunk ``c`` of a span sits at
 position ``c*K + j``: with rotary embeddings attention depends only on relative positions, so the encoder computes
 the same thing, but the cached keys come out rotated exactly as a decoder cache of ``n*K`` prefix tokens would be,
-and the decoder simply continues at position ``n*K``.
+and the decoder simply continues at position ``n*K``. In ``"after_text"`` mode (500xCompressor's own code) the slots
+keep the positions they have after the chunk's text, shifted by ``c*K`` for chunk ``c``.
+
+Published checkpoints (:mod:`mmcompress.soft.published`) read their input the way their official code does:
+``encoder_bos`` (ICAE v2 tokenizes the text with its BOS), ``pad_to`` / ``pad_id`` (500xCompressor right-pads every
+text to 500 tokens with EOS and attends to the padding), ``marker_ids`` (fixed tokens in place of learned markers).
 """
 from __future__ import annotations
 
@@ -52,6 +57,11 @@ class EncoderConfig(SoftConfig):
     gradient_checkpointing: bool = False
     max_input_tokens: int = 4096  # longer inputs are rejected with a clear error, not silently truncated
     qa_template: str = "Question: {question}\nAnswer:"  # how questions read after the [FT]/qa marker
+    # how published checkpoints read their input (defaults: mmcompress's own way; see the module docstring)
+    encoder_bos: bool = False  # prepend the tokenizer's BOS to each text before chunking (ICAE v2)
+    pad_to: int = 0  # > 0: right-pad every chunk to this length with pad_id, the padding attended (500xCompressor)
+    pad_id: Any = None  # the padding token of pad_to (None: the tokenizer's EOS)
+    marker_ids: Any = None  # {task: [token ids]} read after the soft prompt instead of the learned markers
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +69,13 @@ class EncoderConfig(SoftConfig):
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if int(self.decoder_lora_r) < 0:
             raise ConfigError(f"decoder_lora_r must be >= 0, got {self.decoder_lora_r}")
+        if int(self.pad_to) < 0:
+            raise ConfigError(f"pad_to must be >= 0, got {self.pad_to}")
+        if 0 < int(self.pad_to) < int(self.chunk_tokens):
+            raise ConfigError(f"pad_to={self.pad_to} is shorter than chunk_tokens={self.chunk_tokens}")
+        markers = self.marker_ids
+        if markers is not None and (not isinstance(markers, dict) or set(markers) - set(TASK_IDS)):
+            raise ConfigError(f"marker_ids must map tasks {sorted(TASK_IDS)} to token id lists, got {markers!r}")
 
 
 class SoftEncoder(nn.Module):
@@ -134,7 +151,7 @@ class SoftEncoder(nn.Module):
 
         Returns ``[N, K, D]`` hidden states (``output="hidden"``) or a list over layers of ``(keys, values)``
         ``[N, H_kv, K, d]`` (``output="kv"``). ``chunk_index`` ``[N]`` (chunk number within its span) is needed for
-        ``positions="prefix"``.
+        ``positions="prefix"`` and ``"after_text"``.
         """
         if output not in ("hidden", "kv"):
             raise ValueError(f"output must be 'hidden' or 'kv', got {output!r}")
@@ -151,8 +168,12 @@ class SoftEncoder(nn.Module):
             if chunk_index is None:
                 raise ValueError("positions='prefix' needs chunk_index")
             offset = chunk_index.to(lengths.device) * k - lengths
+        elif positions == "after_text":
+            if chunk_index is None:
+                raise ValueError("positions='after_text' needs chunk_index")
+            offset = chunk_index.to(lengths.device) * k
         elif positions != "standard":
-            raise ValueError(f"positions must be 'standard' or 'prefix', got {positions!r}")
+            raise ValueError(f"positions must be 'standard', 'prefix' or 'after_text', got {positions!r}")
         idx = torch.arange(width + k, device=embeds.device)[None, :]
         position_ids = idx - (width - lengths)[:, None] + offset[:, None]
         position_ids = torch.where(full_mask.bool(), position_ids, torch.zeros_like(position_ids))
@@ -239,6 +260,9 @@ class SlotDecoding(QATemplate):
     def marker(self, task: str):
         if task not in TASK_IDS:
             raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
+        fixed = getattr(self.config, "marker_ids", None)  # interleaved configs have no such field
+        if fixed is not None:  # a published checkpoint's fixed tokens (possibly none)
+            return self.embed_ids(fixed.get(task))
         return self.module.markers[TASK_IDS[task]][None]
 
     def decoder_mode(self):
@@ -256,6 +280,8 @@ class EncoderCompressor(SlotDecoding):
 
     def tokenize_spans(self, texts: Sequence[str]) -> list[list[int]]:
         ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        if self.config.encoder_bos:
+            ids = [[self.tokenizer.bos_token_id, *row] for row in ids]
         for text, row in zip(texts, ids):
             if len(row) > self.config.max_input_tokens:
                 from ..errors import InvalidPromptError
@@ -268,8 +294,12 @@ class EncoderCompressor(SlotDecoding):
     def encode_chunks(self, texts: Sequence[str]) -> tuple[list[Any], Chunks]:
         """Encode every chunk of every text (in batches of ``encode_batch_chunks``); per-chunk outputs + chunks."""
         module = self.module
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad)
+        if self.config.pad_to:
+            pad = self.tokenizer.eos_token_id if self.config.pad_id is None else int(self.config.pad_id)
+            chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=self.config.pad_to)
+        else:
+            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+            chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad)
         outs = []
         for start in range(0, chunks.ids.shape[0], self.encode_batch_chunks):
             part = slice(start, start + self.encode_batch_chunks)

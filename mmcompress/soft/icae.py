@@ -29,7 +29,15 @@ from .encoder import EncoderCompressor, EncoderConfig, SlotModel
 
 @dataclass
 class IcaeConfig(EncoderConfig):
-    """ICAE settings: see :class:`~mmcompress.soft.encoder.EncoderConfig` (``num_slots`` per ``chunk_tokens``)."""
+    """ICAE settings: see :class:`~mmcompress.soft.encoder.EncoderConfig` (``num_slots`` per ``chunk_tokens``).
+
+    ``decoder_prefix_ids`` / ``decoder_suffix_ids``: token ids the decoder reads before everything else and after
+    the question in the "qa" task (the fine-tuned ICAE v2 wraps its [FT] prompt in Mistral's ``<s>[INST] ...
+    [/INST]``; regeneration reads ``[slots] [AE]`` as the pretrained model does); None: nothing.
+    """
+
+    decoder_prefix_ids: Any = None
+    decoder_suffix_ids: Any = None
 
 
 class IcaeModel(SlotModel):
@@ -62,6 +70,13 @@ class Icae(EncoderCompressor, SoftCompressor):
 
     config_class = IcaeConfig
     module_class = IcaeModel
+
+    def decoder_embeddings(self, pieces, task: str, question: str | None):
+        middle = super().decoder_embeddings(pieces, task, question)
+        if task != "qa":
+            return middle
+        parts = [self.embed_ids(self.config.decoder_prefix_ids), middle, self.embed_ids(self.config.decoder_suffix_ids)]
+        return torch.cat(parts, 0)
 
     def encode_spans(self, texts):
         outs, chunks = self.encode_chunks(texts)

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from einops import rearrange
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidPromptError
 from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..models.decoding import extend_context
 from ..models.rotary import shift_keys
@@ -42,7 +42,19 @@ from .gist import stack_row_caches
 
 @dataclass
 class KvConfig(EncoderConfig):
-    """500xCompressor settings: see :class:`~mmcompress.soft.encoder.EncoderConfig`."""
+    """500xCompressor settings: see :class:`~mmcompress.soft.encoder.EncoderConfig`.
+
+    ``slot_positions``: "prefix" (mmcompress: slot ``j`` of chunk ``c`` at ``c*K + j``, exactly where the decoder
+    reads its cache) or "after_text" (500xCompressor's code: the slots keep their positions after the chunk's text,
+    e.g. ``500 + j``, while the decoder continues at ``K``; its checkpoints were trained so).
+    """
+
+    slot_positions: str = "prefix"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.slot_positions not in ("prefix", "after_text"):
+            raise ConfigError(f"slot_positions must be 'prefix' or 'after_text', got {self.slot_positions!r}")
 
 
 def spans_kv(layers: list[tuple[torch.Tensor, torch.Tensor]], chunks: Chunks):
@@ -88,6 +100,11 @@ class KvModel(SlotModel):
 
     encoder_output = "kv"
     positions = "prefix"
+
+    def __init__(self, llm, config: KvConfig):
+        super().__init__(llm, config)
+        # configs of the methods built on this model (meanpool, interleaved) keep their class's positions
+        self.positions = getattr(config, "slot_positions", type(self).positions)
 
     def per_span(self, encoded, chunks: Chunks) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
         """What :meth:`compress_chunks` returned -> per span, per layer ``(keys, values)`` ``[H, C, d]``."""
@@ -146,6 +163,9 @@ class KvCompressor(EncoderCompressor, SoftCompressor):
     def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):
         return kv_generate(self, soft_prompts, question, task=task, max_new_tokens=max_new_tokens, **generate_kwargs)
 
+    def next_token_logits(self, soft_prompts, question=None, *, task: str = "qa"):
+        return kv_next_token_logits(self, soft_prompts, question, task=task)
+
 
 def kv_prefix(compressor: Any, pieces) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """One prompt's decoder cache, per layer ``[H, C, d]``: soft spans' KV re-rotated to their place, kept text run
@@ -187,32 +207,60 @@ def kv_prefix(compressor: Any, pieces) -> list[tuple[torch.Tensor, torch.Tensor]
         layers = [(empty, empty) for _ in range(cfg.num_hidden_layers)]
     return layers
 
+def kv_decoder_batch(compressor: Any, soft_prompts, question=None, task: str = "qa"):
+    """Each prompt's KV as one left-padded decoder cache, and the marker + tail after it:
+    ``(cache, cache_mask [B, C], tail [B, T, D], tail_mask [B, T])``; None when no prompt has a soft span."""
+    soft = _as_batch(soft_prompts)
+    questions = _per_item(question, len(soft))
+    prefixes, tails = [], []
+    for item, q in zip(soft.items, questions):
+        head, tail = compressor.split_pieces(item, task, q)
+        prefixes.append(kv_prefix(compressor, head))
+        parts = [compressor.marker(task).to(compressor.device, compressor.llm.dtype)]
+        if tail:
+            parts.append(compressor.embed_text("".join(tail)))
+        tails.append(torch.cat(parts, 0))
+    if all(p[0][0].shape[-2] == 0 for p in prefixes):  # no soft span anywhere: plain text generation
+        return None
+    if any(t.shape[0] == 0 for t in tails):
+        raise InvalidPromptError(f"{compressor.name} has nothing to decode after the soft prompt for task {task!r} "
+                                 "(this checkpoint has no marker for it): pass a question")
+    cache, cache_mask, _ = build_cache(compressor.llm, prefixes)
+    tail, tail_mask = left_pad(tails)
+    return cache, cache_mask, tail, tail_mask
+
+
 def kv_generate(compressor: Any, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None,
                 **generate_kwargs) -> list[str]:
     """Batched generation with each prompt's KV as the decoder cache (left-padded, positions per prompt); used by
     every soft compressor whose slots are KV (:class:`KvCompressor`, the interleaved compressor's KV style)."""
-    soft = _as_batch(soft_prompts)
-    questions = _per_item(question, len(soft))
     with torch.no_grad():
-        prefixes, tails = [], []
-        for item, q in zip(soft.items, questions):
-            head, tail = compressor.split_pieces(item, task, q)
-            prefixes.append(kv_prefix(compressor, head))
-            parts = [compressor.marker(task).to(compressor.device, compressor.llm.dtype)]
-            if tail:
-                parts.append(compressor.embed_text("".join(tail)))
-            tails.append(torch.cat(parts, 0))
-        if all(p[0][0].shape[-2] == 0 for p in prefixes):  # no soft span anywhere: plain text generation
-            return SoftCompressor.generate(compressor, soft, questions, task=task, max_new_tokens=max_new_tokens,
-                                           **generate_kwargs)
-        cache, cache_mask, lengths = build_cache(compressor.llm, prefixes)
-        tail, tail_mask = left_pad(tails)
+        batch = kv_decoder_batch(compressor, soft_prompts, question, task)
+        if batch is None:
+            return SoftCompressor.generate(compressor, soft_prompts, question, task=task,
+                                           max_new_tokens=max_new_tokens, **generate_kwargs)
+        cache, cache_mask, tail, tail_mask = batch
         # generate() expects inputs to span the cached positions too; they are skipped, so zeros do
-        inputs = torch.cat([tail.new_zeros(len(tails), cache_mask.shape[1], tail.shape[-1]), tail], 1)
+        inputs = torch.cat([tail.new_zeros(tail.shape[0], cache_mask.shape[1], tail.shape[-1]), tail], 1)
         mask = torch.cat([cache_mask, tail_mask], 1)
         kwargs = compressor._generate_defaults(max_new_tokens)
         kwargs.update(generate_kwargs)
         with compressor.decoder_mode():
-            out = compressor.llm.generate(inputs_embeds=inputs, attention_mask=mask, **cache_kwargs(compressor.llm, cache),
-                                    **kwargs)
+            out = compressor.llm.generate(inputs_embeds=inputs, attention_mask=mask,
+                                          **cache_kwargs(compressor.llm, cache), **kwargs)
     return compressor.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def kv_next_token_logits(compressor: Any, soft_prompts, question=None, *, task: str = "qa") -> torch.Tensor:
+    """``[B, V]`` float32 logits of the first token :func:`kv_generate` would pick from."""
+    with torch.no_grad():
+        batch = kv_decoder_batch(compressor, soft_prompts, question, task)
+        if batch is None:
+            return SoftCompressor.next_token_logits(compressor, soft_prompts, question, task=task)
+        cache, cache_mask, tail, tail_mask = batch
+        mask = torch.cat([cache_mask, tail_mask], 1)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cache_mask.shape[1]:]
+        with compressor.decoder_mode():
+            out = compressor.llm(inputs_embeds=tail, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 **cache_kwargs(compressor.llm, cache))
+    return out.logits[:, -1].float()
