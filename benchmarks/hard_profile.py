@@ -4,7 +4,7 @@
 
 For each of the first ``--rows`` multi-document prompts (SmolLM2-135M, float32, CPU) it profiles one ``compress``
 call of each method and one floor pass (``CausalLMScorer.token_nll`` over the whole prompt) and splits the CPU time
-of the profiled operators into: matrix products (``aten::mm``/``addmm``/``bmm``: the layers and the LM head),
+of the profiled operators, as shares of the call's time, into: matrix products (``aten::mm``/``addmm``/``bmm``: the layers and the LM head),
 attention (``scaled_dot_product_attention``), the loss over the vocabulary (``log_softmax``/``nll_loss``), cache
 copies (``aten::cat``/``copy_``: the KV cache grows by concatenation), other tensor operators, and the time no
 operator accounts for (tokenisation, Python loops, numpy). It also counts the tokens each call fed to the model
@@ -35,13 +35,16 @@ GROUPS = {  # profiler operator -> group (self CPU time)
 
 
 def profile_call(fn) -> tuple[dict, float, object]:
-    """Self CPU seconds per group, the call's CPU seconds (this process), and its result."""
+    """Share (%) of the call's wall time per group, the call's CPU seconds (this process), and its result.
+
+    The profiler times operators by the clock, so on a shared machine they include waits; shares of the wall time
+    stay comparable (a wait falls on whatever runs), seconds would not."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t = time.process_time()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
-        cpu = time.process_time() - t
+        wall, cpu = time.perf_counter() - t, time.process_time() - c
     groups = {g: 0.0 for g in GROUPS}
     ops = 0.0
     for event in prof.key_averages():
@@ -51,8 +54,8 @@ def profile_call(fn) -> tuple[dict, float, object]:
             if event.key in names:
                 groups[g] += seconds
     groups["other operators"] = ops - sum(groups.values())
-    groups["outside operators"] = max(0.0, cpu - ops)
-    return groups, cpu, out
+    groups["outside operators"] = max(0.0, wall - ops)
+    return {g: 100 * v / wall for g, v in groups.items()}, cpu, out
 
 
 def main(argv=None) -> int:
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
         for name, fn in calls.items():
             groups, cpu, out = profile_call(fn)
             entry = {"id": row["id"], "side": name, "prompt tokens": len(ids), "cpu s": cpu}
-            entry.update({f"{g} s": v for g, v in groups.items()})
+            entry.update({f"{g} %": v for g, v in groups.items()})
             if name != "floor":
                 documents = sum(scorer.count_tokens(row["documents"]))
                 ranked = documents if name == "llmlingua" else documents + len(row["documents"]) * len(
@@ -98,11 +101,13 @@ def main(argv=None) -> int:
                 entry["tokens s"] = out.timings.get("tokens")
             table.append(entry)
             print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in entry.items()}), flush=True)
-    notes = ("Self CPU time of the profiled operators by group (one thread); 'outside operators' is the CPU time no "
-             "operator accounts for (tokenisation, Python, numpy). Ranking tokens: the documents (LongLLMLingua: each "
+    notes = ("Share of each call's wall time by operator group (self time, one thread); 'outside operators' is the "
+             "time no operator accounts for (tokenisation, Python, numpy); cpu s is the call's CPU time. Ranking tokens: the documents (LongLLMLingua: each "
              "with the question appended); iterative tokens: what the token-level step fed (re-fed kept windows and "
              "the second contrastive stream included).")
-    write_results(args.out, "LLMLingua / LongLLMLingua profile (torch.profiler, SmolLM2-135M, CPU)", table, notes=notes)
+    columns = list(dict.fromkeys(k for entry in table for k in entry))  # the floor rows lack the token counts
+    write_results(args.out, "LLMLingua / LongLLMLingua profile (torch.profiler, SmolLM2-135M, CPU)", table,
+                  columns=columns, notes=notes)
     print(Path(args.out).with_suffix(".md").read_text())
     return 0
 

@@ -37,6 +37,7 @@ import sys
 import time
 from pathlib import Path
 from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from hard_speed import side_orders  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
@@ -103,11 +104,6 @@ def timed(fn, device: str) -> float:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     return time.perf_counter() - t0
-
-
-def side_orders(sides: list[str], rounds: int) -> list[list[str]]:
-    """Round ``r`` runs the sides rotated by ``r``."""
-    return [sides[r % len(sides):] + sides[: r % len(sides)] for r in range(rounds)]
 
 
 def peer_model_folder(model, tokenizer, folder: Path) -> Path:
@@ -251,7 +247,7 @@ def main(argv=None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     fmt = lambda x: "-" if x is None else f"{x:.2f}x"  # noqa: E731
-    lines = [f"# LLMLingua / LongLLMLingua on a GPU: seconds per prompt / one forward pass over the same tokens", "",
+    lines = ["# LLMLingua / LongLLMLingua on a GPU: seconds per prompt / one forward pass over the same tokens", "",
              f"Machine: {machine}. Scorer: {summary['scorer']}. Command: `{summary['command']}`; {args.rows} prompt(s) "
              f"per length, {args.docs} documents each, {args.rounds} interleaved round(s), median per prompt.", "",
              "| method | prompt tokens | ours (s) | floor (s) | ours / floor [round min, max] | llmlingua 0.2.2 / floor "
