@@ -120,6 +120,34 @@ def fmt_spread(s: dict | None) -> str:
     return "-" if s is None else f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]"
 
 
+def report(args, calls: dict[str, list[dict]], rounds: int, rows: list[dict], skipped: dict, with_peer: bool) -> None:
+    """Write the table of the first ``rounds`` rounds."""
+    calls = {n: [c for c in cs if c["round"] < rounds] for n, cs in calls.items()}
+    table = [summarise(name, calls[name], rounds) for name in calls]
+    for row in table:
+        row["target ours/floor"] = TARGETS[METHODS[row["method"]][0]]
+    columns = ["method", "peer s (median)", "peer s (min)", "ours s (median)", "ours s (min)", "floor s (median)",
+               "floor s (min)", "ours/floor", "peer/floor", "peer/ours", "ours/floor cpu", "peer/ours cpu",
+               "agreement with peer", "target ours/floor"]
+    shown = [{k: (fmt_spread(v) if isinstance(v, dict) else v) for k, v in row.items()} for row in table]
+    tokens = statistics.mean(c["tokens"] for c in next(iter(calls.values())))
+    cut = f" (cut short: {rounds} of {args.rounds} rounds done)" if rounds < args.rounds else ""
+    notes = (f"{len(rows)} prompt(s) of multidoc_qa_dev.jsonl, {args.docs} documents each, {tokens:.0f} tokens on "
+             f"average; {rounds} interleaved round(s){cut} (orders: "
+             f"{' / '.join(', '.join(o) for o in side_orders(['peer', 'ours', 'floor'], rounds))}). Seconds are "
+             "totals over the prompts of one round (median and min over rounds); ratios are per round, median "
+             "[min, max]; 'cpu' ratios use the CPU time of each side's own process. Targets: llmlingua <= 1.6x, "
+             "longllmlingua <= 2.0x the floor and peer/ours >= 1.2x; selective_context and llmlingua2 <= 1.3x."
+             + "".join(f" Not measured: {n} ({why})." for n, why in skipped.items()))
+    write_results(args.out, "Hard methods side by side: llmlingua 0.2.2 (peer), ours and one forward pass (floor)",
+                  shown, columns=columns, notes=notes,
+                  extra={"table": table, "calls": {n: [{k: v for k, v in c.items() if not k.endswith("_text")}
+                                                       for c in cs] for n, cs in calls.items()},
+                         "peer": "llmlingua 0.2.2 (../shared/peer/llmlingua_reference.py's environment)" if with_peer
+                         else None, "rounds": rounds, "rounds_asked": args.rounds, "rows": len(rows),
+                         "docs": args.docs, "skipped": skipped})
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=3, help="prompts to time")
@@ -204,31 +232,11 @@ def main(argv=None) -> int:
                         call["agreement"] = agree(call["peer_text"], call["ours_text"])
                     calls[name].append(call)
                     print(json.dumps({k: v for k, v in call.items() if not k.endswith("_text")}), flush=True)
+            # written after every round: a run cut short still leaves the rounds it finished
+            report(args, calls, r + 1, rows, skipped, peer is not None)
     finally:
         if peer:
             peer.close()
-
-    table = [summarise(name, calls[name], args.rounds) for name in compressors]
-    for row in table:
-        row["target ours/floor"] = TARGETS[METHODS[row["method"]][0]]
-    columns = ["method", "peer s (median)", "peer s (min)", "ours s (median)", "ours s (min)", "floor s (median)",
-               "floor s (min)", "ours/floor", "peer/floor", "peer/ours", "ours/floor cpu", "peer/ours cpu",
-               "agreement with peer", "target ours/floor"]
-    shown = [{k: (fmt_spread(v) if isinstance(v, dict) else v) for k, v in row.items()} for row in table]
-    tokens = statistics.mean(c["tokens"] for c in next(iter(calls.values())))
-    notes = (f"{len(rows)} prompt(s) of multidoc_qa_dev.jsonl, {args.docs} documents each, {tokens:.0f} tokens on "
-             f"average; {args.rounds} interleaved rounds (orders: "
-             f"{' / '.join(', '.join(o) for o in side_orders(['peer', 'ours', 'floor'], args.rounds))}). Seconds are "
-             "totals over the prompts of one round (median and min over rounds); ratios are per round, median "
-             "[min, max]; 'cpu' ratios use the CPU time of each side's own process. Targets: llmlingua <= 1.6x, "
-             "longllmlingua <= 2.0x the floor and peer/ours >= 1.2x; selective_context and llmlingua2 <= 1.3x."
-             + "".join(f" Not measured: {n} ({why})." for n, why in skipped.items()))
-    write_results(args.out, "Hard methods side by side: llmlingua 0.2.2 (peer), ours and one forward pass (floor)",
-                  shown, columns=columns, notes=notes,
-                  extra={"table": table, "calls": {n: [{k: v for k, v in c.items() if not k.endswith("_text")}
-                                                       for c in cs] for n, cs in calls.items()},
-                         "peer": "llmlingua 0.2.2 (../shared/peer/llmlingua_reference.py's environment)" if peer else None,
-                         "rounds": args.rounds, "rows": len(rows), "docs": args.docs, "skipped": skipped})
     print(Path(args.out).with_suffix(".md").read_text())
     return 0
 
