@@ -1,10 +1,16 @@
-"""A prompt 4x longer than the scorer's window: LLMLingua on SmolLM2 (window 8,192) with a 32k-token input.
+"""Long prompts, ours against the published llmlingua 0.2.2 side by side: seconds and peak memory at 10k and 32k
+tokens (SmolLM2's window is 8,192).
 
-    PYTHONPATH=. python benchmarks/llmlingua_long.py [--tokens 32768] [--rate 0.4]
+    PYTHONPATH=. python benchmarks/llmlingua_long.py [--tokens 10240,32768] [--threads 1] [--peer-timeout 1800]
+        [--peer-rss-gib 12]
 
-The text is the start of ``../shared/data/corpus_wiki_news.txt``. Reports the achieved rate, the seconds, the peak
-resident memory and the longest KV cache the iterative step held (it must stay within the window: memory is bounded
-by the window, not by the input). Writes benchmarks/results/llmlingua_long.json.
+Each prompt is many documents of ``../shared/data/multidoc_qa_dev.jsonl`` (whole paragraphs, in file order, until
+the documents hold ``--tokens`` SmolLM2 tokens) with the first row's question, compressed by LLMLingua at rate 0.5
+(the reference script's ``llmlingua`` setting; ours: the registered method's defaults at the same rate). Every
+call runs in a fresh process, ours and the peer's alike, so its peak resident memory (``ru_maxrss``, the model
+included) is its own. The peer is killed past ``--peer-timeout`` seconds or ``--peer-rss-gib`` GiB, and that is
+reported. Ours also reports the longest KV cache the iterative step held: memory bounded by the window, not by the
+input. Writes benchmarks/results/llmlingua_long.{json,md}.
 """
 from __future__ import annotations
 
@@ -12,48 +18,105 @@ import argparse
 import json
 import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
-from common import machine_line  # noqa: E402  (benchmarks/ is on sys.path: the script's folder)
+from common import add_common_args, apply_common_args, write_results  # noqa: E402  (benchmarks/ is on sys.path)
+from llmlingua_peer import SHARED, PeerProcess, peer_available  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("MMCOMPRESS_SHARED") or next(
-    (p for p in (REPO.parent / "shared", REPO.parent.parent / "shared") if p.exists()), REPO.parent / "shared"))
-CORPUS = SHARED / "data" / "corpus_wiki_news.txt"
+DATA = SHARED / "data" / "multidoc_qa_dev.jsonl"
+INSTRUCTION = "Answer the question using the documents."
+RATE = 0.5
+
+
+def long_prompt(tokenizer, tokens: int) -> tuple[list[str], str]:
+    """Documents (whole paragraphs of the QA file, in order) holding about ``tokens`` tokens, and a question."""
+    rows = [json.loads(line) for line in DATA.open()]
+    docs, total = [], 0
+    for doc in (d for r in rows for d in r["documents"]):
+        if total >= tokens:
+            break
+        docs.append(doc)
+        total += len(tokenizer(doc, add_special_tokens=False)["input_ids"])
+    return docs, rows[0]["question"]
+
+
+def ours_once(spec: str) -> int:
+    """Child process: compress one long prompt with our LLMLingua, print seconds and peak memory as JSON."""
+    args = json.loads(spec)
+    import torch
+
+    if args["threads"]:
+        torch.set_num_threads(args["threads"])
+    from mmcompress import Prompt, create_compressor
+    from mmcompress.models import load_language_model
+
+    lm = load_language_model("smollm2-135m", device="cpu", dtype="float32")
+    docs, question = long_prompt(lm.tokenizer, args["tokens"])
+    compressor = create_compressor("llmlingua", model=lm.model, tokenizer=lm.tokenizer)
+    prompt = Prompt.from_documents(docs, instruction=INSTRUCTION, question=question)
+    t, c = time.perf_counter(), time.process_time()
+    res = compressor.compress(prompt, rate=RATE)
+    print(json.dumps({"seconds": time.perf_counter() - t, "cpu_seconds": time.process_time() - c,
+                      "origin_tokens": res.origin_tokens, "compressed_tokens": res.compressed_tokens,
+                      "forward_tokens": res.extras.get("forward_tokens"), "max_kv_cache": res.extras.get("max_cache"),
+                      "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    return 0
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=32768)
-    ap.add_argument("--rate", type=float, default=0.4)
-    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "llmlingua_long.json"))
+    ap.add_argument("--tokens", default="10240,32768", help="comma-separated prompt lengths (document tokens)")
+    ap.add_argument("--peer-timeout", type=float, default=1800, help="seconds before the peer's call is killed")
+    ap.add_argument("--peer-rss-gib", type=float, default=12, help="resident GiB at which the peer's call is killed")
+    ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--ours-once", help=argparse.SUPPRESS)  # child mode: one call of ours (JSON spec)
+    add_common_args(ap, str(REPO / "benchmarks" / "results" / "llmlingua_long"))
     args = ap.parse_args(argv)
-    if not CORPUS.exists():
-        print(f"skipped: {CORPUS} is absent")
+    if args.ours_once:
+        return ours_once(args.ours_once)
+    if not DATA.exists():
+        print(f"skipped: {DATA} is absent")
         return 0
-    from mmcompress import create_compressor
-    from mmcompress.models import load_language_model
+    apply_common_args(args)
+    from mmcompress.models import load_tokenizer
 
-    lm = load_language_model("smollm2-135m", device="cpu", dtype="float32")
-    ids = lm.tokenizer(CORPUS.read_text()[: args.tokens * 8], add_special_tokens=False)["input_ids"][: args.tokens]
-    text = lm.tokenizer.decode(ids)
-    c = create_compressor("llmlingua", model=lm.model, tokenizer=lm.tokenizer, compress_tail=True)
-    t0 = time.perf_counter()
-    res = c.compress(text, rate=args.rate)
-    seconds = time.perf_counter() - t0
-    summary = {
-        "command": "PYTHONPATH=. python benchmarks/llmlingua_long.py " + " ".join(argv or sys.argv[1:]),
-        "machine": machine_line(),
-        "input_tokens": res.origin_tokens, "window": int(lm.model.config.max_position_embeddings),
-        "compressed_tokens": res.compressed_tokens, "rate": round(res.rate, 4), "seconds": round(seconds, 1),
-        "forward_tokens": res.extras.get("forward_tokens"), "max_kv_cache": res.extras.get("max_cache"),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    tokenizer = load_tokenizer("smollm2-135m")
+    why = None if args.no_peer else peer_available()
+    rows = []
+    for tokens in [int(x) for x in args.tokens.split(",")]:
+        docs, question = long_prompt(tokenizer, tokens)
+        spec = json.dumps({"tokens": tokens, "threads": args.threads})
+        child = subprocess.run([sys.executable, __file__, "--ours-once", spec], capture_output=True, text=True,
+                               env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+        ours = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {
+            "failed": f"exit {child.returncode}: {child.stderr.strip().splitlines()[-1:]}"}
+        row = {"prompt tokens": ours.get("origin_tokens"), "documents": len(docs)}
+        row.update({f"ours {k}": v for k, v in ours.items()})
+        print(json.dumps(row), flush=True)
+        if args.no_peer or why:
+            row["peer failed"] = "not run" + (f": {why}" if why else "")
+        else:
+            with PeerProcess(threads=args.threads, rss_limit_gib=args.peer_rss_gib, timeout_s=args.peer_timeout) as peer:
+                reply = peer.compress(docs, question, "llmlingua")
+            row.update({f"peer {k}": v for k, v in reply.items() if k != "compressed_prompt"})
+        if "ours seconds" in row and "peer seconds" in row:
+            row["peer/ours"] = row["peer seconds"] / row["ours seconds"]
+            row["peer/ours cpu"] = row["peer cpu_seconds"] / row["ours cpu_seconds"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    columns = ["prompt tokens", "documents", "ours seconds", "ours cpu_seconds", "ours peak_rss_gib", "ours max_kv_cache",
+               "ours compressed_tokens", "peer seconds", "peer cpu_seconds", "peer peak_rss_gib",
+               "peer compressed_tokens", "peer failed", "peer/ours", "peer/ours cpu"]
+    notes = (f"LLMLingua at rate {RATE} on multi-document prompts (whole paragraphs of multidoc_qa_dev.jsonl); "
+             "SmolLM2-135M, float32, CPU; each call in a fresh process (peak RSS includes the model). The peer is "
+             f"killed past {args.peer_timeout:g} s or {args.peer_rss_gib:g} GiB resident.")
+    write_results(args.out, "LLMLingua on long prompts: ours and llmlingua 0.2.2 side by side", rows, columns=columns,
+                  notes=notes, extra={"rate": RATE})
+    print(Path(args.out).with_suffix(".md").read_text())
     return 0
 
 

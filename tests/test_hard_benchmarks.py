@@ -58,12 +58,15 @@ def test_gpu_speed_script_runs_end_to_end_on_a_cpu(tiny_dir, tmp_path):
                                                       for d in range(10)]}) + "\n" for r in range(3)))
     out = tmp_path / "speed"
     rc = hard_speed_gpu.main(["--size", "tiny", "--device", "cpu", "--tokenizer", str(tiny_dir), "--data", str(data),
-                              "--tokens", "160,320", "--docs", "8", "--rows", "2", "--repeats", "1",
-                              "--methods", "llmlingua,longllmlingua", "--out", str(out)])
+                              "--tokens", "160,320", "--docs", "8", "--rows", "2", "--rounds", "2",
+                              "--methods", "llmlingua,longllmlingua batch_streams", "--out", str(out)])
     assert rc == 0
     summary = json.loads(out.with_suffix(".json").read_text())
     assert [(t["method"], t["length"]) for t in summary["table"]] == [
-        ("llmlingua", 160), ("longllmlingua", 160), ("llmlingua", 320), ("longllmlingua", 320)]
+        ("llmlingua", 160), ("longllmlingua batch_streams", 160), ("llmlingua", 320),
+        ("longllmlingua batch_streams", 320)]
+    for t in summary["table"]:  # the spread of the per-round ratios (2 rounds of 2 prompts)
+        assert 0 < t["ours_x_floor_round_min"] <= t["ours_x_floor_round_max"] and t["peer_x_floor"] is None
     for t in summary["table"]:
         assert t["ours_s"] > 0 and t["floor_s"] > 0 and t["ours_x_floor"] == pytest.approx(
             sum(e[t["method"]] / e["floor"] for e in summary["per_prompt"] if e["length"] == t["length"]) / 2)
@@ -71,6 +74,16 @@ def test_gpu_speed_script_runs_end_to_end_on_a_cpu(tiny_dir, tmp_path):
         assert t["length"] <= t["tokens"] <= t["length"] + 60
     assert "tiny" in summary["scorer"] and "random weights" in summary["scorer"]
     assert "| llmlingua | " in out.with_suffix(".md").read_text()
+
+
+def test_interleaved_rounds_put_every_side_in_every_place():
+    import hard_speed
+
+    orders = hard_speed.side_orders(["peer", "ours", "floor"], 3)
+    assert orders[0] == ["peer", "ours", "floor"] and len({tuple(o) for o in orders}) == 3
+    for place in range(3):
+        assert {o[place] for o in orders} == {"peer", "ours", "floor"}
+    assert hard_speed_gpu.side_orders(["floor", "a"], 3) == [["floor", "a"], ["a", "floor"], ["floor", "a"]]
 
 
 def test_gpu_speed_script_refuses_cuda_without_a_gpu(tmp_path, capsys, monkeypatch):

@@ -71,6 +71,8 @@ def test_ranking_is_batched_and_question_aware(tiny_lm):
     n_doc = len(tokenizer(DOCS[2])["input_ids"])
     assert after.scores[2] == pytest.approx(own_nll(model, ids)[n_doc - 1 :].mean(), abs=1e-4)
     assert list(after.order) == list(np.argsort(after.scores, kind="stable"))
+    # the LM head only runs on the tokens the condition averages: the document's own tokens are context (NaN)
+    assert np.isnan(after.token_losses[2][:n_doc]).all() and not np.isnan(after.token_losses[2][n_doc:]).any()
 
 
 # ------------------------------------------------------------------------------------------------ ITPC
@@ -134,6 +136,30 @@ def test_contrastive_scores_compare_with_and_without_the_question(tiny_lm):
                                [alone[rank_alone[p] - 1] for p in finished], atol=2e-4)
     np.testing.assert_allclose([result.values[p] for p in finished], [with_q[rank_q[p] - 1] for p in finished],
                                atol=2e-4)
+
+
+@pytest.mark.parametrize("first_pass", ["window", "full"])
+def test_batched_streams_score_as_the_two_streams_apart(tiny_lm, first_pass):
+    """batch_streams: both contrastive streams in one batch of two rows (the GPU remedy) give the same scores."""
+    model, tokenizer = tiny_lm
+    prefix = _ids(tokenizer, QUESTION + "\n\n")
+    ids = np.concatenate([prefix, _ids(tokenizer, DOCS[2])])
+    assert len(ids) < 127  # within the tiny model's window: no eviction, so the streams can share a batch
+    plan = window_plan([len(ids) - len(prefix) + 2], [0.5], 16)
+    runs = {}
+    for batched in (False, True):
+        runner = IterativeCompressor(CausalLMScorer(model, tokenizer), iterative_size=16, first_pass=first_pass,
+                                     batch_streams=batched)
+        calls = []
+        feed_pair = runner._feed_pair
+        runner._feed_pair = lambda *a: calls.append(1) or feed_pair(*a)  # noqa: E731
+        runs[batched] = (runner.run(ids, len(prefix), plan, compare=True), len(calls))
+    (apart, _), (together, pairs) = runs[False], runs[True]
+    assert pairs >= 1  # the batched path ran (from the second window on; the third with first_pass="full")
+    assert len(apart.windows) >= 3 and together.forward_tokens == apart.forward_tokens
+    np.testing.assert_allclose(together.values, apart.values, atol=1e-4)
+    np.testing.assert_allclose(together.self_values, apart.self_values, atol=1e-4)
+    assert np.array_equal(together.kept, apart.kept)
 
 
 def test_long_input_keeps_the_cache_within_the_window(tiny_lm):

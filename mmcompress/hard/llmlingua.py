@@ -67,7 +67,9 @@ class LLMLinguaConfig(HardConfig):
     ``context_filter`` [use_context_level_filter], ``token_filter`` [use_token_level_filter], ``sentence_filter``
     [use_sentence_level_filter]; ``context_budget``: ``"+N"``, ``"-N"``, ``"*k"`` or ``"/k"`` applied to the
     token target for the document filter; ``reorder`` [reorder_context]: original | sort | two_stage;
-    ``dynamic_ratio`` [dynamic_context_compression_ratio]; ``rank_condition``: how documents are ranked (none:
+    ``dynamic_ratio`` [dynamic_context_compression_ratio]; ``batch_streams``: the two contrastive streams of
+    ``condition_compare`` in one batch (same scores up to rounding; for GPUs, see :mod:`mmcompress.scoring.iterative`);
+    ``rank_condition``: how documents are ranked (none:
     their own perplexity; after / before: question-aware); ``condition_tokens``: score tokens given the question
     (the reference's ``"_condition"`` suffix); ``condition_compare``: contrastive perplexity (implies
     ``condition_tokens``); ``cache_sink`` [cache_bos_num]. See the module docstring for ``first_pass``,
@@ -99,6 +101,7 @@ class LLMLinguaConfig(HardConfig):
     threshold_scope: str = "prompt"
     cache_sink: int = 10
     max_batch_tokens: int = 8192
+    batch_streams: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -303,7 +306,8 @@ class LLMLingua(BatchedHardCompressor):
         try:
             runner = IterativeCompressor(self.scorer, iterative_size=cfg.iterative_size, sink=cfg.cache_sink,
                                          first_pass=cfg.first_pass, alignment=cfg.alignment,
-                                         compress_tail=cfg.compress_tail, threshold_scope=cfg.threshold_scope)
+                                         compress_tail=cfg.compress_tail, threshold_scope=cfg.threshold_scope,
+                                         batch_streams=cfg.batch_streams)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         plans, active = [], []

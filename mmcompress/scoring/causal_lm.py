@@ -158,7 +158,7 @@ class CausalLMScorer:
             results[i] = self._nll_long(sequences[i])
         for batch in _length_batches([len(sequences[i]) for i in short], self.max_batch_tokens):
             idx = [short[j] for j in batch]
-            for i, nll in zip(idx, self._nll_batch([sequences[i] for i in idx])):
+            for i, nll in zip(idx, self._nll_batch([sequences[i] for i in idx], [score_from[i] for i in idx])):
                 results[i] = nll
         out = []
         for i, nll in enumerate(results):
@@ -193,7 +193,9 @@ class CausalLMScorer:
             ).view(b, -1)
         return nll
 
-    def _nll_batch(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+    def _nll_batch(self, sequences: list[np.ndarray], score_from: Sequence[int] | None = None) -> list[np.ndarray]:
+        """NLL of tokens ``1..n-1`` of each sequence; tokens before ``score_from[i]`` get NaN (the LM head, a fifth
+        of a small model's work per token, skips them: a prefix is only context)."""
         device = self.model.device
         lengths = [len(s) for s in sequences]
         longest = max(lengths)
@@ -206,10 +208,20 @@ class CausalLMScorer:
         input_ids, mask = input_ids.to(device), mask.to(device)
         states, _, is_hidden = self._forward(input_ids, attention_mask=mask)
         # the LM head only runs where there is a next token to predict (no padding)
-        valid = mask[:, 1:].bool()
+        first = np.maximum(np.asarray(score_from if score_from is not None else [0] * len(sequences)) - 1, 0)
+        first = np.minimum(first, np.asarray(lengths) - 1)
+        # target k of a row is its token k + 1: scored from first[i] up to the row's last token (no padding)
+        targets = torch.arange(longest - 1)[None]
+        valid = (targets >= torch.from_numpy(first)[:, None]) & mask[:, 1:].bool().cpu()
+        valid = valid.to(device)
         nll = self._nll_from(states[:, :-1][valid][None], input_ids[:, 1:][valid][None], is_hidden)[0].cpu().numpy()
-        bounds = np.cumsum([0] + [n - 1 for n in lengths])
-        return [nll[bounds[i] : bounds[i + 1]] for i in range(len(sequences))]
+        bounds = np.cumsum([0] + [n - 1 - f for n, f in zip(lengths, first)])
+        out = []
+        for i, n in enumerate(lengths):
+            row = np.full(n - 1, np.nan, np.float32)
+            row[first[i] :] = nll[bounds[i] : bounds[i + 1]]
+            out.append(row)
+        return out
 
     def _nll_long(self, sequence: np.ndarray) -> np.ndarray:
         """Score one sequence longer than the window with bounded memory (StreamingLLM-style sliding cache).

@@ -28,6 +28,11 @@ Faithful points (each matters for agreement with the reference, see ``benchmarks
 - ``compress_tail=False``: as in the reference, the last partial window (and any prompt shorter than one window) is
   never compressed, so short prompts miss the rate (llmlingua issue #196). ``True`` compresses it too.
 
+``batch_streams=True`` (for GPUs, where a small model's forward pass is bound by kernel launches): from the
+second window on, the two contrastive streams feed the same tokens, so they go through the model as one batch of
+two rows, the second row's cache left-padded (masked) where the first holds the question. The scores are the same
+up to float rounding; it is off by default, and inputs longer than the window (cache eviction) run the streams apart.
+
 Long inputs: when the cache would pass the model's window, the oldest cached positions after the first
 ``sink + start`` (attention sinks and the question prefix) are evicted, as the reference does, so memory stays
 bounded by the window whatever the input length.
@@ -121,7 +126,7 @@ class IterativeCompressor:
 
     def __init__(self, scorer: CausalLMScorer, *, iterative_size: int = 200, max_position: int | None = None,
                  sink: int = 10, first_pass: str = "window", alignment: str = "next", compress_tail: bool = False,
-                 threshold_scope: str = "prompt"):
+                 threshold_scope: str = "prompt", batch_streams: bool = False):
         if first_pass not in ("full", "window"):
             raise ValueError(f"first_pass must be 'full' or 'window', got {first_pass!r}")
         if alignment not in ("next", "token"):
@@ -139,6 +144,7 @@ class IterativeCompressor:
         if threshold_scope not in ("prompt", "window"):
             raise ValueError(f"threshold_scope must be 'prompt' or 'window', got {threshold_scope!r}")
         self.threshold_scope = threshold_scope
+        self.batch_streams = bool(batch_streams)
 
     # ------------------------------------------------------------------------------------------------ model
     @torch.inference_mode()
@@ -152,6 +158,23 @@ class IterativeCompressor:
             return np.zeros(0, np.float32), cache
         nll = scorer._nll_from(states[:, :-1], t[:, 1:], is_hidden)[0]
         return nll.float().cpu().numpy(), cache
+
+    @torch.inference_mode()
+    def _feed_pair(self, ids: np.ndarray, pair, pad: int):
+        """Feed the same ``ids`` to both contrastive streams in one batch: row 0 (with the question) after its cache,
+        row 1 after its own, left-padded by ``pad`` masked positions. Returns both streams' NLLs and the cache."""
+        scorer = self.scorer
+        device = scorer.model.device
+        t = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(device)[None].expand(2, -1)
+        past, n = _cache_len(pair), t.shape[1]
+        mask = torch.ones(2, past + n, dtype=torch.long, device=device)
+        mask[1, :pad] = 0
+        positions = torch.arange(n, device=device)[None] + torch.tensor([[past], [past - pad]], device=device)
+        states, pair, is_hidden = scorer._forward(t, attention_mask=mask, cache=pair, position_ids=positions)
+        if n < 2:
+            return np.zeros(0, np.float32), np.zeros(0, np.float32), pair
+        nll = scorer._nll_from(states[:, :-1], t[:, 1:], is_hidden).float().cpu().numpy()
+        return nll[0], nll[1], pair
 
     def first_pass_losses(self, sequences: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Own-token NLL of whole sequences (first token NaN), batched; long ones are scored with bounded memory."""
@@ -188,6 +211,9 @@ class IterativeCompressor:
         comp = np.arange(n)  # compressed position -> original position
         end = min(size + start, n)
         cache = scache = None
+        # batch_streams: one cache of two rows once both streams feed the same tokens (never with eviction)
+        pair, pad = None, 0
+        pairable = compare and self.batch_streams and n + 1 <= self.max_position
         cached = scached = 0  # compressed positions [0, cached) (resp. [start, scached)) are in the caches
         popped = 0  # positions evicted from the caches (they stay in the output)
         standin = np.zeros(0, np.float32)  # first_pass="window": scores standing in for tokens not scored yet
@@ -211,7 +237,17 @@ class IterativeCompressor:
                     _drop_from_cache(scache, max(0, min(s, _cache_len(scache) - e)), e)
                 popped += e
             # ---- score: the previous window (compressed) and this one, given the cached kept tokens
-            if not (step == 0 and self.first_pass == "full"):
+            if pairable and pair is None and cache is not None and cached == max(scached, start):
+                pair, pad = _pair_caches(cache, scache)
+                cache = scache = None
+            if pair is not None:
+                feed = comp[cached : stop + extra]
+                nll, snll, pair = self._feed_pair(ids[feed], pair, pad)
+                result.forward_tokens += 2 * len(feed)
+                result.max_cache = max(result.max_cache, _cache_len(pair))
+                self._store(val, feed, nll)
+                self._store(sval, feed, snll)
+            elif not (step == 0 and self.first_pass == "full"):
                 feed = comp[cached : stop + extra]
                 nll, cache = self._feed(ids[feed], cache)
                 result.forward_tokens += len(feed)
@@ -226,8 +262,11 @@ class IterativeCompressor:
             keep_upto = (stop - size) if step else start
             if self.alignment == "token":  # re-feed one more token so the window's first kept token is re-scored
                 keep_upto = max(0, keep_upto - 1)
-            cache, cached = _crop(cache, keep_upto, popped, start)
-            if compare:
+            if pair is not None:  # both rows end at the same position: the first stream's crop
+                pair, cached = _crop(pair, keep_upto, popped, start)
+                scached = cached
+            cache, cached = _crop(cache, keep_upto, popped, start) if pair is None else (None, cached)
+            if compare and pair is None:
                 scache, scached = _crop(scache, keep_upto, popped, start, offset=start)
             # ---- threshold and keep, sub-window by sub-window
             windows = plan[step] if step < len(plan) else [(size, plan[-1][-1][1])]
@@ -344,6 +383,20 @@ def _crop(cache, upto: int, popped: int, start: int, offset: int = 0):
     if remove > 0:
         cache.crop(-remove)  # a negative count removes that many positions (transformers 4.x and 5.x alike)
     return cache, upto
+
+
+def _pair_caches(cache, scache):
+    """One cache of two rows: ``cache`` (with the question), then ``scache`` left-padded to its length (in place of
+    ``cache``). Returns it and the padding."""
+    pad = _cache_len(cache) - _cache_len(scache)
+    rows = scache.layers if scache is not None else [None] * len(cache.layers)
+    for layer, other in zip(cache.layers, rows):
+        for name in ("keys", "values"):
+            first = getattr(layer, name)
+            blank = first.new_zeros(first.shape[:-2] + (pad,) + first.shape[-1:])
+            second = blank if other is None else torch.cat([blank, getattr(other, name)], dim=-2)
+            setattr(layer, name, torch.cat([first, second], dim=0))
+    return cache, pad
 
 
 def _drop_from_cache(cache, s: int, e: int) -> None:

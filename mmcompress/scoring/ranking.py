@@ -26,7 +26,8 @@ QUERY_SUFFIX = " We can get the answer to this question in the given documents."
 @dataclass
 class Ranking:
     """``order``: document indices best first; ``scores[i]``: document ``i``'s mean NLL (nats) under the condition;
-    ``token_losses[i]``: the NLL of each of document ``i``'s own tokens (first token NaN), a by-product."""
+    ``token_losses[i]``: the NLL of each of document ``i``'s own tokens (NaN for the first token and for the tokens
+    the condition does not average, which get no LM head), a by-product."""
 
     order: list[int]
     scores: np.ndarray
@@ -79,7 +80,8 @@ def rank_many(
         for job in condition_ppl_jobs(scorer.tokenizer, texts, query, condition):
             jobs.append(job)
             owners.append(g)
-    losses = _own_losses(scorer, [ids for ids, _, _ in jobs])
+    # only the averaged slice needs the LM head ("after": the query tokens, not the document before them)
+    losses = _own_losses(scorer, [ids for ids, _, _ in jobs], [first for _, first, _ in jobs])
     out: list[Ranking] = []
     cursor = 0
     for g, texts in enumerate(groups):
@@ -98,14 +100,18 @@ def rank_many(
     return out
 
 
-def _own_losses(scorer: CausalLMScorer, ids: list[np.ndarray]) -> list[np.ndarray]:
-    """NLL of every token given the tokens before it (no start token; the first token is NaN)."""
+def _own_losses(scorer: CausalLMScorer, ids: list[np.ndarray], score_from: Sequence[int] | None = None) -> list[np.ndarray]:
+    """NLL of every token given the tokens before it (no start token; the first token is NaN). With ``score_from``,
+    tokens before ``score_from[i]`` are context only: NaN, and no LM head is spent on them."""
     out: list[np.ndarray] = [np.full(len(x), np.nan, np.float32) for x in ids]
-    todo = [i for i, x in enumerate(ids) if len(x) >= 2]
+    first = [max(1, int(f)) for f in score_from] if score_from is not None else [1] * len(ids)
+    todo = [i for i, x in enumerate(ids) if len(x) >= 2 and first[i] < len(x)]
     saved, scorer.start_id = scorer.start_id, None
     try:
-        for i, nll in zip(todo, scorer.token_nll([ids[i] for i in todo])):
-            out[i] = nll
+        # the tokens before first[i] go in as the prefix: token_nll returns the losses of the rest
+        scored = scorer.token_nll([ids[i][first[i] :] for i in todo], [ids[i][: first[i]] for i in todo])
+        for i, nll in zip(todo, scored):
+            out[i][first[i] :] = nll
     finally:
         scorer.start_id = saved
     return out
