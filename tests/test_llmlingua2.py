@@ -224,3 +224,13 @@ def test_real_minilm_words_keep_casing_and_chunk_at_512(tiny_dir):
     c = LLMLingua2(classifier_model=model, classifier_tokenizer=tok, model=str(tiny_dir), budget="global")
     r = c.compress(Prompt.from_documents([text], question="Where?"), rate=0.4)
     assert r.compressed_tokens <= round(0.4 * r.origin_tokens) and r.text.endswith("Where?")
+
+
+def test_a_classifier_passed_in_training_mode_scores_without_dropout(compressor_parts):
+    """A freshly built model is in training mode; scoring through dropout would keep different words each call."""
+    model, _, _ = compressor_parts
+    model.train()
+    c = make(compressor_parts)
+    assert not model.training
+    text = "Paris is the capital of France. The river flows to the sea. Neural networks learn from data."
+    assert len({c.compress(text, rate=0.5).text for _ in range(3)}) == 1

@@ -93,7 +93,8 @@ class TokenClassifierScorer:
         n_labels = getattr(model.config, "num_labels", 2)
         if not 0 <= keep_label < n_labels:
             raise ConfigError(f"keep_label={keep_label} but the classifier has {n_labels} labels")
-        self.model, self.tokenizer = model, tokenizer
+        # scoring is inference: a model passed in training mode would score through dropout, differently each call
+        self.model, self.tokenizer = model.eval(), tokenizer
         self.batch_size, self.keep_label, self.token_to_word = batch_size, keep_label, token_to_word
         self.chunk_end_tokens = set(chunk_end_tokens)
         if chunking not in ("words", "reference"):
