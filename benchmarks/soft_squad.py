@@ -18,10 +18,9 @@ from common import add_common_args, apply_common_args, write_results
 
 def held_out_rows(rows: list[dict], eval_fraction: float, split: str) -> list[dict]:
     """The QA recipes' held-out tail (``soft/tasks.py``: the last ``eval_fraction`` of rows), then its split."""
-    from mmcompress.soft.tasks import held_out_part
+    from mmcompress.soft.tasks import held_out_part, qa_cut
 
-    cut = len(rows) - max(1, int(len(rows) * eval_fraction))
-    return held_out_part(rows[cut:], split)
+    return held_out_part(rows[qa_cut(rows, eval_fraction):], split)
 
 
 def main() -> None:
@@ -39,19 +38,17 @@ def main() -> None:
 
     from mmcompress import create_compressor
     from mmcompress.data_paths import resolve_data_path
-    from mmcompress.evaluation.metrics import contains_answer, mcnemar_exact
+    from mmcompress.evaluation.metrics import mcnemar_exact
     from mmcompress.evaluation.soft_qa import evaluate_soft_qa
     from mmcompress.soft.losses import read_jsonl
 
     rows = held_out_rows(read_jsonl(resolve_data_path(args.data)), args.qa_eval_fraction, args.split)
     rows = rows[: args.limit or None]
-    golds = [[a if isinstance(a, str) else a.get("text", "") for a in r["answers"]] for r in rows]
 
     def row(name: str, report) -> dict:
-        hits = [bool(contains_answer(a, g)) for a, g in zip(report.answers, golds)]
         return {"condition": name, "method": report.method, "questions": report.questions,
                 "ratio": report.ratio, "exact_match": report.exact_match, "f1": report.f1,
-                "contains": report.contains, "hits": hits, "answers": report.answers}
+                "contains": report.contains, "hits": report.contains_per_row, "answers": report.answers}
 
     results = []
     for i, spec in enumerate(args.compressor):

@@ -27,6 +27,7 @@ class QAReport:
     contains: float
     ratio: float | None = None
     answers: list[str] = field(default_factory=list)
+    contains_per_row: list[bool] = field(default_factory=list)  # for paired comparisons between settings
 
 
 def _golds(row: dict[str, Any]) -> list[str]:
@@ -57,8 +58,9 @@ def evaluate_soft_qa(compressor: Any, rows: Sequence[dict[str, Any]], *, batch_s
         compressed += soft.compressed_total
     golds = [_golds(r) for r in rows]
     n = max(1, len(rows))
+    hits = [bool(contains_answer(a, g)) for a, g in zip(answers, golds)]
     return QAReport(method=getattr(compressor, "name", "?"), setting=setting, questions=len(rows),
                     exact_match=sum(exact_match(a, g) for a, g in zip(answers, golds)) / n,
                     f1=sum(f1_score(a, g) for a, g in zip(answers, golds)) / n,
-                    contains=sum(contains_answer(a, g) for a, g in zip(answers, golds)) / n,
-                    ratio=origin / compressed if compressed else None, answers=answers)
+                    contains=sum(hits) / n, ratio=origin / compressed if compressed else None, answers=answers,
+                    contains_per_row=hits)

@@ -84,6 +84,11 @@ def held_out_part(held: list[str], split: str) -> list[str]:
     return held[:half] if split == "validation" else held[half:]
 
 
+def qa_cut(rows: list[Any], eval_fraction: float) -> int:
+    """Where the QA rows' held-out tail starts: the last ``eval_fraction`` of them (at least one row)."""
+    return len(rows) - max(1, int(len(rows) * eval_fraction))
+
+
 def held_out_windows(recipe: dict[str, Any], tokenizer: Any) -> list[list[int]]:
     """The held-out windows of a recipe's text in its ``eval_split`` (what reconstruction is measured on)."""
     data = {**DATA_DEFAULTS, **(recipe.get("data") or {})}
@@ -110,7 +115,7 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
         eval_parts.append(make(eval_w[: data["eval_examples"]], seed=data["seed"] + 1))
     if data["qa"]:
         rows = read_jsonl(resolve_data_path(data["qa"]))
-        cut = len(rows) - max(1, int(len(rows) * data["qa_eval_fraction"]))
+        cut = qa_cut(rows, data["qa_eval_fraction"])
         train_parts.append(QADataset(rows[:cut], tokenizer, data["context_tokens"] * 8, data["qa_template"]))
         held = held_out_part(rows[cut:], data["eval_split"])
         eval_parts.append(QADataset(held[: data["eval_examples"]], tokenizer, data["context_tokens"] * 8,
