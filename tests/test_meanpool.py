@@ -158,3 +158,20 @@ def test_decoder_lora_is_trained_with_the_encoder_and_saved_with_it(tiny_dir, tm
     c.save_pretrained(tmp_path / "d")
     loaded = create_compressor(tmp_path / "d")
     assert loaded.config.decoder_lora_r == 4 and loaded.generate(loaded.compress(DOC), "Who?") == answer
+
+
+def test_a_decoder_adapter_added_on_continuation_starts_where_the_saved_compressor_stopped(tiny_dir, tmp_path):
+    """Continuing a compressor saved without a decoder adapter with ``decoder_lora_r > 0`` (a later training stage):
+    the new adapter is the only thing not loaded, it starts at zero (same generation as before), and it trains;
+    any other missing tensor is still an error."""
+    c = build(tiny_dir)
+    perturb(c)
+    c.module.eval()
+    answer = c.generate(c.compress(DOC), "Who?")
+    c.save_pretrained(tmp_path / "plain")
+    grown = MeanPoolCompressor.from_pretrained(tmp_path / "plain", decoder_lora_r=4)
+    grown.module.eval()
+    assert grown.config.decoder_lora_r == 4 and grown.generate(grown.compress(DOC), "Who?") == answer
+    assert any(".decoder." in n for n, p in grown.module.named_parameters() if p.requires_grad)
+    with pytest.raises(ConfigError, match="lora settings"):
+        MeanPoolCompressor.from_pretrained(tmp_path / "plain", lora_r=8)

@@ -401,14 +401,19 @@ class SoftCompressor(Compressor):
         config = cls.config_class.from_dict(fields)
         compressor = cls(config, model=model_obj, tokenizer=tokenizer) if model_obj is not None else cls(config)
         weights = load_saved_weights(path / WEIGHTS_FILE)
-        compressor.load_trainable(weights, source=str(path))
+        # a decoder adapter asked for on top of a compressor saved without one starts fresh: LoRA's B is zero, so
+        # the continued compressor starts exactly where the saved one stopped
+        adds_decoder = (not int(meta["config"].get("decoder_lora_r", 0) or 0)
+                        and int(getattr(config, "decoder_lora_r", 0) or 0) > 0)
+        compressor.load_trainable(weights, source=str(path), fresh=(".decoder.",) if adds_decoder else ())
         return compressor
 
-    def load_trainable(self, weights: dict[str, Any], source: str = "weights") -> None:
-        """Load trained tensors into :attr:`module`; every trainable parameter must be present."""
+    def load_trainable(self, weights: dict[str, Any], source: str = "weights", fresh: Sequence[str] = ()) -> None:
+        """Load trained tensors into :attr:`module`; every trainable parameter must be present, except those whose
+        names contain one of ``fresh`` (a newly added adapter, which keeps its initialisation)."""
         module = self.module
         expected = {n for n, p in module.named_parameters() if p.requires_grad}
-        missing = sorted(expected - set(weights))
+        missing = sorted(n for n in expected - set(weights) if not any(f in n for f in fresh))
         params = dict(module.named_parameters())
         unexpected = sorted(set(weights) - set(params))
         unexpected += sorted(n for n in set(weights) & set(params) if tuple(weights[n].shape) != tuple(params[n].shape))
