@@ -175,3 +175,18 @@ def test_a_decoder_adapter_added_on_continuation_starts_where_the_saved_compress
     assert any(".decoder." in n for n, p in grown.module.named_parameters() if p.requires_grad)
     with pytest.raises(ConfigError, match="lora settings"):
         MeanPoolCompressor.from_pretrained(tmp_path / "plain", lora_r=8)
+
+
+def test_qa_examples_follow_their_template_and_a_chat_turn_answers_without_a_leading_space(tiny_dir):
+    """The QA examples read the question through the recipe's template; after a chat turn's ``assistant\\n`` the
+    answer starts the line (as the instruct model writes it), after ``Answer:`` it follows a space."""
+    from transformers import AutoTokenizer
+
+    from mmcompress.soft.losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, QADataset
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    row = {"context": DOC, "question": "Who won?", "answers": [{"text": "Denver Broncos"}]}
+    for template, answer in ((QA_TEMPLATE, " Denver Broncos"), (CHAT_QA_TEMPLATE, "Denver Broncos")):
+        (example,) = QADataset([row], tok, 64, template).examples
+        assert tok.decode(example.prompt) == template.format(question="Who won?")
+        assert example.target == tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]

@@ -19,6 +19,8 @@ Recipe sections::
       lm_ratio: 0.0                 # fraction of continuation examples (ICAE: 0.4-0.6 once AE works)
       qa: null                      # SQuAD-style JSONL: adds QA examples ({context, question, answers})
       qa_eval_fraction: 0.1         # the last 10% of QA rows are held out (split by eval_split, as the text)
+      qa_template: plain            # how the decoder reads the question: plain ("Question: ..\nAnswer:"), chatml
+                                    # (a ChatML user turn, as SmolLM2-Instruct was tuned) or a string with {question}
       eval_examples: 64
     train: {output_dir: runs/icae, max_steps: 1000, batch_size: 8, lr: 1e-4, ...}   # TrainConfig
 
@@ -37,10 +39,12 @@ import torch
 from ..data_paths import resolve_data_path
 from ..errors import ConfigError
 from ..training.tasks import TaskSetup
-from .losses import QA_TEMPLATE, PretrainDataset, QADataset, collate, read_jsonl
+from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, collate, read_jsonl
+
+QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128, "continuation_tokens": 0,
-                 "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": QA_TEMPLATE,
+                 "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain",
                  "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
 
@@ -114,6 +118,7 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
         train_parts.append(make(train_w, seed=data["seed"]))
         eval_parts.append(make(eval_w[: data["eval_examples"]], seed=data["seed"] + 1))
     if data["qa"]:
+        data = {**data, "qa_template": qa_template(data["qa_template"])}
         rows = read_jsonl(resolve_data_path(data["qa"]))
         cut = qa_cut(rows, data["qa_eval_fraction"])
         train_parts.append(QADataset(rows[:cut], tokenizer, data["context_tokens"] * 8, data["qa_template"]))
@@ -124,6 +129,14 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
         raise ConfigError("the recipe's data section needs 'text' (plain text) and/or 'qa' (JSONL)")
     cat = lambda parts: parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)  # noqa: E731
     return cat(train_parts), cat(eval_parts)
+
+
+def qa_template(spec: str) -> str:
+    """A named template (:data:`QA_TEMPLATES`) or a literal one with ``{question}``."""
+    template = QA_TEMPLATES.get(spec, spec)
+    if "{question}" not in template:
+        raise ConfigError(f"qa_template must be one of {sorted(QA_TEMPLATES)} or contain {{question}}, got {spec!r}")
+    return template
 
 
 def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
@@ -141,7 +154,7 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
         compressor = create_compressor(method, **fields)
     tokenizer = compressor.tokenizer
     if data["qa"]:
-        compressor.config.qa_template = data["qa_template"]
+        compressor.config.qa_template = qa_template(data["qa_template"])
     train, held = build_datasets(data, tokenizer, tokenizer.eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     module = compressor.module
