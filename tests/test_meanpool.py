@@ -190,3 +190,13 @@ def test_qa_examples_follow_their_template_and_a_chat_turn_answers_without_a_lea
         (example,) = QADataset([row], tok, 64, template).examples
         assert tok.decode(example.prompt) == template.format(question="Who won?")
         assert example.target == tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+
+
+def test_recipe_qa_template_names_resolve_and_a_template_without_the_question_is_refused():
+    from mmcompress.soft.losses import CHAT_QA_TEMPLATE, QA_TEMPLATE
+    from mmcompress.soft.tasks import qa_template
+
+    assert qa_template("plain") == QA_TEMPLATE and qa_template("chatml") == CHAT_QA_TEMPLATE
+    assert qa_template("Q: {question} A:") == "Q: {question} A:"
+    with pytest.raises(ConfigError, match="chatml"):
+        qa_template("chat")
