@@ -35,7 +35,6 @@ def main() -> None:
 
     from mmcompress import create_compressor
     from mmcompress.evaluation.reconstruction import evaluate_reconstruction
-    from mmcompress.soft.losses import collate
     from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
 
     rows = []
@@ -54,7 +53,7 @@ def main() -> None:
         batches = range(0, n, args.batch_size)
         for start in batches:
             items = [held[i] for i in range(start, min(n, start + args.batch_size))]
-            batch = collate(items, c.config.chunk_tokens, tok.pad_token_id)
+            batch = c.training_collate()(items)
             rolled = {**batch, "chunk_ids": batch["chunk_ids"].roll(1, 0), "chunk_mask": batch["chunk_mask"].roll(1, 0)}
             with torch.no_grad():
                 for key, b in (("matched", batch), ("mismatched", rolled)):

@@ -60,7 +60,11 @@ def step_flops(llm, batch: dict, slots_per_chunk: int, decoder_prefix: int) -> f
 def build(path: dict, args):
     from mmcompress import create_compressor
 
+    from mmcompress.soft.kv import KvConfig
+
     sizes = {"pool_ratio": 4} if path["method"] == "meanpool" else {"num_slots": args.window // 4}
+    if path["method"] == "kv":  # the variant the recipes trained (left-padded chunks, prefix positions, learned
+        sizes.update(KvConfig.MMCOMPRESS_VARIANT)  # markers), which the batches below are built for
     c = create_compressor(path["method"], model=args.model, device="cpu", dtype=path["dtype"],
                           chunk_tokens=args.window, lora_r=args.lora_r, lora_alpha=args.lora_r, **sizes)
     c.llm.set_attn_implementation(path["attn"])

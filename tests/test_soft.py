@@ -199,7 +199,9 @@ def soft_text(*docs):
 
 @pytest.mark.parametrize("cls", METHODS)
 def test_batched_generation_equals_one_by_one(cls, tiny_dir):
-    c = build(cls, tiny_dir)
+    # learned markers for kv: its last prompt has no question, and 500xCompressor's (default) fixed markers put
+    # nothing before a question, so without one there is nothing to decode from
+    c = build(cls, tiny_dir, **({"marker_ids": None} if cls is KvCompressor else {}))
     perturb(c)
     prompts = [[DOC], [DOC2, DOC], ["The river flows to the sea."]]
     soft = c.compress_batch(prompts, instruction="Use the documents.")

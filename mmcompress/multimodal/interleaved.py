@@ -336,10 +336,10 @@ class InterleavedCompressor(QATemplate, SoftCompressor):
                               f"differ): {mismatched[:3]}")
         own.load_state_dict(state)
 
-    def load_trainable(self, weights: dict[str, Any], source: str = "weights") -> None:
+    def load_trainable(self, weights: dict[str, Any], source: str = "weights", fresh: Sequence[str] = ()) -> None:
         module = self.module
         expected = {n for n, p in module.named_parameters() if p.requires_grad}
-        missing = sorted(expected - set(weights))
+        missing = sorted(n for n in expected - set(weights) if not any(f in n for f in fresh))  # fresh: new adapter
         if missing:
             raise ConfigError(f"{source} does not match interleaved with this config: missing {missing[:3]} "
                               "(was it saved with another style / mode / adapter / lora setting?)")

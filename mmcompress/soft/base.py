@@ -58,6 +58,9 @@ class SoftConfig(CompressorConfig):
     chunk_tokens: int = 128
     max_new_tokens: int = 64
     model_kwargs: dict[str, Any] | None = None  # passed to from_pretrained (device_map, quantization_config...)
+    # fields whose default follows the method's official code, with the value they had before (mmcompress's own
+    # variant): a saved compressor whose config lacks one of them was saved before the change and keeps that value
+    MMCOMPRESS_VARIANT: ClassVar[dict[str, Any]] = {}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -392,6 +395,8 @@ class SoftCompressor(Compressor):
         fields = dict(meta["config"])
         for legacy in ("rate", "target_tokens"):  # saved before soft configs dropped the (unused) token budget
             fields.pop(legacy, None)
+        for name, before in getattr(cls.config_class, "MMCOMPRESS_VARIANT", {}).items():
+            fields.setdefault(name, before)  # saved before the default followed the official code
         model_obj = overrides.pop("model", None)
         fields.update(overrides)
         if model_obj is not None and isinstance(model_obj, str):

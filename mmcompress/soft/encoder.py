@@ -41,6 +41,10 @@ from .base import SoftConfig
 from .chunking import TASK_IDS, Chunks, gather_spans, make_chunks, split_into_chunks  # noqa: F401  (re-exported)
 
 
+PAD_TO_CHUNK = "chunk_tokens"  # pad_to: every chunk right-padded to chunk_tokens (500xCompressor's context_len)
+MARKERS_500X = "500x"  # marker_ids: 500xCompressor's fixed tokens (BOS before regeneration, else nothing)
+
+
 @dataclass
 class EncoderConfig(SoftConfig):
     """A soft method built on :class:`SoftEncoder`: LoRA settings on top of :class:`SoftConfig`.
@@ -57,11 +61,15 @@ class EncoderConfig(SoftConfig):
     gradient_checkpointing: bool = False
     max_input_tokens: int = 4096  # longer inputs are rejected with a clear error, not silently truncated
     qa_template: str = "Question: {question}\nAnswer:"  # how questions read after the [FT]/qa marker
-    # how published checkpoints read their input (defaults: mmcompress's own way; see the module docstring)
+    # how the encoder reads its input and what follows the soft prompt (see the module docstring; icae and kv
+    # default to their official code's choices, this base class and meanpool / interleaved to mmcompress's own)
     encoder_bos: bool = False  # prepend the tokenizer's BOS to each text before chunking (ICAE v2)
-    pad_to: int = 0  # > 0: right-pad every chunk to this length with pad_id, the padding attended (500xCompressor)
+    # > 0 or "chunk_tokens": right-pad every chunk to that length with pad_id, the padding attended (500xCompressor)
+    pad_to: int | str = 0
     pad_id: Any = None  # the padding token of pad_to (None: the tokenizer's EOS)
-    marker_ids: Any = None  # {task: [token ids]} read after the soft prompt instead of the learned markers
+    # {task: [token ids]} read after the soft prompt instead of the learned markers (a task left out: nothing), or
+    # "500x": BOS before regeneration, nothing before a question or a continuation (500xCompressor)
+    marker_ids: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -69,13 +77,27 @@ class EncoderConfig(SoftConfig):
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if int(self.decoder_lora_r) < 0:
             raise ConfigError(f"decoder_lora_r must be >= 0, got {self.decoder_lora_r}")
-        if int(self.pad_to) < 0:
+        if isinstance(self.pad_to, str) and self.pad_to != PAD_TO_CHUNK:
+            raise ConfigError(f"pad_to must be a length >= 0 or {PAD_TO_CHUNK!r}, got {self.pad_to!r}")
+        if self.padded_length() < 0:
             raise ConfigError(f"pad_to must be >= 0, got {self.pad_to}")
-        if 0 < int(self.pad_to) < int(self.chunk_tokens):
+        if 0 < self.padded_length() < int(self.chunk_tokens):
             raise ConfigError(f"pad_to={self.pad_to} is shorter than chunk_tokens={self.chunk_tokens}")
         markers = self.marker_ids
-        if markers is not None and (not isinstance(markers, dict) or set(markers) - set(TASK_IDS)):
-            raise ConfigError(f"marker_ids must map tasks {sorted(TASK_IDS)} to token id lists, got {markers!r}")
+        if markers is not None and markers != MARKERS_500X and (not isinstance(markers, dict)
+                                                                or set(markers) - set(TASK_IDS)):
+            raise ConfigError(f"marker_ids must map tasks {sorted(TASK_IDS)} to token id lists, or be "
+                              f"{MARKERS_500X!r}, got {markers!r}")
+
+    def padded_length(self) -> int:
+        """The length every chunk is right-padded to (0: left padding, masked)."""
+        return int(self.chunk_tokens) if self.pad_to == PAD_TO_CHUNK else int(self.pad_to)
+
+    def fixed_markers(self, tokenizer: Any) -> dict[str, list[int]] | None:
+        """``marker_ids`` as token ids per task (None: the learned markers)."""
+        if self.marker_ids == MARKERS_500X:
+            return {"ae": [tokenizer.bos_token_id], "lm": [], "qa": []}
+        return self.marker_ids
 
 
 class SoftEncoder(nn.Module):
@@ -260,8 +282,8 @@ class SlotDecoding(QATemplate):
     def marker(self, task: str):
         if task not in TASK_IDS:
             raise ConfigError(f"unknown task {task!r}; use one of {sorted(TASK_IDS)}")
-        fixed = getattr(self.config, "marker_ids", None)  # interleaved configs have no such field
-        if fixed is not None:  # a published checkpoint's fixed tokens (possibly none)
+        fixed = self.config.fixed_markers(self.tokenizer) if hasattr(self.config, "fixed_markers") else None
+        if fixed is not None:  # fixed tokens (possibly none) instead of the learned marker
             return self.embed_ids(fixed.get(task))
         return self.module.markers[TASK_IDS[task]][None]
 
@@ -291,15 +313,36 @@ class EncoderCompressor(SlotDecoding):
                     "raise max_input_tokens or split the document")
         return ids
 
+    def chunk_padding(self) -> tuple[int, int]:
+        """``(pad id, pad_to)`` of the encoder's chunks: attended right padding to ``pad_to`` (EOS unless ``pad_id``
+        says otherwise), or masked left padding with the tokenizer's pad token when ``pad_to`` is 0."""
+        pad_to = self.config.padded_length()
+        if pad_to:
+            return (self.tokenizer.eos_token_id if self.config.pad_id is None else int(self.config.pad_id)), pad_to
+        return (self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0), 0
+
+    def training_collate(self):
+        """The collate function of training batches, reading the input as :meth:`encode_chunks` does (BOS, chunk
+        padding) and putting fixed markers where the learned ones would be."""
+        import functools
+
+        from .losses import collate
+
+        tok = self.tokenizer
+        chunk_pad, pad_to = self.chunk_padding()
+        return functools.partial(
+            collate, chunk_tokens=self.config.chunk_tokens,
+            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            bos_id=tok.bos_token_id if self.config.encoder_bos else None, chunk_pad_id=chunk_pad, pad_to=pad_to,
+            marker_ids=self.config.fixed_markers(tok))
+
     def encode_chunks(self, texts: Sequence[str]) -> tuple[list[Any], Chunks]:
         """Encode every chunk of every text (in batches of ``encode_batch_chunks``); per-chunk outputs + chunks."""
         module = self.module
-        if self.config.pad_to:
-            pad = self.tokenizer.eos_token_id if self.config.pad_id is None else int(self.config.pad_id)
-            chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=self.config.pad_to)
-        else:
-            pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-            chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad)
+        pad, pad_to = self.chunk_padding()
+        chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=pad_to)
+        if self.config.encoder_bos:  # the texts' own tokens are what was compressed (origin_tokens), not the BOS
+            chunks.lengths = [n - 1 for n in chunks.lengths]
         outs = []
         for start in range(0, chunks.ids.shape[0], self.encode_batch_chunks):
             part = slice(start, start + self.encode_batch_chunks)

@@ -16,7 +16,7 @@ must pass through its first layer; the KV method hands it K keys/values at *ever
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -31,13 +31,25 @@ from .encoder import EncoderCompressor, EncoderConfig, SlotModel
 class IcaeConfig(EncoderConfig):
     """ICAE settings: see :class:`~mmcompress.soft.encoder.EncoderConfig` (``num_slots`` per ``chunk_tokens``).
 
+    Defaults follow ICAE v2's code (getao/icae ``code/icae_v2/modeling_icae_multi_span.py``): the text is tokenized
+    with its BOS before it is cut into chunks (``encoder_bos``), and a question follows the [FT] marker as it is
+    (``qa_template="{question}"``). mmcompress's own variant, an option: ``encoder_bos: false`` (the BOS takes a
+    place in the first chunk's input, which at ``chunk_tokens`` = the training window pushes a window into a second
+    chunk) and ``qa_template: "Question: {question}\nAnswer:"`` (the layout of mmcompress's QA data); the shipped
+    recipes (configs/soft/icae-4x.yaml, configs/train/icae-pretrain.yaml) set both.
+
     ``decoder_prefix_ids`` / ``decoder_suffix_ids``: token ids the decoder reads before everything else and after
     the question in the "qa" task (the fine-tuned ICAE v2 wraps its [FT] prompt in Mistral's ``<s>[INST] ...
-    [/INST]``; regeneration reads ``[slots] [AE]`` as the pretrained model does); None: nothing.
+    [/INST]``; regeneration reads ``[slots] [AE]`` as the pretrained model does); None: nothing. Not a method
+    default: the template belongs to the base model (the published loader sets Mistral's for the fine-tuned file).
     """
 
+    encoder_bos: bool = True
+    qa_template: str = "{question}"
     decoder_prefix_ids: Any = None
     decoder_suffix_ids: Any = None
+    MMCOMPRESS_VARIANT: ClassVar[dict[str, Any]] = {"encoder_bos": False,
+                                                    "qa_template": "Question: {question}\nAnswer:"}
 
 
 class IcaeModel(SlotModel):
@@ -50,10 +62,12 @@ class IcaeModel(SlotModel):
         soft = gather_spans(encoded, chunks)  # per example [n_b * K, D]
         markers = self.marker_embeddings(batch["task"])
         tails = self.encoder.embed(batch["tail_ids"])
+        fixed = batch.get("fixed_marker")  # fixed marker tokens already start the tail: no learned marker
         rows, masks, labels = [], [], []
         for b, s in enumerate(soft):
-            rows.append(torch.cat([s, markers[b], tails[b]], 0))
-            head = s.shape[0] + 1
+            head_parts = [s] if fixed is not None and bool(fixed[b]) else [s, markers[b]]
+            rows.append(torch.cat([*head_parts, tails[b]], 0))
+            head = sum(h.shape[0] for h in head_parts)
             masks.append(torch.cat([batch["tail_mask"].new_ones(head), batch["tail_mask"][b]]))
             labels.append(torch.cat([batch["labels"].new_full((head,), -100), batch["labels"][b]]))
         inputs, _ = right_pad(rows)

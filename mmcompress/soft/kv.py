@@ -15,15 +15,18 @@ decoder cost  reads K extra positions through every layer         no compute for
 positions     soft tokens take positions 0..K-1 like text        cached keys are rotated as positions 0..K-1
 ============  ==================================================  ==============================================
 
-Positions are exact: the encoder places slot ``j`` of chunk ``c`` at position ``c*K + j`` (shifting the chunk's
-text to negative positions, which rotary attention does not notice), so the cache is what a decoder would have
-built for ``n*K`` prefix tokens and the decoder continues at ``n*K``. When kept text precedes a soft span in a
-mixed prompt, the span's keys are re-rotated to where it lands (:func:`shift_rotary_keys`).
+Defaults follow 500xCompressor's code (:class:`KvConfig`): every chunk right-padded with EOS to ``chunk_tokens``
+(attended), the slots at the positions after that text, BOS before regeneration and nothing before a question.
+mmcompress's own variant (``slot_positions: prefix``) makes positions exact: the encoder places slot ``j`` of chunk
+``c`` at position ``c*K + j`` (shifting the chunk's text to negative positions, which rotary attention does not
+notice), so the cache is what a decoder would have built for ``n*K`` prefix tokens; in both the decoder continues at
+``n*K``. When kept text precedes a soft span in a mixed prompt, the span's keys are re-rotated by that text's length
+(:func:`shift_rotary_keys`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from einops import rearrange
@@ -44,12 +47,29 @@ from .gist import stack_row_caches
 class KvConfig(EncoderConfig):
     """500xCompressor settings: see :class:`~mmcompress.soft.encoder.EncoderConfig`.
 
-    ``slot_positions``: "prefix" (mmcompress: slot ``j`` of chunk ``c`` at ``c*K + j``, exactly where the decoder
-    reads its cache) or "after_text" (500xCompressor's code: the slots keep their positions after the chunk's text,
-    e.g. ``500 + j``, while the decoder continues at ``K``; its checkpoints were trained so).
+    Defaults follow 500xCompressor's code (ZongqianLi/500xCompressor ``demo/L3LoraL3.py``, ``train_500xCompressor.py``):
+    every chunk is right-padded with EOS to ``chunk_tokens`` (its ``context_len``) and the padding is attended
+    (``pad_to: chunk_tokens``); the slots keep their positions after that text (``slot_positions: after_text``);
+    the decoder reads BOS before regenerating and nothing before a question (``marker_ids: 500x``), the question
+    as ``"Question: {question} Answer: "``.
+
+    ``slot_positions``: "after_text" (500xCompressor: slot ``j`` of chunk ``c`` at ``pad_to + c*K + j``, or after
+    the chunk's own length when unpadded, while the decoder continues at ``n*K``) or "prefix" (mmcompress: slot ``j``
+    of chunk ``c`` at ``c*K + j``, exactly where the decoder reads its cache).
+
+    mmcompress's own variant, options (``MMCOMPRESS_VARIANT``; the shipped recipes configs/soft/kv-4x.yaml and
+    configs/train/kv-pretrain.yaml set them): ``pad_to: 0`` (left padding, masked: attended padding changes the slots
+    with the padding length and costs encoder compute), ``slot_positions: prefix`` (exact relative positions
+    between the cache and the decoder), ``marker_ids: null`` (learned [AE]/[LM]/[FT] markers, one per task, also for
+    continuation, which 500xCompressor does not train) and ``qa_template: "Question: {question}\nAnswer:"``.
     """
 
-    slot_positions: str = "prefix"
+    pad_to: int | str = "chunk_tokens"
+    marker_ids: Any = "500x"
+    qa_template: str = "Question: {question} Answer: "
+    slot_positions: str = "after_text"
+    MMCOMPRESS_VARIANT: ClassVar[dict[str, Any]] = {"pad_to": 0, "slot_positions": "prefix", "marker_ids": None,
+                                                    "qa_template": "Question: {question}\nAnswer:"}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,14 +134,20 @@ class KvModel(SlotModel):
         per_item = self.per_span(encoded, chunks)
         cache, cache_mask, lengths = build_cache(self.encoder.llm, per_item)
         tails = torch.cat([self.marker_embeddings(batch["task"]), self.encoder.embed(batch["tail_ids"])], 1)
-        tail_mask = torch.cat([batch["tail_mask"][:, :1].new_ones(len(per_item), 1), batch["tail_mask"]], 1)
+        marker_mask = batch["tail_mask"][:, :1].new_ones(len(per_item), 1)
+        fixed = batch.get("fixed_marker")  # fixed marker tokens already start the tail: the learned one is masked
+        if fixed is not None:
+            marker_mask = marker_mask * (~fixed.to(marker_mask.device))[:, None].long()
+        tail_mask = torch.cat([marker_mask, batch["tail_mask"]], 1)
         mask = torch.cat([cache_mask, tail_mask], 1)
-        position_ids = lengths[:, None] + torch.arange(tails.shape[1], device=tails.device)[None, :]
+        position_ids = lengths[:, None] + (tail_mask.cumsum(1) - 1).clamp(min=0)
         backbone = self.encoder.backbone
         with self.encoder.decoder():
             out = backbone(inputs_embeds=tails, attention_mask=mask, position_ids=position_ids, use_cache=True,
                            **cache_kwargs(backbone, cache))
         labels = torch.cat([batch["labels"][:, :1].new_full((len(per_item), 1), -100), batch["labels"]], 1)
+        if fixed is not None:  # a masked marker predicts nothing (a tail without fixed tokens starts unpredicted)
+            labels[:, 1] = torch.where(fixed.to(labels.device), torch.full_like(labels[:, 1], -100), labels[:, 1])
         return out.last_hidden_state, labels
 
 
@@ -156,8 +182,10 @@ class KvCompressor(EncoderCompressor, SoftCompressor):
         with torch.no_grad():
             layers = self.prefix_kv(head)
             context = stack_row_caches(self.llm, [(layers, layers[0][0].shape[-2])])
-            with self.decoder_mode():
-                context = extend_context(self.llm, context, self.marker(task)[None].to(self.device, self.llm.dtype))
+            marker = self.marker(task)
+            if marker.shape[0]:  # fixed markers may be none (500xCompressor reads the question right after the KV)
+                with self.decoder_mode():
+                    context = extend_context(self.llm, context, marker[None].to(self.device, self.llm.dtype))
         return DecoderCache(self.llm, context, "".join(tail), self.decoder_mode)
 
     def generate(self, soft_prompts, question=None, *, task: str = "qa", max_new_tokens=None, **generate_kwargs):

@@ -69,10 +69,20 @@ class Example:
     skip: int = 0  # leading target tokens without loss (continuation)
 
 
-def collate(examples: list[Example], chunk_tokens: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Batch examples: left-padded chunks for the encoder, right-padded tails with labels for the decoder."""
-    chunks = make_chunks([e.context for e in examples], chunk_tokens, pad_id)
-    tails = [e.prompt + e.target for e in examples]
+def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: int | None = None,
+            chunk_pad_id: int | None = None, pad_to: int = 0,
+            marker_ids: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Batch examples: chunks for the encoder (left-padded, or right-padded to ``pad_to`` with ``chunk_pad_id``,
+    attended; ``bos_id`` before each context), right-padded tails with labels for the decoder.
+
+    ``marker_ids`` (fixed marker tokens per task, as :class:`~mmcompress.soft.encoder.EncoderConfig` resolves
+    them): each tail starts with its task's tokens (no loss) and ``fixed_marker`` tells the model to leave out its
+    learned marker."""
+    contexts = [([bos_id] if bos_id is not None else []) + e.context for e in examples]
+    chunk_pad = pad_id if chunk_pad_id is None else chunk_pad_id
+    chunks = make_chunks(contexts, chunk_tokens, chunk_pad, pad_to=pad_to)
+    fixed = [list((marker_ids or {}).get(e.task) or []) for e in examples]
+    tails = [f + e.prompt + e.target for f, e in zip(fixed, examples)]
     width = max(len(t) for t in tails)
     tail_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     tail_mask = torch.zeros(len(examples), width, dtype=torch.long)
@@ -80,11 +90,14 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int) -> dict[str
     for b, (e, t) in enumerate(zip(examples, tails)):
         tail_ids[b, : len(t)] = torch.tensor(t, dtype=torch.long)
         tail_mask[b, : len(t)] = 1
-        start = len(e.prompt) + e.skip
+        start = len(fixed[b]) + len(e.prompt) + e.skip
         labels[b, start : len(t)] = torch.tensor(t[start:], dtype=torch.long)
-    return {"chunk_ids": chunks.ids, "chunk_mask": chunks.mask, "chunk_span": chunks.span,
-            "chunk_index": chunks.index, "tail_ids": tail_ids, "tail_mask": tail_mask, "labels": labels,
-            "task": torch.tensor([TASK_IDS[e.task] for e in examples], dtype=torch.long)}
+    batch = {"chunk_ids": chunks.ids, "chunk_mask": chunks.mask, "chunk_span": chunks.span,
+             "chunk_index": chunks.index, "tail_ids": tail_ids, "tail_mask": tail_mask, "labels": labels,
+             "task": torch.tensor([TASK_IDS[e.task] for e in examples], dtype=torch.long)}
+    if marker_ids is not None:
+        batch["fixed_marker"] = torch.ones(len(examples), dtype=torch.bool)
+    return batch
 
 
 def text_windows(text: str, tokenizer: Any, window: int, stride: int | None = None) -> list[list[int]]:

@@ -39,7 +39,7 @@ import torch
 from ..data_paths import resolve_data_path
 from ..errors import ConfigError
 from ..training.tasks import TaskSetup
-from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, collate, read_jsonl
+from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, read_jsonl
 
 QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
@@ -156,11 +156,9 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
     if data["qa"]:
         compressor.config.qa_template = qa_template(data["qa_template"])
     train, held = build_datasets(data, tokenizer, tokenizer.eos_token_id)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     module = compressor.module
     module.train()
-    return TaskSetup(module=module, train_dataset=train, eval_dataset=held,
-                     collate_fn=functools.partial(collate, chunk_tokens=compressor.config.chunk_tokens, pad_id=pad),
+    return TaskSetup(module=module, train_dataset=train, eval_dataset=held, collate_fn=compressor.training_collate(),
                      finalize=lambda _m, out: compressor.save_pretrained(Path(out) / "final"))
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ from .base import SoftCompressor, SoftConfig
 from .sentence_encoder import SentenceEncoder
 
 MARKER = "<|xrag|>"  # stands for the projected tokens while a prompt is rendered as text; never tokenized
+XRAG_TOKEN = "<xRAG>"  # xRAG's placeholder token: where each projected vector goes in the tokenized prompt
 SLOT = -1  # token id of a placeholder position before the projected vectors are spliced in
 
 # Paraphrase-pretraining instructions, as in xRAG (src/language_modeling/utils.py, ParaphraseInstructions).
@@ -111,6 +112,20 @@ def tokenize_with_slots(tokenizer: Any, text: str, slot_counts: Sequence[int], s
         if i < len(slot_counts):
             ids += [SLOT] * int(slot_counts[i])
     return ids
+
+
+def with_token(tokenizer: Any, token: str) -> Any:
+    """``tokenizer`` if ``token`` is in its vocabulary, else a copy with it added the way xRAG adds ``<xRAG>``
+    (an ``AddedToken`` without stripping; a copy, so a tokenizer shared with other compressors is left alone)."""
+    import copy
+
+    from transformers import AddedToken
+
+    if token in tokenizer.get_vocab():
+        return tokenizer
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.add_tokens([AddedToken(token, lstrip=False, rstrip=False)])
+    return tokenizer
 
 
 def markers(n: int) -> str:
@@ -280,9 +295,13 @@ class XRAGConfig(SoftConfig):
     """xRAG's knobs. ``num_slots`` is the number of LLM tokens per encoder chunk (1 in the paper); ``chunk_tokens``
     is the chunk size in *encoder* tokens (capped by the encoder's window, 256 for MiniLM); ``max_chunks`` caps the
     chunks per document (None: all). ``answer_instruction`` ends every QA prompt; ``system`` replaces the chat
-    template's default system message. ``slot_token``: a vocabulary token that marks the soft tokens' places when
-    the prompt is tokenized (xRAG's ``<xRAG>``; None: the text around them is tokenized piece by piece, so no token
-    has to be added to a frozen vocabulary). ``encoder_dtype``: dtype of the frozen encoder (float32, bfloat16...)."""
+    template's default system message. ``slot_token``: a token that marks the soft tokens' places when the prompt is
+    tokenized in one piece, as xRAG's code does (its ``<xRAG>``, the default: added to the tokenizer when missing,
+    src/language_modeling/train.py:470-483 of Hannibal046/xRAG@121fa418; its embedding is never read, the projected
+    vector takes its place, so the LLM's embedding table is not resized). ``slot_token: null`` is mmcompress's own
+    variant, an option: the text around the soft tokens is tokenized piece by piece, so no token is added to a
+    frozen vocabulary (the shipped configs/soft/xrag.yaml and configs/train/xrag-*.yaml set it).
+    ``encoder_dtype``: dtype of the frozen encoder (float32, bfloat16...)."""
 
     num_slots: int = 1
     chunk_tokens: int = 256
@@ -294,8 +313,9 @@ class XRAGConfig(SoftConfig):
     max_chunks: int | None = None
     answer_instruction: str | None = QA_INSTRUCTION
     system: str | None = None
-    slot_token: str | None = None
+    slot_token: str | None = XRAG_TOKEN
     encoder_dtype: str = "float32"
+    MMCOMPRESS_VARIANT: ClassVar[dict[str, Any]] = {"slot_token": None}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -324,6 +344,8 @@ class XRAG(SoftCompressor):
         encoder = SentenceEncoder(cfg.encoder, cfg.pooling, cfg.normalize, cfg.chunk_tokens,
                                   getattr(torch, cfg.encoder_dtype))
         encoder.to(self.device)
+        if cfg.slot_token is not None:
+            self._tokenizer = with_token(self.tokenizer, cfg.slot_token)
         module = XRAGModel(self.llm, self.tokenizer, encoder, cfg.num_slots, cfg.projector_hidden, cfg.max_chunks)
         module.slot_token = cfg.slot_token
         return module
@@ -366,7 +388,7 @@ class XRAG(SoftCompressor):
             counts.append(int(soft.shape[0] * soft.shape[1]) + (self.count_tokens([q])[0] if q else 0))
         return SoftPrompt(items, self.name, [0] * len(items), counts)
 
-    def load_trainable(self, weights: dict[str, Any], source: str = "weights") -> None:
+    def load_trainable(self, weights: dict[str, Any], source: str = "weights", fresh: Sequence[str] = ()) -> None:
         """Load a saved projector; a projector of another shape (other encoder, LLM, hidden size or ``num_slots``)
         is a :class:`ConfigError`, not a size-mismatch traceback."""
         params = dict(self.module.named_parameters())
@@ -375,7 +397,7 @@ class XRAG(SoftCompressor):
         if wrong:
             raise ConfigError(f"{source} does not match xrag with this config (saved vs built shapes: {wrong[:2]}); "
                               "load it with the encoder, model, projector_hidden and num_slots it was trained with")
-        super().load_trainable(weights, source)
+        super().load_trainable(weights, source, fresh)
 
     def user_message(self, pieces: Sequence[Any], task: str, question: str | None) -> tuple[str, list[int]]:
         """The user turn of one prompt with a :data:`MARKER` per soft piece, and each marker's token count."""
