@@ -160,6 +160,9 @@ class SoftSegment:
       as its cache. Keys are stored rotated as if the span sat at positions ``0..K-1``; the decoder-side code
       re-rotates them to where the span lands in the prompt.
 
+    An encoder-decoder method (``gist_t5``) sets ``kv`` (the span's keys/values in the encoder's self-attention)
+    and ``encoder_states`` ``[K, D]``, the span's encoder outputs that the decoder cross-attends to.
+
     ``origin_tokens`` counts the text the span replaces (in the compressor's tokenizer); ``chunks`` says how many
     encoder chunks of at most ``chunk_tokens`` it was split into (multi-span).
     """
@@ -170,6 +173,7 @@ class SoftSegment:
     chunks: int = 1
     role: str = "context"
     text: str | None = None  # the original text (kept for reconstruction metrics; None when not wanted)
+    encoder_states: Any = None  # encoder-decoder methods: the span's encoder outputs [K, D] (with kv)
 
     def __post_init__(self) -> None:
         if (self.embeddings is None) == (self.kv is None):
@@ -189,7 +193,8 @@ class SoftSegment:
 
         if self.embeddings is not None:
             return _dc.replace(self, embeddings=self.embeddings.to(device))
-        return _dc.replace(self, kv=tuple((k.to(device), v.to(device)) for k, v in self.kv))
+        states = None if self.encoder_states is None else self.encoder_states.to(device)
+        return _dc.replace(self, kv=tuple((k.to(device), v.to(device)) for k, v in self.kv), encoder_states=states)
 
 
 Piece = Any  # a TextSegment kept verbatim, or a SoftSegment

@@ -12,7 +12,7 @@ frozen LLM reads in place of the text.
   :mod:`.xrag_task` its ``xrag`` training task;
 - :mod:`.losses`: training objectives (autoencoding, continuation, QA) and the sliced loss;
 - :mod:`.tasks`: the ``icae`` / ``kv`` training task builders; :mod:`.training` registers every soft task;
-- :mod:`.gist`: GIST tokens (gist attention mask, only the gists' keys/values cached);
+- :mod:`.gist`: GIST tokens (gist attention mask, only the gists' keys/values cached); :mod:`.gist_t5` on FLAN-T5;
 - :mod:`.autocompressor`: AutoCompressor (summary vectors accumulated over segments).
 """
 from ..results import SoftPrompt, SoftSegment
@@ -22,7 +22,7 @@ from .encoder import EncoderCompressor, EncoderConfig, SlotModel, SoftEncoder
 from .icae import Icae, IcaeConfig, IcaeModel
 from .kv import KvCompressor, KvConfig, KvModel
 from .meanpool import MeanPoolCompressor, MeanPoolConfig, MeanPoolModel
-from . import autocompressor, gist, xrag  # noqa: F401,E402  register their methods
+from . import autocompressor, gist, gist_t5, xrag  # noqa: F401,E402  register their methods
 from . import training  # noqa: F401,E402  registers the soft family's training tasks
 
 __all__ = [

@@ -14,7 +14,14 @@ It maps onto mmcompress's ``gist`` with the model frozen (``finetune="frozen"``)
 gist embedding, one gist token, the compressed text preceded by BOS as the reference's ``tokenizer.encode`` does
 (``chunk_bos``), and the reference's mask (tokens after the gists see none of the text before them). The reference's
 prompt is ``Instruction: {instruction}\\n<GIST>\\nInput: {input}\\nOutput:``; :func:`gist_prompt` lays a prompt out that
-way (the instruction compressed, the rest kept). FLAN-T5 gist models are encoder-decoders and are not supported.
+way (the instruction compressed, the rest kept).
+
+The FLAN-T5 releases (``jayelm/flan-t5-xxl-gist-1``) are ``GistT5ForConditionalGeneration.save_pretrained``: the full
+weights (``model_type: "t5"``, ``shared`` and ``lm_head`` grown by the ``<GIST>`` row, id 32100) and FLAN-T5's
+tokenizer with ``<GIST>`` as its additional special token (src/train.py:175-199). They map onto
+:class:`~mmcompress.soft.gist_t5.GistT5Compressor` (``gist_t5``): the instruction's gists become the encoder's cached
+keys/values and states, read back before the input as src/gist_t5.py does. T5's prompt has no ``Output:`` line:
+``gist_prompt(instruction, input, suffix="")``.
 """
 from __future__ import annotations
 
@@ -33,13 +40,16 @@ def detect(folder: Path) -> bool:
     return bool(architectures(folder) & {LLAMA, T5})
 
 
-def gist_prompt(instruction: str, input_text: str = ""):
-    """The reference's Alpaca+ layout (src/compress.py:129-169): the instruction is gisted, the input kept."""
+def gist_prompt(instruction: str, input_text: str = "", suffix: str = "\nOutput:"):
+    """The reference's Alpaca+ layout (src/compress.py:129-169): the instruction is gisted, the input kept.
+    ``suffix``: what ends the prompt (LLaMA ``"\nOutput:"``; FLAN-T5 nothing, ``suffix=""``)."""
     from ...prompt import Prompt, Role, TextSegment
 
-    tail = f"\nInput: {input_text}\nOutput:" if input_text else "\nOutput:"
-    return Prompt((TextSegment(f"Instruction: {instruction}\n", role=Role.CONTEXT),
-                   TextSegment(tail, role=Role.QUESTION, sep="")))
+    tail = (f"\nInput: {input_text}" if input_text else "") + suffix
+    segments = [TextSegment(f"Instruction: {instruction}\n", role=Role.CONTEXT)]
+    if tail:
+        segments.append(TextSegment(tail, role=Role.QUESTION, sep=""))
+    return Prompt(tuple(segments))
 
 
 def load(folder: Path, base: str | None = None, **overrides: Any):
@@ -51,13 +61,12 @@ def load(folder: Path, base: str | None = None, **overrides: Any):
 
     folder = Path(folder)
     config = read_config(folder) or {}
-    if T5 in architectures(folder):
-        raise ConfigError(f"{folder} is a FLAN-T5 gist model (encoder-decoder); mmcompress's gist compressor reads "
-                          "decoder-only models, so only the LLaMA gist releases load")
     tokenizer = _gist_tokenizer(folder)
     gist_id = tokenizer.convert_tokens_to_ids(GIST_TOKEN)
     if gist_id >= int(config.get("vocab_size", 0)):
         raise ConfigError(f"{folder}: <GIST> is token {gist_id} but the model has {config.get('vocab_size')} rows")
+    if T5 in architectures(folder):
+        return _load_t5(folder, tokenizer, base, overrides)
     fields: dict[str, Any] = dict(model=str(folder), num_slots=1, finetune="frozen", tied_gists=True, chunk_bos=True,
                                   chunk_tokens=int(config.get("max_position_embeddings", 2048)) // 2)
     fields.update(overrides)
@@ -72,6 +81,22 @@ def load(folder: Path, base: str | None = None, **overrides: Any):
                               "base=<original LLaMA-7B folder> to recover the model, as gisting's weight_diff.py does")
     row = compressor.llm.get_input_embeddings().weight[gist_id].detach().float()
     compressor.load_trainable({"gist_embeddings": row[None].cpu()}, source=str(folder))
+    return compressor
+
+
+def _load_t5(folder: Path, tokenizer: Any, base: str | None, overrides: dict[str, Any]):
+    """A FLAN-T5 gist release (full weights) as a ``gist_t5`` compressor."""
+    from ..gist_t5 import GistT5Compressor, GistT5Config
+
+    if base is not None:
+        raise ConfigError(f"{folder} is a FLAN-T5 gist model, released as full weights: it takes no base=")
+    model_type = (read_config(folder) or {}).get("model_type")
+    if model_type != "t5":
+        raise ConfigError(f"{folder} names GistT5ForConditionalGeneration but its config is model_type "
+                          f"{model_type!r}, not 't5'")
+    compressor = GistT5Compressor(GistT5Config.from_dict({"model": str(folder), "num_slots": 1, **overrides}),
+                                  tokenizer=tokenizer)
+    compressor.module  # noqa: B018  (load now: a damaged folder is refused here, not at the first prompt)
     return compressor
 
 
@@ -121,4 +146,4 @@ def _recover(folder: Path, base: Path, config: Any):
     return llm.to(pick_dtype(config.dtype, device))
 
 
-FORMAT = register_format(PublishedFormat("gist", detect, load, "GIST (GistLlamaForCausalLM, full weights or weight diff)"))
+FORMAT = register_format(PublishedFormat("gist", detect, load, "GIST (GistLlamaForCausalLM, full weights or weight diff; GistT5ForConditionalGeneration)"))
