@@ -28,13 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ALPHABET, CORPUS, FIXTURES, as_list, enter_reference, stamp, write_json  # noqa: E402
+from gist import CASES, GENERATE_TOKENS  # noqa: E402  (the LLaMA reference's prompts, on the other architecture)
 
 OUT = FIXTURES / "gist_t5"
-CASES = [  # (instruction, input, number of gist tokens)
-    ("Answer the question using the documents.", "What is the capital of France?", 1),
-    ("Which team won the game?", "", 2),
-]
-GENERATE_TOKENS = 5
 
 
 def t5_tokenizer(vocab_size: int = 300):
