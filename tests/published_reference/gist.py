@@ -34,6 +34,14 @@ CASES = [  # (instruction, input, number of gist tokens)
     ("Which team won the game?", "", 2),
 ]
 GENERATE_TOKENS = 5
+SOURCE = "jayelm/gisting@3be0d062b6bdfd3caf51843bbc60261a0855f876"
+ENVIRONMENT = ("checkout of jayelm/gisting at 3be0d062", "published-gist", ["transformers==4.28.0", "fire", "tqdm"])
+
+
+def gist_kv(activations) -> dict:
+    """The gists' cached keys and values per layer (batch row 0), as golden.json stores them."""
+    return {"gist_keys": [as_list(key[0]) for key, _ in activations.past_key_values],
+            "gist_values": [as_list(value[0]) for _, value in activations.past_key_values]}
 
 
 def apply_rotary_pos_emb(q, k, cos, sin, offset: int = 0):
@@ -125,20 +133,17 @@ def golden(folder: Path) -> list[dict]:
         new = generated[0, len(input_ids):].tolist()
         cases.append({"instruction": instruction, "input": inp, "num_gist_tokens": k,
                       "instruction_ids": instruction_ids, "input_ids": input_ids,
-                      "gist_offset": int(activations.gist_indices[0]),
-                      "gist_keys": [as_list(key[0]) for key, _ in activations.past_key_values],
-                      "gist_values": [as_list(value[0]) for _, value in activations.past_key_values],
+                      "gist_offset": int(activations.gist_indices[0]), **gist_kv(activations),
                       "next_token_logits": as_list(logits), "full_masked_logits": as_list(full_logits),
                       "generated_ids": new, "generated_text": tok.decode(new, skip_special_tokens=True)})
     return cases
 
 
 def main() -> None:
-    _, out = enter_reference(__file__, __doc__, "checkout of jayelm/gisting at 3be0d062", "published-gist",
-                             ["transformers==4.28.0", "fire", "tqdm"], OUT)
+    _, out = enter_reference(__file__, __doc__, *ENVIRONMENT, OUT)
     official_modules()
     build_release(out)
-    write_json(out / "golden.json", {**stamp("jayelm/gisting@3be0d062b6bdfd3caf51843bbc60261a0855f876"),
+    write_json(out / "golden.json", {**stamp(SOURCE),
                                      "cases": golden(out / "llama-gist-tiny")})
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ALPHABET, CORPUS, FIXTURES, as_list, enter_reference, stamp, write_json  # noqa: E402
-from gist import CASES, GENERATE_TOKENS  # noqa: E402  (the LLaMA reference's prompts, on the other architecture)
+from gist import CASES, ENVIRONMENT, GENERATE_TOKENS, SOURCE, gist_kv  # noqa: E402  (the LLaMA reference's prompts, on the other architecture)
 
 OUT = FIXTURES / "gist_t5"
 
@@ -114,20 +114,17 @@ def golden(folder: Path) -> list[dict]:
         new = [t for t in generated[0].tolist()[1:]]  # after the decoder start token
         cases.append({"instruction": instruction, "input": inp, "num_gist_tokens": k,
                       "instruction_ids": instruction_ids, "input_ids": input_ids,
-                      "gist_keys": [as_list(key[0]) for key, _ in activations.past_key_values],
-                      "gist_values": [as_list(value[0]) for _, value in activations.past_key_values],
-                      "gist_hidden": as_list(activations.last_hidden_state[0]),
+                      **gist_kv(activations), "gist_hidden": as_list(activations.last_hidden_state[0]),
                       "next_token_logits": as_list(logits), "full_masked_logits": as_list(full_logits),
                       "generated_ids": new, "generated_text": tok.decode(new, skip_special_tokens=True)})
     return cases
 
 
 def main() -> None:
-    _, out = enter_reference(__file__, __doc__, "checkout of jayelm/gisting at 3be0d062", "published-gist",
-                             ["transformers==4.28.0", "fire", "tqdm"], OUT)
+    _, out = enter_reference(__file__, __doc__, *ENVIRONMENT, OUT)
     folder = out / "flan-t5-gist-tiny"
     build_release(folder)
-    write_json(out / "golden.json", {**stamp("jayelm/gisting@3be0d062b6bdfd3caf51843bbc60261a0855f876"),
+    write_json(out / "golden.json", {**stamp(SOURCE),
                                      "release": folder.name, "cases": golden(folder)})
 
 
