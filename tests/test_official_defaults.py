@@ -19,6 +19,7 @@ import torch
 import yaml
 
 import mmcompress
+from mmcompress.errors import InvalidPromptError
 from mmcompress.soft.base import CONFIG_FILE
 from mmcompress.soft.icae import Icae, IcaeConfig
 from mmcompress.soft.kv import KvCompressor, KvConfig
@@ -94,6 +95,8 @@ def test_kv_defaults_reproduce_the_official_code(x500_release):
     assert max_abs(own.next_token_logits(soft, task="ae")[0], g["ae_logits"]) < TOL  # [BOS] after the cache
     assert max_abs(own.next_token_logits(soft, g["question"])[0], g["qa_logits"]) < TOL  # "Question: q Answer: "
     assert own.generate(soft, g["question"], max_new_tokens=6) == [g["qa_text"]]
+    with pytest.raises(InvalidPromptError, match="pass a question, or use learned markers"):
+        own.generate(soft)  # 500x reads nothing between the KV and a question: without one, nothing to decode
 
     for option, value in KvConfig.MMCOMPRESS_VARIANT.items():  # each part of the variant moves the outputs
         if option == "qa_template":

@@ -252,7 +252,8 @@ def kv_decoder_batch(compressor: Any, soft_prompts, question=None, task: str = "
         return None
     if any(t.shape[0] == 0 for t in tails):
         raise InvalidPromptError(f"{compressor.name} has nothing to decode after the soft prompt for task {task!r} "
-                                 "(this checkpoint has no marker for it): pass a question")
+                                 "(its fixed markers, 500xCompressor's, put nothing there): pass a question, or use learned "
+                                 "markers (marker_ids: null)")
     cache, cache_mask, _ = build_cache(compressor.llm, prefixes)
     tail, tail_mask = left_pad(tails)
     return cache, cache_mask, tail, tail_mask
