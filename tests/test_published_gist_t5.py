@@ -140,3 +140,17 @@ def test_prompts_it_cannot_read_and_damaged_releases_are_clear_errors(releases, 
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="no <GIST> token"):
         create_compressor(str(folder))
+
+
+def test_save_load_round_trip_and_bfloat16(releases, tmp_path):
+    compressor = releases[1]
+    case = GOLDEN["cases"][0]
+    compressor.save_pretrained(tmp_path / "saved")
+    again = create_compressor(str(tmp_path / "saved"))
+    assert again.name == "gist_t5" and again.config.to_dict() == compressor.config.to_dict()
+    soft = again.compress(prompt_of(case))
+    assert max_abs(again.next_token_logits(soft)[0], case["next_token_logits"]) < TOLERANCE
+    half = create_compressor(str(RELEASE), dtype="bfloat16", device="cpu")  # the released models' usual dtype
+    logits = half.next_token_logits(half.compress(prompt_of(case)))[0]
+    assert logits.dtype == torch.float32 and max_abs(logits, case["next_token_logits"]) < 0.5
+    assert len(half.generate(half.compress(prompt_of(case)), max_new_tokens=2)) == 1
