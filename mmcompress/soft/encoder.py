@@ -19,9 +19,11 @@ the same thing, but the cached keys come out rotated exactly as a decoder cache 
 and the decoder simply continues at position ``n*K``. In ``"after_text"`` mode (500xCompressor's own code) the slots
 keep the positions they have after the chunk's text, shifted by ``c*K`` for chunk ``c``.
 
-Published checkpoints (:mod:`mmcompress.soft.published`) read their input the way their official code does:
-``encoder_bos`` (ICAE v2 tokenizes the text with its BOS), ``pad_to`` / ``pad_id`` (500xCompressor right-pads every
-text to 500 tokens with EOS and attends to the padding), ``marker_ids`` (fixed tokens in place of learned markers).
+How the input is read follows each method's official code by default (``icae``: ``encoder_bos``, ICAE v2 tokenizes the
+text with its BOS; ``kv``: ``pad_to`` / ``pad_id``, 500xCompressor right-pads every text with EOS and attends to the
+padding, and ``marker_ids``, fixed tokens in place of learned markers); published checkpoints
+(:mod:`mmcompress.soft.published`) set the same. mmcompress's own variant of each is its config's
+``MMCOMPRESS_VARIANT``; this base class and the methods without official code (meanpool, interleaved) keep it.
 """
 from __future__ import annotations
 
