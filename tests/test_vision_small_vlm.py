@@ -167,3 +167,74 @@ def test_embedding_mse_term_pulls_tokens_to_the_class_embedding_scale(vlm):
     assert loss(exact, 1.0) == pytest.approx(loss(exact, 0.0), abs=1e-5)
     assert loss(3 * exact, 0.0) == pytest.approx(loss(exact, 0.0), abs=1e-4)  # cosine terms are scale-blind
     assert loss(3 * exact, 1.0) > loss(exact, 1.0) + 1.0
+
+
+def _mlp_vlm(tiny_lm, **config):
+    model, tok = tiny_lm
+    torch.manual_seed(0)
+    enc = create_encoder("open_clip:mmc-vit-micro")  # 16 patches
+    adapter = create_adapter("mlp", in_dim=32, out_dim=model.config.hidden_size, depth=1)  # per patch, linear
+    return SmallVLM(enc, adapter, model, tok, single_token_words(tok), SmallVLMConfig(objective="qa", **config))
+
+
+def test_token_dropout_is_off_by_default(tiny_lm):
+    vlm = _mlp_vlm(tiny_lm)
+    assert vlm.config.token_dropout is None
+    vlm.train()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        trained_view = vlm.image_tokens(pixels)
+        vlm.eval()
+        torch.testing.assert_close(trained_view, vlm.image_tokens(pixels))  # all 16 patches, also in training
+    assert trained_view.shape == (2, 16, 32)
+
+
+def test_token_dropout_trains_on_random_subsets_in_patch_order(tiny_lm):
+    vlm = _mlp_vlm(tiny_lm, token_dropout=[2, 5])
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        vlm.eval()
+        whole = vlm.image_tokens(pixels)  # eval: every patch, one token each
+        assert whole.shape == (3, 16, 32)
+        vlm.train()
+        sizes, subsets = set(), set()
+        for _ in range(30):
+            kept = vlm.image_tokens(pixels)
+            sizes.add(kept.shape[1])
+            assert kept.shape[0] == 3 and 2 <= kept.shape[1] <= 5
+            for b in range(3):  # each kept token is one patch's token, the patches in increasing order
+                where = (kept[b, :, None] - whole[b, None]).abs().amax(-1).argmin(-1)
+                torch.testing.assert_close(kept[b], whole[b, where])
+                assert bool((where[1:] > where[:-1]).all()), where
+                subsets.add(tuple(where.tolist()))
+    assert sizes == {2, 3, 4, 5}  # K drawn over the whole range
+    assert len(subsets) > 20  # a fresh random subset per image and step
+
+
+def test_token_dropout_changes_what_the_llm_reads_in_training(tiny_lm):
+    vlm = _mlp_vlm(tiny_lm, token_dropout=[3, 3])
+    lengths = []
+    hook = vlm.llm.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["inputs_embeds"].shape[1])
+                                             if kw.get("inputs_embeds") is not None else None, with_kwargs=True)
+    batch = {"pixels": torch.randn(2, 3, 32, 32), "label": torch.tensor([0, 1])}
+    suffix = vlm._suffix_ids.shape[1]
+    try:
+        vlm.train()
+        out = vlm.training_step(batch)
+        out["loss"].backward()
+        vlm.eval()
+        vlm.predict(batch["pixels"])
+    finally:
+        hook.remove()
+    assert lengths == [3 + suffix, 16 + suffix]  # 3 of 16 patches while training, all 16 in evaluation
+    assert all(p.grad is not None for p in vlm.adapter.parameters())
+
+
+@pytest.mark.parametrize("bad", [[5, 4], [0, 3], [3]])
+def test_token_dropout_range_is_checked(tiny_lm, bad):
+    with pytest.raises(ConfigError, match="token_dropout"):
+        SmallVLMConfig(token_dropout=bad)
+    vlm = _mlp_vlm(tiny_lm, token_dropout=[17, 20])  # more than the 16 patches: a clear error, not a gather crash
+    vlm.train()
+    with pytest.raises(ConfigError, match="at least 17"):
+        vlm.image_tokens(torch.randn(1, 3, 32, 32))

@@ -73,3 +73,16 @@ def mcnemar_exact(won: int, lost: int) -> float:
     won, lost = int(won), int(lost)
     n, k = won + lost, min(won, lost)
     return min(1.0, 2 * sum(math.comb(n, j) for j in range(k + 1)) / 2**n) if n else 1.0
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% by default): unlike the normal approximation it stays in
+    [0, 1] and is not empty at 0 or n successes."""
+    if n <= 0:
+        raise ValueError(f"wilson_interval needs n >= 1, got {n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in [0, n], got {successes} of {n}")
+    p, z2 = successes / n, z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)

@@ -10,7 +10,8 @@ it). Training objectives (``objective``):
   the answer vocabulary + cosine), which needs no LLM forward pass: the shortened CPU recipe.
 
 A training-free reduction (``reduction=``) can be applied to the patch tokens before the adapter, to compare
-learned compression (an adapter with K outputs) with pruning/merging at the same K.
+learned compression (an adapter with K outputs) with pruning/merging at the same K. ``token_dropout: [lo, hi]``
+(off by default) trains on random subsets of the patches, so that such reduced images are in distribution.
 """
 from __future__ import annotations
 
@@ -45,6 +46,16 @@ class SmallVLMConfig(Config):
     # embedding objective: weight of a squared error to the class word's embedding (relative to its mean square), so
     # the tokens also get the embedding's scale: a start from which the frozen LLM already reads the class
     mse_weight: float = 0.0
+    # training only, like nn.Dropout: each step keeps K patch tokens per image, K uniform in [lo, hi] (one K per
+    # step, so the LLM pass needs no padding), a random subset per image in patch order. An adapter trained on
+    # whole images only sees reduced images (K of N) out of distribution; this puts them in. None: off.
+    token_dropout: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        drop = self.token_dropout
+        if drop is not None and (len(drop) != 2 or not 1 <= drop[0] <= drop[1]):
+            raise ConfigError(f"token_dropout must be [lo, hi] with 1 <= lo <= hi (patch tokens kept), got {drop!r}")
 
 
 class SmallVLM(nn.Module):
@@ -90,7 +101,19 @@ class SmallVLM(nn.Module):
             return self.adapter(reduction.reduce(features, k).tokens)
         if tokens is not None and hasattr(self.adapter, "latents"):
             return self.adapter(features.patch_tokens, tokens=tokens)
-        return self.adapter(features.patch_tokens)
+        return self.adapter(self.drop_tokens(features.patch_tokens))
+
+    def drop_tokens(self, patches: torch.Tensor) -> torch.Tensor:
+        """``[B, N, D] -> [B, K, D]`` in training mode with ``token_dropout`` set (see the config); else unchanged."""
+        if not (self.training and self.config.token_dropout):
+            return patches
+        lo, hi = self.config.token_dropout
+        n = patches.shape[1]
+        if lo > n:
+            raise ConfigError(f"token_dropout keeps at least {lo} patch tokens, but the image has {n}")
+        k = int(torch.randint(lo, min(hi, n) + 1, ()))
+        keep = torch.rand(patches.shape[:2], device=patches.device).argsort(-1)[:, :k].sort(-1).values
+        return patches.gather(1, keep.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
 
     # ------------------------------------------------------------------------------------------- LLM side
     def _cache_for(self, batch: int, device) -> Any:

@@ -115,7 +115,7 @@ def build_small_vlm(model_cfg: dict[str, Any], classes: list[str], lm: Any = Non
     adapter = create_adapter(adapter_cfg.pop("name"), in_dim=encoder.hidden_size, out_dim=lm.config.hidden_size,
                              **adapter_cfg)
     vlm_cfg = SmallVLMConfig(**{k: cfg[k] for k in ("prefix", "suffix", "objective", "train_encoder", "temperature",
-                                                            "mse_weight")
+                                                            "mse_weight", "token_dropout")
                                 if k in cfg})
     return SmallVLM(encoder, adapter, lm, tokenizer, classes, vlm_cfg)
 
@@ -130,7 +130,7 @@ def build(recipe: dict[str, Any]) -> TaskSetup:
                                                        "eval_size"))
     model_cfg = check_keys("model", recipe.get("model"), ("encoder", "lm", "adapter", "prefix", "suffix", "objective",
                                                           "train_encoder", "temperature", "mse_weight",
-                                                          "nested_tokens"))
+                                                          "token_dropout", "nested_tokens"))
     if "npz" not in data_cfg:
         raise ConfigError("the small_vlm task needs data.npz (images + class-name labels)")
     # the run is scored on the validation split; the test split is left for the reported numbers
