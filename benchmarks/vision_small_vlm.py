@@ -11,6 +11,8 @@ trained together:
 
 Training-free reductions (VisionZip, PruMerge, ToMe, pooling, random, strided) shrink the patch tokens of the
 ``full`` model to K before its projector.
+That projector only saw whole 64-token images, so reduced images are out of distribution here;
+``benchmarks/vision_small_vlm_fair.py`` trains it with token dropout for a fair comparison.
 
 Shortened CPU schedule (2-core CPU shared with other jobs, 1 thread), two stages:
 

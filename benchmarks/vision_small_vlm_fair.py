@@ -95,18 +95,16 @@ def load_checkpoint(joint, path: Path) -> None:
     if path.suffix == ".safetensors":
         load_model(joint, str(path))
         return
-    state = load_file(str(next(path.glob("*.safetensors"))))
-    missing = joint.full.load_state_dict({k.removeprefix("full."): v for k, v in state.items()}, strict=False)
-    if missing.unexpected_keys:
-        raise RuntimeError(f"{path}: unexpected keys {missing.unexpected_keys[:3]}")
+    state = load_file(str(path / "trainable.safetensors"))
+    joint.full.load_state_dict({k.removeprefix("full."): v for k, v in state.items()})  # strict: every weight
 
 
 @torch.no_grad()
-def correct(vlm, pixels, labels, method: str | None, k: int, batch: int = 50) -> np.ndarray:
+def correct(vlm, pixels, labels, method: str | None, k: int, batch: int = 50, **options) -> np.ndarray:
     """Per image: is the closed-set answer right? ``method`` None = all 64 patches."""
     from mmcompress import create_compressor
 
-    reduction = create_compressor(method, tokens=k) if method else None
+    reduction = create_compressor(method, tokens=k, **options) if method else None
     hits = []
     for i in range(0, len(labels), batch):
         pred = vlm.predict(pixels[i:i + batch], tokens=k if method else None, reduction=reduction)
@@ -124,16 +122,24 @@ def held_out(split: str):
 def cmd_select(args):
     joint, pixels, labels = held_out("validation")
     run = RUN / args.run
-    candidates = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])) + [run / "joint.safetensors"]
-    rows = []
+    # the trainer's checkpoints (the last one is the end of training, as joint.safetensors); scores are kept in the
+    # run folder, so select can score early checkpoints while training goes on and only new ones later
+    candidates = sorted(run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    candidates = candidates or [run / "joint.safetensors"]
+    cache = run / "validation_scores.json"
+    scored = json.loads(cache.read_text()) if cache.exists() else {}
     for path in candidates:
+        if path.name in scored:
+            continue
         load_checkpoint(joint, path)
         row = {"checkpoint": path.name}
         for method in REDUCTIONS:
             row[method] = float(correct(joint.full, pixels, labels, method, SELECT_K).mean())
         row["mean"] = float(np.mean([row[m] for m in REDUCTIONS]))
-        rows.append(row)
+        scored[path.name] = row
+        cache.write_text(json.dumps(scored, indent=1))
         print(json.dumps(row), flush=True)
+    rows = [scored[p.name] for p in candidates]
     best = max(rows, key=lambda r: r["mean"])  # first of equals: the earlier checkpoint
     write_results(OUT.with_name(OUT.name + "_validation"),
                   f"Small VLM, token-dropout training: checkpoint choice on validation (160 images, K = {SELECT_K})",
@@ -153,7 +159,10 @@ def paired(a: np.ndarray, b: np.ndarray, rounds: int = 10000, seed: int = 0) -> 
 
 
 def cmd_test(args):
-    chosen = json.loads(OUT.with_name(OUT.name + "_validation").with_suffix(".json").read_text())
+    choice = OUT.with_name(OUT.name + "_validation").with_suffix(".json")
+    if not choice.exists():
+        raise SystemExit(f"error: no checkpoint chosen yet ({choice} missing): run select first")
+    chosen = json.loads(choice.read_text())
     if OUT.with_suffix(".json").exists() and not args.force:
         raise SystemExit(f"error: {OUT.with_suffix('.json')} exists: the test split is read once (--force to redo)")
     joint, pixels, labels = held_out("test")
@@ -165,24 +174,32 @@ def cmd_test(args):
         for method in REDUCTIONS:
             hits[(method, k)] = correct(joint.full, pixels, labels, method, k)
             print(method, k, hits[(method, k)].mean(), flush=True)
+        for seed in range(1, args.random_seeds):  # how much one random draw moves: not paired, for the spread
+            hits[(f"vision_random (seed {seed})", k)] = correct(joint.full, pixels, labels, "vision_random", k,
+                                                               seed=seed)
     n, rows = len(labels), []
     for (method, k), h in hits.items():
         lo, hi = wilson_interval(int(h.sum()), n)
         row = {"method": method, "k": k, "acc": float(h.mean()), "acc_lo": lo, "acc_hi": hi}
-        if method != "vision_random" and k in KS:
+        if method in REDUCTIONS and method != "vision_random":
             row.update({f"{key}_vs_random": v for key, v in paired(h, hits[("vision_random", k)]).items()})
+        if method in REDUCTIONS and method != "vision_pool":
+            row.update({f"{key}_vs_pool": v for key, v in paired(h, hits[("vision_pool", k)]).items()})
         rows.append(row)
     comparisons = len(KS) * (len(REDUCTIONS) - 1)
     info = json.loads((run / "train_info.json").read_text()) if (run / "train_info.json").exists() else {}
     write_results(OUT, "Small VLM trained with token dropout: training-free reductions vs random at K of 64 "
                   "(CIFAR-10 test, 400 images, read once)", rows,
                   columns=["method", "k", "acc", "acc_lo", "acc_hi", "diff_vs_random", "diff_lo_vs_random",
-                           "diff_hi_vs_random", "won_vs_random", "lost_vs_random", "mcnemar_p_vs_random"],
+                           "diff_hi_vs_random", "won_vs_random", "lost_vs_random", "mcnemar_p_vs_random",
+                           "diff_vs_pool", "mcnemar_p_vs_pool"],
                   notes=(f"Checkpoint {chosen['chosen']} of run {chosen['run']}, chosen on validation. acc: closed-set "
                          "accuracy (chance 0.10), [acc_lo, acc_hi] Wilson 95%; diff vs vision_random at the same K on "
                          "the same images with a paired bootstrap 95% interval (10,000 rounds), images won/lost, "
                          f"exact McNemar p ({comparisons} comparisons: Bonferroni threshold "
-                         f"{0.05 / comparisons:.4f}). {machine_line()}; evaluation {time.perf_counter() - t0:.0f} s."),
+                         f"{0.05 / comparisons:.4f}); the same against vision_pool (pooling) in the _vs_pool columns; "
+                         "vision_random seeds 1+ show how much one random draw moves (not paired). "
+                         f"{machine_line()}; evaluation {time.perf_counter() - t0:.0f} s."),
                   extra={"train": info, "chosen": chosen["chosen"], "per_image": {
                       f"{m}@{k}": "".join("1" if x else "0" for x in h) for (m, k), h in hits.items()}})
 
@@ -200,13 +217,14 @@ def main():
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--warmup", type=int, default=10)
     t.add_argument("--log-every", type=int, default=10)
-    t.add_argument("--save-every", type=int, default=50)
+    t.add_argument("--save-every", type=int, default=100)
     t.add_argument("--keep", type=int, default=4, help="checkpoints kept (candidates for select)")
     t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in runs/")
     s = sub.add_parser("select")
     s.add_argument("--run", default="fair_qa")
     e = sub.add_parser("test")
     e.add_argument("--force", action="store_true")
+    e.add_argument("--random-seeds", type=int, default=3, help="random pruning with seeds 0..N-1 (seed 0 is paired)")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     {"train": cmd_train, "select": cmd_select, "test": cmd_test}[args.cmd](args)

@@ -238,3 +238,25 @@ def test_token_dropout_range_is_checked(tiny_lm, bad):
     vlm.train()
     with pytest.raises(ConfigError, match="at least 17"):
         vlm.image_tokens(torch.randn(1, 3, 32, 32))
+
+
+def test_fair_testbed_statistics():
+    import sys
+    from pathlib import Path
+
+    from mmcompress.evaluation.metrics import wilson_interval
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from vision_small_vlm_fair import paired
+
+    # Wilson (1927) score intervals, as statsmodels' proportion_confint(method="wilson") gives them
+    assert wilson_interval(5, 10) == pytest.approx((0.23659, 0.76341), abs=1e-5)
+    assert wilson_interval(0, 10) == pytest.approx((0.0, 0.27753), abs=1e-5)  # not empty at 0 successes
+    with pytest.raises(ValueError):
+        wilson_interval(11, 10)
+    a = np.array([1, 1, 1, 0, 1, 0, 1, 1], bool)
+    b = np.array([0, 0, 1, 1, 0, 0, 1, 0], bool)
+    out = paired(a, b, rounds=2000)
+    assert (out["won"], out["lost"]) == (4, 1) and out["mcnemar_p"] == pytest.approx(2 * 6 / 32)
+    assert out["diff"] == pytest.approx(3 / 8) and out["diff_lo"] <= out["diff"] <= out["diff_hi"]
+    assert out["diff_lo"] < 0.2 and out["diff_hi"] > 0.5  # eight images: a wide interval

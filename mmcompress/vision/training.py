@@ -11,6 +11,8 @@ Recipe (``configs/train/small-vlm-cifar10.yaml``)::
     train: {max_steps: 600, batch_size: 64, lr: 1.0e-3, output_dir: runs/small-vlm}
 
 ``nested_tokens`` trains one resampler for several K at once (MQT-LLaVA: a random K per step, first K latents).
+``token_dropout: [lo, hi]`` (off by default) trains on a random subset of K in [lo, hi] patches per image, so that
+training-free reductions to K patches are in distribution for the adapter.
 """
 from __future__ import annotations
 
