@@ -89,13 +89,15 @@ def cmd_train(args):
 
 
 def load_checkpoint(joint, path: Path) -> None:
-    """A final ``joint.safetensors`` or a trainer checkpoint folder (the trainable state of ``FullOnly``)."""
+    """A final ``joint.safetensors``, a trainer checkpoint folder or its ``trainable.safetensors`` (the weights of
+    the ``full`` model only, as committed next to the results)."""
     from safetensors.torch import load_file, load_model
 
-    if path.suffix == ".safetensors":
-        load_model(joint, str(path))
+    file = path / "trainable.safetensors" if path.is_dir() else path
+    state = load_file(str(file))
+    if not all(k.startswith("full.") for k in state):
+        load_model(joint, str(file))
         return
-    state = load_file(str(path / "trainable.safetensors"))
     joint.full.load_state_dict({k.removeprefix("full."): v for k, v in state.items()})  # strict: every weight
 
 
@@ -167,7 +169,7 @@ def cmd_test(args):
         raise SystemExit(f"error: {OUT.with_suffix('.json')} exists: the test split is read once (--force to redo)")
     joint, pixels, labels = held_out("test")
     run = RUN / chosen["run"]
-    load_checkpoint(joint, run / chosen["chosen"])
+    load_checkpoint(joint, Path(args.checkpoint) if args.checkpoint else run / chosen["chosen"])
     t0 = time.perf_counter()
     hits = {("full (all 64 patches)", 64): correct(joint.full, pixels, labels, None, 64)}
     for k in KS:
@@ -224,7 +226,9 @@ def main():
     s.add_argument("--run", default="fair_qa")
     e = sub.add_parser("test")
     e.add_argument("--force", action="store_true")
-    e.add_argument("--random-seeds", type=int, default=3, help="random pruning with seeds 0..N-1 (seed 0 is paired)")
+    e.add_argument("--checkpoint", help="weights to test instead of the chosen checkpoint (e.g. the committed "
+                   "benchmarks/results/vision_small_vlm_fair_model.safetensors, to reproduce)")
+    e.add_argument("--random-seeds", type=int, default=1, help="random pruning with seeds 0..N-1 (seed 0 is paired)")
     args = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     {"train": cmd_train, "select": cmd_select, "test": cmd_test}[args.cmd](args)
