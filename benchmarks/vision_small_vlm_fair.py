@@ -234,8 +234,9 @@ def cmd_test(args):
                          "the same images with a paired bootstrap 95% interval (10,000 rounds), images won/lost, "
                          f"exact McNemar p ({comparisons} comparisons: Bonferroni threshold "
                          f"{0.05 / comparisons:.4f}); the same against vision_pool (pooling) in the _vs_pool columns; "
-                         "vision_random seeds 1+ show how much one random draw moves (not paired). "
-                         f"{machine_line()}; evaluation {time.perf_counter() - t0:.0f} s."),
+                         + ("vision_random seeds 1+ show how much one random draw moves (not paired). "
+                            if args.random_seeds > 1 else "vision_random is one seeded draw (seed 0). ")
+                         + f"{machine_line()}; evaluation {time.perf_counter() - t0:.0f} s."),
                   extra={"train": info, "chosen": chosen["chosen"], "per_image": {
                       f"{m}@{k}": "".join("1" if x else "0" for x in h) for (m, k), h in hits.items()}})
 
