@@ -46,6 +46,9 @@ def main() -> int:
     ap.add_argument("--scorers", default=None,
                     help="comma-separated model aliases: run each scorer-based method once per scoring model")
     ap.add_argument("--stem", default="multidoc_quality", help="file name stem of the results")
+    ap.add_argument("--method-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config field for every method but random, e.g. strict_budget=false (the published "
+                         "package's budget semantics: its selection as it is, even over the rate)")
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
 
@@ -61,7 +64,8 @@ def main() -> int:
     out = Path(args.out)
     examples = load_qa_file(args.data, args.limit)
     scorers = args.scorers.split(",") if args.scorers else [None]
-    systems = [build_scored(build_system, m, scorer, len(scorers) > 1)
+    fields = dict(parse_set(x) for x in args.method_set)
+    systems = [build_scored(build_system, m, scorer, len(scorers) > 1, **fields)
                for m in wanted if m != "random" for scorer in (scorers if m in SCORED else [None])]
     # each method is compared with a random drop of its own granularity (LLMLingua-2 keeps words: random words)
     floor_of = {s.name: random_floor_name(s.compressor.selection_unit) for s in systems if hasattr(s, "compressor")}
@@ -133,11 +137,21 @@ def main() -> int:
 SCORED = ("selective_context", "llmlingua", "longllmlingua")  # methods whose scores come from a causal LM
 
 
-def build_scored(build_system, method: str, scorer: str | None, named: bool):
+def parse_set(item: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with the value read as YAML (``false`` -> False, ``0.5`` -> 0.5)."""
+    import yaml
+
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"error: --method-set takes KEY=VALUE, got {item!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def build_scored(build_system, method: str, scorer: str | None, named: bool, **fields):
     """``method`` scored by ``scorer`` (its config's model when None), named ``method [scorer]`` when ``named``."""
     if scorer is None:
-        return build_system(method, None)
-    system = build_system(method, None, model=scorer)
+        return build_system(method, None, **fields)
+    system = build_system(method, None, model=scorer, **fields)
     if named:
         system.name = f"{method} [{scorer}]"
     return system
