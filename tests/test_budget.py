@@ -99,3 +99,20 @@ def test_separators_between_segments_are_counted_like_a_kept_segment():
     assert plan.total_tokens == 124 and plan.target_tokens == 62 and plan.pooled_target == 62 - 10 - 10 - 4
     with pytest.raises(BudgetError, match="4 of them separators"):
         plan_budget([10, 100, 10], [K, G, K], [None, None, None], target_tokens=23, overhead=4)
+
+
+def test_llmlingua_budget_ranks_are_per_segment_so_a_trim_takes_every_document_alike():
+    """LongLLMLingua keeps more of the documents it ranks first, so their kept tokens carry lower raw scores; the
+    budget check's ranks are within each segment, so trimming the lowest ranks takes about the same share of every
+    document instead of the top one's tokens first. Unscored (inf) tokens rank last, dropped tokens are untouched."""
+    from mmcompress.hard.llmlingua import rank_within_segment
+
+    top_doc = np.array([0.1, 0.2, 0.3, 0.4, np.inf, 5.0])  # generous: low scores kept
+    other = np.array([5.0, 6.0, 7.0, 8.0, 0.5, 9.0])       # strict: only high scores kept
+    keep_top, keep_other = np.array([1, 1, 1, 1, 1, 0], bool), np.array([1, 1, 1, 1, 0, 0], bool)
+    r_top, r_other = rank_within_segment(top_doc, keep_top), rank_within_segment(other, keep_other)
+    assert r_top[:4].tolist() == [0.25, 0.5, 0.75, 1.0] and r_other[:4].tolist() == [0.25, 0.5, 0.75, 1.0]
+    assert np.isinf(r_top[4]) and r_top[5] == 5.0 and r_other[4] == 0.5
+    # the two lowest ranks overall: one token of each document (by raw score both would come from top_doc)
+    ranked = sorted([(r, "top") for r in r_top[keep_top]] + [(r, "other") for r in r_other[keep_other]])
+    assert {name for _, name in ranked[:2]} == {"top", "other"}

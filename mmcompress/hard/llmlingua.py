@@ -432,7 +432,7 @@ class LLMLingua(BatchedHardCompressor):
                 if cmap is not None and len(cmap):
                     spans = np.stack([cmap[np.minimum(spans[:, 0], len(cmap) - 1)],
                                       cmap[np.maximum(spans[:, 1] - 1, 0)] + 1], axis=1)
-                priority = None if job.priority is None else job.priority[inside]
+                priority = None if job.priority is None else rank_within_segment(job.priority[inside], mask)
                 outcomes[k] = SegmentOutcome(text, SegmentSelection("token", spans, mask), sep, priority, render)
         # reorder: document slots show the kept documents in output order, then the dropped ones (removed)
         order = list(range(len(segs)))
@@ -460,3 +460,18 @@ def _apply_budget(target: float, context_budget: str) -> float:
     op, value = _BUDGET.match(context_budget).groups()
     value = float(value)
     return {"+": target + value, "-": target - value, "*": target * value, "/": target / value}[op]
+
+
+def rank_within_segment(values: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """The budget check's ranks for one segment: each kept token's ITPC score replaced by its rank among the
+    segment's kept scored tokens, in (0, 1]. Raw scores are not comparable across documents: LongLLMLingua keeps more
+    of the documents it ranks first (a lower threshold there), so trimming by raw score took the top documents' tokens
+    first (on 20 multi-document rows, answer retention 0.90 -> 0.65 for a 7% trim). Ranks trim every document by about
+    the same share, lowest scores first; unscored tokens (inf) stay last."""
+    ranks = np.array(values, dtype=np.float64)
+    scored = np.flatnonzero(kept & np.isfinite(ranks))
+    if len(scored):
+        order = np.argsort(ranks[scored], kind="stable")
+        ranks[scored[order]] = np.arange(1, len(scored) + 1) / len(scored)
+    return ranks
+
