@@ -145,7 +145,8 @@ def report(args, calls: dict[str, list[dict]], rounds: int, rows: list[dict], cl
              + (f" llmlingua2's classifier: {Path(classifier).name}" + (
                  " (the published BERT-base LLMLingua-2 architecture and config with random weights: the same cost "
                  "per token as the trained one, meaningless outputs; no agreement column: the peer returns re-joined "
-                 "lowercased words, ours the original text, and llmlingua2_parity.py measures that parity)" if "random" in Path(classifier).name else "") + "."
+                 "lowercased words, ours the original text, and llmlingua2_parity.py measures that parity)"
+                 if "random" in Path(classifier).name else "") + "."
                 if classifier and any(METHODS[n][0] == "llmlingua2" for n in calls) else ""))
     write_results(args.out, "Hard methods side by side: llmlingua 0.2.2 (peer), ours and one forward pass (floor)",
                   shown, columns=columns, notes=notes,

@@ -76,8 +76,9 @@ MBERT_VOCAB = 119547
 PUBLISHED_BERT_CONFIG = dict(
     architectures=["BertForTokenClassification"], attention_probs_dropout_prob=0.1, classifier_dropout=None,
     directionality="bidi", hidden_act="gelu", hidden_dropout_prob=0.1, hidden_size=768, initializer_range=0.02,
-    intermediate_size=3072, layer_norm_eps=1e-12, max_position_embeddings=512, model_type="bert", num_attention_heads=12,
-    num_hidden_layers=12, pad_token_id=0, pooler_fc_size=768, pooler_num_attention_heads=12, pooler_num_fc_layers=3,
+    intermediate_size=3072, layer_norm_eps=1e-12, max_position_embeddings=512, model_type="bert",
+    num_attention_heads=12, num_hidden_layers=12, pad_token_id=0, pooler_fc_size=768, pooler_num_attention_heads=12,
+    pooler_num_fc_layers=3,
     pooler_size_per_head=128, pooler_type="first_token_transform", position_embedding_type="absolute",
     torch_dtype="float32", type_vocab_size=2, use_cache=True, vocab_size=MBERT_VOCAB + len(PLACEHOLDERS))
 RANDOM_BERT_NAME = "llmlingua-2-bert-base-multilingual-cased-meetingbank-random"
@@ -109,7 +110,8 @@ def build_published_bert_random(out: Path, seed: int = 0) -> Path:
     cfg = json.loads((src / "tokenizer_config.json").read_text())
     cfg["additional_special_tokens"] = PLACEHOLDERS
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
-    assert len(PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))) == MBERT_VOCAB + len(PLACEHOLDERS)
+    reloaded = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    assert len(reloaded) == MBERT_VOCAB + len(PLACEHOLDERS), len(reloaded)
     torch.manual_seed(seed)
     fields = {k: v for k, v in PUBLISHED_BERT_CONFIG.items() if k not in ("model_type", "torch_dtype")}
     model = BertForTokenClassification(BertConfig(**fields, num_labels=2)).eval()

@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from common import add_common_args, apply_common_args, command_line, write_results  # noqa: E402  (benchmarks/ is on sys.path)
+from common import add_common_args, apply_common_args, command_line, write_results  # noqa: E402  (on sys.path)
 from llmlingua_peer import SHARED, PeerProcess, peer_available  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
