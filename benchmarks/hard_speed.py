@@ -8,7 +8,10 @@ tokens) and each round, every method's sides are timed one after the other, in a
 (peer, ours, floor; then ours, floor, peer; then floor, peer, ours...), so a load that comes and goes on a shared
 machine falls on every side alike. The peer is llmlingua 0.2.2's ``compress_prompt`` in its own environment (a
 worker of ``benchmarks/llmlingua_peer.py``, started once, so no start-up cost is timed), with the reference
-script's settings (``llmlingua``: rate 0.5; ``longllmlingua``: rate 0.4 and the LongLLMLingua options); ours is
+script's settings (``llmlingua``: rate 0.5; ``longllmlingua``: rate 0.4 and the LongLLMLingua options;
+``llmlingua2``: ``PromptCompressor(use_llmlingua2=True)`` in a second worker, rate 0.5, on the same classifier
+folder as ours, by default the published BERT-base classifier's architecture with random weights, see
+``llmlingua2_classifiers.py``: timing needs the architecture, not the training); ours is
 the registered method with its defaults at the same rate; the floor is ``CausalLMScorer.token_nll`` over the
 whole prompt (batched, LM head included), and for llmlingua2 its own token classifier over what it classifies.
 
@@ -44,7 +47,7 @@ METHODS = {  # name: (registered method, config overrides, rate, the peer's sett
     "llmlingua": ("llmlingua", {}, 0.5, "llmlingua"),
     "longllmlingua": ("longllmlingua", {}, 0.4, "longllmlingua"),
     "selective_context": ("selective_context", {}, 0.5, None),
-    "llmlingua2": ("llmlingua2", {}, 0.5, None),
+    "llmlingua2": ("llmlingua2", {}, 0.5, "llmlingua2"),
     "llmlingua first_pass=full": ("llmlingua", dict(first_pass="full"), 0.5, "llmlingua"),
     "longllmlingua first_pass=full": ("longllmlingua", dict(first_pass="full"), 0.4, "longllmlingua"),
 }
@@ -120,7 +123,8 @@ def fmt_spread(s: dict | None) -> str:
     return "-" if s is None else f"{s['median']:.2f}x [{s['min']:.2f}, {s['max']:.2f}]"
 
 
-def report(args, calls: dict[str, list[dict]], rounds: int, rows: list[dict], skipped: dict, with_peer: bool) -> None:
+def report(args, calls: dict[str, list[dict]], rounds: int, rows: list[dict], classifier: str | None,
+           with_peer: bool) -> None:
     """Write the table of the first ``rounds`` rounds."""
     calls = {n: [c for c in cs if c["round"] < rounds] for n, cs in calls.items()}
     table = [summarise(name, calls[name], rounds) for name in calls]
@@ -138,14 +142,19 @@ def report(args, calls: dict[str, list[dict]], rounds: int, rows: list[dict], sk
              "totals over the prompts of one round (median and min over rounds); ratios are per round, median "
              "[min, max]; 'cpu' ratios use the CPU time of each side's own process. Targets: llmlingua <= 1.6x, "
              "longllmlingua <= 2.0x the floor and peer/ours >= 1.2x; selective_context and llmlingua2 <= 1.3x."
-             + "".join(f" Not measured: {n} ({why})." for n, why in skipped.items()))
+             + (f" llmlingua2's classifier: {Path(classifier).name}" + (
+                 " (the published BERT-base LLMLingua-2 architecture and config with random weights: the same cost "
+                 "per token as the trained one, meaningless outputs; no agreement column: the peer returns re-joined "
+                 "lowercased words, ours the original text, and llmlingua2_parity.py measures that parity)"
+                 if "random" in Path(classifier).name else "") + "."
+                if classifier and any(METHODS[n][0] == "llmlingua2" for n in calls) else ""))
     write_results(args.out, "Hard methods side by side: llmlingua 0.2.2 (peer), ours and one forward pass (floor)",
                   shown, columns=columns, notes=notes,
                   extra={"table": table, "calls": {n: [{k: v for k, v in c.items() if not k.endswith("_text")}
                                                        for c in cs] for n, cs in calls.items()},
                          "peer": "llmlingua 0.2.2 (../shared/peer/llmlingua_reference.py's environment)" if with_peer
                          else None, "rounds": rounds, "rounds_asked": args.rounds, "rows": len(rows),
-                         "docs": args.docs, "skipped": skipped})
+                         "docs": args.docs, "classifier": classifier})
 
 
 def main(argv=None) -> int:
@@ -155,6 +164,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 3 for the issue's comparison)")
     ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated, of: {', '.join(METHODS)}")
     ap.add_argument("--no-peer", action="store_true", help="skip the published package")
+    ap.add_argument("--classifier", default=None,
+                    help="llmlingua2's token classifier folder (default: the published BERT-base architecture with "
+                         "random weights, built once by llmlingua2_classifiers.py into the mmcompress cache)")
     add_common_args(ap, str(RESULTS / "hard_speed"))
     args = ap.parse_args(argv)
     names = [n for n in args.methods.split(",") if n]
@@ -177,24 +189,28 @@ def main(argv=None) -> int:
     rows = [dict(r, documents=r["documents"][: args.docs]) for r in rows]
     lm = load_language_model("smollm2-135m", device="cpu", dtype="float32")
     scorer = CausalLMScorer(lm.model, lm.tokenizer, start_token=None)
-    compressors, skipped = {}, {}
+    classifier = args.classifier
+    if classifier is None and any(METHODS[n][0] == "llmlingua2" for n in names):
+        from llmlingua2_classifiers import build_published_bert_random
+
+        from mmcompress.models.loading import cache_dir
+
+        classifier = str(build_published_bert_random(cache_dir() / "llmlingua2-speed"))
+    compressors = {}
     for name in names:
         method, overrides, _, _ = METHODS[name]
-        kw = {} if method == "llmlingua2" else dict(model=lm.model, tokenizer=lm.tokenizer)
-        try:
-            compressors[name] = create_compressor(method, **kw, **overrides)
-            if method == "llmlingua2":
-                compressors[name].scorer  # loads its trained classifier now, or says why it cannot
-        except Exception as e:  # noqa: BLE001  (llmlingua2 needs its trained classifier)
-            compressors.pop(name, None)
-            skipped[name] = str(e).split(":")[0]
-            print(f"{name} skipped: {e}")
-    need_peer = not args.no_peer and any(METHODS[n][3] for n in compressors)
-    why = peer_available() if need_peer else None
+        kw = dict(classifier=classifier) if method == "llmlingua2" else dict(model=lm.model, tokenizer=lm.tokenizer)
+        compressors[name] = create_compressor(method, **kw, **overrides)
+    # one worker per model the peer runs: SmolLM2 for the LLMLingua family, the classifier for llmlingua2
+    kinds = {"llmlingua2" if METHODS[n][0] == "llmlingua2" else "lm" for n in compressors if METHODS[n][3]}
+    why = peer_available() if kinds and not args.no_peer else "--no-peer" if kinds else None
     if why:
         print(f"peer skipped: {why}")
-    peer = PeerProcess(threads=torch.get_num_threads()) if need_peer and not why else None
-    agree = agreement_fn(lm.tokenizer) if peer else None
+    peers = {} if why else {kind: PeerProcess(threads=torch.get_num_threads(), model=classifier,
+                                              llmlingua2=True) if kind == "llmlingua2"
+                            else PeerProcess(threads=torch.get_num_threads()) for kind in sorted(kinds)}
+    peer_of = {n: peers.get("llmlingua2" if METHODS[n][0] == "llmlingua2" else "lm") for n in compressors}
+    agree = agreement_fn(lm.tokenizer) if peers else None
     prompts = [Prompt.from_documents(r["documents"], instruction=INSTRUCTION, question=r["question"]) for r in rows]
     # one untimed call of each side: first-call costs (allocations, lazy imports) are not the method's
     small = [d[:300] for d in rows[0]["documents"][:3]]
@@ -202,8 +218,8 @@ def main(argv=None) -> int:
     for name, c in compressors.items():
         c.compress(Prompt.from_documents(small, instruction=INSTRUCTION, question=rows[0]["question"]),
                    rate=METHODS[name][2])
-        if peer and METHODS[name][3]:
-            peer.compress(small, rows[0]["question"], METHODS[name][3])
+        if peer_of[name] and METHODS[name][3]:
+            peer_of[name].compress(small, rows[0]["question"], METHODS[name][3])
 
     calls: dict[str, list[dict]] = {n: [] for n in compressors}
     try:
@@ -212,6 +228,7 @@ def main(argv=None) -> int:
                 ids = scorer.tokenize([prompt.text])[0][0]
                 for name, c in compressors.items():
                     method, _, rate, setting = METHODS[name]
+                    peer = peer_of[name]
                     sides = ["peer", "ours", "floor"] if peer and setting else ["ours", "floor"]
                     run = {"ours": lambda: c.compress(prompt, rate=rate),
                            "floor": classifier_floor(c, row["documents"]) if method == "llmlingua2"
@@ -228,14 +245,16 @@ def main(argv=None) -> int:
                             call[side] = {"s": s, "cpu_s": cpu}
                             if side == "ours":
                                 call["ours_text"] = out.text
-                    if agree and call.get("peer_text") is not None:
+                    # llmlingua2: the peer returns re-joined (lowercased) words without the instruction and question,
+                    # ours the original spans of the whole prompt; its parity is llmlingua2_parity.py's
+                    if agree and call.get("peer_text") is not None and method != "llmlingua2":
                         call["agreement"] = agree(call["peer_text"], call["ours_text"])
                     calls[name].append(call)
                     print(json.dumps({k: v for k, v in call.items() if not k.endswith("_text")}), flush=True)
             # written after every round: a run cut short still leaves the rounds it finished
-            report(args, calls, r + 1, rows, skipped, peer is not None)
+            report(args, calls, r + 1, rows, classifier, bool(peers))
     finally:
-        if peer:
+        for peer in peers.values():
             peer.close()
     print(Path(args.out).with_suffix(".md").read_text())
     return 0

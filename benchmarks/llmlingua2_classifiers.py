@@ -9,11 +9,22 @@
   Unigram tokenizer (``▁`` word starts) trained on the documents of ``multidoc_qa_dev.jsonl``; the name selects
   llmlingua's XLM-R branch.
 
+For timing (``benchmarks/hard_speed.py``) one more, at full size:
+
+- ``llmlingua-2-bert-base-multilingual-cased-meetingbank-random``: the published
+  ``microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank`` architecture with its exact ``config.json``
+  (``BertForTokenClassification``, 12 layers, hidden 768, 2 labels, 119,647 vocabulary rows: mBERT's 119,547 plus the
+  100 placeholders) and **random weights** (no trained classifier is reachable offline). Its tokenizer is the
+  MiniLM-L6 WordPiece vocabulary (uncased, 30,522 pieces; mBERT's cased vocabulary is not on this machine) padded
+  with unused entries to mBERT's 119,547 so that the embedding table has the published size and neither side resizes
+  it. A forward pass costs the same whatever the weights; the cost per word differs from the real classifier only by
+  how many pieces the tokenizer cuts a word into. Good for timing, meaningless for quality.
+
 Both folders already hold llmlingua's 100 ``[NEWi]`` force-token placeholders (``PromptCompressor.init_llmlingua2``
 adds them and resizes the embeddings with freshly drawn rows): added here once, the reference's call adds nothing
 and both implementations see the same embedding rows.
 
-    PYTHONPATH=. python benchmarks/llmlingua2_classifiers.py OUT_DIR
+    PYTHONPATH=. python benchmarks/llmlingua2_classifiers.py OUT_DIR [DATA.jsonl]
 """
 from __future__ import annotations
 
@@ -54,6 +65,57 @@ def build_bert(out: Path, seed: int = 0, head_std: float = 0.5) -> Path:
     cfg["additional_special_tokens"] = PLACEHOLDERS
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
     tok.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    _check_architecture(folder)
+    (folder / ".complete").write_text("ok\n")
+    return folder
+
+
+MBERT_VOCAB = 119547
+# config.json of microsoft/llmlingua-2-bert-base-multilingual-cased-meetingbank (revision 775462d), minus the
+# bookkeeping fields (_name_or_path, transformers_version)
+PUBLISHED_BERT_CONFIG = dict(
+    architectures=["BertForTokenClassification"], attention_probs_dropout_prob=0.1, classifier_dropout=None,
+    directionality="bidi", hidden_act="gelu", hidden_dropout_prob=0.1, hidden_size=768, initializer_range=0.02,
+    intermediate_size=3072, layer_norm_eps=1e-12, max_position_embeddings=512, model_type="bert",
+    num_attention_heads=12, num_hidden_layers=12, pad_token_id=0, pooler_fc_size=768, pooler_num_attention_heads=12,
+    pooler_num_fc_layers=3,
+    pooler_size_per_head=128, pooler_type="first_token_transform", position_embedding_type="absolute",
+    torch_dtype="float32", type_vocab_size=2, use_cache=True, vocab_size=MBERT_VOCAB + len(PLACEHOLDERS))
+RANDOM_BERT_NAME = "llmlingua-2-bert-base-multilingual-cased-meetingbank-random"
+
+
+def build_published_bert_random(out: Path, seed: int = 0) -> Path:
+    """The published BERT-base LLMLingua-2 classifier's architecture with random weights (see the module doc)."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertForTokenClassification, PreTrainedTokenizerFast
+
+    from mmcompress.models.loading import resolve_model
+
+    folder = out / RANDOM_BERT_NAME
+    if (folder / ".complete").exists():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    src = Path(resolve_model("minilm-l6"))
+    spec = json.loads((src / "tokenizer.json").read_text())
+    vocab = spec["model"]["vocab"]
+    for i in range(len(vocab), MBERT_VOCAB):  # unused rows up to mBERT's size: no text maps to them
+        vocab[f"[vocab-pad-{i}]"] = i
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.add_special_tokens(PLACEHOLDERS)
+    assert tok.get_vocab_size() == PUBLISHED_BERT_CONFIG["vocab_size"], tok.get_vocab_size()
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "vocab.txt").write_text("".join(f"{t}\n" for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])))
+    shutil.copy(src / "special_tokens_map.json", folder / "special_tokens_map.json")
+    cfg = json.loads((src / "tokenizer_config.json").read_text())
+    cfg["additional_special_tokens"] = PLACEHOLDERS
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1))
+    reloaded = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    assert len(reloaded) == MBERT_VOCAB + len(PLACEHOLDERS), len(reloaded)
+    torch.manual_seed(seed)
+    fields = {k: v for k, v in PUBLISHED_BERT_CONFIG.items() if k not in ("model_type", "torch_dtype")}
+    model = BertForTokenClassification(BertConfig(**fields, num_labels=2)).eval()
+    model.save_pretrained(folder)
     _check_architecture(folder)
     (folder / ".complete").write_text("ok\n")
     return folder

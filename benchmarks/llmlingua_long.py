@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from common import add_common_args, apply_common_args, write_results  # noqa: E402  (benchmarks/ is on sys.path)
+from common import add_common_args, apply_common_args, command_line, write_results  # noqa: E402  (on sys.path)
 from llmlingua_peer import SHARED, PeerProcess, peer_available  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -67,12 +67,29 @@ def ours_once(spec: str) -> int:
     return 0
 
 
+def previous_rows(path: Path) -> list[dict]:
+    """The rows of an earlier results file, each with the command that measured it and the length it asked for."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    asked = {int(a) for a in data["command"].split("--tokens ")[1].split()[0].split(",")} \
+        if "--tokens " in data["command"] else set()
+    out = []
+    for row in data["rows"]:
+        guess = min(asked, key=lambda a: abs(a - (row.get("prompt tokens") or 0)), default=row.get("prompt tokens"))
+        out.append({"tokens asked": guess, "command": data["command"], **row})
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", default="10240,32768", help="comma-separated prompt lengths (document tokens)")
     ap.add_argument("--peer-timeout", type=float, default=1800, help="seconds before the peer's call is killed")
     ap.add_argument("--peer-rss-gib", type=float, default=12, help="resident GiB at which the peer's call is killed")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--keep-previous", action="store_true",
+                    help="keep the rows of the existing results file for the lengths not run now (each row names "
+                         "the command that measured it)")
     ap.add_argument("--ours-once", help=argparse.SUPPRESS)  # child mode: one call of ours (JSON spec)
     add_common_args(ap, str(REPO / "benchmarks" / "results" / "llmlingua_long"))
     args = ap.parse_args(argv)
@@ -94,7 +111,7 @@ def main(argv=None) -> int:
                                env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
         ours = json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {
             "failed": f"exit {child.returncode}: {child.stderr.strip().splitlines()[-1:]}"}
-        row = {"prompt tokens": ours.get("origin_tokens"), "documents": len(docs)}
+        row = {"tokens asked": tokens, "prompt tokens": ours.get("origin_tokens"), "documents": len(docs)}
         row.update({f"ours {k}": v for k, v in ours.items()})
         print(json.dumps(row), flush=True)
         if args.no_peer or why:
@@ -106,11 +123,16 @@ def main(argv=None) -> int:
         if "ours seconds" in row and "peer seconds" in row:
             row["peer/ours"] = row["peer seconds"] / row["ours seconds"]
             row["peer/ours cpu"] = row["peer cpu_seconds"] / row["ours cpu_seconds"]
+        row["command"] = command_line()
         rows.append(row)
         print(json.dumps(row), flush=True)
+    previous = previous_rows(Path(args.out).with_suffix(".json")) if args.keep_previous else []
+    rows = sorted([r for r in previous if r.get("tokens asked") not in {r["tokens asked"] for r in rows}] + rows,
+                  key=lambda r: r["tokens asked"])
     columns = ["prompt tokens", "documents", "ours seconds", "ours cpu_seconds", "ours peak_rss_gib", "ours max_kv_cache",
                "ours compressed_tokens", "peer seconds", "peer cpu_seconds", "peer peak_rss_gib",
-               "peer compressed_tokens", "peer failed", "peer/ours", "peer/ours cpu"]
+               "peer compressed_tokens", "peer failed", "peer cpu_seconds_when_killed", "peer/ours", "peer/ours cpu"]
+    columns.append("command")
     notes = (f"LLMLingua at rate {RATE} on multi-document prompts (whole paragraphs of multidoc_qa_dev.jsonl); "
              "SmolLM2-135M, float32, CPU; each call in a fresh process (peak RSS includes the model). The peer is "
              f"killed past {args.peer_timeout:g} s or {args.peer_rss_gib:g} GiB resident.")

@@ -21,9 +21,11 @@ PAGE = ROOT / "docs" / "results.md"
 
 # (section, docs page with the discussion, result stems relative to benchmarks/results)
 CURRENT: list[tuple[str, str, list[str]]] = [
-    ("Hard methods", "hard.md", ["hard_speed", "hard_profile", "llmlingua_parity_full", "llmlingua_parity_full_longllmlingua",
+    ("Hard methods", "hard.md", ["hard_speed", "hard_speed_llmlingua2", "hard_profile", "ranking_padding",
+                                 "llmlingua_parity_full", "llmlingua_parity_full_longllmlingua",
                                  "llmlingua_parity_window", "llmlingua_long", "llmlingua2_vs_teacher",
-                                 "llmlingua2_vs_longllmlingua", "multidoc3_scorers/multidoc_quality_reader"]),
+                                 "llmlingua2_vs_longllmlingua",
+                                 "multidoc3_scorers/multidoc_quality_reader"]),
     ("QA quality and the equal-budget benchmark", "evaluation.md",
      ["multidoc200_llmlingua/multidoc_quality", "multidoc200_llmlingua2/multidoc_quality", "multidoc_quality",
       "multidoc_reader_llmlingua2", "equal_budget"]),

@@ -94,3 +94,19 @@ def test_gpu_speed_script_refuses_cuda_without_a_gpu(tmp_path, capsys, monkeypat
     data.write_text(json.dumps({"question": "q?", "documents": ["a b c"]}) + "\n")
     assert hard_speed_gpu.main(["--device", "cuda", "--data", str(data), "--out", str(tmp_path / "x")]) == 2
     assert "no GPU" in capsys.readouterr().out
+
+
+def test_long_input_results_keep_earlier_rows_with_their_command(tmp_path):
+    """``llmlingua_long.py --keep-previous``: an earlier run's rows come back, each with the length it asked for
+    (read from its command) and that command, so a merged table says which run measured which row."""
+    import llmlingua_long
+
+    path = tmp_path / "long.json"
+    assert llmlingua_long.previous_rows(path) == []
+    command = "PYTHONPATH=. python benchmarks/llmlingua_long.py --tokens 10240,32768 --threads 1"
+    path.write_text(json.dumps({"command": command, "rows": [{"prompt tokens": 10518}, {"prompt tokens": 33258}]}))
+    rows = llmlingua_long.previous_rows(path)
+    assert [r["tokens asked"] for r in rows] == [10240, 32768]
+    assert all(r["command"] == command for r in rows) and rows[0]["prompt tokens"] == 10518
+    path.write_text(json.dumps({"command": "x", "rows": [{"prompt tokens": 10518, "command": "first run"}]}))
+    assert llmlingua_long.previous_rows(path)[0]["command"] == "first run"  # a merged file keeps each row's own

@@ -31,6 +31,28 @@ def test_self_information_matches_the_definition_and_batching_changes_nothing(ti
         assert scores.offsets.shape == (len(ids), 2)
 
 
+def test_padding_waste_is_bounded_on_cpu_and_changes_no_score(tiny_lm, monkeypatch):
+    """On a CPU a padded position costs as much as a real one: batches hold lengths within 5% of their longest."""
+    import mmcompress.scoring.causal_lm as causal_lm
+
+    model, tok = tiny_lm
+    texts = ["word " * n for n in (40, 39, 36, 30, 24, 23)]
+    batches = []
+    real = causal_lm.CausalLMScorer._nll_batch
+    monkeypatch.setattr(causal_lm.CausalLMScorer, "_nll_batch",
+                        lambda self, seqs, *a: batches.append([len(s) for s in seqs]) or real(self, seqs, *a))
+    lean = CausalLMScorer(model, tok)
+    assert lean.max_pad_waste == 0.05
+    lean_scores = lean.self_information(texts)
+    assert all(min(b) >= 0.95 * max(b) for b in batches) and len(batches) > 2
+    batches.clear()
+    loose = CausalLMScorer(model, tok, max_pad_waste=0.2)
+    loose_scores = loose.self_information(texts)
+    assert any(min(b) < 0.95 * max(b) for b in batches)
+    for a, b in zip(lean_scores, loose_scores):
+        assert np.allclose(a.scores, b.scores, atol=1e-5)
+
+
 def test_conditional_scores_equal_scoring_the_concatenation(tiny_lm):
     model, tok = tiny_lm
     scorer = CausalLMScorer(model, tok)

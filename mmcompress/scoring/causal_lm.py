@@ -52,6 +52,10 @@ class CausalLMScorer:
         First tokens kept in the sliding cache as attention sinks (StreamingLLM).
     max_batch_tokens:
         Padded tokens per batched forward pass (trade memory for speed).
+    max_pad_waste:
+        Shortest sequence a batch may hold, as a share of its longest: ``1 - max_pad_waste``. None: 0.05 on a CPU,
+        where a padded position costs as much as a real one and small batches run as fast per token (about 5% of
+        LLMLingua's document ranking went to padding at 0.2), 0.2 on accelerators, where fewer larger batches win.
     start_token:
         Token the first text token is conditioned on (``"auto"``: ``<|endoftext|>`` if the vocabulary has it, else
         BOS, else EOS), so the first token gets a real score, as in Selective Context's reference code.
@@ -68,12 +72,15 @@ class CausalLMScorer:
         start_token: str | int | None = "auto",
         lm_head_chunk: int = 2048,
         num_sink: int = 4,
+        max_pad_waste: float | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.window = int(window or context_window(model, tokenizer))
         self.chunk_size = max(1, min(int(chunk_size), self.window // 2))
         self.max_batch_tokens = int(max_batch_tokens)
+        self.max_pad_waste = float(max_pad_waste if max_pad_waste is not None else
+                                   0.05 if getattr(getattr(model, "device", None), "type", None) == "cpu" else 0.2)
         self.lm_head_chunk = int(lm_head_chunk)
         self.num_sink = int(num_sink)
         self.start_id = self._start_id(start_token)
@@ -156,7 +163,7 @@ class CausalLMScorer:
         short = [i for i, s in enumerate(sequences) if len(s) <= self.window]
         for i in (i for i, s in enumerate(sequences) if len(s) > self.window):
             results[i] = self._nll_long(sequences[i])
-        for batch in _length_batches([len(sequences[i]) for i in short], self.max_batch_tokens):
+        for batch in _length_batches([len(sequences[i]) for i in short], self.max_batch_tokens, self.max_pad_waste):
             idx = [short[j] for j in batch]
             for i, nll in zip(idx, self._nll_batch([sequences[i] for i in idx], [score_from[i] for i in idx])):
                 results[i] = nll
