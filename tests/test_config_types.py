@@ -92,3 +92,16 @@ def test_shipped_recipes_pass_the_key_checks():
             TrainConfig.from_dict(run.get("train"))  # types and names of the train fields
         checked += 1
     assert checked >= 10
+
+
+def test_recipe_overrides_reach_into_a_stage_list_and_refuse_a_bad_index():
+    from mmcompress.training.tasks import load_recipe, stage_recipes
+
+    recipe = load_recipe("soft-smollm2-4x-qa", {"stages.2.data.qa_template": "chatml", "stages.0.train.max_steps": 7})
+    stages = stage_recipes(recipe)
+    assert [s["data"].get("qa_template") for s in stages][2] == "chatml" and stages[0]["train"]["max_steps"] == 7
+    assert stages[1]["train"]["max_steps"] == 400  # the others untouched
+    with pytest.raises(ConfigError, match="not an index"):
+        load_recipe("soft-smollm2-4x-qa", {"stages.9.train.lr": 1.0})
+    with pytest.raises(ConfigError, match="not an index"):
+        load_recipe("soft-smollm2-4x-qa", {"stages.qa.train.lr": 1.0})

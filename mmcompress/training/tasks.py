@@ -92,12 +92,22 @@ def apply_overrides(recipe: dict[str, Any], overrides: dict[str, Any]) -> dict[s
     for dotted, value in overrides.items():
         node = recipe
         *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-            if not isinstance(node, dict):
+        for key in parents:  # a number indexes a list: stages.2.train.lr is the third stage's learning rate
+            node = _list_item(node, key, dotted) if isinstance(node, list) else node.setdefault(key, {})
+            if not isinstance(node, (dict, list)):
                 raise ConfigError(f"cannot set {dotted}: {key} is not a section")
-        node[leaf] = value
+        if isinstance(node, list):
+            _list_item(node, leaf, dotted)
+            node[int(leaf)] = value
+        else:
+            node[leaf] = value
     return recipe
+
+
+def _list_item(items: list, key: str, dotted: str) -> Any:
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError(f"cannot set {dotted}: {key!r} is not an index of a list of {len(items)}")
+    return items[int(key)]
 
 
 def run_recipe(recipe: dict[str, Any]) -> TrainResult:
