@@ -64,7 +64,9 @@ def main() -> int:
     out = Path(args.out)
     examples = load_qa_file(args.data, args.limit)
     scorers = args.scorers.split(",") if args.scorers else [None]
-    fields = dict(parse_set(x) for x in args.method_set)
+    from mmcompress.cli.common import parse_overrides
+
+    fields = parse_overrides(args.method_set)
     systems = [build_scored(build_system, m, scorer, len(scorers) > 1, **fields)
                for m in wanted if m != "random" for scorer in (scorers if m in SCORED else [None])]
     # each method is compared with a random drop of its own granularity (LLMLingua-2 keeps words: random words)
@@ -135,16 +137,6 @@ def main() -> int:
 
 
 SCORED = ("selective_context", "llmlingua", "longllmlingua")  # methods whose scores come from a causal LM
-
-
-def parse_set(item: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with the value read as YAML (``false`` -> False, ``0.5`` -> 0.5)."""
-    import yaml
-
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise SystemExit(f"error: --method-set takes KEY=VALUE, got {item!r}")
-    return key.strip(), yaml.safe_load(value)
 
 
 def build_scored(build_system, method: str, scorer: str | None, named: bool, **fields):
