@@ -7,7 +7,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..soft.encoder import EncoderConfig
 
-STYLES = ("icae", "kv")
+STYLES = ("icae", "kv", "meanpool")
 MODES = ("soft", "full")
 
 
@@ -16,7 +16,8 @@ class InterleavedConfig(EncoderConfig):
     """Settings of the ``interleaved`` compressor.
 
     ``num_slots`` (K) soft tokens replace each chunk of at most ``chunk_tokens`` positions of the compressible part
-    (text tokens + K_img per image). ``style``: ``icae`` (soft embeddings) or ``kv`` (per-layer keys/values).
+    (text tokens + K_img per image). ``style``: ``icae`` (soft embeddings), ``kv`` (per-layer keys/values of memory
+    slots) or ``meanpool`` (no slots: the per-layer keys/values averaged over K contiguous groups of each chunk).
     ``mode``: ``soft`` (compress) or ``full`` (uncompressed reference: every adapter and text token goes to the
     decoder). Image path (text-LLM backbones): ``vision_encoder`` (an encoder spec of the vision family),
     ``adapter`` (``mlp``, ``perceiver``, ``qformer``, ``pool``) with ``image_tokens`` outputs per image and
@@ -69,6 +70,9 @@ class InterleavedConfig(EncoderConfig):
         if self.question_aware and self.mode != "soft":
             raise ConfigError("question_aware applies to mode='soft': in full mode the decoder reads the whole prompt "
                               "and the question anyway")
+        if self.question_aware and self.style == "meanpool":
+            raise ConfigError("question_aware needs memory slots that read the question after the chunk (style icae "
+                              "or kv); style='meanpool' pools the prompt's own positions")
         if self.style not in STYLES:
             raise ConfigError(f"style must be one of {STYLES}, got {self.style!r}")
         if self.mode not in MODES:

@@ -28,6 +28,7 @@ tower and projector embed the images and whose language model is the encoder (Lo
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -270,8 +271,6 @@ class InterleavedCompressor(QATemplate, SoftCompressor):
     def save_pretrained(self, path):
         """Trained tensors (adapter, LoRA, slots, markers) plus the image path's frozen encoder: a randomly initialised
         tower cannot be rebuilt from its name, so it travels with the compressor (``image_path.safetensors``)."""
-        from pathlib import Path
-
         from safetensors.torch import save_file
 
         path = Path(super().save_pretrained(path))
@@ -299,8 +298,6 @@ class InterleavedCompressor(QATemplate, SoftCompressor):
 
     @classmethod
     def from_pretrained(cls, path, **overrides):
-        from pathlib import Path
-
         from .decoder_lora import INHERITED_LORA_DIR
 
         inherited = Path(path) / INHERITED_LORA_DIR
@@ -314,8 +311,6 @@ class InterleavedCompressor(QATemplate, SoftCompressor):
     def load_image_path(self, source) -> None:
         """Start this model's image path (encoder + adapter) from another saved interleaved model: the full-mode
         reference's trained image path is the aligned one a soft run starts from (LLaVA's stage 1)."""
-        from pathlib import Path
-
         from safetensors.torch import load_file
 
         file = Path(source) / IMAGE_PATH_FILE if Path(source).is_dir() else Path(source)
@@ -370,6 +365,35 @@ class InterleavedSoftCompressor(SlotDecoding, InterleavedCompressor):
         super().set_slots(k)
         self.module.use_slots = None if k is None else int(k)
         return self
+
+    def load_text_compressor(self, source) -> None:
+        """Start the soft encoder (its LoRA, the decoder adapter if any, the task markers) from a trained text
+        compressor of the same style: a shipped name (``soft-smollm2-4x``) or a folder saved by ``meanpool`` / ``kv``
+        / ``icae``. The image path is not touched; the settings that shape those tensors must match."""
+        from ..factory import list_trained, load_saved_weights, read_saved_meta
+        from ..soft.base import CONFIG_FILE, WEIGHTS_FILE
+
+        folder = list_trained().get(str(source)) or Path(source)
+        if not (folder / CONFIG_FILE).is_file():
+            raise ConfigError(f"init_text_compressor: {source} is neither a shipped trained compressor "
+                              f"({', '.join(list_trained()) or 'none'}) nor a folder saved by a soft compressor")
+        meta = read_saved_meta(folder, CONFIG_FILE)
+        if meta.get("compressor") != self.config.style:
+            raise ConfigError(f"{source} is a {meta.get('compressor')!r} compressor; style={self.config.style!r} "
+                              f"can start only from a {self.config.style!r} one")
+        saved = meta["config"]
+        fields = ("model", "lora_r", "lora_alpha", "lora_targets", "decoder_lora_r")
+        differ = [f"{f}: {saved.get(f)!r} there, {getattr(self.config, f)!r} here" for f in fields
+                  if saved.get(f) != getattr(self.config, f)]
+        if differ:
+            raise ConfigError(f"{source} does not fit this interleaved model ({'; '.join(differ)}); set the same values")
+        weights = load_saved_weights(folder / WEIGHTS_FILE)
+        own = {n: p for n, p in self.module.named_parameters() if p.requires_grad and not n.startswith("image_path.")}
+        wrong = sorted(set(own) ^ set(weights)) + sorted(n for n in set(own) & set(weights)
+                                                         if tuple(own[n].shape) != tuple(weights[n].shape))
+        if wrong:
+            raise ConfigError(f"{source} does not fit this interleaved model's encoder: {wrong[:3]}")
+        self.module.load_state_dict(weights, strict=False)
 
     def encode_items(self, items, batch):
         encoded, chunks = self.module.compress_embedded(batch)

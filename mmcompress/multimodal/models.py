@@ -13,6 +13,7 @@ from ..soft.base import right_pad
 from ..soft.encoder import SlotModel
 from ..soft.icae import IcaeModel
 from ..soft.kv import KvModel
+from ..soft.meanpool import MeanPoolModel
 from ..soft.losses import IGNORE, sliced_lm_loss
 from .config import InterleavedConfig
 from .embedding import scatter_image_tokens
@@ -99,6 +100,22 @@ class InterleavedKvModel(InterleavedSlotModel, KvModel):
 
     def first_slots(self, encoded, k: int):
         return [(key[:, :, :k], value[:, :, :k]) for key, value in encoded]
+
+
+class InterleavedMeanPoolModel(InterleavedSlotModel, MeanPoolModel):
+    """Mean-pooling style: the encoder's per-layer keys/values over each chunk's K contiguous near-equal groups of
+    positions (text tokens and adapter tokens alike) are the decoder's cache. No slots: soft token ``g`` is the
+    average of the ``g``-th stretch of the chunk, so the soft tokens keep the prompt's order (which image came
+    second), and K comes from the pooling, so any K in ``[1, num_slots]`` is read from the same encoder pass."""
+
+    def __init__(self, llm: nn.Module, config: InterleavedConfig, image_path: nn.Module | None):
+        super().__init__(llm, config, image_path)
+        self.max_groups = int(config.num_slots)
+
+    def compress_embedded(self, batch: dict[str, Any]):
+        chunks = self.chunks_from_batch(batch)
+        groups = self.active_slots() or self.max_groups
+        return self.pool_embeds(self.embed_chunks(batch), chunks, groups=groups), chunks
 
 
 class InterleavedFullModel(ImagePathEmbedding, nn.Module):

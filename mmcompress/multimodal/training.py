@@ -13,6 +13,8 @@ A recipe (``configs/train/interleaved-*.yaml``)::
     train: {max_steps: 300, batch_size: 8, lr: 3e-4, output_dir: runs/interleaved}
     init_image_path: runs/interleaved-full/final   # optional: start encoder + adapter from a saved model
     init_from: null                                # optional: continue a saved interleaved model
+    init_text_compressor: null                     # optional: start the soft encoder from a text compressor
+                                                   # of the same style (e.g. soft-smollm2-4x for style meanpool)
 
 Objectives, mixed per example by a seeded draw (so every epoch and a resumed run see the same data):
 
@@ -87,7 +89,7 @@ def _saved_folder(recipe: dict[str, Any], key: str) -> Path:
                           f"{key}: null") from None
 
 
-@register_task("interleaved", sections=("init_from", "init_image_path"))
+@register_task("interleaved", sections=("init_from", "init_image_path", "init_text_compressor"))
 def build_interleaved(recipe: dict[str, Any]) -> TaskSetup:
     model_cfg = dict(recipe.get("model") or {})
     data = dict(recipe.get("data") or {})
@@ -99,6 +101,12 @@ def build_interleaved(recipe: dict[str, Any]) -> TaskSetup:
         compressor = InterleavedCompressor.from_pretrained(_saved_folder(recipe, "init_from"), **model_cfg)
     else:
         compressor = InterleavedCompressor(**model_cfg)
+    if recipe.get("init_text_compressor"):
+        if recipe.get("init_from"):
+            raise ConfigError("init_from and init_text_compressor both set the soft encoder; give one")
+        if compressor.config.mode != "soft":
+            raise ConfigError("init_text_compressor starts a soft encoder: it needs model.mode: soft")
+        compressor.load_text_compressor(recipe["init_text_compressor"])
     if recipe.get("init_image_path"):  # e.g. the full-mode reference's aligned adapter as the soft run's start
         compressor.load_image_path(_saved_folder(recipe, "init_image_path"))
     source = data.get("source", "shapes")

@@ -59,16 +59,37 @@ def token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.arange(width, device=mask.device)[None, :] - (width - mask.sum(1))[:, None]
 
 
-def pooling_matrix(mask: torch.Tensor, ratio: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For left-padded chunks (``mask`` ``[N, W]``): ``P`` ``[N, G, W]`` averaging each group of ``ratio`` real tokens
-    (the last group of a chunk may be shorter) and the number of groups of each chunk ``[N]``."""
+def group_index(mask: torch.Tensor, ratio: int | None = None, *,
+                groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """For left-padded chunks (``mask`` ``[N, W]``): each position's group ``[N, W]`` (-1 on padding) and the number
+    of groups of each chunk ``[N]``. Either groups of ``ratio`` consecutive real tokens (the last group of a chunk may
+    be shorter), or ``groups`` contiguous near-equal groups per chunk (sizes differ by at most one, as adaptive
+    average pooling; a chunk shorter than ``groups`` gets one group per token): a fixed soft-token count per chunk."""
+    if (ratio is None) == (groups is None):
+        raise ValueError("give exactly one of ratio and groups")
     lengths = mask.sum(1)
     index = token_index(mask)
-    group = torch.where(mask.bool(), torch.div(index, ratio, rounding_mode="floor"), torch.full_like(index, -1))
-    groups = max(1, math.ceil(int(lengths.max()) / ratio))
-    onehot = (group[:, None, :] == torch.arange(groups, device=mask.device)[None, :, None]).float()
-    return onehot / onehot.sum(-1, keepdim=True).clamp(min=1.0), torch.div(lengths + ratio - 1, ratio,
-                                                                            rounding_mode="floor")
+    if ratio is not None:
+        group = torch.div(index, ratio, rounding_mode="floor")
+        counts = torch.div(lengths + ratio - 1, ratio, rounding_mode="floor")
+    else:
+        counts = lengths.clamp(max=int(groups))
+        group = torch.div(index * counts[:, None], lengths.clamp(min=1)[:, None], rounding_mode="floor")
+    return torch.where(mask.bool(), group, torch.full_like(index, -1)), counts
+
+
+def pooling_matrix(mask: torch.Tensor, ratio: int | None = None, *,
+                   groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``P`` ``[N, G, W]`` averaging the groups of :func:`group_index`, and the number of groups of each chunk."""
+    group, counts = group_index(mask, ratio, groups=groups)
+    return averaging_matrix(group, counts), counts
+
+
+def averaging_matrix(group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """``[N, G, W]``: row ``g`` averages the positions whose ``group`` is ``g``."""
+    width = max(1, int(counts.max()))
+    onehot = (group[:, None, :] == torch.arange(width, device=group.device)[None, :, None]).float()
+    return onehot / onehot.sum(-1, keepdim=True).clamp(min=1.0)
 
 
 def group_offsets(chunks: Chunks, groups: torch.Tensor) -> torch.Tensor:
@@ -87,38 +108,50 @@ class MeanPoolModel(KvModel):
 
     def __init__(self, llm, config: MeanPoolConfig):
         super().__init__(llm, config)
-        self.pool_ratio = int(config.pool_ratio)
-        self.grouped = config.positions == "grouped"
+        # the interleaved model pools to a fixed count per chunk instead (its config has no pool_ratio)
+        self.pool_ratio = int(getattr(config, "pool_ratio", 0) or 0)
+        self.grouped = getattr(config, "positions", "grouped") == "grouped"
 
     def compress_chunks(self, chunks: Chunks) -> PER_CHUNK:
         encoder = self.encoder
-        device = encoder.embed_device
-        mask = chunks.mask.to(device)
-        pool, groups = pooling_matrix(mask, self.pool_ratio)
-        index = token_index(mask)
+        return self.pool_embeds(encoder.embed(chunks.ids.to(encoder.embed_device)), chunks, ratio=self.pool_ratio)
+
+    def pool_embeds(self, embeds: torch.Tensor, chunks: Chunks, ratio: int | None = None,
+                    groups: int | None = None) -> PER_CHUNK:
+        """Encode left-padded chunk embeddings ``[N, W, D]`` and average each layer's keys/values over groups of
+        ``ratio`` tokens, or over ``groups`` near-equal groups per chunk (see :func:`pooling_matrix`)."""
+        encoder = self.encoder
+        mask = chunks.mask.to(embeds.device)
+        group, counts = group_index(mask, ratio, groups=groups)
+        pool = averaging_matrix(group, counts)
         if self.grouped:  # every token of group g at position (chunk offset + g): pooled keys are rotated as g
-            offsets = group_offsets(chunks, groups.cpu()).to(device)
-            position_ids = offsets[:, None] + torch.div(index, self.pool_ratio, rounding_mode="floor")
+            offsets = group_offsets(chunks, counts.cpu()).to(embeds.device)
+            position_ids = offsets[:, None] + group
         else:
-            position_ids = index
+            position_ids = token_index(mask)
         position_ids = torch.where(mask.bool(), position_ids, torch.zeros_like(position_ids))
         cache = new_cache(encoder.llm)
-        out = encoder.backbone(inputs_embeds=encoder.embed(chunks.ids.to(device)), attention_mask=mask,
-                               position_ids=position_ids, use_cache=True, **cache_kwargs(encoder.backbone, cache))
+        out = encoder.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True,
+                               **cache_kwargs(encoder.backbone, cache))
         cache = output_cache(out) or cache
         pool = pool.to(cache.layers[0].keys.dtype)
         pooled = [(torch.einsum("ngw,nhwd->nhgd", pool, layer.keys), torch.einsum("ngw,nhwd->nhgd", pool, layer.values))
                   for layer in cache.layers]
-        return [[(k[n, :, :g], v[n, :, :g]) for k, v in pooled] for n, g in enumerate(groups.tolist())]
+        return [[(k[n, :, :g], v[n, :, :g]) for k, v in pooled] for n, g in enumerate(counts.tolist())]
 
     def per_span(self, encoded: PER_CHUNK, chunks: Chunks) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
-        out, start = [], 0
-        for count in chunks.chunks_per_span():
-            rows = encoded[start : start + count]
-            out.append([(torch.cat([r[layer][0] for r in rows], -2), torch.cat([r[layer][1] for r in rows], -2))
-                        for layer in range(len(rows[0]))])
-            start += count
-        return out
+        return pooled_spans(encoded, chunks)
+
+
+def pooled_spans(encoded: PER_CHUNK, chunks: Chunks) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per-chunk pooled KV -> per span, per layer ``(keys, values)`` ``[H, C, d]`` (its chunks' groups in order)."""
+    out, start = [], 0
+    for count in chunks.chunks_per_span():
+        rows = encoded[start : start + count]
+        out.append([(torch.cat([r[layer][0] for r in rows], -2), torch.cat([r[layer][1] for r in rows], -2))
+                    for layer in range(len(rows[0]))])
+        start += count
+    return out
 
 
 @register_compressor("meanpool")
