@@ -4,7 +4,8 @@
         [--reader-limit 10] [--reader-rates 0.5,0.33] [--methods random,selective_context,llmlingua2,...]
         [--scorers smollm2-135m,gemma3-270m]
 
-1. Answer retention, achieved rate and latency of every method at every rate on the first ``--limit`` rows of
+1. Answer retention, achieved rate and latency of every method at every rate on the first ``--limit`` rows (after
+   ``--skip``) of
    ../shared/data/multidoc_qa_dev.jsonl (no reader: cheap enough for more rows).
 2. The published llmlingua 0.2.2's outputs for the same rows (../shared/peer/golden_multidoc_dev.jsonl) scored the
    same way: ``longllmlingua`` at rate 0.4, ``llmlingua`` at 0.5 and ``llmlingua_tokens`` at 0.33.
@@ -40,6 +41,8 @@ def main() -> int:
     ap.add_argument("--golden", default=str(SHARED / "peer" / "golden_multidoc_dev.jsonl"))
     ap.add_argument("--methods", default=None, help="comma-separated (default: every hard method available)")
     ap.add_argument("--limit", type=int, default=12)
+    ap.add_argument("--skip", type=int, default=0,
+                    help="leave out the first N rows (e.g. choose a setting on rows the reported table does not use)")
     ap.add_argument("--rates", default="0.5,0.4,0.2")
     ap.add_argument("--reader-limit", type=int, default=6)
     ap.add_argument("--reader-rates", default="0.4")
@@ -62,7 +65,7 @@ def main() -> int:
         m for m in ("random", "selective_context", "llmlingua2", "llmlingua", "longllmlingua") if m in available]
     rates = [float(x) for x in args.rates.split(",")]
     out = Path(args.out)
-    examples = load_qa_file(args.data, args.limit)
+    examples = load_qa_file(args.data, args.skip + args.limit)[args.skip :]
     scorers = args.scorers.split(",") if args.scorers else [None]
     from mmcompress.cli.common import parse_overrides
 

@@ -358,3 +358,30 @@ def test_real_model_longllmlingua_short(smollm2):
     res = c.compress(DOCS, question=QUESTION, rate=0.5)
     assert res.text.endswith(QUESTION) and res.rate < 0.8
     assert "Paris" in res.text  # the document that answers the question survives the question-aware ranking
+
+
+def test_budget_trim_takes_the_lowest_ranked_documents_first(tiny_lm):
+    """When the rendered prompt is over the rate, ``budget_trim: document_rank`` takes the kept tokens
+    of the worst-ranked document first, then the next one up, and never touches a better document before a worse one
+    is used up; ``share`` takes about the same share of every document, the best-ranked one included."""
+    docs = [d + " " + d for d in DOCS]
+    kw = dict(context_budget="*100", dynamic_ratio=0.4)
+    touched_best = False
+    for rate in (0.4, 0.45, 0.5):
+        loose = make("longllmlingua", tiny_lm, strict_budget=False, **kw).compress(docs, question=QUESTION, rate=rate)
+        order = loose.extras["ranking"]["order"]
+        strict = make("longllmlingua", tiny_lm, budget_trim="document_rank", **kw).compress(docs, question=QUESTION,
+                                                                                            rate=rate)
+        assert strict.compressed_tokens <= int(rate * strict.origin_tokens) < loose.compressed_tokens
+        lost = [int(loose.selections[i].kept.sum() - strict.selections[i].kept.sum()) for i in order]
+        left = [int(strict.selections[i].kept.sum()) for i in order]
+        assert lost[0] == 0 and sum(lost) > 0
+        for r in range(len(order)):
+            if lost[r]:  # every document ranked below one that lost tokens is used up
+                assert all(n == 0 for n in left[r + 1 :]), (rate, lost, left)
+        share = make("longllmlingua", tiny_lm, budget_trim="share", **kw).compress(docs, question=QUESTION, rate=rate)
+        assert share.compressed_tokens <= int(rate * share.origin_tokens)
+        touched_best |= share.selections[order[0]].kept.sum() < loose.selections[order[0]].kept.sum()
+    assert touched_best
+    with pytest.raises(ConfigError, match="budget_trim"):
+        make("longllmlingua", tiny_lm, budget_trim="random")

@@ -57,6 +57,7 @@ from ..text_units import sentence_units
 
 REORDERS = ("original", "sort", "two_stage")
 _BUDGET = re.compile(r"^\s*([+\-*/])\s*([0-9]*\.?[0-9]+)\s*$")
+BUDGET_TRIMS = ("document_rank", "share")
 JOIN = "\n\n"  # the reference joins documents (and the question prefix) with a blank line
 
 
@@ -73,7 +74,10 @@ class LLMLinguaConfig(HardConfig):
     their own perplexity; after / before: question-aware); ``condition_tokens``: score tokens given the question
     (the reference's ``"_condition"`` suffix); ``condition_compare``: contrastive perplexity (implies
     ``condition_tokens``); ``cache_sink`` [cache_bos_num]. See the module docstring for ``first_pass``,
-    ``alignment`` and ``compress_tail``.
+    ``alignment`` and ``compress_tail``. ``budget_trim`` (mmcompress's own: the package has no budget check): which
+    kept tokens ``strict_budget`` drops first when the rendered prompt is over the target: ``document_rank`` (the
+    lowest-ranked kept document's lowest-scored tokens first, then the next document up: the answer usually sits in
+    the documents the ranking put first) or ``share`` (every document gives up about the same share; the default).
     """
 
     iterative_size: int = 200
@@ -102,9 +106,12 @@ class LLMLinguaConfig(HardConfig):
     cache_sink: int = 10
     max_batch_tokens: int = 8192
     batch_streams: bool = False
+    budget_trim: str = "share"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.budget_trim not in BUDGET_TRIMS:
+            raise ConfigError(f"budget_trim must be one of {BUDGET_TRIMS}, got {self.budget_trim!r}")
         if isinstance(self.max_batch_tokens, bool) or not isinstance(self.max_batch_tokens, int) or self.max_batch_tokens < 1:
             raise ConfigError(f"max_batch_tokens must be a positive integer, got {self.max_batch_tokens!r}")
         if not isinstance(self.iterative_size, int) or self.iterative_size < 2:
@@ -144,6 +151,7 @@ class _Job:
     char_maps: dict[int, np.ndarray] = field(default_factory=dict)  # filtered char -> original char
     used: list[int] = field(default_factory=list)  # documents kept by the coarse step, in output order
     dynamic: dict[int, float] = field(default_factory=dict)
+    by_rank: list[int] = field(default_factory=list)  # documents kept by the coarse step, best ranked first
     ranking: Any = None
     ids: np.ndarray | None = None
     offsets: np.ndarray | None = None
@@ -241,6 +249,7 @@ class LLMLingua(BatchedHardCompressor):
             step = cfg.dynamic_ratio / (n - 1) if n > 1 else 0.0
             offsets = [i * step for i in range(-(n - 1), n, 2)][::-1]  # +d for the best document ... -d for the worst
             job.used = used
+            job.by_rank = by_rank
             job.dynamic = {d: (offsets[r] if cfg.dynamic_ratio > 0 else 0.0) for r, d in enumerate(by_rank)}
             job.request.extras["ranking"] = {"order": list(ranking.order), "scores": ranking.scores.tolist(),
                                              "kept_documents": list(used)}
@@ -433,6 +442,10 @@ class LLMLingua(BatchedHardCompressor):
                     spans = np.stack([cmap[np.minimum(spans[:, 0], len(cmap) - 1)],
                                       cmap[np.maximum(spans[:, 1] - 1, 0)] + 1], axis=1)
                 priority = None if job.priority is None else rank_within_segment(job.priority[inside], mask)
+                if priority is not None and self.config.budget_trim == "document_rank" and job.by_rank:
+                    d = job.docs.index(k)  # a whole document's ranks (unscored ones too) below a better one's
+                    rank = len(job.by_rank) - 1 - job.by_rank.index(d) if d in job.by_rank else 0
+                    priority = np.where(np.isposinf(priority), 1.5, priority) + 2 * rank
                 outcomes[k] = SegmentOutcome(text, SegmentSelection("token", spans, mask), sep, priority, render)
         # reorder: document slots show the kept documents in output order, then the dropped ones (removed)
         order = list(range(len(segs)))
