@@ -74,3 +74,33 @@ def test_cli_and_hard_then_soft_pipeline(shipped, capsys):
     soft = pipe.compress(doc, question="Who built the telescope?")
     assert soft.ratio > 4.0  # 2x hard then 4x soft on the documents; the question is kept
     assert len(pipe.generate(soft)) == 1
+
+
+def test_interleaved_meanpool_model_starts_from_the_shipped_text_compressor(shipped):
+    """The shipped interleaved recipe's start (init_text_compressor: soft-smollm2-4x, style meanpool): on a text-only
+    prompt of 4K tokens pooled to K groups, the interleaved encoder gives the text compressor's own soft prompt, and
+    its decoder (the text compressor's decoder adapter) regenerates the text from it the same way."""
+    from mmcompress.multimodal.interleaved import InterleavedCompressor
+    from mmcompress.training.tasks import load_recipe
+
+    fields = {k: v for k, v in load_recipe("configs/train/interleaved-shapes-meanpool.yaml")["model"].items()
+              if k not in ("decoder_lora", "device", "dtype")}
+    text = create_compressor(NAME, device="cpu", dtype="float32")
+    comp = InterleavedCompressor(**fields, device="cpu", dtype="float32")
+    comp.load_text_compressor(NAME)
+    comp.module.eval()
+    tok = text.tokenizer
+    ids = tok("The Eiffel Tower was completed in 1889 as the entrance arch of the World's Fair held in Paris, and it "
+              "remained the tallest structure in the world until 1930.", add_special_tokens=False)["input_ids"][:32]
+    sentence = tok.decode(ids)
+    assert tok(sentence, add_special_tokens=False)["input_ids"] == ids
+    ref = text.compress(sentence)
+    got = comp.set_slots(8).compress(sentence)
+    assert ref.soft_tokens == got.soft_tokens == [8]
+    for (k1, v1), (k2, v2) in zip(ref.items[0][0].kv, got.items[0][0].kv):
+        assert torch.allclose(k1, k2, atol=1e-3) and torch.allclose(v1, v2, atol=1e-3)
+    regenerated = comp.generate(got, task="ae", max_new_tokens=40)[0]
+    assert regenerated == text.reconstruct(ref, max_new_tokens=40)[0]
+    words = [w.strip(".,'").lower() for w in sentence.split()]
+    found = {w.strip(".,'").lower() for w in regenerated.split()}
+    assert sum(w in found for w in words) >= 0.8 * len(words)  # the shipped weights carry the window
