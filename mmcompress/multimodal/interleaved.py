@@ -384,7 +384,8 @@ class InterleavedSoftCompressor(SlotDecoding, InterleavedCompressor):
         saved = meta["config"]
         fields = ("model", "lora_r", "lora_alpha", "lora_targets", "decoder_lora_r")
         differ = [f"{f}: {saved.get(f)!r} there, {getattr(self.config, f)!r} here" for f in fields
-                  if saved.get(f) != getattr(self.config, f)]
+                  if saved.get(f) != getattr(self.config, f)
+                  and not (f == "model" and not isinstance(self.config.model, str))]  # a model object: trusted
         if differ:
             raise ConfigError(f"{source} does not fit this interleaved model ({'; '.join(differ)}); set the same values")
         weights = load_saved_weights(folder / WEIGHTS_FILE)

@@ -106,7 +106,8 @@ class InterleavedMeanPoolModel(InterleavedSlotModel, MeanPoolModel):
     """Mean-pooling style: the encoder's per-layer keys/values over each chunk's K contiguous near-equal groups of
     positions (text tokens and adapter tokens alike) are the decoder's cache. No slots: soft token ``g`` is the
     average of the ``g``-th stretch of the chunk, so the soft tokens keep the prompt's order (which image came
-    second), and K comes from the pooling, so any K in ``[1, num_slots]`` is read from the same encoder pass."""
+    second). K is the number of groups (the encoder's grouped positions depend on it), so one model trained with a
+    ``slot_schedule`` serves every K in ``[1, num_slots]``; unlike nested slots, a K = 4 read is not a prefix of 16."""
 
     def __init__(self, llm: nn.Module, config: InterleavedConfig, image_path: nn.Module | None):
         super().__init__(llm, config, image_path)
