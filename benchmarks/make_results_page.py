@@ -29,8 +29,11 @@ CURRENT: list[tuple[str, str, list[str]]] = [
     ("QA quality and the equal-budget benchmark", "evaluation.md",
      ["multidoc200_llmlingua/multidoc_quality", "multidoc200_llmlingua2/multidoc_quality", "multidoc_quality",
       "multidoc20_longllmlingua_loose/multidoc_quality", "multidoc20_longllmlingua_strict/multidoc_quality",
+      "multidoc_trim_validation_document_rank/multidoc_quality", "multidoc_trim_validation_share/multidoc_quality",
+      "multidoc20_longllmlingua_document_rank/multidoc_quality",
       "multidoc_reader_llmlingua2", "equal_budget"]),
-    ("Soft methods", "soft.md", ["soft_train_speed", "soft_design/table", "soft_design/meanpool",
+    ("Soft methods", "soft.md", ["soft_train_speed", "soft_train_speed_floor", "soft_design/table",
+                                 "soft_design/meanpool",
                                  "soft_design/meanpool_continued", "soft_design/meanpool_cosine",
                                  "soft_design/meanpool_anneal2", "soft_design/meanpool_declora",
                                  "soft_design/meanpool_2x", "soft_design/curriculum_baseline_4x",
@@ -47,7 +50,9 @@ CURRENT: list[tuple[str, str, list[str]]] = [
                              "vision_qwen2vl_prefill"]),
     ("Interleaved image-text", "multimodal.md", ["interleaved", "interleaved_700_steps", "interleaved_probe",
                                                  "interleaved_frozen_decoder", "interleaved_frozen_vit",
-                                                 "interleaved_trainable_vit", "interleaved_no_caption_stage"]),
+                                                 "interleaved_trainable_vit", "interleaved_no_caption_stage",
+                                                 "interleaved_meanpool", "interleaved_meanpool_select",
+                                                 "interleaved_meanpool_scratch_select"]),
     ("Serving", "integrations.md", ["serve_load"]),
 ]
 

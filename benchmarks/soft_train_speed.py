@@ -16,6 +16,12 @@ table reports the median over rounds. MFU counts ``4 N`` FLOPs per token for the
 the input-gradient half of the backward; frozen weights get no weight gradient) over the encoder's and the
 decoder's tokens, plus the LM head over the labelled rows, divided by the bfloat16 peak measured here.
 
+The matmul floor (``matmul_floor_s``) is what the step's matmuls alone take at the model's own shapes (every linear
+of every layer, forward and input gradient, over the encoder's and the decoder's token counts, and the LM head over
+the labelled rows): best of 5 timings of bare bfloat16 matmuls, no norms, attention, adapters or autograd. No path
+can be faster than it, so ``old`` over it is the largest speed-up any change outside the matmul kernels can give,
+and its MFU is the ceiling at these shapes (small matmuls reach a fraction of the square-matmul peak).
+
     PYTHONPATH=. python benchmarks/soft_train_speed.py --threads 2 --rounds 3
 """
 from __future__ import annotations
@@ -60,11 +66,42 @@ def step_flops(llm, batch: dict, slots_per_chunk: int, decoder_prefix: int) -> f
     cfg = llm.config
     n_params = sum(p.numel() for n, p in llm.named_parameters()
                    if "embed" not in n and "lm_head" not in n and "lora_" not in n)
+    encoder_tokens, decoder_tokens, labelled = step_tokens(batch, slots_per_chunk, decoder_prefix)
+    return 4 * n_params * (encoder_tokens + decoder_tokens) + 4 * cfg.vocab_size * cfg.hidden_size * labelled
+
+
+def step_tokens(batch: dict, slots_per_chunk: int, decoder_prefix: int) -> tuple[int, int, int]:
+    """Encoder tokens, decoder tokens and labelled rows of one step."""
     chunks = batch["chunk_ids"].shape[0]
     encoder_tokens = int(batch["chunk_mask"].sum()) + chunks * slots_per_chunk
     decoder_tokens = int(batch["tail_mask"].sum()) + batch["tail_ids"].shape[0] * (decoder_prefix + 1)
-    labelled = int((batch["labels"] != -100).sum())
-    return 4 * n_params * (encoder_tokens + decoder_tokens) + 4 * cfg.vocab_size * cfg.hidden_size * labelled
+    return encoder_tokens, decoder_tokens, int((batch["labels"] != -100).sum())
+
+
+def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5) -> float:
+    """Seconds of the step's bare bfloat16 matmuls at the model's shapes (forward + input gradient)."""
+    from torch import nn
+
+    layers = llm.get_decoder().layers if hasattr(llm, "get_decoder") else llm.model.layers
+    shapes = [(m.in_features, m.out_features) for n, m in layers[0].named_modules()
+              if isinstance(m, nn.Linear) and "lora_" not in n]  # the base weights (peft keeps them as base_layer)
+    cfg = llm.config
+    encoder_tokens, decoder_tokens, labelled = tokens
+    work = [(t, i, o, len(layers)) for t in (encoder_tokens, decoder_tokens) for i, o in shapes]
+    work.append((labelled, cfg.hidden_size, cfg.vocab_size, 1))
+    total = 0.0
+    for t, i, o, times in work:
+        x, w, g = (torch.randn(t, i, dtype=torch.bfloat16), torch.randn(i, o, dtype=torch.bfloat16),
+                   torch.randn(t, o, dtype=torch.bfloat16))
+        x @ w, g @ w.T  # first calls build the kernels for these shapes
+        best = float("inf")
+        for _ in range(trials):
+            t0 = time.perf_counter()
+            x @ w
+            g @ w.T
+            best = min(best, time.perf_counter() - t0)
+        total += best * times
+    return total
 
 
 def build(path: dict, args):
@@ -142,11 +179,13 @@ def main() -> None:
         path = PATHS[name]
         slots = 0 if path["method"] == "meanpool" else args.window // 4
         flops = statistics.mean(step_flops(c.llm, b, slots, args.window // 4) for b in batches[1:])
+        floor = matmul_floor_seconds(c.llm, step_tokens(batches[1], slots, args.window // 4))
         median = statistics.median(seconds[name])
         rows.append({"path": name, "method": path["method"], "weights": path["dtype"], "attention": path["attn"],
                      "autocast": path["autocast"], "warmup_s": warmup[name], "s_per_step": median, "min_s": min(seconds[name]),
                      "max_s": max(seconds[name]), "model_tflop_per_step": flops / 1e12,
                      "mfu_vs_bf16_peak": flops / median / peak, "speedup_vs_old": base / median,
+                     "matmul_floor_s": floor, "floor_mfu": flops / floor / peak, "old_over_floor": base / floor,
                      "losses_finite": all(math.isfinite(x) for x in losses[name])})
     notes = (f"bfloat16 matmul peak measured in this process: {peak / 1e12:.3f} TFLOP/s. Batch {args.batch_size} "
              f"windows of {args.window} tokens at 4x, LoRA r={args.lora_r}; median of {args.rounds} alternating rounds.")

@@ -361,7 +361,7 @@ def test_real_model_longllmlingua_short(smollm2):
 
 
 def test_budget_trim_takes_the_lowest_ranked_documents_first(tiny_lm):
-    """When the rendered prompt is over the rate, ``budget_trim: document_rank`` takes the kept tokens
+    """When the rendered prompt is over the rate, ``budget_trim: document_rank`` (the default) takes the kept tokens
     of the worst-ranked document first, then the next one up, and never touches a better document before a worse one
     is used up; ``share`` takes about the same share of every document, the best-ranked one included."""
     docs = [d + " " + d for d in DOCS]
@@ -370,8 +370,7 @@ def test_budget_trim_takes_the_lowest_ranked_documents_first(tiny_lm):
     for rate in (0.4, 0.45, 0.5):
         loose = make("longllmlingua", tiny_lm, strict_budget=False, **kw).compress(docs, question=QUESTION, rate=rate)
         order = loose.extras["ranking"]["order"]
-        strict = make("longllmlingua", tiny_lm, budget_trim="document_rank", **kw).compress(docs, question=QUESTION,
-                                                                                            rate=rate)
+        strict = make("longllmlingua", tiny_lm, **kw).compress(docs, question=QUESTION, rate=rate)
         assert strict.compressed_tokens <= int(rate * strict.origin_tokens) < loose.compressed_tokens
         lost = [int(loose.selections[i].kept.sum() - strict.selections[i].kept.sum()) for i in order]
         left = [int(strict.selections[i].kept.sum()) for i in order]
