@@ -20,7 +20,8 @@ The matmul floor (``matmul_floor_s``) is what the step's matmuls alone take at t
 of every layer, forward and input gradient, over the encoder's and the decoder's token counts, and the LM head over
 the labelled rows): best of 5 timings of bare bfloat16 matmuls, no norms, attention, adapters or autograd. No path
 can be faster than it, so ``old`` over it is the largest speed-up any change outside the matmul kernels can give,
-and its MFU is the ceiling at these shapes (small matmuls reach a fraction of the square-matmul peak).
+and its MFU is the ceiling at these shapes (measured minutes after the peak: where the machine's speed moves within a
+run, compare the seconds, not the two MFUs).
 
     PYTHONPATH=. python benchmarks/soft_train_speed.py --threads 2 --rounds 3
 """
