@@ -339,10 +339,14 @@ class InterleavedCompressor(QATemplate, SoftCompressor):
             raise ConfigError(f"{source} does not match interleaved with this config: missing {missing[:3]} "
                               "(was it saved with another style / mode / adapter / lora setting?)")
         own = dict(module.named_parameters())
+        for name, value in weights.items():  # all checked before any tensor is copied
+            if name not in own:
+                raise ConfigError(f"{source} has a tensor {name!r} this compressor does not have")
+            if tuple(value.shape) != tuple(own[name].shape):
+                raise ConfigError(f"{source} has {name!r} of shape {tuple(value.shape)}, this compressor "
+                                  f"{tuple(own[name].shape)} (saved with other num_slots / lora settings?)")
         with torch.no_grad():
             for name, value in weights.items():
-                if name not in own:
-                    raise ConfigError(f"{source} has a tensor {name!r} this compressor does not have")
                 own[name].copy_(value.to(own[name].device, own[name].dtype))
 
 
@@ -388,13 +392,8 @@ class InterleavedSoftCompressor(SlotDecoding, InterleavedCompressor):
                   and not (f == "model" and not isinstance(self.config.model, str))]  # a model object: trusted
         if differ:
             raise ConfigError(f"{source} does not fit this interleaved model ({'; '.join(differ)}); set the same values")
-        weights = load_saved_weights(folder / WEIGHTS_FILE)
-        own = {n: p for n, p in self.module.named_parameters() if p.requires_grad and not n.startswith("image_path.")}
-        wrong = sorted(set(own) ^ set(weights)) + sorted(n for n in set(own) & set(weights)
-                                                         if tuple(own[n].shape) != tuple(weights[n].shape))
-        if wrong:
-            raise ConfigError(f"{source} does not fit this interleaved model's encoder: {wrong[:3]}")
-        self.module.load_state_dict(weights, strict=False)
+        # the image path is this model's own (the text compressor has none): only it may be absent from the weights
+        self.load_trainable(load_saved_weights(folder / WEIGHTS_FILE), source=str(source), fresh=("image_path.",))
 
     def encode_items(self, items, batch):
         encoded, chunks = self.module.compress_embedded(batch)
