@@ -200,3 +200,136 @@ def test_recipe_qa_template_names_resolve_and_a_template_without_the_question_is
     assert qa_template("Q: {question} A:") == "Q: {question} A:"
     with pytest.raises(ConfigError, match="chatml"):
         qa_template("chat")
+
+
+def test_chunks_of_a_span_are_encoded_in_one_pass_whatever_the_encoder_batch(tiny_dir):
+    """A span's later chunks take their positions from its earlier ones; encoder batches that would cut a span
+    (here 3 chunks per pass, spans of 4) must give the same soft prompts as one pass over everything."""
+    from mmcompress.soft.encoder import span_batches
+
+    c = build(tiny_dir, chunk_tokens=8)
+    perturb(c)
+    texts = [DOC, DOC2, DOC, DOC2]
+    whole = c.encode_spans(texts)
+    c.encode_batch_chunks = 3
+    parts = c.encode_spans(texts)
+    assert [s.chunks for s in whole] == [s.chunks for s in parts] and max(s.chunks for s in whole) > 3
+    for a, b in zip(whole, parts):
+        assert all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a.kv, b.kv))
+    _, chunks = c.encode_chunks(texts)
+    cuts = [(p.start, p.stop) for p in span_batches(chunks, 3)]
+    starts = torch.cumsum(torch.tensor([0, *chunks.chunks_per_span()]), 0).tolist()
+    assert all(start in starts and stop in starts for start, stop in cuts)
+
+
+QUESTION = "Who won the game?"
+
+
+def test_question_aware_encoder_reads_the_question_before_each_chunk_and_pools_only_the_chunk(tiny_dir):
+    """``question_aware``: with the adapter at identity, each chunk's soft prompt is the base model's keys/values
+    of ``question + chunk`` (question at the positions just before the chunk's first group, the chunk's tokens at
+    ``offset + i // r``), averaged over the chunk's own tokens only; the size does not depend on the question."""
+    from mmcompress.soft.losses import encoder_question_ids
+
+    c = build(tiny_dir, chunk_tokens=8, question_aware=True)
+    ids = c.tokenizer(DOC, add_special_tokens=False)["input_ids"][:14]  # 2 chunks of 7 -> 2 + 2 groups
+    text = c.tokenizer.decode(ids)
+    span = c.encode_spans([text], questions=[QUESTION])[0]
+    plain = build(tiny_dir, chunk_tokens=8).encode_spans([text])[0]
+    assert span.num_tokens == plain.num_tokens == 4 and span.origin_tokens == 14
+    q = encoder_question_ids(c.tokenizer, QUESTION)
+    backbone = c.module.encoder.backbone
+    for chunk, offset in ((ids[:7], 0), (ids[7:], 2)):
+        positions = torch.tensor([[offset - len(q) + i for i in range(len(q))] + [offset + i // 4 for i in range(7)]])
+        cache = new_cache(c.llm)
+        with torch.no_grad():
+            out = backbone(input_ids=torch.tensor([q + chunk]), position_ids=positions, use_cache=True,
+                           **cache_kwargs(backbone, cache))
+        cache = output_cache(out) or cache
+        n = len(q)
+        for layer, (keys, values) in zip(cache.layers, span.kv):
+            want_k = torch.stack([layer.keys[0, :, n : n + 4].mean(1), layer.keys[0, :, n + 4 : n + 7].mean(1)], 1)
+            want_v = torch.stack([layer.values[0, :, n : n + 4].mean(1), layer.values[0, :, n + 4 : n + 7].mean(1)], 1)
+            assert torch.allclose(keys[:, offset : offset + 2], want_k, atol=1e-5)
+            assert torch.allclose(values[:, offset : offset + 2], want_v, atol=1e-5)
+    other = c.encode_spans([text], questions=["Where was it played?"])[0]
+    assert not torch.allclose(other.kv[1][0], span.kv[1][0])  # the soft prompt serves its question
+
+
+def test_question_aware_compression_needs_the_question_and_round_trips(tiny_dir, tmp_path):
+    from mmcompress.errors import InvalidPromptError
+
+    c = build(tiny_dir, question_aware=True)
+    perturb(c)
+    with pytest.raises(InvalidPromptError, match="question_aware"):
+        c.compress(DOC)
+    soft = c.compress([DOC, DOC2], question=QUESTION)
+    batch = c.compress_batch([c._coerce([DOC], QUESTION, None), c._coerce([DOC2], "Where?", None)])
+    # in a batch each prompt's spans are read with that prompt's own question
+    assert torch.allclose(batch.items[0][0].kv[-1][0], c.compress(DOC, question=QUESTION).items[0][0].kv[-1][0],
+                          atol=1e-6)
+    assert torch.allclose(batch.items[1][0].kv[-1][0], c.compress(DOC2, question="Where?").items[0][0].kv[-1][0],
+                          atol=1e-6)
+    answer = c.generate(soft)
+    c.save_pretrained(tmp_path / "qa")
+    loaded = create_compressor(tmp_path / "qa")
+    assert loaded.config.question_aware and loaded.generate(loaded.compress([DOC, DOC2], question=QUESTION)) == answer
+
+
+def test_question_aware_training_reads_each_examples_question_and_trains_the_adapter(tiny_dir):
+    """QA examples carry their question for the encoder; the collate puts it before every chunk (outside the pooled
+    mask), a text example without one is read as it is, and gradients reach the adapter only."""
+    from transformers import AutoTokenizer
+
+    from mmcompress.soft.losses import QA_TEMPLATE, QADataset, encoder_question_ids
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    row = {"context": DOC + " " + DOC2, "question": QUESTION, "answers": [{"text": "Denver Broncos"}]}
+    (qa,) = QADataset([row], tok, 64, QA_TEMPLATE).examples
+    assert qa.question == encoder_question_ids(tok, QUESTION)
+    ids = tok(DOC2, add_special_tokens=False)["input_ids"]
+    ae = Example(ids, [], ids + [tok.eos_token_id], "ae")
+    c = build(tiny_dir, question_aware=True)
+    perturb(c)
+    batch = c.training_collate()([qa, ae])
+    n_q = len(qa.question)
+    chunk_rows = batch["chunk_span"] == 0
+    own = batch["chunk_pool_mask"]
+    assert torch.equal((batch["chunk_mask"] - own)[chunk_rows].sum(1), torch.full((int(chunk_rows.sum()),), n_q))
+    assert torch.equal(batch["chunk_mask"][~chunk_rows], own[~chunk_rows])  # no question: nothing before it
+    assert int(own[chunk_rows].sum()) == len(qa.context)
+    module = c.module
+    module.train()
+    module.training_step(batch)["loss"].backward()
+    trainable = {n for n, p in module.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n == "markers" for n in trainable)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in module.named_parameters() if "lora_A" in n)
+    plain = build(tiny_dir).training_collate()([qa, ae])
+    assert "chunk_pool_mask" not in plain and plain["chunk_ids"].shape[1] < batch["chunk_ids"].shape[1]
+
+
+def test_qa_repeat_sets_the_share_of_qa_examples_in_the_training_mix(tiny_dir, tmp_path):
+    """``data.qa_repeat`` puts the QA rows that many times in the training mix (the held-out rows never), and a
+    value below 1 is refused."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([DOC * 3, DOC2 * 6, DOC * 2]), encoding="utf-8")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps({"context": DOC, "question": f"Q{i}?", "answers": [{"text": "a"}]})
+                            for i in range(20)), encoding="utf-8")
+    data = {**DATA_DEFAULTS, "text": str(text), "qa": str(qa), "context_tokens": 8, "eval_fraction": 0.3,
+            "eval_split": "all"}
+    once, held = build_datasets(data, tok, tok.eos_token_id)
+    thrice, held3 = build_datasets({**data, "qa_repeat": 3}, tok, tok.eos_token_id)
+    windows = len(once.datasets[0])
+    assert len(once) == windows + 18 and len(thrice) == windows + 3 * 18
+    assert sum(e.task == "qa" for e in thrice) == 3 * sum(e.task == "qa" for e in once) == 54
+    assert len(held3) == len(held)
+    with pytest.raises(ConfigError, match="qa_repeat"):
+        build_datasets({**data, "qa_repeat": 0}, tok, tok.eos_token_id)

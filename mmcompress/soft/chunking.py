@@ -27,7 +27,8 @@ class Chunks:
 
     ``ids`` ``[N, L]``, ``mask`` ``[N, L]``; ``span`` ``[N]`` says which span (input text) each chunk belongs to and
     ``index`` ``[N]`` its position within that span; ``spans`` is the number of spans, ``lengths`` the token count
-    of each span.
+    of each span. ``pool_mask`` ``[N, L]`` (question-aware encoders): the chunk's own tokens, after the question the
+    encoder reads before them; None when every real token is the chunk's.
     """
 
     ids: torch.Tensor
@@ -35,6 +36,17 @@ class Chunks:
     span: torch.Tensor
     index: torch.Tensor
     lengths: list[int]
+    pool_mask: torch.Tensor | None = None
+
+    def rows(self, part: slice) -> Chunks:
+        """The chunks ``part`` of this batch (span lengths unchanged)."""
+        pool = None if self.pool_mask is None else self.pool_mask[part]
+        return Chunks(self.ids[part], self.mask[part], self.span[part], self.index[part], self.lengths, pool)
+
+    @property
+    def own_mask(self) -> torch.Tensor:
+        """``[N, L]``: the positions holding the chunks' own tokens (the question before them excluded)."""
+        return self.mask if self.pool_mask is None else self.pool_mask
 
     @property
     def spans(self) -> int:
@@ -44,13 +56,20 @@ class Chunks:
         return torch.bincount(self.span, minlength=self.spans).tolist()
 
 
-def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: int, pad_to: int = 0) -> Chunks:
+def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: int, pad_to: int = 0,
+                prefixes: Sequence[Sequence[int]] | None = None) -> Chunks:
     """Split each span's ids into chunks and left-pad them into one batch (masked). ``pad_to > 0``: right-pad every
-    chunk to ``pad_to`` tokens of ``pad_id`` that are read like text (mask all ones), as 500xCompressor does."""
-    rows, span, index = [], [], []
+    chunk to ``pad_to`` tokens of ``pad_id`` that are read like text (mask all ones), as 500xCompressor does.
+    ``prefixes`` (one id list per span, e.g. its question): read before each of the span's chunks, outside
+    ``pool_mask``."""
+    if prefixes is not None and pad_to:
+        raise ValueError("prefixes need left-padded chunks (pad_to=0)")
+    rows, span, index, own = [], [], [], []
     for s, ids in enumerate(token_ids):
+        prefix = list(prefixes[s]) if prefixes is not None else []
         for c, chunk in enumerate(split_into_chunks(ids, chunk_tokens)):
-            rows.append(chunk)
+            rows.append(prefix + chunk)
+            own.append(len(chunk))
             span.append(s)
             index.append(c)
     width = max(1, max(len(r) for r in rows))
@@ -64,7 +83,13 @@ def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: i
         if r:
             ids[n, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[n, width - len(r):] = 1
-    return Chunks(ids, mask, torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids])
+    pool_mask = None
+    if prefixes is not None:
+        pool_mask = torch.zeros_like(mask)
+        for n, k in enumerate(own):
+            if k:
+                pool_mask[n, width - k:] = 1
+    return Chunks(ids, mask, torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids], pool_mask)
 
 
 def gather_spans(per_chunk: torch.Tensor, chunks: Chunks) -> list[torch.Tensor]:

@@ -238,7 +238,8 @@ class SlotModel(nn.Module):
 
     def chunks_from_batch(self, batch: dict[str, Any]) -> Chunks:
         lengths = torch.bincount(batch["chunk_span"], minlength=batch["tail_ids"].shape[0]).tolist()
-        return Chunks(batch["chunk_ids"], batch["chunk_mask"], batch["chunk_span"], batch["chunk_index"], lengths)
+        return Chunks(batch["chunk_ids"], batch["chunk_mask"], batch["chunk_span"], batch["chunk_index"], lengths,
+                      batch.get("chunk_pool_mask"))
 
     def compress_chunks(self, chunks: Chunks):
         return self.encoder.encode(chunks, output=self.encoder_output, positions=self.positions)
@@ -336,18 +337,30 @@ class EncoderCompressor(SlotDecoding):
             collate, chunk_tokens=self.config.chunk_tokens,
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             bos_id=tok.bos_token_id if self.config.encoder_bos else None, chunk_pad_id=chunk_pad, pad_to=pad_to,
-            marker_ids=self.config.fixed_markers(tok))
+            marker_ids=self.config.fixed_markers(tok), question_aware=bool(getattr(self.config, "question_aware", False)))
 
-    def encode_chunks(self, texts: Sequence[str]) -> tuple[list[Any], Chunks]:
-        """Encode every chunk of every text (in batches of ``encode_batch_chunks``); per-chunk outputs + chunks."""
+    def encode_chunks(self, texts: Sequence[str],
+                      prefixes: Sequence[Sequence[int]] | None = None) -> tuple[list[Any], Chunks]:
+        """Encode every chunk of every text (in batches of ``encode_batch_chunks``); per-chunk outputs + chunks.
+        ``prefixes``: ids read before each chunk of each text (a question-aware encoder's question)."""
         module = self.module
         pad, pad_to = self.chunk_padding()
-        chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=pad_to)
+        chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=pad_to, prefixes=prefixes)
         if self.config.encoder_bos:  # the texts' own tokens are what was compressed (origin_tokens), not the BOS
             chunks.lengths = [n - 1 for n in chunks.lengths]
-        outs = []
-        for start in range(0, chunks.ids.shape[0], self.encode_batch_chunks):
-            part = slice(start, start + self.encode_batch_chunks)
-            sub = Chunks(chunks.ids[part], chunks.mask[part], chunks.span[part], chunks.index[part], chunks.lengths)
-            outs.append(module.compress_chunks(sub))
+        outs = [module.compress_chunks(chunks.rows(part)) for part in span_batches(chunks, self.encode_batch_chunks)]
         return outs, chunks
+
+
+def span_batches(chunks: Chunks, size: int) -> list[slice]:
+    """Consecutive row ranges of about ``size`` chunks that never cut a span: a span's later chunks take their
+    positions from its earlier ones (grouped mean-pooling), so they must be encoded in the same forward pass."""
+    parts, start, end = [], 0, 0
+    for count in chunks.chunks_per_span():
+        if end > start and end - start + count > size:
+            parts.append(slice(start, end))
+            start = end
+        end += count
+    if end > start:
+        parts.append(slice(start, end))
+    return parts

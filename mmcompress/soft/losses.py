@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,20 +67,24 @@ class Example:
     target: list[int]
     task: str
     skip: int = 0  # leading target tokens without loss (continuation)
+    question: list[int] = field(default_factory=list)  # what a question-aware encoder reads before each chunk
 
 
 def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: int | None = None,
             chunk_pad_id: int | None = None, pad_to: int = 0,
-            marker_ids: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
+            marker_ids: dict[str, list[int]] | None = None, question_aware: bool = False) -> dict[str, torch.Tensor]:
     """Batch examples: chunks for the encoder (left-padded, or right-padded to ``pad_to`` with ``chunk_pad_id``,
     attended; ``bos_id`` before each context), right-padded tails with labels for the decoder.
+    ``question_aware``: each example's ``question`` ids are read before each of its chunks (``chunk_pool_mask``
+    marks the chunks' own tokens).
 
     ``marker_ids`` (fixed marker tokens per task, as :class:`~mmcompress.soft.encoder.EncoderConfig` resolves
     them): each tail starts with its task's tokens (no loss) and ``fixed_marker`` tells the model to leave out its
     learned marker."""
     contexts = [([bos_id] if bos_id is not None else []) + e.context for e in examples]
     chunk_pad = pad_id if chunk_pad_id is None else chunk_pad_id
-    chunks = make_chunks(contexts, chunk_tokens, chunk_pad, pad_to=pad_to)
+    chunks = make_chunks(contexts, chunk_tokens, chunk_pad, pad_to=pad_to,
+                         prefixes=[e.question for e in examples] if question_aware else None)
     fixed = [list((marker_ids or {}).get(e.task) or []) for e in examples]
     tails = [f + e.prompt + e.target for f, e in zip(fixed, examples)]
     width = max(len(t) for t in tails)
@@ -95,6 +99,8 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
     batch = {"chunk_ids": chunks.ids, "chunk_mask": chunks.mask, "chunk_span": chunks.span,
              "chunk_index": chunks.index, "tail_ids": tail_ids, "tail_mask": tail_mask, "labels": labels,
              "task": torch.tensor([TASK_IDS[e.task] for e in examples], dtype=torch.long)}
+    if chunks.pool_mask is not None:
+        batch["chunk_pool_mask"] = chunks.pool_mask
     if marker_ids is not None:
         batch["fixed_marker"] = torch.ones(len(examples), dtype=torch.bool)
     return batch
@@ -151,7 +157,8 @@ class QADataset(torch.utils.data.Dataset):
             # after a template that ends a line (a chat turn's "assistant\n") the answer starts without a space
             lead = "" if template.endswith(("\n", " ")) else " "
             target = tokenizer(lead + answer.strip(), add_special_tokens=False)["input_ids"] + [eos]
-            self.examples.append(Example(context, prompt, target, "qa"))
+            question = encoder_question_ids(tokenizer, row["question"])
+            self.examples.append(Example(context, prompt, target, "qa", question=question))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -161,6 +168,13 @@ class QADataset(torch.utils.data.Dataset):
 
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
+# what a question-aware encoder reads before each chunk of the context (meanpool ``question_aware``)
+ENCODER_QUESTION = "Question: {question}\n"
+
+
+def encoder_question_ids(tokenizer: Any, question: str) -> list[int]:
+    """The ids a question-aware encoder reads before each chunk: :data:`ENCODER_QUESTION` around the question."""
+    return tokenizer(ENCODER_QUESTION.format(question=question.strip()), add_special_tokens=False)["input_ids"]
 # SmolLM2-Instruct's own chat turn around the question, after the soft (or text) context: its full-context answers
 # contain the gold answer about twice as often as with QA_TEMPLATE (validation rows, docs/soft.md)
 CHAT_QA_TEMPLATE = ("<|im_start|>user\n{question} Answer with a few words from the text above.<|im_end|>\n"

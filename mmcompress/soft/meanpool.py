@@ -14,6 +14,12 @@ entry at position ``g``, and the decoder continues at ``ceil(L / r)`` - the same
 ``positions: standard`` tokens keep ``0..L-1`` and the pooled keys mix phases (the paper's encoder-output pooling
 has no such issue because it pools hidden states, not rotated keys); it is kept as the ablation.
 
+Question-aware (``question_aware: true``, off by default; query-guided compression, the soft counterpart of
+LongLLMLingua's question-conditioned ranking): the encoder reads the prompt's question before each chunk, so each
+chunk's keys and values are computed knowing what will be asked. Only the chunk's own tokens are pooled (the soft
+prompt keeps its size and ratio); the question sits at the positions just before the chunk's first group. The
+question must then be given when compressing, and the soft prompt serves that question.
+
     from mmcompress import create_compressor
     mp = create_compressor("meanpool", model="smollm2-135m", pool_ratio=4, chunk_tokens=128)
     soft = mp.compress("a long document ...", question="What ...?")   # 4x fewer positions, question kept as text
@@ -32,6 +38,7 @@ from ..registry import register_compressor
 from ..results import SoftSegment
 from .encoder import Chunks, EncoderConfig
 from .kv import KvCompressor, KvModel
+from .losses import encoder_question_ids
 
 PER_CHUNK = list[list[tuple[torch.Tensor, torch.Tensor]]]  # per chunk, per layer (keys, values) [H, G, d]
 
@@ -43,6 +50,7 @@ class MeanPoolConfig(EncoderConfig):
 
     pool_ratio: int = 4
     positions: str = "grouped"
+    question_aware: bool = False  # the encoder reads the question before each chunk (see the module docstring)
 
     def __post_init__(self) -> None:
         if int(self.pool_ratio) < 1:
@@ -122,13 +130,16 @@ class MeanPoolModel(KvModel):
         ``ratio`` tokens, or over ``groups`` near-equal groups per chunk (see :func:`pooling_matrix`)."""
         encoder = self.encoder
         mask = chunks.mask.to(embeds.device)
-        group, counts = group_index(mask, ratio, groups=groups)
+        own = chunks.own_mask.to(embeds.device)  # the chunk's tokens; a question read before them is not pooled
+        group, counts = group_index(own, ratio, groups=groups)
         pool = averaging_matrix(group, counts)
+        # a question before the chunk takes the positions just before the chunk's first token (or group)
+        before = token_index(mask) - (mask.sum(1) - own.sum(1))[:, None]
         if self.grouped:  # every token of group g at position (chunk offset + g): pooled keys are rotated as g
             offsets = group_offsets(chunks, counts.cpu()).to(embeds.device)
-            position_ids = offsets[:, None] + group
+            position_ids = offsets[:, None] + torch.where(own.bool(), group, before)
         else:
-            position_ids = token_index(mask)
+            position_ids = before
         position_ids = torch.where(mask.bool(), position_ids, torch.zeros_like(position_ids))
         cache = new_cache(encoder.llm)
         out = encoder.backbone(inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=True,
@@ -161,8 +172,16 @@ class MeanPoolCompressor(KvCompressor):
     config_class = MeanPoolConfig
     module_class = MeanPoolModel
 
-    def encode_spans(self, texts):
-        outs, chunks = self.encode_chunks(texts)
+    @property
+    def reads_question(self) -> bool:
+        return bool(self.config.question_aware)
+
+    def encode_spans(self, texts, questions=None):
+        prefixes = None
+        if self.reads_question:
+            self.require_questions(questions)
+            prefixes = [encoder_question_ids(self.tokenizer, q) for q in questions]
+        outs, chunks = self.encode_chunks(texts, prefixes)
         per_chunk = [row for part in outs for row in part]
         spans = self.module.per_span(per_chunk, chunks)
         return [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in item), origin_tokens=n, chunks=c, text=t)

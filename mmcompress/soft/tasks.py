@@ -21,6 +21,8 @@ Recipe sections::
       qa_eval_fraction: 0.1         # the last 10% of QA rows are held out (split by eval_split, as the text)
       qa_template: plain            # how the decoder reads the question: plain ("Question: ..\nAnswer:"), chatml
                                     # (a ChatML user turn, as SmolLM2-Instruct was tuned) or a string with {question}
+      qa_repeat: 1                  # the QA rows appear this many times in the training mix (next to ~10k text
+                                    # windows of 64 tokens, once is ~8% of the examples; 10 is about half)
       eval_examples: 64
     train: {output_dir: runs/icae, max_steps: 1000, batch_size: 8, lr: 1e-4, ...}   # TrainConfig
 
@@ -45,7 +47,7 @@ QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128, "continuation_tokens": 0,
                  "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain",
-                 "eval_examples": 64, "max_train_examples": None, "seed": 0}
+                 "qa_repeat": 1, "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
 
 def documents(path: str | Path) -> list[str]:
@@ -121,7 +123,11 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
         data = {**data, "qa_template": qa_template(data["qa_template"])}
         rows = read_jsonl(resolve_data_path(data["qa"]))
         cut = qa_cut(rows, data["qa_eval_fraction"])
-        train_parts.append(QADataset(rows[:cut], tokenizer, data["context_tokens"] * 8, data["qa_template"]))
+        repeat = int(data["qa_repeat"])
+        if repeat < 1:
+            raise ConfigError(f"qa_repeat must be >= 1, got {data['qa_repeat']}")
+        qa = QADataset(rows[:cut], tokenizer, data["context_tokens"] * 8, data["qa_template"])
+        train_parts += [qa] * repeat
         held = held_out_part(rows[cut:], data["eval_split"])
         eval_parts.append(QADataset(held[: data["eval_examples"]], tokenizer, data["context_tokens"] * 8,
                                     data["qa_template"]))
