@@ -19,9 +19,8 @@ A new method subclasses :class:`SoftCompressor` and implements two things:
     encode_spans(self, texts) -> [SoftSegment]  # compress many texts in one batch
 
 and optionally :meth:`marker` (an embedding placed between the soft prompt and the text that follows, e.g.
-ICAE's [LM]/[FT] tokens) or :meth:`generate` itself. A method whose encoder reads the question while compressing
-(query-guided) returns True from :attr:`reads_question`; :meth:`compress_batch` then calls
-``encode_spans(texts, questions=...)`` with each span's prompt question.
+ICAE's [LM]/[FT] tokens) or :meth:`generate` itself. A query-guided method sets :attr:`reads_question`: its
+``encode_spans(texts, questions=...)`` then gets each span's prompt question.
 """
 from __future__ import annotations
 
@@ -97,6 +96,7 @@ class SoftCompressor(Compressor):
     """
 
     family: ClassVar[str] = "soft"
+    reads_question: ClassVar[bool] = False  # True: encode_spans(texts, questions=...) (query-guided encoders)
     config_class: ClassVar[type[CompressorConfig]] = SoftConfig
 
     def __init__(self, config: SoftConfig | None = None, *, tokenizer: Any = None, **overrides: Any):
@@ -160,17 +160,6 @@ class SoftCompressor(Compressor):
         """An embedding ``[M, D]`` placed after the soft prompt for ``task`` ("ae", "lm", "qa"), or None."""
         return None
 
-    @property
-    def reads_question(self) -> bool:
-        """True when the encoder reads the prompt's question while compressing (``encode_spans(texts, questions)``)."""
-        return False
-
-    def require_questions(self, questions: Sequence[str | None] | None) -> None:
-        """A question-aware encoder compresses for a question: refuse spans without one."""
-        if questions is None or any(not (q or "").strip() for q in questions):
-            raise InvalidPromptError(f"{self.name} is question_aware: its encoder reads the question while "
-                                     "compressing; give it in the prompt (question=...), not only to generate()")
-
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         texts = list(texts)
         if not texts:
@@ -195,18 +184,12 @@ class SoftCompressor(Compressor):
             if not coerced:
                 raise InvalidPromptError("no prompts to compress")
             spans = [(b, i) for b, p in enumerate(coerced) for i, s in enumerate(p.segments) if s.compressible]
-            if self.reads_question:  # before the model loads
-                self.require_questions([coerced[b].question for b, _ in spans])
         self.module  # noqa: B018  (load outside the timed compression)
         timings["load"], self._load_seconds = self._load_seconds, 0.0
         with timings("compress"), torch.no_grad():
             texts = [coerced[b].segments[i].text for b, i in spans]
-            if not spans:
-                encoded = []
-            elif self.reads_question:  # a question-aware encoder reads each span's question while compressing
-                encoded = self.encode_spans(texts, questions=[coerced[b].question for b, _ in spans])
-            else:
-                encoded = self.encode_spans(texts)
+            questions = {"questions": [coerced[b].question for b, _ in spans]} if self.reads_question else {}
+            encoded = self.encode_spans(texts, **questions) if spans else []
         by_position = dict(zip(spans, encoded))
         items, origin, compressed = [], [], []
         with timings("count"):

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, InvalidPromptError
 from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..registry import register_compressor
 from ..results import SoftSegment
@@ -175,6 +175,18 @@ class MeanPoolCompressor(KvCompressor):
     @property
     def reads_question(self) -> bool:
         return bool(self.config.question_aware)
+
+    def _coerce(self, prompt, question, instruction):
+        prompt = super()._coerce(prompt, question, instruction)
+        if self.reads_question and any(s.compressible for s in prompt.segments):  # checked before the model loads
+            self.require_questions([prompt.question])
+        return prompt
+
+    def require_questions(self, questions) -> None:
+        """A question-aware encoder compresses for a question: refuse spans without one."""
+        if questions is None or any(not (q or "").strip() for q in questions):
+            raise InvalidPromptError(f"{self.name} is question_aware: its encoder reads the question while "
+                                     "compressing; give it in the prompt (question=...), not only to generate()")
 
     def encode_spans(self, texts, questions=None):
         prefixes = None
