@@ -168,6 +168,11 @@ class QADataset(torch.utils.data.Dataset):
 
 
 QA_TEMPLATE = "Question: {question}\nAnswer:"
+# SmolLM2-Instruct's own chat turn around the question, after the soft (or text) context: its full-context answers
+# contain the gold answer about twice as often as with QA_TEMPLATE (validation rows, docs/soft.md)
+CHAT_QA_TEMPLATE = ("<|im_start|>user\n{question} Answer with a few words from the text above.<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+
 # what a question-aware encoder reads before each chunk of the context (meanpool ``question_aware``)
 ENCODER_QUESTION = "Question: {question}\n"
 
@@ -175,10 +180,6 @@ ENCODER_QUESTION = "Question: {question}\n"
 def encoder_question_ids(tokenizer: Any, question: str) -> list[int]:
     """The ids a question-aware encoder reads before each chunk: :data:`ENCODER_QUESTION` around the question."""
     return tokenizer(ENCODER_QUESTION.format(question=question.strip()), add_special_tokens=False)["input_ids"]
-# SmolLM2-Instruct's own chat turn around the question, after the soft (or text) context: its full-context answers
-# contain the gold answer about twice as often as with QA_TEMPLATE (validation rows, docs/soft.md)
-CHAT_QA_TEMPLATE = ("<|im_start|>user\n{question} Answer with a few words from the text above.<|im_end|>\n"
-                    "<|im_start|>assistant\n")
 
 
 def split_corpus(path: str | Path, eval_fraction: float) -> tuple[str, str]:
