@@ -79,16 +79,13 @@ def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: i
             ids[n, : len(r)] = torch.tensor(r, dtype=torch.long)
         return Chunks(ids, torch.ones_like(ids), torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids])
     mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for n, r in enumerate(rows):
+    pool_mask = torch.zeros_like(mask) if prefixes is not None else None
+    for n, (r, k) in enumerate(zip(rows, own)):
         if r:
             ids[n, width - len(r):] = torch.tensor(r, dtype=torch.long)
             mask[n, width - len(r):] = 1
-    pool_mask = None
-    if prefixes is not None:
-        pool_mask = torch.zeros_like(mask)
-        for n, k in enumerate(own):
-            if k:
-                pool_mask[n, width - k:] = 1
+        if pool_mask is not None and k:
+            pool_mask[n, width - k:] = 1
     return Chunks(ids, mask, torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids], pool_mask)
 
 
