@@ -333,3 +333,47 @@ def test_qa_repeat_sets_the_share_of_qa_examples_in_the_training_mix(tiny_dir, t
     assert len(held3) == len(held)
     with pytest.raises(ConfigError, match="qa_repeat"):
         build_datasets({**data, "qa_repeat": 0}, tok, tok.eos_token_id)
+
+
+def test_teacher_answers_replace_the_gold_answers_of_the_qa_training_rows_only(tiny_dir, tmp_path):
+    """``data.qa_answers: teacher``: each QA training example's target is what the compressor's own decoder answers
+    from the full context as text (greedy, the recipe's template); held-out rows keep their gold answers; the answers
+    are cached in the run folder and reused only while the questions match."""
+    import json
+
+    from mmcompress.evaluation.soft_qa import evaluate_soft_qa
+    from mmcompress.soft.tasks import TEACHER_ANSWER_TOKENS, build_meanpool
+
+    rows = [{"context": DOC if i % 2 else DOC2, "question": f"What is item {i}?", "answers": [{"text": "gold"}]}
+            for i in range(10)]
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    out = tmp_path / "run"
+    fields = {"pool_ratio": 4, "chunk_tokens": 16, "lora_r": 4, "device": "cpu", "dtype": "float32",
+              "model": str(tiny_dir)}
+    recipe = {"task": "meanpool", "model": fields, "train": {"output_dir": str(out)},
+              "data": {"qa": str(qa), "qa_eval_fraction": 0.2, "eval_split": "all", "qa_answers": "teacher",
+                       "context_tokens": 16}}
+    setup = build_meanpool(recipe)
+    teacher = build(tiny_dir)
+    expected = evaluate_soft_qa(teacher, rows[:8], setting="full_context", max_new_tokens=TEACHER_ANSWER_TOKENS).answers
+    tok = teacher.tokenizer
+    eos = tok.eos_token_id
+    targets = [ex.target for ex in setup.train_dataset]
+    gold = tok(" gold", add_special_tokens=False)["input_ids"] + [eos]
+    assert len(targets) >= 6 and gold not in targets  # the tiny model says something, and not the gold answer
+    assert targets == [tok(" " + a.strip(), add_special_tokens=False)["input_ids"] + [eos] for a in expected if a]
+    assert [ex.target for ex in setup.eval_dataset] == [gold] * 2
+    cache = out / "teacher_answers.jsonl"
+    assert [json.loads(line)["answer"] for line in cache.read_text().splitlines()] == expected
+    # the cache is read back while the questions match ...
+    cache.write_text("".join(json.dumps({"question": r["question"], "answer": "cached"}) + "\n" for r in rows[:8]))
+    again = build_meanpool(recipe)
+    assert {tuple(ex.target) for ex in again.train_dataset} == {tuple(tok(" cached", add_special_tokens=False)["input_ids"] + [eos])}
+    # ... and regenerated when they do not
+    rows[0]["question"] = "A different question?"
+    qa.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    build_meanpool(recipe)
+    assert json.loads(cache.read_text().splitlines()[0])["question"] == "A different question?"
+    with pytest.raises(ConfigError, match="qa_answers"):
+        build_meanpool({**recipe, "data": {**recipe["data"], "qa_answers": "silver"}})

@@ -23,6 +23,8 @@ Recipe sections::
                                     # (a ChatML user turn, as SmolLM2-Instruct was tuned) or a string with {question}
       qa_repeat: 1                  # the QA rows appear this many times in the training mix (next to ~10k text
                                     # windows of 64 tokens, once is ~8% of the examples; 10 is about half)
+      qa_answers: gold              # gold (the rows' answers) or teacher: the decoder's own greedy answer from the
+                                    # full context as text (sequence-level self-distillation; cached in output_dir)
       eval_examples: 64
     train: {output_dir: runs/icae, max_steps: 1000, batch_size: 8, lr: 1e-4, ...}   # TrainConfig
 
@@ -32,7 +34,9 @@ trained tensors and resume exactly (``--set train.resume=true``).
 from __future__ import annotations
 
 import functools
+import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,7 @@ import torch
 
 from ..data_paths import resolve_data_path
 from ..errors import ConfigError
+from ..training.trainer import TrainConfig
 from ..training.tasks import TaskSetup
 from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, read_jsonl
 
@@ -47,7 +52,7 @@ QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128, "continuation_tokens": 0,
                  "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain",
-                 "qa_repeat": 1, "eval_examples": 64, "max_train_examples": None, "seed": 0}
+                 "qa_repeat": 1, "qa_answers": "gold", "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
 
 def documents(path: str | Path) -> list[str]:
@@ -102,7 +107,10 @@ def held_out_windows(recipe: dict[str, Any], tokenizer: Any) -> list[list[int]]:
     return windows(held_out_part(held, data["eval_split"]), tokenizer, data["context_tokens"])
 
 
-def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
+def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
+                   answer_with: Callable[[list[dict[str, Any]]], list[str]] | None = None):
+    """The training and held-out datasets of a recipe's data section. ``answer_with`` (``qa_answers: teacher``)
+    replaces the answers of the QA training rows; held-out rows keep their gold answers."""
     train_parts, eval_parts = [], []
     size = data["context_tokens"] + data["continuation_tokens"]
     if data["text"]:
@@ -126,7 +134,10 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int):
         repeat = int(data["qa_repeat"])
         if repeat < 1:
             raise ConfigError(f"qa_repeat must be >= 1, got {data['qa_repeat']}")
-        qa = QADataset(rows[:cut], tokenizer, data["context_tokens"] * 8, data["qa_template"])
+        train_rows = rows[:cut]
+        if answer_with is not None:
+            train_rows = [{**row, "answers": [answer]} for row, answer in zip(train_rows, answer_with(train_rows))]
+        qa = QADataset(train_rows, tokenizer, data["context_tokens"] * 8, data["qa_template"])
         train_parts += [qa] * repeat
         held = held_out_part(rows[cut:], data["eval_split"])
         eval_parts.append(QADataset(held[: data["eval_examples"]], tokenizer, data["context_tokens"] * 8,
@@ -145,6 +156,31 @@ def qa_template(spec: str) -> str:
     return template
 
 
+TEACHER_ANSWER_TOKENS = 16  # as many as the QA evaluation lets the reader generate
+
+
+def teacher_answers(compressor: Any, cache: Path) -> Callable[[list[dict[str, Any]]], list[str]]:
+    """Sequence-level self-distillation targets (as xRAG distils the reader with the full text): the compressor's
+    own decoder answers each row from the full context as text, greedily, with the recipe's QA template. The soft
+    prompt is then trained to make the reader say what it says with the context in front of it. The answers are
+    cached in ``cache`` (a JSONL of ``{question, answer}``) and reused while the rows' questions match."""
+    from ..evaluation.soft_qa import evaluate_soft_qa
+
+    def answer(rows: list[dict[str, Any]]) -> list[str]:
+        if cache.is_file():
+            saved = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if [s["question"] for s in saved] == [r["question"] for r in rows]:
+                return [s["answer"] for s in saved]
+        answers = evaluate_soft_qa(compressor, rows, setting="full_context",
+                                   max_new_tokens=TEACHER_ANSWER_TOKENS).answers
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text("".join(json.dumps({"question": r["question"], "answer": a}) + "\n"
+                                 for r, a in zip(rows, answers)), encoding="utf-8")
+        return answers
+
+    return answer
+
+
 def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
     from ..factory import create_compressor
     from ..registry import COMPRESSORS
@@ -153,15 +189,21 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
     unknown = sorted(set(data) - set(DATA_DEFAULTS))
     if unknown:
         raise ConfigError(f"unknown data settings {unknown}; valid: {sorted(DATA_DEFAULTS)}")
+    if data["qa_answers"] not in ("gold", "teacher"):  # checked before the model loads
+        raise ConfigError(f"qa_answers must be gold or teacher, got {data['qa_answers']!r}")
     fields = dict(recipe.get("model") or {})
     if recipe.get("init_from"):
         compressor = COMPRESSORS.get(method).from_pretrained(resolve_data_path(recipe["init_from"]), **fields)
     else:
         compressor = create_compressor(method, **fields)
     tokenizer = compressor.tokenizer
+    answer_with = None
     if data["qa"]:
         compressor.config.qa_template = qa_template(data["qa_template"])
-    train, held = build_datasets(data, tokenizer, tokenizer.eos_token_id)
+        if data["qa_answers"] == "teacher":
+            output_dir = TrainConfig.from_dict(recipe.get("train")).output_dir
+            answer_with = teacher_answers(compressor, Path(output_dir) / "teacher_answers.jsonl")
+    train, held = build_datasets(data, tokenizer, tokenizer.eos_token_id, answer_with)
     module = compressor.module
     module.train()
     return TaskSetup(module=module, train_dataset=train, eval_dataset=held, collate_fn=compressor.training_collate(),
