@@ -44,7 +44,7 @@ import torch
 
 from ..data_paths import resolve_data_path
 from ..errors import ConfigError
-from ..training.trainer import TrainConfig
+from ..training.trainer import TrainConfig, process_state
 from ..training.tasks import TaskSetup
 from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, read_jsonl
 
@@ -167,16 +167,17 @@ def teacher_answers(compressor: Any, cache: Path) -> Callable[[list[dict[str, An
     from ..evaluation.soft_qa import evaluate_soft_qa
 
     def answer(rows: list[dict[str, Any]]) -> list[str]:
-        if cache.is_file():
-            saved = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if [s["question"] for s in saved] == [r["question"] for r in rows]:
-                return [s["answer"] for s in saved]
-        answers = evaluate_soft_qa(compressor, rows, setting="full_context",
-                                   max_new_tokens=TEACHER_ANSWER_TOKENS).answers
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text("".join(json.dumps({"question": r["question"], "answer": a}) + "\n"
-                                 for r, a in zip(rows, answers)), encoding="utf-8")
-        return answers
+        with process_state().main_process_first():  # in a data-parallel run the others read the main one's cache
+            if cache.is_file():
+                saved = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
+                if [s["question"] for s in saved] == [r["question"] for r in rows]:
+                    return [s["answer"] for s in saved]
+            answers = evaluate_soft_qa(compressor, rows, setting="full_context",
+                                       max_new_tokens=TEACHER_ANSWER_TOKENS).answers
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text("".join(json.dumps({"question": r["question"], "answer": a}) + "\n"
+                                     for r, a in zip(rows, answers)), encoding="utf-8")
+            return answers
 
     return answer
 

@@ -136,6 +136,26 @@ def claim_output_dir(output_dir: str | Path, identity: dict[str, Any], *, resume
     return _fresh(output_dir, identity)
 
 
+def claim_for_processes(output_dir: str | Path, identity: dict[str, Any], *, resume: bool | str = False,
+                        overwrite: bool = False, state: Any = None) -> RunClaim:
+    """:func:`claim_output_dir` for a run trained by several processes (``state``: accelerate's process state): the
+    main process checks and claims the folder, then the others take the same claim (run id, checkpoint to resume
+    from). Each claiming for itself, the second would find the folder the first just claimed and refuse it. Should
+    the main process refuse the folder, it exits and the launcher stops the others waiting here."""
+    if state is None or state.num_processes == 1:
+        return claim_output_dir(output_dir, identity, resume=resume, overwrite=overwrite)
+    claim = claim_output_dir(output_dir, identity, resume=resume, overwrite=overwrite) if state.is_main_process else None
+    state.wait_for_everyone()
+    if claim is not None:
+        return claim
+    output_dir = Path(output_dir)
+    owner = _read_json(output_dir / RUN_FILE, "run file")
+    if isinstance(resume, str):
+        return RunClaim(output_dir, owner["run_id"], Path(resume))
+    own = [p for p in checkpoints(output_dir) if checkpoint_run_id(p) == owner["run_id"]] if resume and not overwrite else []
+    return RunClaim(output_dir, owner["run_id"], own[-1] if own else None)
+
+
 def _claim_explicit(output_dir: Path, path: Path, identity: dict[str, Any], owner: dict[str, Any] | None,
                     way_out: str) -> RunClaim:
     if not (path / "state.pt").is_file() or not (path / CHECKPOINT_FILE).is_file():

@@ -22,8 +22,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .run_folder import claim_output_dir, recipe_identity
-from .trainer import TrainConfig, Trainer, TrainResult, set_seed
+from .run_folder import claim_for_processes, recipe_identity
+from .trainer import TrainConfig, Trainer, TrainResult, process_state, set_seed
 
 TASKS: Registry[Callable[[dict[str, Any]], TaskSetup]] = Registry("training task")
 
@@ -123,16 +123,20 @@ def run_recipe(recipe: dict[str, Any]) -> TrainResult:
     config = TrainConfig.from_dict(recipe.get("train"))
     # the output folder is checked (and claimed) before the task loads any model
     identity = recipe_identity(recipe)
-    claim = claim_output_dir(config.output_dir, identity, resume=config.resume, overwrite=config.overwrite)
+    state = process_state()
+    claim = claim_for_processes(config.output_dir, identity, resume=config.resume, overwrite=config.overwrite,
+                                state=state)
     set_seed(config.seed)  # the task's fresh parameters are initialised reproducibly
     setup = build(recipe)
     trainer = Trainer(setup.module, config, setup.train_dataset, setup.eval_dataset, setup.collate_fn,
                       identity=identity, claim=claim)
     output_dir = Path(config.output_dir)
-    (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    if state.is_main_process:
+        (output_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     result = trainer.train()
     if setup.finalize is not None and trainer.accelerator.is_main_process:
-        setup.finalize(trainer.accelerator.unwrap_model(trainer.module), output_dir)
+        setup.finalize(trainer.trained_module, output_dir)
+    state.wait_for_everyone()  # the next stage (or the caller) finds the result in place on every process
     return result
 
 
@@ -190,6 +194,9 @@ def run_stages(recipe: dict[str, Any]) -> TrainResult:
     if not final.is_dir():
         raise ConfigError(f"the last stage wrote no result in {final}; its task must save one to <output_dir>/final")
     target = Path(TrainConfig.from_dict(recipe.get("train")).output_dir) / "final"
-    shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(final, target)
+    state = process_state()
+    if state.is_main_process:
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(final, target)
+    state.wait_for_everyone()
     return result if result is not None else TrainResult(steps=0, seconds=0.0, last_loss=float("nan"), output_dir=str(target))

@@ -13,7 +13,8 @@ and the RNG states, in a form ``torch.load(weights_only=True)`` reads; ``resume=
 checkpoint of the same run in ``output_dir`` with the same data order (see :mod:`.run_folder` for which run owns a
 folder, and why a fresh run refuses a non-empty one unless ``overwrite=True``).
 
-Single CPU or GPU runs as is; several GPUs, DeepSpeed or FSDP through ``accelerate launch`` (see the README).
+Single CPU or GPU runs as is; several processes (GPUs, or CPU processes over gloo), DeepSpeed or FSDP through
+``torchrun`` / ``accelerate launch`` (docs/training.md): the processes train one model and share one run folder.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from .run_folder import (
     RunClaim,
     checkpoint_run_id,
     checkpoints,
-    claim_output_dir,
+    claim_for_processes,
     load_state,
     rng_state,
     set_rng_state,
@@ -149,7 +150,7 @@ class Trainer:
         identity: dict[str, Any] | None = None,
         claim: RunClaim | None = None,
     ):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
         if not hasattr(module, "training_step"):
             raise ConfigError(f"{type(module).__name__} has no training_step(batch) method")
@@ -159,7 +160,10 @@ class Trainer:
         self.identity = identity if identity is not None else {
             "module": type(module).__qualname__, "train": {k: getattr(config, k) for k in ORDER_SETTINGS}}
         self.claim = claim
-        self.accelerator = Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+        # some trainable parameters may sit out a step (a marker of a task the batch lacks): DDP must not wait for them
+        self.accelerator = Accelerator(cpu=not has_accelerator(), mixed_precision=config.mixed_precision,
+                                       gradient_accumulation_steps=config.grad_accum,
+                                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
         set_seed(config.seed)
         self.module = module
         self.params = [p for p in module.parameters() if p.requires_grad]
@@ -177,17 +181,23 @@ class Trainer:
                        num_workers=config.num_workers)
             if eval_dataset is not None else None
         )
-        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(self.module, self.optimizer, self.scheduler)
+        # the step runs as a module's forward, so that a data-parallel wrapper (DDP over several processes) sees it:
+        # DDP synchronises gradients only for what went through its forward; a bare training_step call would leave
+        # every process training its own copy
+        step = TrainingStep(module, compile=config.compile)
+        self.module, self.optimizer, self.scheduler = self.accelerator.prepare(step, self.optimizer, self.scheduler)
         self.step = 0
         self.epoch = 0
         self.batches_in_epoch = 0
         self.history: list[dict[str, Any]] = []
-        self._forward = self._unwrapped().training_step
-        if config.compile:
-            self._forward = torch.compile(self._forward)
 
     def _unwrapped(self) -> nn.Module:
-        return self.accelerator.unwrap_model(self.module)
+        """The module being trained (without the data-parallel wrapper and the step around it)."""
+        return self.accelerator.unwrap_model(self.module).trained
+
+    @property
+    def trained_module(self) -> nn.Module:
+        return self._unwrapped()
 
     # ------------------------------------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
@@ -195,7 +205,8 @@ class Trainer:
 
         cfg = self.config
         if self.claim is None:
-            self.claim = claim_output_dir(self.output_dir, self.identity, resume=cfg.resume, overwrite=cfg.overwrite)
+            self.claim = claim_for_processes(self.output_dir, self.identity, resume=cfg.resume, overwrite=cfg.overwrite,
+                                             state=self.accelerator.state)
         if self.claim.resume_from is not None:
             self._resume(self.claim.resume_from)
             self.claim.resume_from = None  # a second train() call continues from where this one ends
@@ -216,7 +227,7 @@ class Trainer:
                     with self.accelerator.accumulate(self.module):
                         # training_step bypasses the prepared module's forward, so autocast is entered here
                         with self.accelerator.autocast():
-                            out = self._forward(batch)
+                            out = self.module(batch)
                         loss = out["loss"]
                         self.accelerator.backward(loss)
                         if self.accelerator.sync_gradients and cfg.max_grad_norm:
@@ -380,6 +391,33 @@ class Trainer:
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
         set_rng_state(state["rng"])
         logger.warning("resumed from %s at step %d", path, self.step)
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees a GPU (or another accelerator). Without one, accelerate must be told it runs on CPU, or
+    processes started by ``torchrun`` would each train alone instead of as one data-parallel run (gloo)."""
+    accelerator = getattr(torch, "accelerator", None)
+    return bool(accelerator.is_available()) if accelerator is not None else torch.cuda.is_available()
+
+
+def process_state():
+    """accelerate's state of the processes of this run (one, or several started by ``torchrun`` / ``accelerate
+    launch``), on CPU when there is no accelerator; made before any model loads, shared by the trainer."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not has_accelerator())
+
+
+class TrainingStep(nn.Module):
+    """``trained.training_step(batch)`` as a forward pass (optionally under ``torch.compile``)."""
+
+    def __init__(self, trained: nn.Module, compile: bool = False):
+        super().__init__()
+        self.trained = trained
+        self._step = torch.compile(trained.training_step) if compile else trained.training_step
+
+    def forward(self, batch: Any) -> dict[str, Any]:
+        return self._step(batch)
 
 
 def _to_device(batch: Any, device) -> Any:
