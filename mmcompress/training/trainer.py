@@ -191,13 +191,10 @@ class Trainer:
         self.batches_in_epoch = 0
         self.history: list[dict[str, Any]] = []
 
-    def _unwrapped(self) -> nn.Module:
-        """The module being trained (without the data-parallel wrapper and the step around it)."""
-        return self.accelerator.unwrap_model(self.module).trained
-
     @property
     def trained_module(self) -> nn.Module:
-        return self._unwrapped()
+        """The module being trained (without the data-parallel wrapper and the step around it)."""
+        return self.accelerator.unwrap_model(self.module).trained
 
     # ------------------------------------------------------------------------------------------------ loop
     def train(self) -> TrainResult:
@@ -225,7 +222,7 @@ class Trainer:
                 for _ in range(cfg.grad_accum):
                     batch = next(batches)
                     with self.accelerator.accumulate(self.module):
-                        # training_step bypasses the prepared module's forward, so autocast is entered here
+                        # entered here too, so the step and the evaluation (not through forward) share one precision
                         with self.accelerator.autocast():
                             out = self.module(batch)
                         loss = out["loss"]
@@ -311,7 +308,7 @@ class Trainer:
         """Mean of ``evaluation_step`` (or the training loss) over the eval set."""
         if self.eval_loader is None:
             return {}
-        module = self._unwrapped()
+        module = self.trained_module
         was_training = module.training
         module.eval()
         totals: dict[str, list[float]] = {}
@@ -331,7 +328,7 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- checkpoints
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach().cpu().contiguous() for n, p in self._unwrapped().named_parameters() if p.requires_grad}
+        return {n: p.detach().cpu().contiguous() for n, p in self.trained_module.named_parameters() if p.requires_grad}
 
     def save_checkpoint(self) -> Path:
         from safetensors.torch import save_file
@@ -385,7 +382,7 @@ class Trainer:
         if shapes:
             raise ConfigError(f"checkpoint {path} was trained with a different model shape ({'; '.join(shapes[:3])})")
         state = load_state(path / "state.pt")
-        self._unwrapped().load_state_dict(weights, strict=False)
+        self.trained_module.load_state_dict(weights, strict=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step, self.epoch, self.batches_in_epoch = state["step"], state["epoch"], state["batches_in_epoch"]
