@@ -191,7 +191,7 @@ def main() -> None:
         floor = matmul_floor_seconds(c.llm, step_tokens(batches[1], slots, args.window // 4))
         median = statistics.median(seconds[name])
         rows.append({"path": name, "method": path["method"], "weights": path["dtype"],
-                     "adapter": path.get("adapter_dtype", "float32") if path["dtype"] == "bfloat16" else path["dtype"],
+                     "adapter": path.get("adapter_dtype", "float32"),  # peft keeps adapters in float32
                      "attention": path["attn"],
                      "autocast": path["autocast"], "warmup_s": warmup[name], "s_per_step": median, "min_s": min(seconds[name]),
                      "max_s": max(seconds[name]), "model_tflop_per_step": flops / 1e12,

@@ -337,7 +337,7 @@ class EncoderCompressor(SlotDecoding):
             collate, chunk_tokens=self.config.chunk_tokens,
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             bos_id=tok.bos_token_id if self.config.encoder_bos else None, chunk_pad_id=chunk_pad, pad_to=pad_to,
-            marker_ids=self.config.fixed_markers(tok), question_aware=bool(getattr(self.config, "question_aware", False)))
+            marker_ids=self.config.fixed_markers(tok), question_aware=self.reads_question)
 
     def encode_chunks(self, texts: Sequence[str],
                       prefixes: Sequence[Sequence[int]] | None = None) -> tuple[list[Any], Chunks]:

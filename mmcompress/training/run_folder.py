@@ -83,6 +83,15 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return value
 
 
+def run_checkpoints(output_dir: Path, run_id: str | None) -> list[Path]:
+    """The checkpoints in ``output_dir`` written by run ``run_id`` (another run's are not its to resume or prune)."""
+    return [p for p in checkpoints(output_dir) if checkpoint_run_id(p) == run_id]
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name[len(CHECKPOINT_PREFIX):])
+
+
 def checkpoint_run_id(path: Path) -> str | None:
     meta = path / CHECKPOINT_FILE
     if not meta.is_file():
@@ -127,7 +136,7 @@ def claim_output_dir(output_dir: str | Path, identity: dict[str, Any], *, resume
                 raise ConfigError(f"cannot resume in {output_dir}: it holds no mmcompress run ({RUN_FILE} missing) but "
                                   f"is not empty; {way_out}")
             return _fresh(output_dir, identity)
-        own = [p for p in checkpoints(output_dir) if checkpoint_run_id(p) == owner["run_id"]]
+        own = run_checkpoints(output_dir, owner["run_id"])
         return RunClaim(output_dir, owner["run_id"], own[-1] if own else None)
     if not overwrite and output_dir.is_dir() and any(output_dir.iterdir()):
         what = "a training run" if owner is not None else "files"
@@ -152,7 +161,7 @@ def claim_for_processes(output_dir: str | Path, identity: dict[str, Any], *, res
     owner = _read_json(output_dir / RUN_FILE, "run file")
     if isinstance(resume, str):
         return RunClaim(output_dir, owner["run_id"], Path(resume))
-    own = [p for p in checkpoints(output_dir) if checkpoint_run_id(p) == owner["run_id"]] if resume and not overwrite else []
+    own = run_checkpoints(output_dir, owner["run_id"]) if resume and not overwrite else []
     return RunClaim(output_dir, owner["run_id"], own[-1] if own else None)
 
 
@@ -169,8 +178,7 @@ def _claim_explicit(output_dir: Path, path: Path, identity: dict[str, Any], owne
         raise ConfigError(f"{output_dir} holds another run than the one {path} belongs to; {way_out}")
     if owner is None and output_dir.is_dir() and any(output_dir.iterdir()):
         raise ConfigError(f"output folder {output_dir} is not empty; {way_out}")
-    later = [p.name for p in checkpoints(output_dir) if checkpoint_run_id(p) == meta.get("run_id")
-             and int(p.name[len(CHECKPOINT_PREFIX):]) > int(meta.get("step", 0))]
+    later = [p.name for p in run_checkpoints(output_dir, meta.get("run_id")) if checkpoint_step(p) > int(meta.get("step", 0))]
     if later:
         raise ConfigError(f"{output_dir} holds later checkpoints of the same run ({', '.join(later)}); resuming from "
                           f"{path.name} would mix two histories: delete them first")

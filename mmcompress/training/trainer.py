@@ -39,11 +39,12 @@ from .run_folder import (
     CHECKPOINT_PREFIX,
     ORDER_SETTINGS,
     RunClaim,
-    checkpoint_run_id,
+    checkpoint_step,
     checkpoints,
     claim_for_processes,
     load_state,
     rng_state,
+    run_checkpoints,
     set_rng_state,
     write_checkpoint_file,
 )
@@ -358,8 +359,7 @@ class Trainer:
         import shutil
 
         run_id = self.claim.run_id if self.claim else ""
-        own = [p for p in checkpoints(self.output_dir) if checkpoint_run_id(p) == run_id
-               and int(p.name[len(CHECKPOINT_PREFIX):]) <= self.step]
+        own = [p for p in run_checkpoints(self.output_dir, run_id) if checkpoint_step(p) <= self.step]
         for old in own[: -self.config.keep_checkpoints or None]:
             shutil.rmtree(old, ignore_errors=True)
 
