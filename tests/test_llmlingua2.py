@@ -138,9 +138,8 @@ def test_rate_met_in_counting_tokenizer_and_keep_policies(compressor_parts):
 
 def with_probs(compressor: LLMLingua2, prob_of_word) -> LLMLingua2:
     """The compressor with the classifier's keep probabilities replaced by ``prob_of_word(word)`` (the words and their
-    spans still come from the classifier's tokenizer). The tiny BERT's scores differ from process to process: its
-    WordPiece vocabulary is trained anew each time and ``tokenizers`` breaks ties between ``##`` pieces in hash-map
-    order, so the same seed gives other token ids and other random scores."""
+    spans still come from the classifier's tokenizer), so that a test states the scores it is about instead of
+    depending on what a random classifier happens to say."""
     scorer = compressor.scorer
     real = scorer.word_probs
 

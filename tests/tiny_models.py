@@ -1,7 +1,7 @@
 """Tiny, randomly initialised models and tokenizers built offline in the test session (well under a second).
 
 - ``make_bpe_tokenizer``: a byte-level BPE (GPT-2/Llama-3 style) trained on a few paragraphs of English.
-- ``make_wordpiece_tokenizer``: an uncased WordPiece (BERT style).
+- ``make_wordpiece_tokenizer``: an uncased WordPiece (BERT style), its vocabulary frozen in ``fixtures/``.
 - ``make_llama`` / ``make_gpt2``: causal LMs with a rotary (Llama) or learned absolute (GPT-2) position scheme and a
   small context window, so "longer than the window" inputs are cheap to build.
 """
@@ -41,17 +41,21 @@ def make_bpe_tokenizer(folder: Path | None = None, vocab_size: int = 400):
     return fast
 
 
-def make_wordpiece_tokenizer(folder: Path | None = None, vocab_size: int = 400):
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+# The WordPiece vocabulary, frozen in a file: the tokenizers trainer breaks ties between equally frequent pieces in
+# the order of a randomly seeded hash map, so a vocabulary trained in each process differed from run to run (and with
+# it every tiny model built on it, which made tests on those models pass or fail by chance)
+WORDPIECE_VOCAB = Path(__file__).with_name("fixtures") / "tiny_wordpiece_vocab.txt"
+
+
+def make_wordpiece_tokenizer(folder: Path | None = None):
+    """The uncased WordPiece (BERT style) of :data:`WORDPIECE_VOCAB` (400 pieces, once trained on :data:`CORPUS`)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok = Tokenizer(models.WordPiece.from_file(str(WORDPIECE_VOCAB), unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
