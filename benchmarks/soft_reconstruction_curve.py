@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--schedule", default="constant", choices=["constant", "linear", "cosine"])
     ap.add_argument("--bf16", action="store_true", help="autocast the training step to bfloat16")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--compile", default="no", choices=["no", "layers"], help="the trainer's compile setting")
     ap.add_argument("--eval-texts", type=int, default=8)
     ap.add_argument("--eval-batches", type=int, default=4, help="teacher-forced held-out batches per point")
     ap.add_argument("--init-from", default=None, help="continue from a saved compressor folder (fresh optimizer)")
@@ -81,7 +82,7 @@ def main() -> None:
         "train.max_steps": points[-1], "train.batch_size": args.batch_size, "train.lr": args.lr,
         "train.warmup_steps": args.warmup, "train.schedule": args.schedule, "train.save_every": 0,
         "train.eval_every": 0, "train.eval_batches": args.eval_batches, "train.log_every": 1,
-        "train.output_dir": str(out_dir), "train.progress": False,
+        "train.output_dir": str(out_dir), "train.progress": False, "train.compile": args.compile,
     })
     if args.init_from:  # another data seed, so the continuation sees examples the first run did not
         recipe["init_from"] = args.init_from

@@ -41,8 +41,8 @@ PATHS = {
     "old": {"method": "kv", "dtype": "float32", "attn": "sdpa", "autocast": True},
     "kv-new": {"method": "kv", "dtype": "bfloat16", "attn": "eager", "autocast": False},
     "meanpool-new": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False},
-    # not in the default set: each decoder layer under torch.compile (inductor's C++ kernels fuse the elementwise
-    # work); compiling takes minutes on 2 cores, paid in the warm-up step, and is not the trainer's default
+    # meanpool-new with each decoder layer under torch.compile (inductor's C++ kernels fuse the elementwise work;
+    # the trainer's `compile: layers`); compiling takes minutes on 2 cores, paid in the warm-up step
     "meanpool-compiled": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
                           "compile_layers": True},
     # not in the default set: meanpool-new with the LoRA adapter in bfloat16 too (no float32 casts of the
@@ -50,7 +50,7 @@ PATHS = {
     "meanpool-bf16-lora": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
                            "adapter_dtype": "bfloat16"},
 }
-DEFAULT_PATHS = ("old", "kv-new", "meanpool-new")
+DEFAULT_PATHS = ("old", "kv-new", "meanpool-new", "meanpool-compiled")
 
 
 def measured_peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
@@ -111,6 +111,7 @@ def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5) -> 
 
 def build(path: dict, args):
     from mmcompress import create_compressor
+    from mmcompress.models.compile import compile_blocks
 
     from mmcompress.soft.kv import KvConfig
 
@@ -121,8 +122,7 @@ def build(path: dict, args):
                           chunk_tokens=args.window, lora_r=args.lora_r, lora_alpha=args.lora_r, **sizes)
     c.llm.set_attn_implementation(path["attn"])
     if path.get("compile_layers"):  # per layer, not the whole step: the step switches adapters and graph-breaks
-        for layer in c.module.encoder.backbone.layers:
-            layer.compile()
+        compile_blocks(c.module)
     module = c.module
     if path.get("adapter_dtype"):
         for p in module.parameters():

@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config_base import Config
 from ..errors import ConfigError
+from ..models.compile import compile_blocks
 from .run_folder import (
     CHECKPOINT_PREFIX,
     ORDER_SETTINGS,
@@ -75,7 +76,9 @@ class TrainConfig(Config):
     num_workers: int = 0
     resume: bool | str = False
     overwrite: bool = False  # a fresh run may replace the previous run's checkpoints and log in output_dir
-    compile: bool = False
+    # torch.compile: "layers" compiles each decoder layer (about 1.8x faster soft steps on CPU, a few minutes of
+    # compiling first); "step" the whole training step (did not finish compiling on 2 cores); true means "layers"
+    compile: bool | str = False
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -88,6 +91,9 @@ class TrainConfig(Config):
             raise ConfigError(f"schedule must be constant, linear or cosine, got {self.schedule!r}")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
             raise ConfigError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        self.compile = {False: "no", True: "layers"}.get(self.compile, self.compile)
+        if self.compile not in ("no", "layers", "step"):
+            raise ConfigError(f"compile must be no, layers or step (or false / true), got {self.compile!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
@@ -185,7 +191,9 @@ class Trainer:
         # the step runs as a module's forward, so that a data-parallel wrapper (DDP over several processes) sees it:
         # DDP synchronises gradients only for what went through its forward; a bare training_step call would leave
         # every process training its own copy
-        step = TrainingStep(module, compile=config.compile)
+        if config.compile == "layers":
+            compile_blocks(module)
+        step = TrainingStep(module, compile=config.compile == "step")
         self.module, self.optimizer, self.scheduler = self.accelerator.prepare(step, self.optimizer, self.scheduler)
         self.step = 0
         self.epoch = 0

@@ -1,0 +1,142 @@
+"""``compile: layers``: each decoder layer under torch.compile must train exactly as the eager layers do (tiny
+random Llama, float32), and the caches mmcompress builds must stay correct both ways."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcompress.errors import ConfigError
+from mmcompress.models.compat import cache_kwargs, new_cache
+from mmcompress.models.compile import compile_blocks, repeated_blocks
+from mmcompress.soft.losses import Example, collate
+from mmcompress.soft.meanpool import MeanPoolCompressor
+from mmcompress.training.trainer import TrainConfig
+from tiny_models import make_bpe_tokenizer, make_llama, perturb
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DOCS = ["Super Bowl 50 was an American football game to determine the champion of the National Football League.",
+        "Paris is the capital and most populous city of France."]
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    """A tiny Llama with 32-wide heads: with 64-token chunks, the shapes at which the bfloat16 NaN showed."""
+    folder = tmp_path_factory.mktemp("tiny-llama-32-heads")
+    make_llama(make_bpe_tokenizer(), folder, hidden=128)
+    return folder
+
+
+def loss_and_grads(module, batch):
+    module.zero_grad(set_to_none=True)
+    loss = module.training_step(batch)["loss"]
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(("dtype", "decoder_lora_r"), [("float32", 0), ("float32", 4), ("bfloat16", 0)])
+def test_compiled_layers_give_the_eager_loss_and_gradients(llama_dir, dtype, decoder_lora_r):
+    """The encoder fills a cache inside each compiled layer; with transformers' own DynamicLayer the compiled
+    backward of that cache gave NaN gradients to every adapter in bfloat16 (torch 2.14, CPU)."""
+    torch._dynamo.reset()  # compile afresh for this dtype
+    c = MeanPoolCompressor(model=str(llama_dir), pool_ratio=4, chunk_tokens=64, lora_r=4, device="cpu", dtype=dtype,
+                           decoder_lora_r=decoder_lora_r)  # a decoder adapter: the layers switch adapters per pass
+    perturb(c)  # non-zero LoRA B, so every adapter weight has a gradient
+    module = c.module
+    module.eval()  # no dropout: both passes compute the same function
+    tok = c.tokenizer
+    texts = [" ".join([doc] * 4) for doc in DOCS]  # one full 64-token chunk each, and more
+    examples = [Example(ids[:64], [], ids[:64] + [tok.eos_token_id], "ae")
+                for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    assert all(len(e.context) == 64 for e in examples)
+    batch = collate(examples, 64, tok.pad_token_id)
+    eager_loss, eager = loss_and_grads(module, batch)
+
+    assert compile_blocks(module) == c.llm.config.num_hidden_layers
+    compiled_loss, compiled = loss_and_grads(module, batch)
+
+    assert eager.keys() <= compiled.keys() and any("lora_A" in n for n in eager)
+    for name in compiled.keys() - eager.keys():  # weights the loss does not reach (the last layer's query, MLP...):
+        assert not compiled[name].any(), name  # eager leaves them without a gradient, compiled gives zeros
+    for name in eager:
+        assert torch.isfinite(compiled[name]).all(), f"{name}: non-finite gradient when compiled"
+    if dtype == "float32":
+        assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
+        for name, grad in eager.items():
+            torch.testing.assert_close(compiled[name], grad, rtol=1e-3, atol=1e-6, msg=f"{name} differs when compiled")
+    else:  # the base model in bfloat16 rounds differently when fused: the same direction, not the same digits
+        assert compiled_loss == pytest.approx(eager_loss, rel=1e-2)
+        flat = [torch.cat([g[n].float().flatten() for n in eager]) for g in (eager, compiled)]
+        assert torch.nn.functional.cosine_similarity(*flat, dim=0) > 0.99
+
+
+def test_compiled_blocks_of_a_model_filling_its_cache_keep_finite_gradients_in_bfloat16():
+    """The failure behind the 256-bit kernels: a Llama whose layers fill a cache, in bfloat16, under inductor's
+    default AVX-512 kernels, gave NaN gradients at these shapes (32-wide heads, 64 tokens; torch 2.14, CPU)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch._dynamo.reset()
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_attention_heads=2,
+                         num_key_value_heads=1, head_dim=32, num_hidden_layers=1, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    ids = torch.randint(0, 96, (2, 64))
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        cache = new_cache(model)
+        logits = model(ids, use_cache=True, **cache_kwargs(model, cache)).logits
+        keys = cache.layers[0].keys
+        (logits.float().square().mean() + keys.float().square().mean()).backward()
+        return {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager = grads()
+    assert compile_blocks(model) == 1
+    compiled = grads()
+    for name, want in eager.items():
+        assert torch.isfinite(compiled[name]).all(), f"{name}: non-finite gradient when compiled"
+        assert (compiled[name] - want).norm() <= 0.05 * want.norm(), name
+
+
+def test_compile_blocks_finds_each_decoder_layer_once_and_keeps_a_version_for_each(tiny_dir):
+    c = MeanPoolCompressor(model=str(tiny_dir), pool_ratio=4, chunk_tokens=16, lora_r=4, device="cpu",
+                           dtype="float32")
+    layers = list(c.llm.model.layers) if hasattr(c.llm, "model") else None
+    blocks = repeated_blocks(c.module)  # the layers are reached through peft's wrappers and the encoder/decoder
+    assert len(blocks) == c.llm.config.num_hidden_layers
+    assert {id(b) for b in blocks} == {id(layer) for layer in layers or c.module.encoder.backbone.layers}
+    before = torch._dynamo.config.recompile_limit
+    try:
+        torch._dynamo.config.recompile_limit = 8
+        compile_blocks(c.module)
+        assert torch._dynamo.config.recompile_limit >= 8 * len(blocks)
+        assert all(callable(getattr(b.forward, "compiled", None)) for b in blocks)
+    finally:
+        torch._dynamo.config.recompile_limit = before
+
+
+def test_compiled_blocks_run_eagerly_without_gradients(tiny_dir):
+    """Evaluation and generation (no gradients) meet a new length at nearly every call: they must not compile."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM
+
+    torch._dynamo.reset()
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32)
+    compile_blocks(model)
+    counters.clear()
+    with torch.no_grad():
+        for length in (3, 5, 9):
+            model(torch.arange(1, length + 1)[None])
+    assert not counters["stats"]["unique_graphs"]
+    model(torch.arange(1, 6)[None]).logits.sum().backward()
+    assert counters["stats"]["unique_graphs"] >= 1
+
+
+@pytest.mark.parametrize(("given", "meant"), [(False, "no"), (True, "layers"), ("layers", "layers"), ("step", "step")])
+def test_train_config_compile_values(given, meant):
+    assert TrainConfig(compile=given).compile == meant
+
+
+def test_train_config_refuses_an_unknown_compile_mode():
+    with pytest.raises(ConfigError, match="compile must be"):
+        TrainConfig(compile="everything")
