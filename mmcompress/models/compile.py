@@ -19,8 +19,8 @@ import torch
 import torch._inductor.config
 from torch import nn
 
-# recompilations dynamo may keep per block, on top of one per block: the LoRA adapter on and off (an encoder and a
-# frozen decoder share the layers), and a dynamic-shape version once lengths vary
+# compiled versions dynamo may keep per block: one per adapter setting (an encoder under LoRA and a frozen or
+# separately adapted decoder share the layers), each again with dynamic shapes once lengths vary
 VARIANTS_PER_BLOCK = 16
 
 # inductor's AVX-512 kernels (its default on this CPU) gave NaN gradients in bfloat16 for a Llama layer whose cache
@@ -59,7 +59,8 @@ def compile_blocks(module: nn.Module, **compile_kwargs: Any) -> int:
         if hasattr(config, limit):
             setattr(config, limit, max(getattr(config, limit), needed))
     for block in blocks:
-        block.forward = compiled_while_training(block.forward, **compile_kwargs)
+        if not hasattr(block.forward, "compiled"):  # compiled once, however often a module is handed over
+            block.forward = compiled_while_training(block.forward, **compile_kwargs)
     return len(blocks)
 
 
