@@ -49,6 +49,9 @@ PATHS = {
     # activations around every adapter; bfloat16 optimizer updates), the "bf16 end to end" lever
     "meanpool-bf16-lora": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
                            "adapter_dtype": "bfloat16"},
+    # not in the default set: both levers together (compiled layers, adapter in bfloat16)
+    "meanpool-compiled-bf16-lora": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
+                                    "compile_layers": True, "adapter_dtype": "bfloat16"},
 }
 DEFAULT_PATHS = ("old", "kv-new", "meanpool-new", "meanpool-compiled")
 
