@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch._inductor.config
 from torch import nn
 
 # compiled versions dynamo may keep per block: one per adapter setting (an encoder under LoRA and a frozen or
@@ -34,13 +33,7 @@ def repeated_blocks(module: nn.Module) -> list[nn.Module]:
     names: set[str] = set()
     for sub in module.modules():
         names.update(getattr(sub, "_no_split_modules", None) or ())
-    seen: set[int] = set()
-    blocks = []
-    for sub in module.modules():
-        if type(sub).__name__ in names and id(sub) not in seen:
-            seen.add(id(sub))
-            blocks.append(sub)
-    return blocks
+    return [sub for sub in module.modules() if type(sub).__name__ in names]  # modules() yields each module once
 
 
 def compile_blocks(module: nn.Module, **compile_kwargs: Any) -> int:
@@ -49,6 +42,8 @@ def compile_blocks(module: nn.Module, **compile_kwargs: Any) -> int:
     All blocks of a model share one forward, and dynamo keeps a bounded number of compiled versions per function
     (8 by default), after which it silently runs the rest eagerly; the limits are raised to cover every block.
     On CPU, inductor's kernels are vectorised at 256 bits (see :data:`CPU_SIMD_BITS`)."""
+    import torch._inductor.config  # here, not at import: it costs about a second, and the trainer imports this module
+
     blocks = repeated_blocks(module)
     inductor = torch._inductor.config
     if inductor.cpp.simdlen is None and any(p.device.type == "cpu" for b in blocks for p in b.parameters()):
