@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--eval-texts", type=int, default=8)
     ap.add_argument("--eval-batches", type=int, default=4, help="teacher-forced held-out batches per point")
     ap.add_argument("--init-from", default=None, help="continue from a saved compressor folder (fresh optimizer)")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="train and data seed of a continuation (--init-from); another one gives a new window order")
     ap.add_argument("--output-dir", default="runs/curve")
     ap.add_argument("--save-to", default=None, help="save_pretrained the compressor here at every point after 0")
     ap.add_argument("--out", default=None, help="results file stem (default benchmarks/results/<method>_reconstruction_curve)")
@@ -86,7 +88,7 @@ def main() -> None:
     })
     if args.init_from:  # another data seed, so the continuation sees examples the first run did not
         recipe["init_from"] = args.init_from
-        recipe["train"]["seed"] = recipe["data"]["seed"] = 1
+        recipe["train"]["seed"] = recipe["data"]["seed"] = args.seed
     torch.manual_seed(0)
     setup = TASKS.get(recipe["task"])(recipe)
     module = setup.module
@@ -200,7 +202,7 @@ def write(args, out_dir: Path, curve: list[dict], texts: list[str]) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
     lines = [f"# {args.method} reconstruction at {args.ratio}x vs training steps ({args.model}, shortened CPU schedule)", "",
-             *([f"Continued from `{args.init_from}` (steps below count from there; fresh optimizer; data seed 1, so a new order of the training windows).", ""]
+             *([f"Continued from `{args.init_from}` (steps below count from there; fresh optimizer; data seed {args.seed}, so a new order of the training windows).", ""]
                if args.init_from else []),
              f"Machine: {machine}. Command: `{command(args)}`. Training so far: {last['step']} steps of batch "
              f"{args.batch_size} in {last['train_seconds']:.0f} s ({steps_per_s:.3f} steps/s, evaluation excluded).", "",
@@ -230,7 +232,10 @@ def command(args) -> str:
                 "--bf16": "" if args.bf16 else None, "--lora-r": args.lora_r or None,
                 "--decoder-lora-r": args.decoder_lora_r or None,
                 "--budget-cpu-minutes": args.budget_cpu_minutes or None, "--threads": args.threads or None,
-                "--save-to": args.save_to, "--init-from": args.init_from, "--out": args.out}
+                "--save-to": args.save_to, "--init-from": args.init_from,
+                "--seed": getattr(args, "seed", 1) if args.init_from and getattr(args, "seed", 1) != 1 else None,
+                "--compile": getattr(args, "compile", "no") if getattr(args, "compile", "no") != "no" else None,
+                "--out": args.out}
     parts += [f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}".rstrip()
               for flag, value in optional.items() if value is not None]
     return "PYTHONPATH=. python benchmarks/soft_reconstruction_curve.py " + " ".join(parts)

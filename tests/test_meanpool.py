@@ -177,6 +177,33 @@ def test_a_decoder_adapter_added_on_continuation_starts_where_the_saved_compress
         MeanPoolCompressor.from_pretrained(tmp_path / "plain", lora_r=8)
 
 
+def test_a_lower_rank_on_continuation_starts_from_the_saved_adapters_at_that_rank(tiny_dir, tmp_path):
+    """A later stage with a lower ``lora_r`` / ``decoder_lora_r`` (to ship smaller weights) loads the saved adapters
+    cut to that rank, scales folded in: when the saved updates already have that rank, the compressor is the same
+    (same soft prompt, same answer) with fewer parameters."""
+    c = build(tiny_dir, lora_r=4, lora_alpha=8, decoder_lora_r=4)
+    perturb(c)
+    with torch.no_grad():  # updates of rank 2: the last two directions of every adapter are off
+        for name, p in c.module.named_parameters():
+            if "lora_A" in name:
+                p[2:] = 0
+    c.module.eval()
+    soft = c.compress(DOC)
+    answer = c.generate(soft, "Who?")
+    c.save_pretrained(tmp_path / "r4")
+    cut = MeanPoolCompressor.from_pretrained(tmp_path / "r4", lora_r=2, lora_alpha=2, decoder_lora_r=2)
+    cut.module.eval()
+    shapes = {n: tuple(p.shape) for n, p in cut.module.named_parameters() if "q_proj.lora_A" in n}
+    assert shapes and all(s[0] == 2 for s in shapes.values()), shapes
+    again = cut.compress(DOC)
+    for a, b in zip(soft.items[0], again.items[0]):
+        if getattr(a, "kv", None) is not None:
+            assert all(torch.allclose(x[0], y[0], atol=1e-5) for x, y in zip(a.kv, b.kv))
+    assert cut.generate(again, "Who?") == answer
+    cut.save_pretrained(tmp_path / "r2")
+    assert create_compressor(tmp_path / "r2").config.lora_r == 2
+
+
 def test_qa_examples_follow_their_template_and_a_chat_turn_answers_without_a_leading_space(tiny_dir):
     """The QA examples read the question through the recipe's template; after a chat turn's ``assistant\\n`` the
     answer starts the line (as the instruct model writes it), after ``Answer:`` it follows a space."""

@@ -363,6 +363,30 @@ def test_staged_recipe_runs_a_ratio_curriculum_each_stage_from_the_last(tiny_dir
     assert "unique 'name'" in capsys.readouterr().err
 
 
+def test_the_shipped_4x_recipe_runs_every_stage_on_a_tiny_model(tiny_dir, tmp_path):
+    """``soft-smollm2-4x`` as shipped (its stages' model changes: a decoder adapter added in stage 5, the encoder's
+    LoRA cut from r16 to r8 in stage 6), one step per stage on a tiny Llama: each stage loads the last one's result
+    and the final compressor has the shipped shapes."""
+    from mmcompress.training.tasks import load_recipe, run_stages
+    from tiny_models import CORPUS
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([CORPUS] * 6))
+    probe = load_recipe("soft-smollm2-4x")
+    overrides = {"model.model": str(tiny_dir), "model.dtype": "float32", "model.chunk_tokens": 16,
+                 "model.model_kwargs": None, "data.text": str(text), "data.eval_fraction": 0.34,
+                 "data.context_tokens": 16, "data.eval_examples": 2, "train.output_dir": str(tmp_path / "run"),
+                 "train.compile": "no", "train.save_every": 0, "train.eval_batches": 1, "train.progress": False}
+    overrides.update({f"stages.{i}.train.max_steps": 1 for i in range(len(probe["stages"]))})
+    run_stages(load_recipe("soft-smollm2-4x", overrides))
+    final = create_compressor(tmp_path / "run" / "final")
+    models = [stage.get("model", {}) for stage in probe["stages"]]
+    last = {field: [m[field] for m in models if field in m][-1] for field in ("lora_r", "decoder_lora_r")}
+    assert (final.config.lora_r, final.config.decoder_lora_r) == (last["lora_r"], last["decoder_lora_r"])
+    assert final.config.lora_r < probe["model"]["lora_r"]  # the cut happened on the way
+    assert len(final.generate(final.compress(DOC), "Who?")) == 1
+
+
 def test_cli_compress_answers_from_a_saved_compressor(tiny_dir, tmp_path, capsys):
     import json
 

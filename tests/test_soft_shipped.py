@@ -40,6 +40,19 @@ def test_card_and_listing(shipped, capsys):
 
 
 @pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_weights_stay_within_the_10_mb_aim(name):
+    """Only what was trained ships, in bfloat16, and small (issue 18's aim: <= 10 MB per compressor)."""
+    from safetensors import safe_open
+
+    from mmcompress.soft.base import WEIGHTS_FILE
+
+    file = list_trained()[name] / WEIGHTS_FILE
+    with safe_open(str(file), "pt") as weights:
+        assert {str(weights.get_slice(k).get_dtype()) for k in weights.keys()} == {"BF16"}
+    assert file.stat().st_size <= 10_000_000, f"{file} is {file.stat().st_size / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_weights_carry_held_out_windows(name):
     """Teacher-forced on 16 held-out windows (the corpus tail the recipe never trains on): each window's own soft
     prompt must give far higher token accuracy than another window's, and above the card's number less a margin."""

