@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from mmcompress.factory import load_saved_weights, read_saved_meta
-    from mmcompress.soft.base import CONFIG_FILE, WEIGHTS_FILE, shrink_adapters
+    from mmcompress.models.lora import shrink_adapters
+    from mmcompress.soft.base import CONFIG_FILE, WEIGHTS_FILE
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--source", required=True, help="a saved compressor folder (save_pretrained or a shipped one)")

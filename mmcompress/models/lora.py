@@ -2,9 +2,12 @@
 ``lora_targets`` (the soft encoder, GIST's LoRA fine-tuning, the interleaved decoder tuning)."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 
 def lora_config(config: Any, rank: int | None = None):
@@ -83,3 +86,34 @@ def compact_lora(weights: dict[str, Any], adapter: str, rank: int, scale: float 
         out[name_a] = factor_a.to(a.dtype).contiguous()
         out[name_b] = factor_b.to(b.dtype).contiguous()
     return out, (kept / total if total > 0 else 1.0)
+
+
+LORA_ADAPTERS = (("default", "lora_r", "lora_alpha"), ("decoder", "decoder_lora_r", None))  # decoder: alpha = rank
+
+
+def shrink_adapters(weights: dict[str, Any], saved: dict[str, Any], config: Any, source: str = "weights"):
+    """Saved LoRA adapters refactored to ``config``'s lower ranks where it asks for less than was saved (e.g. a last
+    recipe stage ``model: {lora_r: 8}`` after rank-16 stages): each update is replaced by its best approximation at
+    the new rank (:func:`compact_lora`), its scale folded in, so training continues from
+    nearly the same compressor with fewer parameters. Other cases are left to ``SoftCompressor.load_trainable``'s checks.
+    Returns the weights and, per adapter cut, ``(old rank, new rank, share of the updates' energy kept)``."""
+    cuts = {}
+    for adapter, rank_field, alpha_field in LORA_ADAPTERS:
+        old, new = int(saved.get(rank_field, 0) or 0), int(getattr(config, rank_field, 0) or 0)
+        if not 0 < new < old:
+            continue
+        old_scale = float(saved.get(alpha_field, old)) / old if alpha_field else 1.0
+        new_scale = float(getattr(config, alpha_field)) / new if alpha_field else 1.0
+        weights, kept = compact_lora(weights, adapter, new, old_scale / new_scale)
+        cuts[adapter] = (old, new, kept)
+        logger.info("%s: LoRA adapter %r cut from rank %d to %d (%.2f%% of its updates' energy kept)",
+                    source, adapter, old, new, 100 * kept)
+    return weights, cuts
+
+
+def added_adapters(saved: dict[str, Any], config: Any) -> tuple[str, ...]:
+    """Name tags (``".decoder."``) of the adapters ``config`` asks for that the saved compressor lacks: they keep
+    their fresh initialisation, and as LoRA's B starts at zero the continued compressor starts exactly where the saved
+    one stopped (a decoder adapter added by a later recipe stage)."""
+    return tuple(f".{adapter}." for adapter, rank_field, _ in LORA_ADAPTERS
+                 if not int(saved.get(rank_field, 0) or 0) and int(getattr(config, rank_field, 0) or 0) > 0)

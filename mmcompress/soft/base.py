@@ -25,7 +25,6 @@ ICAE's [LM]/[FT] tokens) or :meth:`generate` itself. A query-guided method sets 
 from __future__ import annotations
 
 import json
-import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,8 +35,6 @@ from ..compressor import Compressor, CompressorConfig, Timings, batch_list
 from ..errors import ConfigError, InvalidPromptError
 from ..prompt import ImageSegment, Prompt, TextSegment
 from ..results import SoftPrompt, SoftSegment
-
-logger = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "trainable.safetensors"
 CONFIG_FILE = "mmcompress_config.json"  # the same name factory.create_compressor looks for
@@ -394,6 +391,7 @@ class SoftCompressor(Compressor):
     def from_pretrained(cls, path: str | Path, **overrides: Any):
         """Load a compressor saved by :meth:`save_pretrained` (``model=`` may override the base model)."""
         from ..factory import load_saved_weights, read_saved_meta
+        from ..models.lora import added_adapters, shrink_adapters
 
         path = Path(path)
         meta = read_saved_meta(path, CONFIG_FILE)
@@ -413,11 +411,7 @@ class SoftCompressor(Compressor):
         config = cls.config_class.from_dict(fields)
         compressor = cls(config, model=model_obj, tokenizer=tokenizer) if model_obj is not None else cls(config)
         weights, _ = shrink_adapters(load_saved_weights(path / WEIGHTS_FILE), meta["config"], config, str(path))
-        # a decoder adapter asked for on top of a compressor saved without one starts fresh: LoRA's B is zero, so
-        # the continued compressor starts exactly where the saved one stopped
-        adds_decoder = (not int(meta["config"].get("decoder_lora_r", 0) or 0)
-                        and int(getattr(config, "decoder_lora_r", 0) or 0) > 0)
-        compressor.load_trainable(weights, source=str(path), fresh=(".decoder.",) if adds_decoder else ())
+        compressor.load_trainable(weights, source=str(path), fresh=added_adapters(meta["config"], config))
         return compressor
 
     def load_trainable(self, weights: dict[str, Any], source: str = "weights", fresh: Sequence[str] = ()) -> None:
@@ -436,31 +430,6 @@ class SoftCompressor(Compressor):
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-LORA_ADAPTERS = (("default", "lora_r", "lora_alpha"), ("decoder", "decoder_lora_r", None))  # decoder: alpha = rank
-
-
-def shrink_adapters(weights: dict[str, Any], saved: dict[str, Any], config: Any, source: str = "weights"):
-    """Saved LoRA adapters refactored to ``config``'s lower ranks where it asks for less than was saved (e.g. a last
-    recipe stage ``model: {lora_r: 8}`` after rank-16 stages): each update is replaced by its best approximation at
-    the new rank (:func:`~mmcompress.models.lora.compact_lora`), its scale folded in, so training continues from
-    nearly the same compressor with fewer parameters. Other cases are left to :meth:`load_trainable`'s checks.
-    Returns the weights and, per adapter cut, ``(old rank, new rank, share of the updates' energy kept)``."""
-    from ..models.lora import compact_lora
-
-    cuts = {}
-    for adapter, rank_field, alpha_field in LORA_ADAPTERS:
-        old, new = int(saved.get(rank_field, 0) or 0), int(getattr(config, rank_field, 0) or 0)
-        if not 0 < new < old:
-            continue
-        old_scale = float(saved.get(alpha_field, old)) / old if alpha_field else 1.0
-        new_scale = float(getattr(config, alpha_field)) / new if alpha_field else 1.0
-        weights, kept = compact_lora(weights, adapter, new, old_scale / new_scale)
-        cuts[adapter] = (old, new, kept)
-        logger.info("%s: LoRA adapter %r cut from rank %d to %d (%.2f%% of its updates' energy kept)",
-                    source, adapter, old, new, 100 * kept)
-    return weights, cuts
-
-
 def load_private_model(name: str, device: str = "auto", dtype: Any = "auto",
                        model_kwargs: dict[str, Any] | None = None):
     """A fresh copy of a causal LM (not the process-wide cached one) and its tokenizer."""
