@@ -18,8 +18,8 @@ whole prompt (batched, LM head included), and for llmlingua2 its own token class
 Per side: the median and the min over rounds of the seconds summed over prompts, wall clock and CPU time of the
 process (the CPU time is what the side itself computed, whatever else runs). Ratios per round (ours / floor,
 peer / ours), reported as median [min, max]. The agreement column compares ours with the peer's output on the same
-prompt (``../shared/peer/agreement.py``; the default ``first_pass="window"`` is not the reference's exact pass,
-``llmlingua_parity.py`` measures both). Writes benchmarks/results/hard_speed.{json,md}. CPU targets (issue 23):
+prompt (``../shared/peer/agreement.py``; the defaults ``first_pass="ranking"`` / ``"window"`` are not the reference's
+exact pass, ``first_pass="full"`` is; ``llmlingua_parity.py`` measures them). Writes benchmarks/results/hard_speed.{json,md}. CPU targets (issue 23):
 llmlingua <= 1.6x the floor and longllmlingua <= 2.0x, both >= 1.2x faster than the peer; selective_context and
 llmlingua2 <= 1.3x.
 """

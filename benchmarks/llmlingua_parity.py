@@ -4,7 +4,7 @@ Compresses the rows of ``../shared/peer/golden_multidoc_dev.jsonl`` (their docum
 ``../shared/data/multidoc_qa_dev.jsonl``) with the three settings the golden file records, writes our outputs in
 the golden file's format, and scores them with ``../shared/peer/agreement.py --tokenizer <SmolLM2 folder>``.
 
-    PYTHONPATH=. python benchmarks/llmlingua_parity.py [--limit 30] [--first-pass window|full]
+    PYTHONPATH=. python benchmarks/llmlingua_parity.py [--limit 30] [--first-pass window|full|ranking]
 
 Writes benchmarks/results/llmlingua_parity.{json,md} and the outputs to benchmarks/results/llmlingua_parity_ours.jsonl.
 Targets (issue 3): llmlingua and llmlingua_tokens >= 0.95, longllmlingua >= 0.90.
@@ -77,7 +77,7 @@ def run_agreement(golden: Path, ours: Path, tokenizer_dir: str) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--limit", type=int, default=30, help="golden rows to compare (the file has 30)")
-    ap.add_argument("--first-pass", choices=["window", "full"], default=None,
+    ap.add_argument("--first-pass", choices=["window", "full", "ranking"], default=None,
                     help="override the token-level first pass (default: each method's default)")
     ap.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated golden settings to run")
     ap.add_argument("--out", default=str(RESULTS / "llmlingua_parity"), help="output path without extension")

@@ -23,7 +23,8 @@ PAGE = ROOT / "docs" / "results.md"
 CURRENT: list[tuple[str, str, list[str]]] = [
     ("Hard methods", "hard.md", ["hard_speed", "hard_speed_llmlingua2", "hard_profile", "ranking_padding",
                                  "llmlingua_parity_full", "llmlingua_parity_full_longllmlingua",
-                                 "llmlingua_parity_window", "llmlingua_long", "llmlingua2_vs_teacher",
+                                 "llmlingua_parity_window", "llmlingua_parity_ranking", "llmlingua_long",
+                                 "llmlingua2_vs_teacher",
                                  "llmlingua2_vs_longllmlingua",
                                  "multidoc20_scorers/multidoc_quality_reader"]),
     ("QA quality and the equal-budget benchmark", "evaluation.md",

@@ -105,7 +105,7 @@ def test_llmlingua_budget_ranks_are_per_segment_so_a_trim_takes_every_document_a
     """LongLLMLingua keeps more of the documents it ranks first, so their kept tokens carry lower raw scores; the
     budget check's ranks are within each segment, so trimming the lowest ranks takes about the same share of every
     document instead of the top one's tokens first. Unscored (inf) tokens rank last, dropped tokens are untouched."""
-    from mmcompress.hard.llmlingua import rank_within_segment
+    from mmcompress.budget import rank_within_segment
 
     top_doc = np.array([0.1, 0.2, 0.3, 0.4, np.inf, 5.0])  # generous: low scores kept
     other = np.array([5.0, 6.0, 7.0, 8.0, 0.5, 9.0])       # strict: only high scores kept

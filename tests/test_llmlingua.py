@@ -273,6 +273,60 @@ def test_batch_matches_one_by_one(tiny_lm):
             assert b.text == c.compress(p, rate=0.5).text
 
 
+def test_ranking_first_pass_takes_the_rankings_scores_and_saves_the_first_window(tiny_lm, monkeypatch):
+    """first_pass="ranking": ITPC starts from each kept document's own scores from the ranking (as a full first pass
+    would, without the documents before it) and feeds nothing for the first window; elsewhere it runs as "window"."""
+    model, tokenizer = tiny_lm
+    seen = []
+    run = IterativeCompressor.run
+
+    def spy(self, ids, start, plan, **kw):
+        seen.append((self.first_pass, ids, kw.get("initial")))
+        return run(self, ids, start, plan, **kw)
+
+    monkeypatch.setattr(IterativeCompressor, "run", spy)
+    prompt = Prompt.from_documents(DOCS, question=QUESTION)
+    fed = {}
+    for first_pass in ("ranking", "window", "full"):
+        res = make("llmlingua", tiny_lm, first_pass=first_pass).compress(prompt, rate=0.5)
+        fed[first_pass] = res.extras["forward_tokens"]
+    mode, ids, initial = seen[0]
+    assert mode == "full" and initial is not None and initial[1] is None
+    own = initial[0]
+    kept = [DOCS[i] for i in res.extras["ranking"]["kept_documents"]]
+    assert len(kept) > 1
+    cursor = 0
+    for k, doc in enumerate(kept):  # each kept document's own scores, where it sits in the joined context
+        doc_ids = _ids(tokenizer, doc)
+        assert np.array_equal(ids[cursor : cursor + len(doc_ids)], doc_ids)
+        assert np.isnan(own[cursor])
+        np.testing.assert_allclose(own[cursor + 1 : cursor + len(doc_ids)], own_nll(model, doc_ids), atol=1e-4)
+        cursor += len(doc_ids) + len(_ids(tokenizer, "\n\n")) * (k < len(kept) - 1)
+    assert cursor == len(ids)
+    # the full pass scores the first document alike (the first window's decisions); unlike it, nothing extra is fed
+    full_initial = seen[2][2]
+    first = len(_ids(tokenizer, kept[0]))
+    np.testing.assert_allclose(own[1:first], full_initial[0][1:first], atol=1e-4)
+    assert fed["ranking"] < fed["window"]
+    # a question-conditioned ranking (LongLLMLingua's) scores no document token on its own: "window" runs
+    seen.clear()
+    make("llmlingua", tiny_lm, first_pass="ranking", rank_condition="after").compress(prompt, rate=0.5)
+    assert seen[0][0] == "window" and seen[0][2] is None
+    with pytest.raises(ConfigError, match="first_pass"):
+        make("llmlingua", tiny_lm, first_pass="half")
+
+
+def test_without_strict_budget_the_target_is_the_references(tiny_lm):
+    """strict_budget=False plans the reference's target: rate x the segments' own tokens (llmlingua 0.2.2 counts
+    instruction, documents and question apart, no separators); the strict default takes the separators out too."""
+    prompt = Prompt.from_documents(DOCS, instruction="Answer the question using the documents.", question=QUESTION)
+    loose = make("llmlingua", tiny_lm, strict_budget=False).prepare(prompt, rate=0.4)
+    strict = make("llmlingua", tiny_lm).prepare(prompt, rate=0.4)
+    assert loose.plan.total_tokens == sum(loose.costs) and loose.plan.target_tokens == int(0.4 * sum(loose.costs))
+    separators = strict.plan.total_tokens - sum(strict.costs)
+    assert separators > 0 and strict.plan.pooled_target < loose.plan.pooled_target
+
+
 def test_sentence_filter_keeps_whole_sentences(tiny_lm):
     c = make("llmlingua", tiny_lm, sentence_filter=True, token_filter=False, context_filter=False,
              keep_first_sentence=1)
@@ -367,12 +421,16 @@ def test_budget_trim_takes_the_lowest_ranked_documents_first(tiny_lm):
     docs = [d + " " + d for d in DOCS]
     kw = dict(context_budget="*100", dynamic_ratio=0.4)
     touched_best = False
+    c = make("longllmlingua", tiny_lm, **kw)
     for rate in (0.4, 0.45, 0.5):
-        loose = make("longllmlingua", tiny_lm, strict_budget=False, **kw).compress(docs, question=QUESTION, rate=rate)
-        order = loose.extras["ranking"]["order"]
-        strict = make("longllmlingua", tiny_lm, **kw).compress(docs, question=QUESTION, rate=rate)
-        assert strict.compressed_tokens <= int(rate * strict.origin_tokens) < loose.compressed_tokens
-        lost = [int(loose.selections[i].kept.sum() - strict.selections[i].kept.sum()) for i in order]
+        request = c.prepare(docs, question=QUESTION, rate=rate)
+        own = c.compress_segments(request)  # the method's own selection under the same plan, before the check
+        order = request.extras["ranking"]["order"]
+        strict = c.compress(docs, question=QUESTION, rate=rate)
+        untrimmed = c.count_tokens([c._assemble(request, own)[0].text])[0]
+        assert strict.compressed_tokens <= int(rate * strict.origin_tokens) < untrimmed
+        loose = [o.selection for o in own]
+        lost = [int(loose[i].kept.sum() - strict.selections[i].kept.sum()) for i in order]
         left = [int(strict.selections[i].kept.sum()) for i in order]
         assert lost[0] == 0 and sum(lost) > 0
         for r in range(len(order)):
@@ -380,7 +438,7 @@ def test_budget_trim_takes_the_lowest_ranked_documents_first(tiny_lm):
                 assert all(n == 0 for n in left[r + 1 :]), (rate, lost, left)
         share = make("longllmlingua", tiny_lm, budget_trim="share", **kw).compress(docs, question=QUESTION, rate=rate)
         assert share.compressed_tokens <= int(rate * share.origin_tokens)
-        touched_best |= share.selections[order[0]].kept.sum() < loose.selections[order[0]].kept.sum()
+        touched_best |= share.selections[order[0]].kept.sum() < loose[order[0]].kept.sum()
     assert touched_best
     with pytest.raises(ConfigError, match="budget_trim"):
         make("longllmlingua", tiny_lm, budget_trim="random")

@@ -200,8 +200,10 @@ class HardCompressor(Compressor):
             text_indices = [i for i, s in enumerate(prompt.segments) if isinstance(s, TextSegment)]
             segments = [prompt.segments[i] for i in text_indices]
             costs = self.count_tokens([s.text for s in segments])
-            # the separators between segments cost tokens too (the rendered prompt is what is counted)
-            overhead = self.count_tokens([prompt.text])[0] - sum(costs) if len(prompt.segments) > 1 else 0
+            # the separators between segments cost tokens too (the rendered prompt is what is counted); without
+            # strict_budget the target is the reference's, which counts the segments alone
+            overhead = (self.count_tokens([prompt.text])[0] - sum(costs)
+                        if len(prompt.segments) > 1 and self.config.strict_budget else 0)
             plan = plan_budget(costs, [s.policy for s in segments], [s.rate for s in segments],
                                rate=rate, target_tokens=target_tokens, overhead=overhead)
         return Request(prompt, plan, text_indices, costs, timings)

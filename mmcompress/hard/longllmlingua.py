@@ -38,6 +38,7 @@ class LongLLMLinguaConfig(LLMLinguaConfig):
     condition_compare: bool = True
     reorder: str = "sort"
     dynamic_ratio: float = 0.3
+    first_pass: str = "window"  # the question-conditioned ranking scores no document token on its own
 
 
 @register_compressor("longllmlingua")

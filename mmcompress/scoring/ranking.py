@@ -100,6 +100,23 @@ def rank_many(
     return out
 
 
+def losses_in_context(ranking: Ranking, used: Sequence[int], spans: Sequence[tuple[int, int]],
+                      offsets: np.ndarray) -> np.ndarray | None:
+    """Own-token losses of the documents ``used`` (in that order), as ``ranking`` scored each alone, placed over the
+    tokens of the text that joins them (``spans``: each document's characters there; ``offsets``: its tokens'), NaN
+    elsewhere (separators, each document's first token). None if a document's tokens there are not the ones it was
+    scored with alone (a count that differs, e.g. a BOS the ranking added)."""
+    own = np.full(len(offsets), np.nan, np.float32)
+    starts = np.asarray(offsets)[:, 0]
+    for (s, e), d in zip(spans, used):
+        positions = np.flatnonzero((starts >= s) & (starts < e))
+        losses = ranking.token_losses[d]
+        if len(positions) != len(losses):
+            return None
+        own[positions] = losses
+    return own
+
+
 def _own_losses(scorer: CausalLMScorer, ids: list[np.ndarray], score_from: Sequence[int] | None = None) -> list[np.ndarray]:
     """NLL of every token given the tokens before it (no start token; the first token is NaN). With ``score_from``,
     tokens before ``score_from[i]`` are context only: NaN, and no LM head is spent on them."""
