@@ -397,9 +397,8 @@ class LLMLingua(BatchedHardCompressor):
     def _ranking_losses(self, job: _Job) -> np.ndarray | None:
         """The ranking's own-token losses placed over ``job.ids`` (:func:`losses_in_context`); None where the ranking
         did not score each kept token on its own (a question-conditioned one, a question prefix, sentences dropped)."""
-        cfg = self.config
-        if (job.ranking is None or job.start or cfg.rank_condition != "none" or cfg.sentence_filter
-                or cfg.condition_compare or cfg.condition_tokens):
+        cfg = self.config  # a question prefix (condition_tokens / condition_compare) sets job.start
+        if job.ranking is None or job.start or cfg.rank_condition != "none" or cfg.sentence_filter:
             return None
         return losses_in_context(job.ranking, job.used, job.pieces, job.offsets)
 
