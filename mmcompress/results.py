@@ -164,7 +164,9 @@ class SoftSegment:
     and ``encoder_states`` ``[K, D]``, the span's encoder outputs that the decoder cross-attends to.
 
     ``origin_tokens`` counts the text the span replaces (in the compressor's tokenizer); ``chunks`` says how many
-    encoder chunks of at most ``chunk_tokens`` it was split into (multi-span).
+    encoder chunks of at most ``chunk_tokens`` it was split into (multi-span). ``chunk_layout`` (methods that encode
+    each chunk on its own: icae, kv, meanpool): ``(tokens, soft tokens)`` of each chunk in order, so a decoder can
+    read one chunk at a time (``reconstruct``); None when the span is one unit.
     """
 
     embeddings: Any = None
@@ -174,6 +176,7 @@ class SoftSegment:
     role: str = "context"
     text: str | None = None  # the original text (kept for reconstruction metrics; None when not wanted)
     encoder_states: Any = None  # encoder-decoder methods: the span's encoder outputs [K, D] (with kv)
+    chunk_layout: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         if (self.embeddings is None) == (self.kv is None):

@@ -13,6 +13,7 @@ from mmcompress.results import SoftPrompt, SoftSegment
 from mmcompress.soft.chunking import TASK_IDS, make_chunks, split_into_chunks
 from mmcompress.soft.icae import Icae
 from mmcompress.soft.kv import KvCompressor, shift_rotary_keys
+from mmcompress.soft.meanpool import MeanPoolCompressor
 from mmcompress.soft.losses import IGNORE, Example, collate, full_lm_loss, sliced_lm_loss
 from tiny_models import perturb
 
@@ -231,6 +232,57 @@ def test_icae_embeddings_view_and_bad_input(tiny_dir):
         build(Icae, tiny_dir, max_input_tokens=8).compress(DOC)
     with pytest.raises(ValueError, match="exactly one"):
         SoftSegment()
+
+
+# ------------------------------------------------------------------------------------------- reconstruction
+# icae reads a BOS before a span (so before its first chunk only): off here, so that every chunk reads as if alone
+LAYOUTS = [(Icae, {"encoder_bos": False}), (KvCompressor, {}), (KvCompressor, KvCompressor.config_class.MMCOMPRESS_VARIANT),
+           (MeanPoolCompressor, {"pool_ratio": 4}), (MeanPoolCompressor, {"pool_ratio": 4, "positions": "standard"})]
+
+
+def same_soft(a: SoftSegment, b: SoftSegment) -> bool:
+    if a.embeddings is not None:
+        return torch.allclose(a.embeddings, b.embeddings, atol=1e-5)
+    return all(torch.allclose(x[0], y[0], atol=1e-5) and torch.allclose(x[1], y[1], atol=1e-5)
+               for x, y in zip(a.kv, b.kv))
+
+
+@pytest.mark.parametrize("cls,kw", LAYOUTS, ids=["icae", "kv-500x", "kv-mmcompress", "meanpool", "meanpool-standard"])
+def test_reconstruct_reads_each_chunk_as_if_it_had_been_compressed_alone(cls, kw, tiny_dir):
+    """A span of 3 chunks: each chunk's part of the soft prompt, keys rotated back to position 0, is the soft prompt
+    of that chunk's text compressed alone, and ``reconstruct`` regenerates each chunk from it (the task the
+    autoencoder trains on) and joins them; ``per_chunk=False`` reads the whole span at once."""
+    c = build(cls, tiny_dir, **{k: v for k, v in kw.items() if k != "pool_ratio" or cls is MeanPoolCompressor})
+    perturb(c)
+    tok = c.tokenizer
+    ids = tok(" ".join([DOC, DOC2, DOC]), add_special_tokens=False)["input_ids"][:40]
+    own = split_into_chunks(ids, 16)  # 14, 14, 12 tokens
+    texts = [tok.decode(x) for x in [ids, *own]]
+    assert [tok(t, add_special_tokens=False)["input_ids"] for t in texts] == [ids, *own]
+    soft = c.compress(texts[0])
+    span = soft.items[0][0]
+    assert span.chunks == 3 and [n for n, _ in span.chunk_layout] == [14, 14, 12]
+    parts = c.chunk_segments(span)
+    alone = [c.compress(t) for t in texts[1:]]
+    assert len(parts) == 3 and all(same_soft(p, a.items[0][0]) for p, a in zip(parts, alone))
+    assert sum(p.num_tokens for p in parts) == span.num_tokens
+    assert c.reconstruct(soft) == ["".join(c.reconstruct(a)[0] for a in alone)]
+    assert c.reconstruct(soft, per_chunk=False) == c.generate(soft, task="ae")
+
+
+def test_reconstruct_joins_spans_and_leaves_kept_text_out(tiny_dir):
+    c = build(MeanPoolCompressor, tiny_dir)
+    perturb(c)
+    soft = c.compress(Prompt.from_documents([DOC, DOC2], instruction="Use the documents.", question="Which city?"))
+    assert [type(p) for p in soft.items[0]].count(SoftSegment) == 2
+    each = [c.reconstruct(c.compress(d))[0] for d in (DOC, DOC2)]
+    assert c.reconstruct(soft) == ["\n\n".join(each)]
+    # each chunk stops at its own length + 8 tokens, or earlier at max_new_tokens
+    short = c.compress("The river flows to the sea.")
+    assert short.items[0][0].chunks == 1
+    full, capped = c.reconstruct(short)[0], c.reconstruct(short, max_new_tokens=2)[0]
+    assert len(c.tokenizer(full, add_special_tokens=False)["input_ids"]) > 2 and full.startswith(capped)
+    assert len(c.tokenizer(capped, add_special_tokens=False)["input_ids"]) <= 2
 
 
 # ------------------------------------------------------------------------------------------------ save/load

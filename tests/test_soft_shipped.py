@@ -76,6 +76,27 @@ def test_shipped_weights_carry_held_out_windows(name):
     assert matched >= mismatched + 0.2
 
 
+def test_a_text_of_several_chunks_comes_back_chunk_by_chunk(shipped):
+    """A held-out text of 4 chunks: ``reconstruct`` decodes each chunk alone, as the autoencoder was trained, and
+    the text comes back near the one-window BLEU; the decoder reading all 4 chunks at once does not get it back
+    (benchmarks/soft_long_reconstruction.py measures both on more spans)."""
+    from conftest import shared_file
+
+    from mmcompress.evaluation.metrics import bleu4
+    from mmcompress.soft.tasks import documents, held_out_part, split_documents, windows
+
+    tok = shipped.tokenizer
+    _, held = split_documents(documents(str(shared_file("corpus_wiki_news.txt"))), 0.05)
+    span = windows(held_out_part(held, "validation"), tok, 4 * shipped.config.chunk_tokens)[0]
+    text = tok.decode(span)
+    soft = shipped.compress(text)
+    assert soft.items[0][0].chunks == 4 and soft.soft_tokens == [len(span) // 4]
+    each = bleu4([shipped.reconstruct(soft)[0].strip()], [text.strip()])
+    whole = bleu4([shipped.reconstruct(soft, per_chunk=False, max_new_tokens=len(span) + 8)[0].strip()], [text.strip()])
+    print(f"BLEU-4 each chunk alone {each:.3f}, whole span {whole:.3f}")
+    assert each >= 0.5 and each >= whole + 0.3
+
+
 def test_cli_and_hard_then_soft_pipeline(shipped, capsys):
     from mmcompress.cli import main
 

@@ -46,11 +46,13 @@ class ReconstructionReport:
 
 
 def evaluate_reconstruction(compressor: Any, texts: Sequence[str], *, batch_size: int = 8,
-                            max_new_tokens: int | None = None, tokenizer: Any = None) -> ReconstructionReport:
+                            max_new_tokens: int | None = None, tokenizer: Any = None,
+                            reconstruct_options: dict[str, Any] | None = None) -> ReconstructionReport:
     """Compress ``texts`` in batches, regenerate each from its soft prompt, and score against the input.
 
     ``max_new_tokens`` defaults to the longest input plus a margin, so a reconstruction is never cut short.
-    ``tokenizer`` (default: the compressor's) counts tokens for the positional accuracy.
+    ``tokenizer`` (default: the compressor's) counts tokens for the positional accuracy. ``reconstruct_options``
+    go to ``compressor.reconstruct`` (e.g. ``{"per_chunk": False}`` for the encoder methods).
     """
     texts = [t for t in texts if t.strip()]
     if not texts:
@@ -63,7 +65,7 @@ def evaluate_reconstruction(compressor: Any, texts: Sequence[str], *, batch_size
     for start in range(0, len(texts), batch_size):
         part = list(texts[start : start + batch_size])
         soft = compressor.compress_batch(part)
-        outputs += compressor.reconstruct(soft, max_new_tokens=limit)
+        outputs += compressor.reconstruct(soft, max_new_tokens=limit, **(reconstruct_options or {}))
         origin += soft.origin_total
         compressed += soft.compressed_total
     seconds = time.perf_counter() - t0

@@ -24,9 +24,15 @@ def lora_config(config: Any, rank: int | None = None):
 def add_lora(llm: nn.Module, config: Any):
     """Inject a trainable LoRA adapter into ``llm`` (in place; base weights frozen) and return the
     :class:`peft.PeftModel` around it. ``lora_targets``: "all-linear" or module names such as ``["q_proj"]``."""
+    import warnings
+
     from peft import get_peft_model
 
-    return get_peft_model(llm, lora_config(config))
+    with warnings.catch_warnings():
+        # peft reads transformers 5's deprecated ``is_gradient_checkpointing``: a FutureWarning on every load that
+        # the user can do nothing about
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(llm, lora_config(config))
 
 
 def add_second_adapter(peft_model: Any, name: str, config: Any, rank: int) -> None:

@@ -28,7 +28,8 @@ class Chunks:
     ``ids`` ``[N, L]``, ``mask`` ``[N, L]``; ``span`` ``[N]`` says which span (input text) each chunk belongs to and
     ``index`` ``[N]`` its position within that span; ``spans`` is the number of spans, ``lengths`` the token count
     of each span. ``pool_mask`` ``[N, L]`` (question-aware encoders): the chunk's own tokens, after the question the
-    encoder reads before them; None when every real token is the chunk's.
+    encoder reads before them; None when every real token is the chunk's. ``sizes`` ``[N]``: each chunk's own token
+    count (None when the batch was not built by :func:`make_chunks`, e.g. in training).
     """
 
     ids: torch.Tensor
@@ -37,11 +38,13 @@ class Chunks:
     index: torch.Tensor
     lengths: list[int]
     pool_mask: torch.Tensor | None = None
+    sizes: list[int] | None = None
 
     def rows(self, part: slice) -> Chunks:
         """The chunks ``part`` of this batch (span lengths unchanged)."""
         pool = None if self.pool_mask is None else self.pool_mask[part]
-        return Chunks(self.ids[part], self.mask[part], self.span[part], self.index[part], self.lengths, pool)
+        sizes = None if self.sizes is None else self.sizes[part]
+        return Chunks(self.ids[part], self.mask[part], self.span[part], self.index[part], self.lengths, pool, sizes)
 
     @property
     def own_mask(self) -> torch.Tensor:
@@ -77,7 +80,8 @@ def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: i
     if pad_to:
         for n, r in enumerate(rows):
             ids[n, : len(r)] = torch.tensor(r, dtype=torch.long)
-        return Chunks(ids, torch.ones_like(ids), torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids])
+        return Chunks(ids, torch.ones_like(ids), torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids],
+                      sizes=own)
     mask = torch.zeros(len(rows), width, dtype=torch.long)
     pool_mask = torch.zeros_like(mask) if prefixes is not None else None
     for n, (r, k) in enumerate(zip(rows, own)):
@@ -86,7 +90,17 @@ def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: i
             mask[n, width - len(r):] = 1
         if pool_mask is not None and k:
             pool_mask[n, width - k:] = 1
-    return Chunks(ids, mask, torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids], pool_mask)
+    return Chunks(ids, mask, torch.tensor(span), torch.tensor(index), [len(t) for t in token_ids], pool_mask, own)
+
+
+def span_layouts(chunks: Chunks, soft_counts: list[int]) -> list[tuple[tuple[int, int], ...]]:
+    """Per span, ``(tokens, soft tokens)`` of each of its chunks in order (``soft_counts``: one per chunk row), the
+    :attr:`~mmcompress.results.SoftSegment.chunk_layout` that lets a decoder read each chunk on its own."""
+    sizes = chunks.sizes if chunks.sizes is not None else [0] * len(soft_counts)
+    layouts: list[list[tuple[int, int]]] = [[] for _ in range(chunks.spans)]
+    for span, size, count in zip(chunks.span.tolist(), sizes, soft_counts):
+        layouts[span].append((int(size), int(count)))
+    return [tuple(layout) for layout in layouts]
 
 
 def gather_spans(per_chunk: torch.Tensor, chunks: Chunks) -> list[torch.Tensor]:

@@ -39,6 +39,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
 from ..models.lora import activate_adapter, add_lora, add_second_adapter
+from ..models.rotary import shift_keys
+from ..results import SoftPrompt, SoftSegment
 from .base import SoftConfig
 from .chunking import TASK_IDS, Chunks, gather_spans, make_chunks, split_into_chunks  # noqa: F401  (re-exported)
 
@@ -295,10 +297,72 @@ class SlotDecoding(QATemplate):
 
 
 class EncoderCompressor(SlotDecoding):
-    """Mixin of compressors built on :class:`SlotModel` (icae, kv): build, encode spans, markers, decoder mode."""
+    """Mixin of compressors built on :class:`SlotModel` (icae, kv): build, encode spans, markers, decoder mode, and
+    reconstruction chunk by chunk."""
 
     module_class: type[SlotModel] = SlotModel
     encode_batch_chunks = 64  # chunks per encoder forward when compressing
+    reconstruct_batch = 32  # chunks per generate() call when reconstructing
+    # kv-form spans: chunk c's keys are rotated to follow the chunks before it (False: every chunk starts at 0)
+    chunk_keys_follow = True
+
+    def chunk_segments(self, segment: SoftSegment) -> list[SoftSegment]:
+        """A span's encoder chunks as one-chunk segments, each laid out as if its chunk had been compressed alone
+        (keys rotated back to start at position 0): what one autoencoding example looks like in training."""
+        layout = segment.chunk_layout
+        if not layout or len(layout) == 1:
+            return [segment]
+        backbone = self.module.encoder.backbone
+        out, start = [], 0
+        for tokens, count in layout:
+            part = slice(start, start + count)
+            if segment.embeddings is not None:
+                form = {"embeddings": segment.embeddings[part]}
+            else:
+                shift = -start if self.chunk_keys_follow else 0
+                form = {"kv": tuple((shift_keys(backbone, k[None, :, part], shift, i)[0] if shift else k[:, part],
+                                     v[:, part]) for i, (k, v) in enumerate(segment.kv))}
+            out.append(SoftSegment(**form, origin_tokens=tokens, role=segment.role, chunk_layout=((tokens, count),)))
+            start += count
+        return out
+
+    def reconstruct(self, soft_prompts, *, per_chunk: bool = True, max_new_tokens: int | None = None,
+                    **generate_kwargs: Any) -> list[str]:
+        """Regenerate each prompt's compressed text (the autoencoding task), one string per prompt.
+
+        ``per_chunk`` (default): each encoder chunk is decoded on its own from its own soft tokens, which is the
+        task the autoencoder was trained on (one chunk per example), and the chunks' texts are joined (spans by a
+        blank line; kept text is not regenerated). Each chunk generates at most its own token count plus 8, and at
+        most ``max_new_tokens`` when given. ``per_chunk=False``: the decoder reads the whole prompt, kept text included,
+        at once (the base class's behaviour); beyond one chunk that is a task the autoencoder never saw, and a
+        long document comes back as a few garbled words.
+        """
+        from .base import _as_batch
+
+        if not per_chunk:
+            return super().reconstruct(soft_prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
+        soft = _as_batch(soft_prompts)
+        jobs: dict[int, list[tuple[list[str], int, SoftSegment]]] = {}  # limit -> (its span's texts, chunk, segment)
+        spans: list[list[list[str]]] = []  # prompt -> span -> chunk texts
+        for item in soft.items:
+            spans.append([])
+            for segment in (p for p in item if isinstance(p, SoftSegment)):
+                chunks = self.chunk_segments(segment)
+                texts = [""] * len(chunks)
+                spans[-1].append(texts)
+                for c, chunk in enumerate(chunks):
+                    own = chunk.origin_tokens + 8 if chunk.origin_tokens else 0
+                    limit = min(max_new_tokens, own or max_new_tokens) if max_new_tokens else own
+                    jobs.setdefault(limit, []).append((texts, c, chunk))
+        for limit, group in jobs.items():  # chunks of one length decode together
+            for lo in range(0, len(group), self.reconstruct_batch):
+                part = group[lo : lo + self.reconstruct_batch]
+                batch = SoftPrompt([[chunk] for *_, chunk in part], soft.method, [ch.origin_tokens for *_, ch in part],
+                                   [ch.num_tokens for *_, ch in part])
+                outputs = self.generate(batch, None, task="ae", max_new_tokens=limit or None, **generate_kwargs)
+                for (texts, c, _), text in zip(part, outputs):
+                    texts[c] = text
+        return ["\n\n".join("".join(chunks) for chunks in item) for item in spans]
 
     def build_module(self):
         return self.module_class(self.llm, self.config)
@@ -348,6 +412,7 @@ class EncoderCompressor(SlotDecoding):
         chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=pad_to, prefixes=prefixes)
         if self.config.encoder_bos:  # the texts' own tokens are what was compressed (origin_tokens), not the BOS
             chunks.lengths = [n - 1 for n in chunks.lengths]
+            chunks.sizes = [n - (i == 0) for n, i in zip(chunks.sizes, chunks.index.tolist())]
         outs = [module.compress_chunks(chunks.rows(part)) for part in span_batches(chunks, self.encode_batch_chunks)]
         return outs, chunks
 

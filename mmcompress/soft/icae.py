@@ -23,7 +23,7 @@ import torch
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import SoftCompressor, right_pad
-from .chunking import Chunks, gather_spans
+from .chunking import Chunks, gather_spans, span_layouts
 from .encoder import EncoderCompressor, EncoderConfig, SlotModel
 
 
@@ -95,5 +95,7 @@ class Icae(EncoderCompressor, SoftCompressor):
     def encode_spans(self, texts):
         outs, chunks = self.encode_chunks(texts)
         hidden = torch.cat(outs, 0)
-        return [SoftSegment(embeddings=h.detach(), origin_tokens=n, chunks=c, text=t)
-                for h, n, c, t in zip(gather_spans(hidden, chunks), chunks.lengths, chunks.chunks_per_span(), texts)]
+        layouts = span_layouts(chunks, [hidden.shape[1]] * hidden.shape[0])
+        return [SoftSegment(embeddings=h.detach(), origin_tokens=n, chunks=c, text=t, chunk_layout=lay)
+                for h, n, c, t, lay in zip(gather_spans(hidden, chunks), chunks.lengths, chunks.chunks_per_span(), texts,
+                                           layouts)]

@@ -38,7 +38,7 @@ from ..models.rotary import shift_keys
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import DecoderCache, SoftCompressor, _as_batch, _per_item, left_pad
-from .chunking import Chunks
+from .chunking import Chunks, span_layouts
 from .encoder import EncoderCompressor, EncoderConfig, SlotModel
 from .gist import stack_row_caches
 
@@ -107,6 +107,14 @@ def build_cache(model: Any, per_item: list[list[tuple[torch.Tensor, torch.Tensor
     return cache, mask, torch.tensor(lengths, device=ref.device)
 
 
+def kv_segments(per_span, chunks: Chunks, soft_counts: list[int], texts) -> list[SoftSegment]:
+    """Per-span, per-layer KV -> SoftSegments with their chunk layout (``soft_counts``: positions of each chunk)."""
+    return [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in item), origin_tokens=n, chunks=c, text=t,
+                        chunk_layout=layout)
+            for item, n, c, t, layout in zip(per_span, chunks.lengths, chunks.chunks_per_span(), texts,
+                                             span_layouts(chunks, soft_counts))]
+
+
 def shift_rotary_keys(keys: torch.Tensor, delta: int, backbone: Any, layer: int = 0) -> torch.Tensor:
     """Rotate post-RoPE keys ``[H, T, d]`` of ``layer`` by ``delta`` positions (R(p + delta) = R(delta) R(p)); the
     layer matters for models whose layer types have different rotary bases (Gemma 3)."""
@@ -168,8 +176,8 @@ class KvCompressor(EncoderCompressor, SoftCompressor):
     def encode_spans(self, texts):
         outs, chunks = self.encode_chunks(texts)
         layers = [(torch.cat([o[i][0] for o in outs]), torch.cat([o[i][1] for o in outs])) for i in range(len(outs[0]))]
-        return [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in item), origin_tokens=n, chunks=c, text=t)
-                for item, n, c, t in zip(spans_kv(layers, chunks), chunks.lengths, chunks.chunks_per_span(), texts)]
+        keys = layers[0][0]
+        return kv_segments(spans_kv(layers, chunks), chunks, [keys.shape[2]] * keys.shape[0], texts)
 
     # ------------------------------------------------------------------------------------------------ decode
     def prefix_kv(self, pieces) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -35,9 +35,8 @@ import torch
 from ..errors import ConfigError, InvalidPromptError
 from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..registry import register_compressor
-from ..results import SoftSegment
 from .encoder import Chunks, EncoderConfig
-from .kv import KvCompressor, KvModel
+from .kv import KvCompressor, KvModel, kv_segments
 from .losses import encoder_question_ids
 
 PER_CHUNK = list[list[tuple[torch.Tensor, torch.Tensor]]]  # per chunk, per layer (keys, values) [H, G, d]
@@ -176,6 +175,11 @@ class MeanPoolCompressor(KvCompressor):
     def reads_question(self) -> bool:
         return bool(self.config.question_aware)
 
+    @property
+    def chunk_keys_follow(self) -> bool:
+        # grouped positions place chunk c's groups after the earlier chunks'; standard ones start every chunk at 0
+        return self.config.positions == "grouped"
+
     def _coerce(self, prompt, question, instruction):
         prompt = super()._coerce(prompt, question, instruction)
         if self.reads_question and any(s.compressible for s in prompt.segments):  # checked before the model loads
@@ -196,5 +200,4 @@ class MeanPoolCompressor(KvCompressor):
         outs, chunks = self.encode_chunks(texts, prefixes)
         per_chunk = [row for part in outs for row in part]
         spans = self.module.per_span(per_chunk, chunks)
-        return [SoftSegment(kv=tuple((k.detach(), v.detach()) for k, v in item), origin_tokens=n, chunks=c, text=t)
-                for item, n, c, t in zip(spans, chunks.lengths, chunks.chunks_per_span(), texts)]
+        return kv_segments(spans, chunks, [row[0][0].shape[-2] for row in per_chunk], texts)
