@@ -56,10 +56,12 @@ LLAVA_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_pro
 # ---------------------------------------------------------------------------------------------- compressor
 @register_compressor("interleaved")
 class InterleavedCompressor(QATemplate, SoftCompressor):
-    """What the soft compressor (:class:`InterleavedSoftCompressor`, ``mode="soft"``) and the uncompressed reference
-    (:class:`InterleavedReference`, ``mode="full"``) share: the image path, the embedding and layout of a prompt,
-    batches, and saving / loading. ``InterleavedCompressor(...)`` (and ``create_compressor("interleaved")``) builds
-    the class of the config's ``mode``."""
+    """An interleaved image-text prompt as one shared set of soft tokens (``mode="soft"``), or uncompressed (``"full"``).
+
+    The base of the soft compressor (:class:`InterleavedSoftCompressor`) and the uncompressed reference
+    (:class:`InterleavedReference`): the image path, the embedding and layout of a prompt, batches, and saving /
+    loading. ``InterleavedCompressor(...)`` (and ``create_compressor("interleaved")``) builds the class of the
+    config's ``mode``."""
 
     family = "multimodal"
     config_class = InterleavedConfig
