@@ -21,7 +21,8 @@ PAGE = ROOT / "docs" / "results.md"
 
 # (section, docs page with the discussion, result stems relative to benchmarks/results)
 CURRENT: list[tuple[str, str, list[str]]] = [
-    ("Hard methods", "hard.md", ["hard_speed", "hard_speed_llmlingua2", "hard_profile", "ranking_padding",
+    ("Hard methods", "hard.md", ["hard_speed", "hard_speed_llmlingua2", "hard_profile", "reuse_prefix_check",
+                                 "ranking_padding",
                                  "llmlingua_parity_full", "llmlingua_parity_full_longllmlingua",
                                  "llmlingua_parity_window", "llmlingua_parity_ranking", "llmlingua_long",
                                  "llmlingua2_vs_teacher",

@@ -162,6 +162,33 @@ def test_batched_streams_score_as_the_two_streams_apart(tiny_lm, first_pass):
     assert np.array_equal(together.kept, apart.kept)
 
 
+@pytest.mark.parametrize("first_pass,alignment,docs", [("window", "next", 1), ("full", "next", 1),
+                                                       ("window", "token", 1), ("window", "next", 3)])
+def test_reused_prefix_scores_as_the_references_re_feed(tiny_lm, first_pass, alignment, docs):
+    """reuse_prefix: the tokens before a window's first drop stay cached instead of being re-fed; every score and
+    every kept token are the reference's re-feed's, with fewer tokens fed (most where a first document keeps all,
+    as LongLLMLingua's dynamic ratio gives the best-ranked one). With 3 more documents the prompt passes the tiny
+    model's window of 128, the cache evicts, and the steps before an eviction re-feed as the reference does."""
+    model, tokenizer = tiny_lm
+    prefix = _ids(tokenizer, QUESTION + "\n\n")
+    first, rest = _ids(tokenizer, DOCS[0]), _ids(tokenizer, " ".join(DOCS[1 : 1 + docs]))[: 40 if docs == 1 else None]
+    ids = np.concatenate([prefix, first, rest])
+    assert (len(ids) > 128) == (docs > 1)
+    plan = window_plan([len(first), len(rest) + 2], [1.0, 0.5], 16)
+    runs = {}
+    for reuse in (False, True):
+        runner = IterativeCompressor(CausalLMScorer(model, tokenizer), iterative_size=16, first_pass=first_pass,
+                                     alignment=alignment, reuse_prefix=reuse, compress_tail=True)
+        runs[reuse] = runner.run(ids, len(prefix), plan, compare=True)
+    reference, reused = runs[False], runs[True]
+    assert len(reference.windows) >= 4 and 0.3 < reference.kept[len(prefix) + len(first):].mean() < 0.9
+    assert np.array_equal(reused.kept, reference.kept)
+    np.testing.assert_allclose(reused.values, reference.values, atol=1e-4)
+    np.testing.assert_allclose(reused.self_values, reference.self_values, atol=1e-4)
+    # both streams skip the re-feed of (most of) the first document; with evictions only some steps do
+    assert reused.forward_tokens <= reference.forward_tokens - (2 * (len(first) - 32) if docs == 1 else 1)
+
+
 def test_long_input_keeps_the_cache_within_the_window(tiny_lm):
     model, tokenizer = tiny_lm
     ids = _ids(tokenizer, " ".join(DOCS * 12))

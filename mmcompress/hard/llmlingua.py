@@ -113,6 +113,7 @@ class LLMLinguaConfig(HardConfig):
     cache_sink: int = 10
     max_batch_tokens: int = 8192
     batch_streams: bool = False
+    reuse_prefix: bool = True  # tokens before a window's first drop stay cached, not re-fed (same scores; iterative.py)
     budget_trim: str = "document_rank"
 
     def __post_init__(self) -> None:
@@ -323,7 +324,8 @@ class LLMLingua(BatchedHardCompressor):
             runners = {mode: IterativeCompressor(self.scorer, iterative_size=cfg.iterative_size, sink=cfg.cache_sink,
                                                  first_pass=mode, alignment=cfg.alignment,
                                                  compress_tail=cfg.compress_tail, threshold_scope=cfg.threshold_scope,
-                                                 batch_streams=cfg.batch_streams) for mode in ("full", "window")}
+                                                 batch_streams=cfg.batch_streams, reuse_prefix=cfg.reuse_prefix)
+                   for mode in ("full", "window")}
         except ValueError as e:
             raise ConfigError(str(e)) from None
         runner = runners["window"]

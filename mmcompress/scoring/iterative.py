@@ -28,6 +28,16 @@ Faithful points (each matters for agreement with the reference, see ``benchmarks
 - ``compress_tail=False``: as in the reference, the last partial window (and any prompt shorter than one window) is
   never compressed, so short prompts miss the rate (llmlingua issue #196). ``True`` compresses it too.
 
+``reuse_prefix=True`` (the default) saves part of the reference's re-feed without changing a score. The reference
+keeps the cache up to the start of the window just decided and re-feeds that window's kept tokens with the next one,
+because dropping a token changes how every later token is scored. The tokens *before the window's first dropped
+token* keep their context, so a re-feed gives them the same keys, values and scores: they stay cached, and the
+re-feed starts at the token before the first drop (its score, the loss of the token after it, changes). Where
+LongLLMLingua's dynamic ratio gives the best-ranked document a keep-rate of 1 nothing there is dropped, and its
+token-level step feeds a fifth less (``benchmarks/reuse_prefix_check.py``: the same outputs on 10 golden rows).
+Before a step that evicts, the reference re-feeds after the eviction, and so does this. ``reuse_prefix=False`` feeds
+as the reference does.
+
 ``batch_streams=True`` (for GPUs, where a small model's forward pass is bound by kernel launches): from the
 second window on, the two contrastive streams feed the same tokens, so they go through the model as one batch of
 two rows, the second row's cache left-padded (masked) where the first holds the question. The scores are the same
@@ -126,7 +136,7 @@ class IterativeCompressor:
 
     def __init__(self, scorer: CausalLMScorer, *, iterative_size: int = 200, max_position: int | None = None,
                  sink: int = 10, first_pass: str = "window", alignment: str = "next", compress_tail: bool = False,
-                 threshold_scope: str = "prompt", batch_streams: bool = False):
+                 threshold_scope: str = "prompt", batch_streams: bool = False, reuse_prefix: bool = True):
         if first_pass not in ("full", "window"):
             raise ValueError(f"first_pass must be 'full' or 'window', got {first_pass!r}")
         if alignment not in ("next", "token"):
@@ -145,6 +155,7 @@ class IterativeCompressor:
             raise ValueError(f"threshold_scope must be 'prompt' or 'window', got {threshold_scope!r}")
         self.threshold_scope = threshold_scope
         self.batch_streams = bool(batch_streams)
+        self.reuse_prefix = bool(reuse_prefix)
 
     # ------------------------------------------------------------------------------------------------ model
     @torch.inference_mode()
@@ -258,16 +269,12 @@ class IterativeCompressor:
                     snll, scache = self._feed(ids[sfeed], scache)
                     result.forward_tokens += len(sfeed)
                     self._store(sval, sfeed, snll)
-            # keep the cache up to the start of this window (its kept part is re-fed with the next window)
+            # the reference keeps the cache up to the start of this window and re-feeds its kept part with the next one
             keep_upto = (stop - size) if step else start
             if self.alignment == "token":  # re-feed one more token so the window's first kept token is re-scored
                 keep_upto = max(0, keep_upto - 1)
-            if pair is not None:  # both rows end at the same position: the first stream's crop
-                pair, cached = _crop(pair, keep_upto, popped, start)
-                scached = cached
-            cache, cached = _crop(cache, keep_upto, popped, start) if pair is None else (None, cached)
-            if compare and pair is None:
-                scache, scached = _crop(scache, keep_upto, popped, start, offset=start)
+            fed_upto = stop + extra  # compressed positions [0, fed_upto) are in the cache (less any evicted)
+            first_drop = n  # the first position this step drops
             # ---- threshold and keep, sub-window by sub-window
             windows = plan[step] if step < len(plan) else [(size, plan[-1][-1][1])]
             step_lo = max(end - size, start)
@@ -321,8 +328,23 @@ class IterativeCompressor:
                                 last = ids[p]
                     kept[pos[~need]] = False
                     dropped = int((~need).sum())
+                    if dropped:
+                        first_drop = min(first_drop, int(pos[~need][0]))
                 comp = np.flatnonzero(kept)
                 end = b - dropped + size
+            if self.reuse_prefix and end + 1 - popped <= self.max_position:
+                # tokens before this step's first drop keep their context, so a re-feed would give them the same keys,
+                # values and scores: keep them cached and re-feed from the token before the first drop (whose score,
+                # the loss of the token after it, changes). Not when the next step evicts: the reference re-feeds them
+                # after the eviction, without the evicted tokens in their context.
+                same = int(np.searchsorted(comp, first_drop)) if first_drop < n else fed_upto
+                keep_upto = max(keep_upto, min(same, fed_upto) - 1)
+            if pair is not None:  # both rows end at the same position: the first stream's crop
+                pair, cached = _crop(pair, keep_upto, popped, start)
+                scached = cached
+            cache, cached = _crop(cache, keep_upto, popped, start) if pair is None else (None, cached)
+            if compare and pair is None:
+                scache, scached = _crop(scache, keep_upto, popped, start, offset=start)
             step += 1
             if tail:
                 break
