@@ -47,3 +47,11 @@ def shift_keys(model: Any, keys: torch.Tensor, delta: torch.Tensor | int, layer:
     sin = sin * delta.sign()[:, None, None].to(sin.dtype)  # a negative shift rotates backwards
     cos, sin = cos[:, None].to(keys.dtype), sin[:, None].to(keys.dtype)
     return (keys * cos + _rotate_half(keys) * sin) / scale  # cos/sin carry the scale; one rotation must not rescale
+
+
+def shift_rotary_keys(keys: torch.Tensor, delta: int, backbone: Any, layer: int = 0) -> torch.Tensor:
+    """Rotate post-RoPE keys ``[H, T, d]`` of ``layer`` by ``delta`` positions (R(p + delta) = R(delta) R(p)); the
+    layer matters for models whose layer types have different rotary bases (Gemma 3)."""
+    if delta == 0:
+        return keys
+    return shift_keys(backbone, keys[None], int(delta), layer)[0]

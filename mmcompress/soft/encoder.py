@@ -39,9 +39,9 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.compat import cache_kwargs, is_rotary, new_cache, output_cache
 from ..models.lora import activate_adapter, add_lora, add_second_adapter
-from ..models.rotary import shift_keys
+from ..models.rotary import shift_rotary_keys
 from ..results import SoftPrompt, SoftSegment
-from .base import SoftConfig
+from .base import SoftConfig, _as_batch
 from .chunking import TASK_IDS, Chunks, gather_spans, make_chunks, split_into_chunks  # noqa: F401  (re-exported)
 
 
@@ -320,8 +320,8 @@ class EncoderCompressor(SlotDecoding):
                 form = {"embeddings": segment.embeddings[part]}
             else:
                 shift = -start if self.chunk_keys_follow else 0
-                form = {"kv": tuple((shift_keys(backbone, k[None, :, part], shift, i)[0] if shift else k[:, part],
-                                     v[:, part]) for i, (k, v) in enumerate(segment.kv))}
+                form = {"kv": tuple((shift_rotary_keys(k[:, part], shift, backbone, i), v[:, part])
+                                    for i, (k, v) in enumerate(segment.kv))}
             out.append(SoftSegment(**form, origin_tokens=tokens, role=segment.role, chunk_layout=((tokens, count),)))
             start += count
         return out
@@ -337,8 +337,6 @@ class EncoderCompressor(SlotDecoding):
         at once (the base class's behaviour); beyond one chunk that is a task the autoencoder never saw, and a
         long document comes back as a few garbled words.
         """
-        from .base import _as_batch
-
         if not per_chunk:
             return super().reconstruct(soft_prompts, max_new_tokens=max_new_tokens, **generate_kwargs)
         soft = _as_batch(soft_prompts)

@@ -34,7 +34,7 @@ from einops import rearrange
 from ..errors import ConfigError, InvalidPromptError
 from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..models.decoding import extend_context
-from ..models.rotary import shift_keys
+from ..models.rotary import shift_rotary_keys
 from ..registry import register_compressor
 from ..results import SoftSegment
 from .base import DecoderCache, SoftCompressor, _as_batch, _per_item, left_pad
@@ -113,14 +113,6 @@ def kv_segments(per_span, chunks: Chunks, soft_counts: list[int], texts) -> list
                         chunk_layout=layout)
             for item, n, c, t, layout in zip(per_span, chunks.lengths, chunks.chunks_per_span(), texts,
                                              span_layouts(chunks, soft_counts))]
-
-
-def shift_rotary_keys(keys: torch.Tensor, delta: int, backbone: Any, layer: int = 0) -> torch.Tensor:
-    """Rotate post-RoPE keys ``[H, T, d]`` of ``layer`` by ``delta`` positions (R(p + delta) = R(delta) R(p)); the
-    layer matters for models whose layer types have different rotary bases (Gemma 3)."""
-    if delta == 0:
-        return keys
-    return shift_keys(backbone, keys[None], int(delta), layer)[0]
 
 
 class KvModel(SlotModel):
