@@ -45,6 +45,7 @@ CURRENT: list[tuple[str, str, list[str]]] = [
                                  "soft_design/compile_ab_compiled", "soft_design/compile_ab_eager",
                                  "soft_validation_4x", "soft_validation_4x_declora", "soft_validation_4x_r8", "soft_validation_4x_uncut",
                                  "soft_test_4x", "soft_long_reconstruction_validation", "soft_long_reconstruction",
+                                 "soft_long_reconstruction_spans_validation", "soft_squad_validation_spans_qa",
                                  "soft_test_4x_declora", "soft_test_2x", "soft_test_4x_qa", "soft_squad_validation",
                                  "soft_qa_templates", "soft_squad_validation_chat", "soft_squad_validation_chat_decoder",
                                  "soft_squad_test", "soft_eval_loss", "soft_slot_control", "soft_lm_prior",

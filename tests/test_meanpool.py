@@ -362,6 +362,33 @@ def test_qa_repeat_sets_the_share_of_qa_examples_in_the_training_mix(tiny_dir, t
         build_datasets({**data, "qa_repeat": 0}, tok, tok.eos_token_id)
 
 
+def test_span_tokens_add_autoencoding_spans_of_several_chunks_read_together(tiny_dir, tmp_path):
+    """``data.span_tokens`` adds autoencoding windows of those sizes (training and held out) next to the
+    ``context_tokens`` ones; the collate cuts each into encoder chunks that one decoder row reconstructs, and a bad
+    size is refused."""
+    from transformers import AutoTokenizer
+
+    from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([DOC * 6, DOC2 * 8, DOC * 4, DOC2 * 4]), encoding="utf-8")
+    data = {**DATA_DEFAULTS, "text": str(text), "context_tokens": 16, "eval_fraction": 0.5, "eval_split": "all"}
+    plain, _ = build_datasets(data, tok, tok.eos_token_id)
+    mixed, held = build_datasets({**data, "span_tokens": [32, 48]}, tok, tok.eos_token_id)
+    assert len(mixed.datasets) == 3 and len(mixed.datasets[0]) == len(plain)
+    assert {len(e.context) for e in mixed.datasets[1]} == {32} and {len(e.context) for e in mixed.datasets[2]} == {48}
+    assert all(e.task == "ae" and e.target == e.context + [tok.eos_token_id] for e in mixed.datasets[2])
+    assert {len(e.context) for e in held} == {16, 32, 48}
+    c = build(tiny_dir)  # chunk_tokens 16
+    batch = c.training_collate()([mixed.datasets[0][0], mixed.datasets[2][0]])
+    assert batch["chunk_span"].tolist() == [0, 1, 1, 1]  # the 48-token span is three chunks of one row
+    assert (batch["labels"][1] != -100).sum() == 49  # the decoder reconstructs all of it, then EOS
+    for bad in ([0], "64", [True]):
+        with pytest.raises(ConfigError, match="span_tokens"):
+            build_datasets({**data, "span_tokens": bad}, tok, tok.eos_token_id)
+
+
 def test_teacher_answers_replace_the_gold_answers_of_the_qa_training_rows_only(tiny_dir, tmp_path):
     """``data.qa_answers: teacher``: each QA training example's target is what the compressor's own decoder answers
     from the full context as text (greedy, the recipe's template); held-out rows keep their gold answers; the answers

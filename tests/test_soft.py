@@ -281,8 +281,9 @@ def test_reconstruct_joins_spans_and_leaves_kept_text_out(tiny_dir):
     short = c.compress("The river flows to the sea.")
     assert short.items[0][0].chunks == 1
     full, capped = c.reconstruct(short)[0], c.reconstruct(short, max_new_tokens=2)[0]
-    assert len(c.tokenizer(full, add_special_tokens=False)["input_ids"]) > 2 and full.startswith(capped)
-    assert len(c.tokenizer(capped, add_special_tokens=False)["input_ids"]) <= 2
+    # compared as generate()'s own 2-token output: the tiny model's byte tokens need not re-tokenize to 2 tokens
+    assert capped == c.generate(short, None, task="ae", max_new_tokens=2)[0]
+    assert full.startswith(capped) and len(full) > len(capped)
 
 
 # ------------------------------------------------------------------------------------------------ save/load

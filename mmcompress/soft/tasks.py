@@ -15,6 +15,9 @@ Recipe sections::
       eval_split: validation        # which part of them evaluation reads: validation (first half of the held-out
                                     # documents: model and setting choices), test (second half: reported once), all
       context_tokens: 128           # tokens compressed per example
+      span_tokens: []               # extra autoencoding windows of these sizes (e.g. [256]: four 64-token chunks),
+                                    # so the decoder learns to read several chunks' soft tokens together, as
+                                    # generate() gives them for a long context
       continuation_tokens: 0        # > 0: continuation examples predict this many following tokens
       lm_ratio: 0.0                 # fraction of continuation examples (ICAE: 0.4-0.6 once AE works)
       qa: null                      # SQuAD-style JSONL: adds QA examples ({context, question, answers})
@@ -50,8 +53,9 @@ from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, r
 
 QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
-DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128, "continuation_tokens": 0,
-                 "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain",
+DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128,
+                 "span_tokens": [], "continuation_tokens": 0, "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None,
+                 "qa_eval_fraction": 0.1, "qa_template": "plain",
                  "qa_repeat": 1, "qa_answers": "gold", "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
 
@@ -127,6 +131,15 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
                                  lm_skip_tokens=data["lm_skip_tokens"])
         train_parts.append(make(train_w, seed=data["seed"]))
         eval_parts.append(make(eval_w[: data["eval_examples"]], seed=data["seed"] + 1))
+        for span in span_sizes(data):
+            span_w = windows(train_docs, tokenizer, span)
+            if not span_w:
+                raise ConfigError(f"{data['text']} has no window of span_tokens={span} tokens to train on")
+            random.Random(data["seed"] + span).shuffle(span_w)
+            spans = functools.partial(PretrainDataset, context_tokens=span, continuation_tokens=0, lm_ratio=0.0,
+                                      eos_id=eos)
+            train_parts.append(spans(span_w, seed=data["seed"]))
+            eval_parts.append(spans(windows(eval_docs, tokenizer, span)[: data["eval_examples"]], seed=data["seed"] + 1))
     if data["qa"]:
         data = {**data, "qa_template": qa_template(data["qa_template"])}
         rows = read_jsonl(resolve_data_path(data["qa"]))
@@ -146,6 +159,15 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
         raise ConfigError("the recipe's data section needs 'text' (plain text) and/or 'qa' (JSONL)")
     cat = lambda parts: parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)  # noqa: E731
     return cat(train_parts), cat(eval_parts)
+
+
+def span_sizes(data: dict[str, Any]) -> list[int]:
+    """The recipe's ``span_tokens`` as a list of window sizes (one int or a list; each > 0)."""
+    spans = data.get("span_tokens") or []
+    spans = [spans] if isinstance(spans, int) else list(spans)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in spans):
+        raise ConfigError(f"span_tokens must be a positive int or a list of them, got {data.get('span_tokens')!r}")
+    return spans
 
 
 def qa_template(spec: str) -> str:
@@ -192,6 +214,7 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
         raise ConfigError(f"unknown data settings {unknown}; valid: {sorted(DATA_DEFAULTS)}")
     if data["qa_answers"] not in ("gold", "teacher"):  # checked before the model loads
         raise ConfigError(f"qa_answers must be gold or teacher, got {data['qa_answers']!r}")
+    span_sizes(data)
     fields = dict(recipe.get("model") or {})
     if recipe.get("init_from"):
         compressor = COMPRESSORS.get(method).from_pretrained(resolve_data_path(recipe["init_from"]), **fields)
