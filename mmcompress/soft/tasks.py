@@ -55,8 +55,8 @@ QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128,
                  "span_tokens": [], "continuation_tokens": 0, "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None,
-                 "qa_eval_fraction": 0.1, "qa_template": "plain",
-                 "qa_repeat": 1, "qa_answers": "gold", "eval_examples": 64, "max_train_examples": None, "seed": 0}
+                 "qa_eval_fraction": 0.1, "qa_template": "plain", "qa_repeat": 1, "qa_answers": "gold",
+                 "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
 
 def documents(path: str | Path) -> list[str]:
@@ -136,8 +136,7 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
             if not span_w:
                 raise ConfigError(f"{data['text']} has no window of span_tokens={span} tokens to train on")
             random.Random(data["seed"] + span).shuffle(span_w)
-            spans = functools.partial(PretrainDataset, context_tokens=span, continuation_tokens=0, lm_ratio=0.0,
-                                      eos_id=eos)
+            spans = functools.partial(make, context_tokens=span, continuation_tokens=0, lm_ratio=0.0)
             train_parts.append(spans(span_w, seed=data["seed"]))
             eval_parts.append(spans(windows(eval_docs, tokenizer, span)[: data["eval_examples"]], seed=data["seed"] + 1))
     if data["qa"]:
