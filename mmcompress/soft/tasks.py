@@ -77,10 +77,12 @@ def split_documents(docs: list[str], eval_fraction: float) -> tuple[list[str], l
 
 def windows(docs: list[str], tokenizer: Any, size: int) -> list[list[int]]:
     """Non-overlapping windows of ``size`` tokens within each document."""
-    out = []
-    for ids in tokenizer(docs, add_special_tokens=False)["input_ids"]:
-        out += [ids[i : i + size] for i in range(0, len(ids) - size + 1, size)]
-    return out
+    return cut_windows(tokenizer(docs, add_special_tokens=False)["input_ids"], size)
+
+
+def cut_windows(doc_ids: list[list[int]], size: int) -> list[list[int]]:
+    """Non-overlapping windows of ``size`` ids within each tokenized document."""
+    return [ids[i : i + size] for ids in doc_ids for i in range(0, len(ids) - size + 1, size)]
 
 
 EVAL_SPLITS = ("validation", "test", "all")
@@ -120,7 +122,9 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
     if data["text"]:
         train_docs, eval_docs = split_documents(documents(data["text"]), data["eval_fraction"])
         eval_docs = held_out_part(eval_docs, data["eval_split"])
-        train_w, eval_w = windows(train_docs, tokenizer, size), windows(eval_docs, tokenizer, size)
+        # tokenized once: every window size (context_tokens, span_tokens) is cut from the same ids
+        train_ids, eval_ids = (tokenizer(d, add_special_tokens=False)["input_ids"] for d in (train_docs, eval_docs))
+        train_w, eval_w = cut_windows(train_ids, size), cut_windows(eval_ids, size)
         if not train_w:
             raise ConfigError(f"{data['text']} has no window of {size} tokens to train on")
         random.Random(data["seed"]).shuffle(train_w)
@@ -132,13 +136,13 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
         train_parts.append(make(train_w, seed=data["seed"]))
         eval_parts.append(make(eval_w[: data["eval_examples"]], seed=data["seed"] + 1))
         for span in span_sizes(data):
-            span_w = windows(train_docs, tokenizer, span)
+            span_w = cut_windows(train_ids, span)
             if not span_w:
                 raise ConfigError(f"{data['text']} has no window of span_tokens={span} tokens to train on")
             random.Random(data["seed"] + span).shuffle(span_w)
             spans = functools.partial(make, context_tokens=span, continuation_tokens=0, lm_ratio=0.0)
             train_parts.append(spans(span_w, seed=data["seed"]))
-            eval_parts.append(spans(windows(eval_docs, tokenizer, span)[: data["eval_examples"]], seed=data["seed"] + 1))
+            eval_parts.append(spans(cut_windows(eval_ids, span)[: data["eval_examples"]], seed=data["seed"] + 1))
     if data["qa"]:
         data = {**data, "qa_template": qa_template(data["qa_template"])}
         rows = read_jsonl(resolve_data_path(data["qa"]))
