@@ -125,13 +125,12 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
     if data["text"]:
         train_docs, eval_docs = split_documents(documents(data["text"]), data["eval_fraction"])
         eval_docs = held_out_part(eval_docs, data["eval_split"])
-        # tokenized once: every window size (context_tokens, span_tokens) is cut from the same ids
-        train_ids, eval_ids = (tokenizer(d, add_special_tokens=False)["input_ids"] for d in (train_docs, eval_docs))
-        # the training windows' loss weights, cut like the ids (held-out windows are scored unweighted)
         weight = check_entity_weight(data)
-        train_weights = entity_weights(train_docs, tokenizer, weight) if weight != 1.0 else None
-        if train_weights is not None and [len(w) for w in train_weights] != [len(i) for i in train_ids]:
-            raise ConfigError("entity_weight: the tokenizer's offsets do not match its ids")
+        # tokenized once: every window size (context_tokens, span_tokens) is cut from the same ids, and the training
+        # windows' loss weights (entity_weight) from the same pass's character offsets; held-out windows are unweighted
+        encoded = tokenize(train_docs, tokenizer, offsets=weight != 1.0)
+        train_ids, eval_ids = encoded["input_ids"], tokenize(eval_docs, tokenizer)["input_ids"]
+        train_weights = entity_weights(train_docs, encoded["offset_mapping"], weight) if weight != 1.0 else None
 
         def shuffled(size: int, seed: int) -> tuple[list[list[int]], list[list[float]] | None]:
             ids = cut_windows(train_ids, size)
@@ -181,19 +180,23 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
     return cat(train_parts), cat(eval_parts)
 
 
-def entity_weights(docs: list[str], tokenizer: Any, weight: float) -> list[list[float]]:
-    """Per document, one loss weight per token (as ``tokenizer`` cuts it without special tokens): ``weight`` where
-    the token overlaps a named entity or number that spaCy finds, 1 elsewhere."""
+def tokenize(docs: list[str], tokenizer: Any, offsets: bool = False) -> dict[str, Any]:
+    """The documents' ids without special tokens, and each token's character span when ``offsets``."""
+    try:
+        return tokenizer(docs, add_special_tokens=False, return_offsets_mapping=offsets)
+    except NotImplementedError:  # slow (Python) tokenizers have no character offsets
+        raise ConfigError("entity_weight needs a fast tokenizer (one with character offsets)") from None
+
+
+def entity_weights(docs: list[str], offsets: list[list[tuple[int, int]]], weight: float) -> list[list[float]]:
+    """Per document, one loss weight per token (``offsets``: each token's character span): ``weight`` where the
+    token overlaps a named entity or number that spaCy finds, 1 elsewhere."""
     from ..text_units import entity_char_spans
 
     try:
         spans = entity_char_spans(docs)
     except RuntimeError as e:
         raise ConfigError(f"entity_weight: {e}") from None
-    try:
-        offsets = tokenizer(docs, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    except NotImplementedError:  # slow (Python) tokenizers have no character offsets
-        raise ConfigError("entity_weight needs a fast tokenizer (one with character offsets)") from None
     out = []
     for doc, doc_spans, doc_offsets in zip(docs, spans, offsets):
         marks = np.zeros(len(doc) + 1, dtype=np.int64)
