@@ -74,8 +74,8 @@ def main() -> None:
             picked = [h for h, k in zip(hits, kinds) if k == kind]
             row[f"survives_{kind}"] = sum(picked) / len(picked) if picked else None
             row[f"rows_{kind}"] = len(picked)
-        lost = [(g[0], o) for h, g, o in zip(hits, golds, report.outputs) if not h][:5]
-        row["lost_samples"] = [{"answer": a, "regenerated": o[:300]} for a, o in lost]
+        row["lost_samples"] = [{"answer": g[0], "regenerated": o[:300]}
+                               for h, g, o in zip(hits, golds, report.outputs) if not h][:5]
         if results:  # paired with the first compressor: rows where only one of the two keeps the answer
             first = results[0]["hits"]
             won, lost = (sum(bool(a and not b) for a, b in zip(x, y)) for x, y in ((hits, first), (first, hits)))

@@ -103,12 +103,6 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
         tail_mask[b, : len(t)] = 1
         start = len(fixed[b]) + len(e.prompt) + e.skip
         labels[b, start : len(t)] = torch.tensor(t[start:], dtype=torch.long)
-    if any(e.weights is not None for e in examples):
-        batch_weights = torch.ones(len(examples), width)
-        for b, e in enumerate(examples):
-            if e.weights is not None:
-                first = len(fixed[b]) + len(e.prompt)
-                batch_weights[b, first : first + len(e.target)] = torch.tensor(e.weights)
     batch = {"chunk_ids": chunks.ids, "chunk_mask": chunks.mask, "chunk_span": chunks.span,
              "chunk_index": chunks.index, "tail_ids": tail_ids, "tail_mask": tail_mask, "labels": labels,
              "task": torch.tensor([TASK_IDS[e.task] for e in examples], dtype=torch.long)}
@@ -116,8 +110,12 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
         batch["chunk_pool_mask"] = chunks.pool_mask
     if marker_ids is not None:
         batch["fixed_marker"] = torch.ones(len(examples), dtype=torch.bool)
-    if any(e.weights is not None for e in examples):
-        batch["label_weights"] = batch_weights
+    if any(e.weights is not None for e in examples):  # each target token's loss weight, 1 elsewhere
+        batch["label_weights"] = torch.ones(len(examples), width)
+        for b, e in enumerate(examples):
+            if e.weights is not None:
+                first = len(fixed[b]) + len(e.prompt)
+                batch["label_weights"][b, first : first + len(e.target)] = torch.tensor(e.weights)
     return batch
 
 

@@ -58,8 +58,8 @@ QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128,
                  "span_tokens": [], "entity_weight": 1.0, "continuation_tokens": 0, "lm_ratio": 0.0,
-                 "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain", "qa_repeat": 1, "qa_answers": "gold",
-                 "eval_examples": 64, "max_train_examples": None, "seed": 0}
+                 "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain", "qa_repeat": 1,
+                 "qa_answers": "gold", "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
 
 def documents(path: str | Path) -> list[str]:
