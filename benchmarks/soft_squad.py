@@ -8,6 +8,9 @@ compressed context keeps, and a paired comparison with no context (rows where on
 answer, exact McNemar p).
 
     PYTHONPATH=. python benchmarks/soft_squad.py --compressor soft-smollm2-4x --split validation
+    # settings after commas (YAML values), e.g. question-focused pooling next to uniform pooling:
+    PYTHONPATH=. python benchmarks/soft_squad.py --compressor soft-smollm2-4x \
+        --compressor soft-smollm2-4x,question_focus=0.5 --split validation
 """
 from __future__ import annotations
 
@@ -23,15 +26,32 @@ def held_out_rows(rows: list[dict], eval_fraction: float, split: str) -> list[di
     return held_out_part(rows[qa_cut(rows, eval_fraction):], split)
 
 
+def parse_settings(pairs: list[str]) -> dict:
+    """``["question_focus=0.5", ...]`` -> ``{"question_focus": 0.5, ...}`` (values read as YAML)."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: a compressor setting must be name=value, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--compressor", action="append", required=True, help="shipped name or saved folder (repeatable)")
+    ap.add_argument("--compressor", action="append", required=True,
+                    help="shipped name or saved folder, then optional ,setting=value pairs (repeatable)")
     ap.add_argument("--data", default="../shared/data/squad_dev.jsonl")
     ap.add_argument("--qa-eval-fraction", type=float, default=0.1, help="the held-out tail (as in the QA recipes)")
     ap.add_argument("--split", default="validation", choices=["validation", "test", "all"])
     ap.add_argument("--limit", type=int, default=0, help="first N rows of the split (0: all)")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--own-baselines", action="store_true",
+                    help="also read the full context and no context with each later compressor's own reader "
+                         "(decoder adapter, template) and report each soft row against them too")
     add_common_args(ap, "benchmarks/results/soft_squad")
     args = ap.parse_args()
     apply_common_args(args)
@@ -50,28 +70,53 @@ def main() -> None:
                 "ratio": report.ratio, "exact_match": report.exact_match, "f1": report.f1,
                 "contains": report.contains, "hits": report.contains_per_row, "answers": report.answers}
 
-    results = []
+    def read(compressor, condition: str, setting: str | None = None) -> dict:
+        kw = {"setting": setting} if setting else {}
+        result = row(condition, evaluate_soft_qa(compressor, rows, batch_size=args.batch_size,
+                                                 max_new_tokens=args.max_new_tokens, **kw))
+        print({k: v for k, v in result.items() if k not in ("hits", "answers")}, flush=True)
+        return result
+
+    results, baselines = [], {}  # reader (name, template) -> its (no context, full context) rows
     for i, spec in enumerate(args.compressor):
-        compressor = create_compressor(spec, device="cpu")
-        if i == 0:  # the reader baselines: the same frozen decoder, the context as text or absent
-            for setting in ("no_context", "full_context"):
-                results.append(row(setting.replace("_", " "), evaluate_soft_qa(
-                    compressor, rows, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, setting=setting)))
-                print({k: v for k, v in results[-1].items() if k not in ("hits", "answers")}, flush=True)
-        results.append(row(spec, evaluate_soft_qa(compressor, rows, batch_size=args.batch_size,
-                                                  max_new_tokens=args.max_new_tokens)))
-        print({k: v for k, v in results[-1].items() if k not in ("hits", "answers")}, flush=True)
+        name, *settings = spec.split(",")
+        settings = parse_settings(settings)
+        compressor = create_compressor(name, device="cpu", **settings)
+        reader = (name, settings.get("qa_template"))  # what reads the text (question_focus does not change it)
+        if i == 0 or (args.own_baselines and reader not in baselines):
+            # the reader baselines: the same decoder, the context as text or absent
+            suffix = "" if i == 0 else f", {name} reader"
+            baselines[reader] = [read(compressor, f"{s.replace('_', ' ')}{suffix}", s)
+                                 for s in ("no_context", "full_context")]
+            results += baselines[reader]
+        results.append(read(compressor, spec))
+        results[-1]["own"] = baselines.get(reader)
     none, full = results[0], results[1]
+
+    def paired(r: dict, none: dict) -> tuple[int, int, float]:
+        won = sum(a and not b for a, b in zip(r["hits"], none["hits"]))
+        lost = sum(b and not a for a, b in zip(r["hits"], none["hits"]))
+        return won, lost, mcnemar_exact(won, lost)
+
     for r in results:
         r["f1_of_full"] = r["f1"] / full["f1"] if full["f1"] else None
         r["contains_of_full"] = r["contains"] / full["contains"] if full["contains"] else None
-        won = sum(a and not b for a, b in zip(r["hits"], none["hits"]))
-        lost = sum(b and not a for a, b in zip(r["hits"], none["hits"]))
-        r.update({"won_vs_no_context": won, "lost_vs_no_context": lost, "mcnemar_p": mcnemar_exact(won, lost)})
+        r["won_vs_no_context"], r["lost_vs_no_context"], r["mcnemar_p"] = paired(r, none)
+        own = r.pop("own", None)
+        if args.own_baselines and own is not None:
+            own_none, own_full = own
+            r["f1_of_own_full"] = r["f1"] / own_full["f1"] if own_full["f1"] else None
+            r["contains_of_own_full"] = r["contains"] / own_full["contains"] if own_full["contains"] else None
+            r["won_vs_own_no_context"], r["lost_vs_own_no_context"], r["own_mcnemar_p"] = paired(r, own_none)
     write_results(args.out, f"Soft compressors on SQuAD ({args.split} part of the held-out tail, {len(rows)} rows)",
                   results, columns=["condition", "ratio", "exact_match", "f1", "contains", "f1_of_full",
-                                    "contains_of_full", "won_vs_no_context", "lost_vs_no_context", "mcnemar_p"],
+                                    "contains_of_full", "won_vs_no_context", "lost_vs_no_context", "mcnemar_p",
+                                    *(["f1_of_own_full", "contains_of_own_full", "won_vs_own_no_context",
+                                       "lost_vs_own_no_context", "own_mcnemar_p"] if args.own_baselines else [])],
                   notes="Reader: the compressor's own frozen decoder, greedy, the same QA prompt in every condition. "
+                        "of_full: against the first compressor's reader with the full context; of_own_full and "
+                        "own_no_context (with --own-baselines): against the same compressor's reader with the full "
+                        "context and with none. "
                         "won/lost: rows where only this condition's answer (or only no context's) contains a gold "
                         "answer; p: exact two-sided McNemar.")
 

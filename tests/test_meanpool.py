@@ -227,6 +227,10 @@ def test_recipe_qa_template_names_resolve_and_a_template_without_the_question_is
     assert qa_template("Q: {question} A:") == "Q: {question} A:"
     with pytest.raises(ConfigError, match="chatml"):
         qa_template("chat")
+    # a compressor's own setting takes the same names (it once read the name itself as the template)
+    assert create_compressor("meanpool", model="x", qa_template="chatml").config.qa_template == CHAT_QA_TEMPLATE
+    with pytest.raises(ConfigError, match="qa_template"):
+        create_compressor("meanpool", model="x", qa_template="chat")
 
 
 def test_chunks_of_a_span_are_encoded_in_one_pass_whatever_the_encoder_batch(tiny_dir):
@@ -426,6 +430,85 @@ def test_entity_weight_weighs_the_named_entity_tokens_of_the_text_windows(tiny_d
     for bad in (0, "3", True):
         with pytest.raises(ConfigError, match="entity_weight"):
             build_datasets({**data, "entity_weight": bad}, tok, tok.eos_token_id)
+
+
+def test_cloze_questions_blank_one_entity_of_their_window_and_answer_it_from_the_soft_prompt(tiny_dir, tmp_path):
+    """``data.cloze_tokens``: each cloze example compresses a whole training window, asks (through the recipe's QA
+    template) for the words that a quoted piece of that window leaves blank, and is trained on those words only;
+    the blanked words are a named entity or number of the window and do not appear in the question; each window
+    gives up to ``cloze_per_window`` questions on different entities; bad settings are refused."""
+    from transformers import AutoTokenizer
+
+    from mmcompress.soft.losses import CHAT_QA_TEMPLATE, ClozeDataset
+    from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
+    from mmcompress.text_units import spacy_available
+
+    if not spacy_available():
+        pytest.skip("spaCy's English model is not installed")
+    tok = AutoTokenizer.from_pretrained(str(tiny_dir))
+    doc = ("Barack Obama visited Paris in 2009 and met 300 people at the Louvre. They talked for a long time "
+           "about the weather and the food. ")
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([doc * 4, doc * 3, doc, doc]), encoding="utf-8")
+    data = {**DATA_DEFAULTS, "text": str(text), "context_tokens": 16, "eval_fraction": 0.5, "eval_split": "all",
+            "cloze_tokens": 32, "cloze_per_window": 2, "qa_template": "chatml"}
+    train, held = build_datasets(data, tok, tok.eos_token_id)
+    windows, cloze = train.datasets
+    assert not isinstance(windows, ClozeDataset) and isinstance(cloze, ClozeDataset)
+    assert len(cloze) >= 4
+    by_window: list[list] = []  # [context, answers]: a window's questions are consecutive
+    for e in cloze:
+        assert len(e.context) == 32 and e.task == "qa" and e.target[-1] == tok.eos_token_id
+        question = tok.decode(e.prompt)
+        assert question.startswith("<|im_start|>user\nWhich words fill the blank in") and " ___" in question
+        assert tok.decode(e.prompt) == CHAT_QA_TEMPLATE.format(question=question.split("\n")[1].split(" Answer")[0])
+        answer = tok.decode(e.target[:-1]).strip()
+        assert answer in {"Barack Obama", "Obama", "Paris", "2009", "300", "Louvre", "the Louvre"}, answer
+        assert answer in tok.decode(e.context) and answer not in question
+        if not by_window or by_window[-1][0] != e.context:
+            by_window.append([e.context, []])
+        by_window[-1][1].append(answer)
+    assert all(len(a) <= 2 and len(set(a)) == len(a) for _, a in by_window)
+    assert any(len(a) == 2 for _, a in by_window)
+    assert all(not isinstance(d, ClozeDataset) for d in getattr(held, "datasets", [held]))
+    c = build(tiny_dir)
+    batch = c.training_collate()([cloze[0]])
+    labelled = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert labelled == cloze[0].target  # only the answer (and EOS) is trained
+    for bad in ({"cloze_tokens": -1}, {"cloze_tokens": "192"}, {"cloze_per_window": 0},
+                {"text": None, "qa": None}):
+        with pytest.raises(ConfigError, match="cloze"):
+            build_datasets({**data, **bad}, tok, tok.eos_token_id)
+
+
+def test_cloze_dataset_blanks_runs_of_marked_tokens_with_words_before_them():
+    """Without spaCy: the runs of marked tokens are the candidate answers; a run needs 4 tokens before it in the
+    window, one after it, and at most 8 tokens, and the quoted surroundings are the 12 tokens before and the 6 after."""
+    from mmcompress.soft.losses import ClozeDataset, marked_runs
+
+    class Words:  # a tokenizer whose ids are word indexes (w1 is 1, new words get new ids)
+        eos_token_id = 0
+        vocab = ["<eos>"] + [f"w{i}" for i in range(1, 40)]
+
+        def decode(self, ids):
+            return " ".join(self.vocab[i] for i in ids)
+
+        def __call__(self, text, add_special_tokens=False):
+            self.vocab += [w for w in dict.fromkeys(text.split()) if w not in self.vocab]
+            return {"input_ids": [self.vocab.index(w) for w in text.split()]}
+
+    assert marked_runs([0, 1, 1, 0, 1]) == [(1, 3), (4, 5)]
+    window = list(range(1, 31))
+    marks = [False] * 30
+    for i in (2, 10, 11, 20, 29):  # too early (2), two tokens (10-11), one token (20), ending the window (29)
+        marks[i] = True
+    words = Words()
+    data = ClozeDataset([window], [marks], words, "{question}", per_window=5, seed=0)
+    answers = sorted(words.decode(e.target[:-1]) for e in data)
+    assert answers == ["w11 w12", "w21"]
+    question = {words.decode(e.target[:-1]): words.decode(e.prompt) for e in data}["w21"]
+    assert question.startswith("Which") and "w9 w10" in question and "w22 w23 w24 w25 w26 w27" in question
+    assert "w28" not in question and "w8 " not in question
 
 
 def test_loss_weights_make_the_loss_the_weighted_mean_over_the_labelled_tokens(tiny_dir):

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
@@ -48,3 +49,53 @@ def test_answer_survival_reads_the_chosen_rows_and_scores_their_regenerated_cont
     first, second = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert "won_vs_first" not in first and second["hits"] == first["hits"]
     assert (second["won_vs_first"], second["lost_vs_first"], second["mcnemar_p"]) == (0, 0, 1.0)
+
+
+def test_soft_squad_reads_settings_after_the_compressor_and_each_ones_own_full_context(tiny_dir, tmp_path,
+                                                                                       monkeypatch):
+    """``--compressor NAME,setting=value`` builds the compressor with those settings (here question-focused pooling
+    next to uniform pooling); ``--own-baselines`` reads the full context and no context once per reader (name and
+    template), and each soft row is reported against its own reader's baselines as well as the first one's."""
+    import soft_squad
+
+    from mmcompress.soft.focus import QuestionFocus
+    from mmcompress.soft.meanpool import MeanPoolCompressor
+
+    MeanPoolCompressor(model=str(tiny_dir), pool_ratio=4, chunk_tokens=16, lora_r=4, device="cpu",
+                       dtype="float32", max_new_tokens=3).save_pretrained(tmp_path / "c")
+    monkeypatch.setattr(QuestionFocus, "embed", lambda self, texts: torch.ones(len(texts), 2))  # no sentence model
+    rows = [{"context": f"Row {i} is here. The answer is blue {i}. Nothing else is said about it.",
+             "question": f"What is the answer of row {i}?", "answers": [f"blue {i}"]} for i in range(40)]
+    data = tmp_path / "qa.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    out = tmp_path / "squad"
+    c = str(tmp_path / "c")
+    monkeypatch.setattr(sys, "argv", ["soft_squad.py", "--compressor", c, "--compressor", f"{c},question_focus=0.5",
+                                      "--compressor", f"{c},qa_template=chatml", "--own-baselines",
+                                      "--data", str(data), "--split", "validation", "--threads", "1",
+                                      "--batch-size", "4", "--out", str(out)])
+    import mmcompress
+
+    seen, create = [], mmcompress.create_compressor  # the settings each compressor is built with
+
+    def spy(name, **settings):
+        seen.append(settings)
+        return create(name, **settings)
+
+    monkeypatch.setattr(mmcompress, "create_compressor", spy)
+    soft_squad.main()
+    assert [s.get("question_focus") for s in seen] == [None, 0.5, None]
+    result = [r["condition"] for r in json.loads(out.with_suffix(".json").read_text())["rows"]]
+    assert result == ["no context", "full context", c, f"{c},question_focus=0.5",
+                      f"no context, {c} reader", f"full context, {c} reader", f"{c},qa_template=chatml"]
+    by = {r["condition"]: r for r in json.loads(out.with_suffix(".json").read_text())["rows"]}
+    assert by[f"{c},question_focus=0.5"]["ratio"] == by[c]["ratio"]  # the same positions, spent unevenly
+    chat = by[f"{c},qa_template=chatml"]
+    own = by[f"full context, {c} reader"]
+    if own["f1"]:
+        assert chat["f1_of_own_full"] == chat["f1"] / own["f1"]
+    own_none = by[f"no context, {c} reader"]
+    assert chat["won_vs_own_no_context"] == sum(a and not b for a, b in zip(chat["hits"], own_none["hits"]))
+    monkeypatch.setattr(sys, "argv", ["soft_squad.py", "--compressor", f"{c},question_focus", "--data", str(data)])
+    with pytest.raises(SystemExit, match="error: a compressor setting must be name=value"):
+        soft_squad.main()

@@ -29,7 +29,8 @@ class Chunks:
     ``index`` ``[N]`` its position within that span; ``spans`` is the number of spans, ``lengths`` the token count
     of each span. ``pool_mask`` ``[N, L]`` (question-aware encoders): the chunk's own tokens, after the question the
     encoder reads before them; None when every real token is the chunk's. ``sizes`` ``[N]``: each chunk's own token
-    count (None when the batch was not built by :func:`make_chunks`, e.g. in training).
+    count (None when the batch was not built by :func:`make_chunks`, e.g. in training). ``groups`` ``[N, L]``
+    (mean-pooling with ``question_focus``): the pooling group of each own token, -1 elsewhere; None: uniform groups.
     """
 
     ids: torch.Tensor
@@ -39,12 +40,15 @@ class Chunks:
     lengths: list[int]
     pool_mask: torch.Tensor | None = None
     sizes: list[int] | None = None
+    groups: torch.Tensor | None = None
 
     def rows(self, part: slice) -> Chunks:
         """The chunks ``part`` of this batch (span lengths unchanged)."""
         pool = None if self.pool_mask is None else self.pool_mask[part]
         sizes = None if self.sizes is None else self.sizes[part]
-        return Chunks(self.ids[part], self.mask[part], self.span[part], self.index[part], self.lengths, pool, sizes)
+        groups = None if self.groups is None else self.groups[part]
+        return Chunks(self.ids[part], self.mask[part], self.span[part], self.index[part], self.lengths, pool, sizes,
+                      groups)
 
     @property
     def own_mask(self) -> torch.Tensor:

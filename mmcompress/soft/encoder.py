@@ -27,7 +27,7 @@ padding, and ``marker_ids``, fixed tokens in place of learned markers); publishe
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +44,7 @@ from ..models.rotary import shift_rotary_keys
 from ..results import SoftPrompt, SoftSegment
 from .base import SoftConfig, _as_batch
 from .chunking import TASK_IDS, Chunks, gather_spans, make_chunks, split_into_chunks  # noqa: F401  (re-exported)
+from .losses import qa_template
 
 
 PAD_TO_CHUNK = "chunk_tokens"  # pad_to: every chunk right-padded to chunk_tokens (500xCompressor's context_len)
@@ -78,6 +79,7 @@ class EncoderConfig(SoftConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.qa_template = qa_template(self.qa_template)  # a name (plain, chatml) or a literal with {question}
         if int(self.lora_r) < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if int(self.decoder_lora_r) < 0:
@@ -242,7 +244,7 @@ class SlotModel(nn.Module):
     def chunks_from_batch(self, batch: dict[str, Any]) -> Chunks:
         lengths = torch.bincount(batch["chunk_span"], minlength=batch["tail_ids"].shape[0]).tolist()
         return Chunks(batch["chunk_ids"], batch["chunk_mask"], batch["chunk_span"], batch["chunk_index"], lengths,
-                      batch.get("chunk_pool_mask"))
+                      batch.get("chunk_pool_mask"), groups=batch.get("chunk_groups"))
 
     def compress_chunks(self, chunks: Chunks):
         return self.encoder.encode(chunks, output=self.encoder_output, positions=self.positions)
@@ -414,18 +416,26 @@ class EncoderCompressor(SlotDecoding):
             collate, chunk_tokens=self.config.chunk_tokens,
             pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
             bos_id=tok.bos_token_id if self.config.encoder_bos else None, chunk_pad_id=chunk_pad, pad_to=pad_to,
-            marker_ids=self.config.fixed_markers(tok), question_aware=self.reads_question)
+            marker_ids=self.config.fixed_markers(tok), question_aware=self.encoder_reads_question)
 
-    def encode_chunks(self, texts: Sequence[str],
-                      prefixes: Sequence[Sequence[int]] | None = None) -> tuple[list[Any], Chunks]:
+    @property
+    def encoder_reads_question(self) -> bool:
+        """Whether the encoder reads the question before each chunk (not only uses it to lay out the chunk)."""
+        return self.reads_question
+
+    def encode_chunks(self, texts: Sequence[str], prefixes: Sequence[Sequence[int]] | None = None,
+                      layout: Callable[[Chunks], None] | None = None) -> tuple[list[Any], Chunks]:
         """Encode every chunk of every text (in batches of ``encode_batch_chunks``); per-chunk outputs + chunks.
-        ``prefixes``: ids read before each chunk of each text (a question-aware encoder's question)."""
+        ``prefixes``: ids read before each chunk of each text (a question-aware encoder's question). ``layout``:
+        called on the chunks before they are encoded (it may set their pooling ``groups``)."""
         module = self.module
         pad, pad_to = self.chunk_padding()
         chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=pad_to, prefixes=prefixes)
         if self.config.encoder_bos:  # the texts' own tokens are what was compressed (origin_tokens), not the BOS
             chunks.lengths = [n - 1 for n in chunks.lengths]
             chunks.sizes = [n - (i == 0) for n, i in zip(chunks.sizes, chunks.index.tolist())]
+        if layout is not None:
+            layout(chunks)
         outs = [module.compress_chunks(chunks.rows(part)) for part in span_batches(chunks, self.encode_batch_chunks)]
         return outs, chunks
 

@@ -75,11 +75,13 @@ class Example:
     skip: int = 0  # leading target tokens without loss (continuation)
     question: list[int] = field(default_factory=list)  # what a question-aware encoder reads before each chunk
     weights: list[float] | None = None  # loss weight of each target token (None: all 1)
+    focus: list[bool] | None = None  # question-focused pooling: the context tokens pooled at focus_ratio
+    focus_ratio: int = 1
 
 
 def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: int | None = None,
-            chunk_pad_id: int | None = None, pad_to: int = 0,
-            marker_ids: dict[str, list[int]] | None = None, question_aware: bool = False) -> dict[str, torch.Tensor]:
+            chunk_pad_id: int | None = None, pad_to: int = 0, marker_ids: dict[str, list[int]] | None = None,
+            question_aware: bool = False, pool_ratio: int = 0) -> dict[str, torch.Tensor]:
     """Batch examples: chunks for the encoder (left-padded, or right-padded to ``pad_to`` with ``chunk_pad_id``,
     attended; ``bos_id`` before each context), right-padded tails with labels for the decoder.
     ``question_aware``: each example's ``question`` ids are read before each of its chunks (``chunk_pool_mask``
@@ -87,7 +89,10 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
 
     ``marker_ids`` (fixed marker tokens per task, as :class:`~mmcompress.soft.encoder.EncoderConfig` resolves
     them): each tail starts with its task's tokens (no loss) and ``fixed_marker`` tells the model to leave out its
-    learned marker."""
+    learned marker.
+
+    ``pool_ratio`` (mean-pooling): examples with a ``focus`` get their question-focused pooling groups
+    (``chunk_groups``), the others uniform ones."""
     contexts = [([bos_id] if bos_id is not None else []) + e.context for e in examples]
     chunk_pad = pad_id if chunk_pad_id is None else chunk_pad_id
     chunks = make_chunks(contexts, chunk_tokens, chunk_pad, pad_to=pad_to,
@@ -108,6 +113,8 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
              "task": torch.tensor([TASK_IDS[e.task] for e in examples], dtype=torch.long)}
     if chunks.pool_mask is not None:
         batch["chunk_pool_mask"] = chunks.pool_mask
+    if pool_ratio and any(e.focus is not None for e in examples):
+        batch["chunk_groups"] = focus_groups(examples, chunks, pool_ratio, bos=bos_id is not None)
     if marker_ids is not None:
         batch["fixed_marker"] = torch.ones(len(examples), dtype=torch.bool)
     if any(e.weights is not None for e in examples):  # each target token's loss weight, 1 elsewhere
@@ -117,6 +124,22 @@ def collate(examples: list[Example], chunk_tokens: int, pad_id: int, *, bos_id: 
                 first = len(fixed[b]) + len(e.prompt)
                 batch["label_weights"][b, first : first + len(e.target)] = torch.tensor(e.weights)
     return batch
+
+
+def focus_groups(examples: list[Example], chunks: Any, pool_ratio: int, bos: bool) -> torch.Tensor:
+    """The ``[N, W]`` pooling groups of a batch's chunks: question-focused for examples with a ``focus``."""
+    from .focus import focused_groups, group_tensor
+
+    sizes: list[list[int]] = [[] for _ in examples]
+    for span, size in zip(chunks.span.tolist(), chunks.own_mask.sum(1).tolist()):
+        sizes[span].append(size)
+    layouts = []
+    for e, own in zip(examples, sizes):
+        layout = None
+        if e.focus is not None:
+            layout = focused_groups(([False] if bos else []) + list(e.focus), own, pool_ratio, e.focus_ratio)
+        layouts += layout if layout is not None else [None] * len(own)
+    return group_tensor(chunks.own_mask, pool_ratio, layouts)
 
 
 def text_windows(text: str, tokenizer: Any, window: int, stride: int | None = None) -> list[list[int]]:
@@ -162,21 +185,19 @@ class PretrainDataset(torch.utils.data.Dataset):
 class QADataset(torch.utils.data.Dataset):
     """QA fine-tuning examples from SQuAD-style JSONL rows ``{context, question, answers}``."""
 
-    def __init__(self, rows: list[dict[str, Any]], tokenizer: Any, max_context_tokens: int, template: str):
+    def __init__(self, rows: list[dict[str, Any]], tokenizer: Any, max_context_tokens: int, template: str,
+                 focus: Any = None):
         self.examples = []
-        eos = tokenizer.eos_token_id
         for row in rows:
             answers = row.get("answers") or []
             answer = answers[0] if answers and isinstance(answers[0], str) else (answers[0].get("text") if answers else None)
             if not answer:
                 continue
             context = tokenizer(row["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
-            prompt = tokenizer(template.format(question=row["question"]), add_special_tokens=False)["input_ids"]
-            # after a template that ends a line (a chat turn's "assistant\n") the answer starts without a space
-            lead = "" if template.endswith(("\n", " ")) else " "
-            target = tokenizer(lead + answer.strip(), add_special_tokens=False)["input_ids"] + [eos]
-            question = encoder_question_ids(tokenizer, row["question"])
-            self.examples.append(Example(context, prompt, target, "qa", question=question))
+            example = qa_example(tokenizer, template, context, row["question"], answer)
+            if focus is not None:  # (text, question, max tokens) -> (focus per token, ratio): question_focus
+                example.focus, example.focus_ratio = focus(row["context"], row["question"], max_context_tokens)
+            self.examples.append(example)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -185,11 +206,90 @@ class QADataset(torch.utils.data.Dataset):
         return self.examples[i]
 
 
+def qa_example(tokenizer: Any, template: str, context: list[int], question: str, answer: str) -> Example:
+    """A QA example: compress ``context``; the decoder reads ``template`` around the question, then answers."""
+    prompt = tokenizer(template.format(question=question), add_special_tokens=False)["input_ids"]
+    # after a template that ends a line (a chat turn's "assistant\n") the answer starts without a space
+    lead = "" if template.endswith(("\n", " ")) else " "
+    target = tokenizer(lead + answer.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return Example(context, prompt, target, "qa", question=encoder_question_ids(tokenizer, question))
+
+
+# a cloze question about a window: the words around one of its named entities, the entity blanked out
+CLOZE_QUESTION = 'Which words fill the blank in "{left} ___{right}"?'
+CLOZE_LEFT_TOKENS, CLOZE_RIGHT_TOKENS, CLOZE_MAX_ANSWER_TOKENS = 12, 6, 8
+
+
+class ClozeDataset(torch.utils.data.Dataset):
+    """Self-supervised QA from plain text: compress a window, then name the entity that a quoted piece of the same
+    window leaves blank (``CLOZE_QUESTION``, read through the recipe's QA template). Unlike reconstruction, which
+    reads the soft prompt in order, the decoder must find a place in it by content, as a reading question asks;
+    and the corpus gives far more such questions than a QA file.
+
+    ``entity_marks`` (one bool per id of each window) mark the tokens inside spaCy's named entities and numbers; a
+    window gives up to ``per_window`` examples, each blanking a different run of marked tokens (at most
+    ``CLOZE_MAX_ANSWER_TOKENS``, with at least 4 tokens before it and one after it in the window, not repeated in its
+    quoted surroundings), drawn with ``seed``."""
+
+    def __init__(self, windows: list[list[int]], entity_marks: list[list[bool]], tokenizer: Any, template: str,
+                 per_window: int = 1, seed: int = 0):
+        if [len(m) for m in entity_marks] != [len(w) for w in windows]:
+            raise ValueError("entity_marks must give one bool per id of every window")
+        rng = random.Random(seed)
+        self.examples = []
+        for ids, marks in zip(windows, entity_marks):
+            # a run that ends the window may be an entity cut in two
+            runs = [(a, b) for a, b in marked_runs(marks) if a >= 4 and b - a <= CLOZE_MAX_ANSWER_TOKENS and b < len(ids)]
+            rng.shuffle(runs)
+            made = 0
+            for a, b in runs:
+                if made == per_window:
+                    break
+                answer = tokenizer.decode(ids[a:b]).strip()
+                left = tokenizer.decode(ids[max(0, a - CLOZE_LEFT_TOKENS) : a]).strip()
+                right = tokenizer.decode(ids[b : b + CLOZE_RIGHT_TOKENS]).strip()
+                if not answer or answer in left or answer in right:
+                    continue
+                space = " " if right[:1].isalnum() else ""  # "in ___ in 1850" but "in ___, the"
+                question = CLOZE_QUESTION.format(left=left, right=space + right)
+                self.examples.append(qa_example(tokenizer, template, list(ids), question, answer))
+                made += 1
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> Example:
+        return self.examples[i]
+
+
+def marked_runs(marks: list[bool]) -> list[tuple[int, int]]:
+    """The ``(start, end)`` of each run of consecutive True values."""
+    runs, start = [], None
+    for i, m in enumerate(list(marks) + [False]):
+        if m and start is None:
+            start = i
+        elif not m and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
+
+
 QA_TEMPLATE = "Question: {question}\nAnswer:"
 # SmolLM2-Instruct's own chat turn around the question, after the soft (or text) context: its full-context answers
 # contain the gold answer about twice as often as with QA_TEMPLATE (validation rows, docs/soft.md)
 CHAT_QA_TEMPLATE = ("<|im_start|>user\n{question} Answer with a few words from the text above.<|im_end|>\n"
                     "<|im_start|>assistant\n")
+
+QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
+
+
+def qa_template(spec: str) -> str:
+    """A named template (:data:`QA_TEMPLATES`) or a literal one with ``{question}``."""
+    template = QA_TEMPLATES.get(spec, spec)
+    if not isinstance(template, str) or "{question}" not in template:
+        raise ConfigError(f"qa_template must be one of {sorted(QA_TEMPLATES)} or contain {{question}}, got {spec!r}")
+    return template
+
 
 # what a question-aware encoder reads before each chunk of the context (meanpool ``question_aware``)
 ENCODER_QUESTION = "Question: {question}\n"

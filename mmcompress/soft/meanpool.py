@@ -24,9 +24,16 @@ question must then be given when compressing, and the soft prompt serves that qu
     mp = create_compressor("meanpool", model="smollm2-135m", pool_ratio=4, chunk_tokens=128)
     soft = mp.compress("a long document ...", question="What ...?")   # 4x fewer positions, question kept as text
     mp.generate(soft)
+
+Question-focused (``question_focus > 0``, off by default; :mod:`.focus`): the same number of positions, spent
+unevenly - the context's sentences closest to the question (a frozen sentence encoder ranks them) keep up to that
+share of the positions at ``focus_ratio`` tokens each, the rest is pooled more coarsely. It needs no training: the
+decoder reads a focused sentence's keys and values as it reads a pooled group's. The question must be given when
+compressing.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -36,6 +43,9 @@ from ..errors import ConfigError, InvalidPromptError
 from ..models.compat import cache_kwargs, new_cache, output_cache
 from ..registry import register_compressor
 from .encoder import Chunks, EncoderConfig
+from .chunking import split_into_chunks
+from .focus import QuestionFocus, group_tensor
+from .pool_groups import averaging_matrix, group_index, pooling_matrix, token_index  # noqa: F401  (re-exported)
 from .kv import KvCompressor, KvModel, kv_segments
 from .losses import encoder_question_ids
 
@@ -50,53 +60,21 @@ class MeanPoolConfig(EncoderConfig):
     pool_ratio: int = 4
     positions: str = "grouped"
     question_aware: bool = False  # the encoder reads the question before each chunk (see the module docstring)
+    question_focus: float = 0.0  # > 0: this share of a span's positions goes to the sentences closest to the question
+    focus_ratio: int = 1  # ... pooled this many tokens per position
+    focus_encoder: str = "minilm-l6"  # the sentence encoder that ranks them
 
     def __post_init__(self) -> None:
         if int(self.pool_ratio) < 1:
             raise ConfigError(f"pool_ratio must be >= 1, got {self.pool_ratio}")
+        if isinstance(self.question_focus, bool) or not 0.0 <= float(self.question_focus) < 1.0:
+            raise ConfigError(f"question_focus must be a share in [0, 1), got {self.question_focus!r}")
+        if not 1 <= int(self.focus_ratio) <= int(self.pool_ratio):
+            raise ConfigError(f"focus_ratio must be between 1 and pool_ratio={self.pool_ratio}, got {self.focus_ratio}")
         if self.positions not in ("grouped", "standard"):
             raise ConfigError(f"positions must be 'grouped' or 'standard', got {self.positions!r}")
         self.num_slots = math.ceil(int(self.chunk_tokens) / int(self.pool_ratio))
         super().__post_init__()
-
-
-def token_index(mask: torch.Tensor) -> torch.Tensor:
-    """``[N, W]``: each position's index among its left-padded chunk's real tokens (negative on padding)."""
-    width = mask.shape[1]
-    return torch.arange(width, device=mask.device)[None, :] - (width - mask.sum(1))[:, None]
-
-
-def group_index(mask: torch.Tensor, ratio: int | None = None, *,
-                groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """For left-padded chunks (``mask`` ``[N, W]``): each position's group ``[N, W]`` (-1 on padding) and the number
-    of groups of each chunk ``[N]``. Either groups of ``ratio`` consecutive real tokens (the last group of a chunk may
-    be shorter), or ``groups`` contiguous near-equal groups per chunk (sizes differ by at most one, as adaptive
-    average pooling; a chunk shorter than ``groups`` gets one group per token): a fixed soft-token count per chunk."""
-    if (ratio is None) == (groups is None):
-        raise ValueError("give exactly one of ratio and groups")
-    lengths = mask.sum(1)
-    index = token_index(mask)
-    if ratio is not None:
-        group = torch.div(index, ratio, rounding_mode="floor")
-        counts = torch.div(lengths + ratio - 1, ratio, rounding_mode="floor")
-    else:
-        counts = lengths.clamp(max=int(groups))
-        group = torch.div(index * counts[:, None], lengths.clamp(min=1)[:, None], rounding_mode="floor")
-    return torch.where(mask.bool(), group, torch.full_like(index, -1)), counts
-
-
-def pooling_matrix(mask: torch.Tensor, ratio: int | None = None, *,
-                   groups: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``P`` ``[N, G, W]`` averaging the groups of :func:`group_index`, and the number of groups of each chunk."""
-    group, counts = group_index(mask, ratio, groups=groups)
-    return averaging_matrix(group, counts), counts
-
-
-def averaging_matrix(group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """``[N, G, W]``: row ``g`` averages the positions whose ``group`` is ``g``."""
-    width = max(1, int(counts.max()))
-    onehot = (group[:, None, :] == torch.arange(width, device=group.device)[None, :, None]).float()
-    return onehot / onehot.sum(-1, keepdim=True).clamp(min=1.0)
 
 
 def group_offsets(chunks: Chunks, groups: torch.Tensor) -> torch.Tensor:
@@ -130,7 +108,11 @@ class MeanPoolModel(KvModel):
         encoder = self.encoder
         mask = chunks.mask.to(embeds.device)
         own = chunks.own_mask.to(embeds.device)  # the chunk's tokens; a question read before them is not pooled
-        group, counts = group_index(own, ratio, groups=groups)
+        if chunks.groups is not None:  # laid out by question_focus
+            group = chunks.groups.to(embeds.device)
+            counts = group.max(1).values + 1
+        else:
+            group, counts = group_index(own, ratio, groups=groups)
         pool = averaging_matrix(group, counts)
         # a question before the chunk takes the positions just before the chunk's first token (or group)
         before = token_index(mask) - (mask.sum(1) - own.sum(1))[:, None]
@@ -173,7 +155,16 @@ class MeanPoolCompressor(KvCompressor):
 
     @property
     def reads_question(self) -> bool:
+        return bool(self.config.question_aware) or self.config.question_focus > 0
+
+    @property
+    def encoder_reads_question(self) -> bool:
         return bool(self.config.question_aware)
+
+    @functools.cached_property
+    def focus(self) -> QuestionFocus:
+        cfg = self.config
+        return QuestionFocus(cfg.focus_encoder, float(cfg.question_focus), int(cfg.focus_ratio), int(cfg.pool_ratio))
 
     @property
     def chunk_keys_follow(self) -> bool:
@@ -193,11 +184,45 @@ class MeanPoolCompressor(KvCompressor):
                                      "compressing; give it in the prompt (question=...), not only to generate()")
 
     def encode_spans(self, texts, questions=None):
-        prefixes = None
+        prefixes, layout = None, None
         if self.reads_question:
             self.require_questions(questions)
+        if self.encoder_reads_question:
             prefixes = [encoder_question_ids(self.tokenizer, q) for q in questions]
-        outs, chunks = self.encode_chunks(texts, prefixes)
+        if self.config.question_focus > 0:
+            layout = functools.partial(self.lay_out_focus, texts, questions)
+        outs, chunks = self.encode_chunks(texts, prefixes, layout)
         per_chunk = [row for part in outs for row in part]
         spans = self.module.per_span(per_chunk, chunks)
         return kv_segments(spans, chunks, [row[0][0].shape[-2] for row in per_chunk], texts)
+
+    def lay_out_focus(self, texts, questions, chunks: Chunks) -> None:
+        """Set ``chunks.groups``: uniform groups of ``pool_ratio``, replaced by :mod:`.focus`'s layout per text."""
+        own = chunks.own_mask
+        offsets = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        if self.config.encoder_bos:  # the BOS is pooled with the first sentence's tokens
+            offsets = [[(0, 0), *row] for row in offsets]
+        sizes = own.sum(1).tolist()
+        per_span = [[] for _ in texts]
+        for span, size in zip(chunks.span.tolist(), sizes):
+            per_span[span].append(size)
+        chunks.groups = group_tensor(own, int(self.config.pool_ratio), self.focus.groups(texts, questions, offsets, per_span))
+
+    def training_collate(self):
+        """Training batches lay out the question-focused pooling of the QA examples that carry a ``focus``."""
+        return functools.partial(super().training_collate(), pool_ratio=int(self.config.pool_ratio))
+
+    def question_focus_of(self):
+        """``(text, question, max tokens) -> (focus per token, ratio)`` for training QA examples, or None without
+        ``question_focus``: the layout :meth:`lay_out_focus` gives the same context at inference."""
+        if not self.config.question_focus > 0:
+            return None
+        ratio, chunk_tokens = int(self.config.pool_ratio), int(self.config.chunk_tokens)
+
+        def focus(text: str, question: str, max_tokens: int):
+            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = enc["offset_mapping"][:max_tokens]
+            positions = sum(math.ceil(len(c) / ratio) for c in split_into_chunks(offsets, chunk_tokens))
+            return self.focus.token_focus(text, question, offsets, positions)
+
+        return focus

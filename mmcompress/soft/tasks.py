@@ -20,6 +20,10 @@ Recipe sections::
                                     # generate() gives them for a long context
       entity_weight: 1.0            # > 1: in the text windows' loss, tokens inside a named entity or number
                                     # (spaCy NER: names, places, dates, quantities) weigh this much, the rest 1
+      cloze_tokens: 0               # > 0: add cloze questions on training windows of this many tokens: the words
+                                    # around one of the window's named entities, the entity blanked, answered from
+                                    # the soft prompt through qa_template (self-supervised reading; ClozeDataset)
+      cloze_per_window: 1           # cloze questions per window, each on a different entity
       continuation_tokens: 0        # > 0: continuation examples predict this many following tokens
       lm_ratio: 0.0                 # fraction of continuation examples (ICAE: 0.4-0.6 once AE works)
       qa: null                      # SQuAD-style JSONL: adds QA examples ({context, question, answers})
@@ -52,12 +56,11 @@ from ..data_paths import resolve_data_path
 from ..errors import ConfigError
 from ..training.trainer import TrainConfig, process_state
 from ..training.tasks import TaskSetup
-from .losses import CHAT_QA_TEMPLATE, QA_TEMPLATE, PretrainDataset, QADataset, read_jsonl
-
-QA_TEMPLATES = {"plain": QA_TEMPLATE, "chatml": CHAT_QA_TEMPLATE}
+from .losses import ClozeDataset, PretrainDataset, QADataset, qa_template, read_jsonl
 
 DATA_DEFAULTS = {"text": None, "eval_fraction": 0.05, "eval_split": "validation", "context_tokens": 128,
-                 "span_tokens": [], "entity_weight": 1.0, "continuation_tokens": 0, "lm_ratio": 0.0,
+                 "span_tokens": [], "entity_weight": 1.0, "cloze_tokens": 0,
+                 "cloze_per_window": 1, "continuation_tokens": 0, "lm_ratio": 0.0,
                  "lm_skip_tokens": 0, "qa": None, "qa_eval_fraction": 0.1, "qa_template": "plain", "qa_repeat": 1,
                  "qa_answers": "gold", "eval_examples": 64, "max_train_examples": None, "seed": 0}
 
@@ -117,20 +120,23 @@ def held_out_windows(recipe: dict[str, Any], tokenizer: Any) -> list[list[int]]:
 
 
 def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
-                   answer_with: Callable[[list[dict[str, Any]]], list[str]] | None = None):
+                   answer_with: Callable[[list[dict[str, Any]]], list[str]] | None = None, focus: Any = None):
     """The training and held-out datasets of a recipe's data section. ``answer_with`` (``qa_answers: teacher``)
-    replaces the answers of the QA training rows; held-out rows keep their gold answers."""
+    replaces the answers of the QA training rows; held-out rows keep their gold answers. ``focus`` (a mean-pooling
+    compressor's ``question_focus_of``): the QA examples' question-focused pooling."""
     train_parts, eval_parts = [], []
     size = data["context_tokens"] + data["continuation_tokens"]
+    cloze = check_cloze(data)
     if data["text"]:
         train_docs, eval_docs = split_documents(documents(data["text"]), data["eval_fraction"])
         eval_docs = held_out_part(eval_docs, data["eval_split"])
         weight = check_entity_weight(data)
-        # tokenized once: every window size (context_tokens, span_tokens) is cut from the same ids, and the training
-        # windows' loss weights (entity_weight) from the same pass's character offsets; held-out windows are unweighted
-        encoded = tokenize(train_docs, tokenizer, offsets=weight != 1.0)
+        # tokenized once: every window size (context_tokens, span_tokens, cloze_tokens) is cut from the same ids, and
+        # the entity marks (entity_weight, cloze) from the same pass's character offsets; held-out windows are unweighted
+        encoded = tokenize(train_docs, tokenizer, offsets=weight != 1.0 or cloze > 0)
         train_ids, eval_ids = encoded["input_ids"], tokenize(eval_docs, tokenizer)["input_ids"]
-        train_weights = entity_weights(train_docs, encoded["offset_mapping"], weight) if weight != 1.0 else None
+        marks = entity_marks(train_docs, encoded["offset_mapping"]) if weight != 1.0 or cloze > 0 else None
+        train_weights = [[weight if m else 1.0 for m in doc] for doc in marks] if weight != 1.0 else None
 
         def shuffled(size: int, seed: int) -> tuple[list[list[int]], list[list[float]] | None]:
             ids = cut_windows(train_ids, size)
@@ -159,6 +165,10 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
             spans = functools.partial(make, context_tokens=span, continuation_tokens=0, lm_ratio=0.0)
             train_parts.append(spans(span_w, seed=data["seed"], weights=span_weights))
             eval_parts.append(spans(cut_windows(eval_ids, span)[: data["eval_examples"]], seed=data["seed"] + 1))
+        if cloze:
+            train_parts.append(ClozeDataset(cut_windows(train_ids, cloze), cut_windows(marks, cloze), tokenizer,
+                                            qa_template(data["qa_template"]), per_window=int(data["cloze_per_window"]),
+                                            seed=data["seed"]))
     if data["qa"]:
         data = {**data, "qa_template": qa_template(data["qa_template"])}
         rows = read_jsonl(resolve_data_path(data["qa"]))
@@ -169,11 +179,11 @@ def build_datasets(data: dict[str, Any], tokenizer: Any, eos: int,
         train_rows = rows[:cut]
         if answer_with is not None:
             train_rows = [{**row, "answers": [answer]} for row, answer in zip(train_rows, answer_with(train_rows))]
-        qa = QADataset(train_rows, tokenizer, data["context_tokens"] * 8, data["qa_template"])
+        qa = QADataset(train_rows, tokenizer, data["context_tokens"] * 8, data["qa_template"], focus)
         train_parts += [qa] * repeat
         held = held_out_part(rows[cut:], data["eval_split"])
         eval_parts.append(QADataset(held[: data["eval_examples"]], tokenizer, data["context_tokens"] * 8,
-                                    data["qa_template"]))
+                                    data["qa_template"], focus))
     if not train_parts:
         raise ConfigError("the recipe's data section needs 'text' (plain text) and/or 'qa' (JSONL)")
     cat = lambda parts: parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)  # noqa: E731
@@ -188,22 +198,22 @@ def tokenize(docs: list[str], tokenizer: Any, offsets: bool = False) -> dict[str
         raise ConfigError("entity_weight needs a fast tokenizer (one with character offsets)") from None
 
 
-def entity_weights(docs: list[str], offsets: list[list[tuple[int, int]]], weight: float) -> list[list[float]]:
-    """Per document, one loss weight per token (``offsets``: each token's character span): ``weight`` where the
-    token overlaps a named entity or number that spaCy finds, 1 elsewhere."""
+def entity_marks(docs: list[str], offsets: list[list[tuple[int, int]]]) -> list[list[bool]]:
+    """Per document, one bool per token (``offsets``: each token's character span): whether the token overlaps a
+    named entity or number that spaCy finds."""
     from ..text_units import entity_char_spans
 
     try:
         spans = entity_char_spans(docs)
     except RuntimeError as e:
-        raise ConfigError(f"entity_weight: {e}") from None
+        raise ConfigError(f"entity_weight and cloze_tokens: {e}") from None
     out = []
     for doc, doc_spans, doc_offsets in zip(docs, spans, offsets):
         marks = np.zeros(len(doc) + 1, dtype=np.int64)
         for start, end in doc_spans:
             marks[start + 1 : end + 1] = 1
         inside = np.cumsum(marks)  # entity characters before each offset
-        out.append([weight if inside[e] > inside[s] else 1.0 for s, e in doc_offsets])
+        out.append([bool(inside[e] > inside[s]) for s, e in doc_offsets])
     return out
 
 
@@ -215,6 +225,17 @@ def check_entity_weight(data: dict[str, Any]) -> float:
     return float(w)
 
 
+def check_cloze(data: dict[str, Any]) -> int:
+    """The recipe's ``cloze_tokens`` (0: no cloze questions), checked with ``cloze_per_window``."""
+    size, per = data.get("cloze_tokens", 0), data.get("cloze_per_window", 1)
+    for name, value, least in (("cloze_tokens", size, 0), ("cloze_per_window", per, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be an int >= {least}, got {value!r}")
+    if size and not data.get("text"):
+        raise ConfigError("cloze_tokens needs 'text': the cloze questions are made from its training windows")
+    return size
+
+
 def span_sizes(data: dict[str, Any]) -> list[int]:
     """The recipe's ``span_tokens`` as a list of window sizes (one int or a list; each > 0)."""
     spans = data.get("span_tokens") or []
@@ -222,14 +243,6 @@ def span_sizes(data: dict[str, Any]) -> list[int]:
     if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in spans):
         raise ConfigError(f"span_tokens must be a positive int or a list of them, got {data.get('span_tokens')!r}")
     return spans
-
-
-def qa_template(spec: str) -> str:
-    """A named template (:data:`QA_TEMPLATES`) or a literal one with ``{question}``."""
-    template = QA_TEMPLATES.get(spec, spec)
-    if "{question}" not in template:
-        raise ConfigError(f"qa_template must be one of {sorted(QA_TEMPLATES)} or contain {{question}}, got {spec!r}")
-    return template
 
 
 TEACHER_ANSWER_TOKENS = 16  # as many as the QA evaluation lets the reader generate
@@ -270,6 +283,7 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
         raise ConfigError(f"qa_answers must be gold or teacher, got {data['qa_answers']!r}")
     span_sizes(data)
     check_entity_weight(data)
+    check_cloze(data)
     fields = dict(recipe.get("model") or {})
     if recipe.get("init_from"):
         compressor = COMPRESSORS.get(method).from_pretrained(resolve_data_path(recipe["init_from"]), **fields)
@@ -277,12 +291,14 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
         compressor = create_compressor(method, **fields)
     tokenizer = compressor.tokenizer
     answer_with = None
-    if data["qa"]:
+    if data["qa"] or data["cloze_tokens"]:
         compressor.config.qa_template = qa_template(data["qa_template"])
         if data["qa_answers"] == "teacher":
             output_dir = TrainConfig.from_dict(recipe.get("train")).output_dir
             answer_with = teacher_answers(compressor, Path(output_dir) / "teacher_answers.jsonl")
-    train, held = build_datasets(data, tokenizer, tokenizer.eos_token_id, answer_with)
+    focus_of = getattr(compressor, "question_focus_of", None)  # mean-pooling with question_focus
+    focus = focus_of() if focus_of is not None else None
+    train, held = build_datasets(data, tokenizer, tokenizer.eos_token_id, answer_with, focus)
     module = compressor.module
     module.train()
     return TaskSetup(module=module, train_dataset=train, eval_dataset=held, collate_fn=compressor.training_collate(),
