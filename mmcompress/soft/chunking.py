@@ -62,6 +62,13 @@ class Chunks:
     def chunks_per_span(self) -> list[int]:
         return torch.bincount(self.span, minlength=self.spans).tolist()
 
+    def own_sizes_per_span(self) -> list[list[int]]:
+        """Per span, the own token count of each of its chunks, in order (a BOS included)."""
+        sizes: list[list[int]] = [[] for _ in range(self.spans)]
+        for span, size in zip(self.span.tolist(), self.own_mask.sum(1).tolist()):
+            sizes[span].append(size)
+        return sizes
+
 
 def make_chunks(token_ids: Sequence[Sequence[int]], chunk_tokens: int, pad_id: int, pad_to: int = 0,
                 prefixes: Sequence[Sequence[int]] | None = None) -> Chunks:

@@ -13,6 +13,7 @@ a chunk, since each chunk is encoded and pooled on its own.
 """
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -55,17 +56,12 @@ def focused_groups(focus: Sequence[bool], chunk_sizes: Sequence[int], pool_ratio
     """Per chunk, each token's group: focused runs in groups of ``focus_ratio``, the other runs sharing what is left
     of uniform pooling's position count in proportion to their lengths (at least one position each). None when the
     other runs would get fewer positions than they are runs (the caller pools uniformly)."""
-    runs, start = [], 0  # (chunk, first token, length, focused)
+    runs, start = [], 0  # (chunk, first token, length, focused): runs never cross a chunk
     for c, size in enumerate(chunk_sizes):
-        flags = list(focus[start : start + size])
-        i = 0
-        while i < size:
-            j = i
-            while j < size and flags[j] == flags[i]:
-                j += 1
-            runs.append((c, start + i, j - i, bool(flags[i])))
-            i = j
-        start += size
+        for flag, run in itertools.groupby(focus[start : start + size]):
+            n = len(list(run))
+            runs.append((c, start, n, bool(flag)))
+            start += n
     total = sum(math.ceil(size / pool_ratio) for size in chunk_sizes)
     focused = sum(math.ceil(n / focus_ratio) for _, _, n, f in runs if f)
     rest = [r for r in runs if not r[3]]

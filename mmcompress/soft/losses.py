@@ -130,11 +130,8 @@ def focus_groups(examples: list[Example], chunks: Any, pool_ratio: int, bos: boo
     """The ``[N, W]`` pooling groups of a batch's chunks: question-focused for examples with a ``focus``."""
     from .focus import focused_groups, group_tensor
 
-    sizes: list[list[int]] = [[] for _ in examples]
-    for span, size in zip(chunks.span.tolist(), chunks.own_mask.sum(1).tolist()):
-        sizes[span].append(size)
     layouts = []
-    for e, own in zip(examples, sizes):
+    for e, own in zip(examples, chunks.own_sizes_per_span()):
         layout = None
         if e.focus is not None:
             layout = focused_groups(([False] if bos else []) + list(e.focus), own, pool_ratio, e.focus_ratio)

@@ -202,11 +202,8 @@ class MeanPoolCompressor(KvCompressor):
         offsets = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         if self.config.encoder_bos:  # the BOS is pooled with the first sentence's tokens
             offsets = [[(0, 0), *row] for row in offsets]
-        sizes = own.sum(1).tolist()
-        per_span = [[] for _ in texts]
-        for span, size in zip(chunks.span.tolist(), sizes):
-            per_span[span].append(size)
-        chunks.groups = group_tensor(own, int(self.config.pool_ratio), self.focus.groups(texts, questions, offsets, per_span))
+        layouts = self.focus.groups(texts, questions, offsets, chunks.own_sizes_per_span())
+        chunks.groups = group_tensor(own, int(self.config.pool_ratio), layouts)
 
     def training_collate(self):
         """Training batches lay out the question-focused pooling of the QA examples that carry a ``focus``."""
