@@ -9,6 +9,9 @@ measured them, machine), which ``mmcompress list`` shows.
     PYTHONPATH=. python benchmarks/soft_slot_control.py --compressor soft-smollm2-4x \\
         --split test --out benchmarks/results/soft_test_4x
     PYTHONPATH=. python benchmarks/ship_trained.py ... --heldout benchmarks/results/soft_test_4x.json  # the card
+
+Weights trained by a shipped staged recipe give each stage's trainer log instead of ``--training``:
+``--recipe soft-smollm2-4x-qa --stage-log LOG1 --stage-log LOG2 ...`` (steps, wall time, held-out evaluation).
 """
 from __future__ import annotations
 
@@ -25,6 +28,36 @@ from soft_reconstruction_curve import command
 PACKAGE = Path(__file__).resolve().parent.parent / "mmcompress" / "trained"
 
 
+def recipe_training(recipe_name: str | None, logs: list[str]) -> dict:
+    """The card's training entry for weights trained by a shipped staged recipe (``mmcompress train``): per stage,
+    its steps and batch from the recipe, its wall-clock seconds (summed from the log's steps per second, evaluation
+    excluded) and its last held-out evaluation, from the trainer's committed ``log.jsonl``."""
+    from mmcompress.training.tasks import load_recipe, stage_recipes
+
+    if recipe_name is None:
+        raise SystemExit("error: --stage-log needs --recipe (the shipped staged recipe the logs come from)")
+    recipe = load_recipe(recipe_name)
+    stages, names = stage_recipes(recipe), [stage["name"] for stage in recipe["stages"]]
+    if len(logs) != len(stages):
+        raise SystemExit(f"error: {recipe_name} has {len(stages)} stages; got {len(logs)} --stage-log")
+    out = []
+    for stage, name, path in zip(stages, names, logs):
+        rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        steps = [r for r in rows if "steps_per_s" in r]
+        evals = [r for r in rows if "eval/token_accuracy" in r]
+        if not steps or steps[-1]["step"] != stage["train"]["max_steps"]:
+            raise SystemExit(f"error: {path} does not end at stage {name!r}'s {stage['train']['max_steps']} steps")
+        seconds = sum((b["step"] - a) / b["steps_per_s"] for a, b in zip([0] + [r["step"] for r in steps], steps))
+        out.append({"stage": name, "steps": steps[-1]["step"], "batch_size": stage["train"]["batch_size"],
+                    "train_wall_seconds": round(seconds, 1),
+                    "eval_token_accuracy": round(evals[-1]["eval/token_accuracy"], 4) if evals else None,
+                    "log": path})
+    return {"recipe": recipe_name, "init_from": stages[0].get("init_from"), "stages": out,
+            "steps": sum(s["steps"] for s in out),
+            "train_wall_minutes": round(sum(s["train_wall_seconds"] for s in out) / 60, 1),
+            "command": f"mmcompress train --config {recipe_name} --resume"}
+
+
 def main() -> None:
     from safetensors.torch import load_file, save_file
 
@@ -38,6 +71,8 @@ def main() -> None:
     ap.add_argument("--recipe", default=None, help="the shipped recipe that runs the whole schedule (name)")
     ap.add_argument("--training", action="append", default=[],
                     help="results JSON of each training stage's curve, in order (steps, CPU time, command)")
+    ap.add_argument("--stage-log", action="append", default=[],
+                    help="the trainer's log.jsonl of each stage of --recipe, in order (steps, wall time, eval)")
     args = ap.parse_args()
 
     source, target = Path(args.source), PACKAGE / args.name
@@ -77,7 +112,9 @@ def main() -> None:
                        "command": training.get("command") or command(argparse.Namespace(**{
                            "decoder_lora_r": 0, "ratio": 4, "out": None, **training["args"]})),
                        "results": path})
-    if stages:
+    if args.stage_log:
+        card["training"] = recipe_training(args.recipe, args.stage_log)
+    elif stages:
         card["training"] = {"stages": stages, "steps": sum(s["steps"] for s in stages),
                             "train_cpu_minutes": round(sum(s["train_cpu_seconds"] or 0 for s in stages) / 60, 1)}
     if args.recipe:

@@ -42,3 +42,20 @@ def test_list_says_what_the_default_model_is(capsys, monkeypatch, tmp_path):
     assert main(["list", "--json"]) == 0
     loads = json.loads(capsys.readouterr().out)["default_model"]["loads"]
     assert loads.startswith("HuggingFaceTB/SmolLM2-135M-Instruct: the hub weights")
+
+
+def test_list_shows_a_trained_compressors_card(tmp_path, capsys, monkeypatch):
+    """A shipped trained compressor is listed with its ratio, held-out reconstruction and (a QA model) SQuAD row."""
+    folder = tmp_path / "trained" / "soft-tiny-4x-qa"
+    folder.mkdir(parents=True)
+    (folder / factory.SAVED_CONFIG_FILE).write_text("{}")
+    card = {"method": "meanpool", "ratio": 4.0, "base_model": "tiny", "heldout": {"greedy_bleu4": 0.71},
+            "squad": {"questions": 52, "f1": 0.29, "contains": 0.23, "f1_of_full": 1.55, "contains_of_full": 0.8}}
+    (folder / factory.TRAINED_CARD).write_text(json.dumps(card))
+    monkeypatch.setattr(factory, "TRAINED_DIR", tmp_path / "trained")
+    assert main(["list"]) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if "soft-tiny-4x-qa" in l)
+    assert "4.0x on tiny; held-out greedy_bleu4 0.71" in line
+    assert "SQuAD (52 held-out questions) F1 0.29 (155% of the full context), contains 0.23 (80%)" in line
+    assert main(["list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trained"] == [{"name": "soft-tiny-4x-qa", "path": str(folder), **card}]

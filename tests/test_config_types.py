@@ -97,11 +97,30 @@ def test_shipped_recipes_pass_the_key_checks():
 def test_recipe_overrides_reach_into_a_stage_list_and_refuse_a_bad_index():
     from mmcompress.training.tasks import load_recipe, stage_recipes
 
-    recipe = load_recipe("soft-smollm2-4x-qa", {"stages.2.data.qa_template": "chatml", "stages.0.train.max_steps": 7})
+    recipe = load_recipe("soft-smollm2-4x-qa", {"stages.2.data.qa_template": "plain", "stages.0.train.max_steps": 7})
     stages = stage_recipes(recipe)
-    assert [s["data"].get("qa_template") for s in stages][2] == "chatml" and stages[0]["train"]["max_steps"] == 7
+    assert [s["data"].get("qa_template") for s in stages] == [None, "chatml", "plain"]
+    assert stages[0]["train"]["max_steps"] == 7
     assert stages[1]["train"]["max_steps"] == 400  # the others untouched
     with pytest.raises(ConfigError, match="not an index"):
         load_recipe("soft-smollm2-4x-qa", {"stages.9.train.lr": 1.0})
     with pytest.raises(ConfigError, match="not an index"):
         load_recipe("soft-smollm2-4x-qa", {"stages.qa.train.lr": 1.0})
+
+
+def test_the_shipped_qa_recipe_is_the_three_runs_that_trained_its_weights():
+    """soft-smollm2-4x-qa's stages are the committed recipes of the runs whose result ships (docs/soft.md): the same
+    model, data and train settings, stage by stage; only the folders differ."""
+    from pathlib import Path
+
+    from mmcompress.training.tasks import stage_recipes
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    runs = [load_recipe(results / f"soft_spans{part}_recipe.yaml") for part in ("", "_qa_focus", "_qa_focus_more")]
+    stages = stage_recipes(load_recipe("soft-smollm2-4x-qa"))
+    assert stages[0]["init_from"] == "soft-smollm2-4x" and runs[0]["init_from"] == "mmcompress/trained/soft-smollm2-4x"
+    for stage, run in zip(stages, runs, strict=True):
+        for recipe in (stage, run):
+            recipe.pop("init_from")
+            recipe["train"].pop("output_dir")
+        assert stage == run

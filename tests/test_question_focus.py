@@ -116,8 +116,11 @@ def test_question_focus_keeps_the_ratio_and_pools_the_question_sentence_finer(ti
     assert {sizes[groups[i]] for i in best} == {2}
     assert max(sizes[groups[i]] for i, s in enumerate(sentence) if s != 2) > 4  # the rest is pooled coarser
     focused.generate(soft_f)  # the decoder reads it
+    # no question, nothing to focus on: uniform pooling (a question-aware encoder refuses instead)
+    plain_u, plain_f = (next(p for p in c.compress(CONTEXT).items[0] if hasattr(p, "kv")) for c in (uniform, focused))
+    assert plain_f.chunk_layout == plain_u.chunk_layout and torch.equal(plain_f.kv[0][0], plain_u.kv[0][0])
     with pytest.raises(InvalidPromptError, match="question"):
-        focused.compress(CONTEXT)
+        build(tiny_dir, question_aware=True).compress(CONTEXT)
 
 
 def test_training_lays_out_a_qa_example_as_inference_does(tiny_dir, bag_of_words):
@@ -148,3 +151,41 @@ def test_bad_question_focus_settings_are_refused(tiny_dir):
         with pytest.raises(ConfigError, match="question_focus|focus_ratio"):
             build(tiny_dir, **bad)
     assert math.isclose(build(tiny_dir, question_focus=0.25).config.question_focus, 0.25)
+
+
+def test_the_shipped_qa_recipe_runs_every_stage_from_a_shipped_name(tiny_dir, tmp_path, monkeypatch, bag_of_words):
+    """``soft-smollm2-4x-qa`` as shipped, one step per stage on a tiny Llama: the first stage starts from a shipped
+    trained compressor by name (here a tiny stand-in for ``soft-smollm2-4x``, r16 encoder LoRA cut to the recipe's
+    r8), the QA stages lay out their contexts with question_focus, and the result keeps it."""
+    import json
+
+    import mmcompress.factory as factory
+    from mmcompress import create_compressor
+    from mmcompress.training.tasks import load_recipe, run_stages
+    from tiny_models import CORPUS
+
+    shipped = tmp_path / "trained"
+    build(tiny_dir, lora_r=16, lora_alpha=16, decoder_lora_r=8).save_pretrained(shipped / "soft-smollm2-4x")
+    monkeypatch.setattr(factory, "TRAINED_DIR", shipped)
+    text, squad = tmp_path / "corpus.txt", tmp_path / "squad.jsonl"
+    text.write_text("\n\n".join([CORPUS] * 6))
+    squad.write_text("".join(json.dumps({"context": CONTEXT, "question": QUESTION, "answers": [answer]}) + "\n"
+                             for answer in ("Bishop Walcher", "Walcher", "in 1072", "Bishop", "1072")))
+    probe = load_recipe("soft-smollm2-4x-qa")
+    overrides = {"model.model": str(tiny_dir), "model.dtype": "float32", "data.text": str(text),
+                 "data.eval_fraction": 0.34, "data.eval_split": "all", "data.context_tokens": 16,
+                 "data.span_tokens": [32],
+                 "data.eval_examples": 2, "train.output_dir": str(tmp_path / "run"), "train.save_every": 0,
+                 "train.eval_batches": 1, "train.progress": False}
+    for i, stage in enumerate(probe["stages"]):
+        overrides[f"stages.{i}.train.max_steps"] = 1
+        if "qa" in stage.get("data", {}):
+            overrides.update({f"stages.{i}.data.qa": str(squad), f"stages.{i}.data.qa_eval_fraction": 0.2})
+    run_stages(load_recipe("soft-smollm2-4x-qa", overrides))
+    final = create_compressor(tmp_path / "run" / "final")
+    assert (final.config.lora_r, final.config.decoder_lora_r, final.config.question_focus) == (8, 8, 0.75)
+    assert final.config.qa_template.startswith("<|im_start|>user")
+    assert len(final.generate(final.compress(CONTEXT, question=QUESTION))) == 1
+    with pytest.raises(ConfigError, match="neither a shipped trained compressor"):
+        run_stages(load_recipe("soft-smollm2-4x-qa", {**overrides, "init_from": "soft-smollm2-9x",
+                                                      "train.output_dir": str(tmp_path / "run2")}))

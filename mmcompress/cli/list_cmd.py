@@ -44,8 +44,11 @@ def run(args) -> int:
         print("trained (shipped weights, load by name):")
         for t in trained:
             numbers = ", ".join(f"{k} {v}" for k, v in (t.get("heldout") or {}).items())
+            squad = t.get("squad") or {}
             print(f"  {t['name']:<22} {t.get('method', '?'):<8} {t.get('ratio', '?')}x on {t.get('base_model', '?')}"
-                  + (f"; held-out {numbers}" if numbers else ""))
+                  + (f"; held-out {numbers}" if numbers else "")
+                  + (f"; SQuAD ({squad['questions']} held-out questions) F1 {squad['f1']} ({squad['f1_of_full']:.0%} of "
+                     f"the full context), contains {squad['contains']} ({squad['contains_of_full']:.0%})" if squad else ""))
     print("configs:")
     for c in configs:
         print(f"  {c['name']:<34} -> {c['compressor']}")

@@ -146,11 +146,15 @@ class QuestionFocus:
         chosen, ratio = choose_sentences(scores, lengths, positions, self.share, self.focus_ratio, self.pool_ratio)
         return [s in chosen for s in sentence], ratio
 
-    def groups(self, texts: Sequence[str], questions: Sequence[str], offsets: Sequence[Sequence[tuple[int, int]]],
-               chunk_sizes: Sequence[Sequence[int]]) -> list[list[int] | None]:
-        """Per chunk of every text (in order), its tokens' groups, or None where that text pools uniformly."""
+    def groups(self, texts: Sequence[str], questions: Sequence[str | None],
+               offsets: Sequence[Sequence[tuple[int, int]]], chunk_sizes: Sequence[Sequence[int]]) -> list[list[int] | None]:
+        """Per chunk of every text (in order), its tokens' groups, or None where that text pools uniformly (also
+        where it has no question: there is nothing to focus on)."""
         out: list[list[int] | None] = []
         for text, question, text_offsets, sizes in zip(texts, questions, offsets, chunk_sizes):
+            if not (question or "").strip():
+                out += [None] * len(sizes)
+                continue
             positions = sum(math.ceil(n / self.pool_ratio) for n in sizes)
             focus, ratio = self.token_focus(text, question, text_offsets, positions)
             layout = focused_groups(focus, sizes, self.pool_ratio, ratio) if any(focus) else None

@@ -173,7 +173,8 @@ class MeanPoolCompressor(KvCompressor):
 
     def _coerce(self, prompt, question, instruction):
         prompt = super()._coerce(prompt, question, instruction)
-        if self.reads_question and any(s.compressible for s in prompt.segments):  # checked before the model loads
+        # question_focus without a question pools uniformly; a question-aware encoder cannot go without one
+        if self.encoder_reads_question and any(s.compressible for s in prompt.segments):  # checked before loading
             self.require_questions([prompt.question])
         return prompt
 
@@ -185,12 +186,11 @@ class MeanPoolCompressor(KvCompressor):
 
     def encode_spans(self, texts, questions=None):
         prefixes, layout = None, None
-        if self.reads_question:
-            self.require_questions(questions)
         if self.encoder_reads_question:
+            self.require_questions(questions)
             prefixes = [encoder_question_ids(self.tokenizer, q) for q in questions]
         if self.config.question_focus > 0:
-            layout = functools.partial(self.lay_out_focus, texts, questions)
+            layout = functools.partial(self.lay_out_focus, texts, questions or [None] * len(texts))
         outs, chunks = self.encode_chunks(texts, prefixes, layout)
         per_chunk = [row for part in outs for row in part]
         spans = self.module.per_span(per_chunk, chunks)
