@@ -22,10 +22,20 @@ from pathlib import Path
 
 import torch
 
-from common import machine_stamp
+from common import describe_machine, machine_stamp
 from soft_reconstruction_curve import command
 
 PACKAGE = Path(__file__).resolve().parent.parent / "mmcompress" / "trained"
+
+
+def stage_machines(log: Path) -> list[str] | None:
+    """The machines the trainer stamped for a run (``machines.jsonl`` beside ``log.jsonl``, or ``X_machines.jsonl``
+    beside a committed copy ``X_train_log.jsonl``), one line per piece; None for runs from before the stamp."""
+    beside = log.with_name("machines.jsonl" if log.name == "log.jsonl" else log.name.replace("_train_log", "_machines"))
+    if beside == log or not beside.is_file():
+        return None
+    pieces = [json.loads(line) for line in beside.read_text().splitlines() if line.strip()]
+    return [f"from step {p['start_step']}: {describe_machine(p['machine'])}" for p in pieces]
 
 
 def recipe_training(recipe_name: str | None, logs: list[str]) -> dict:
@@ -51,7 +61,7 @@ def recipe_training(recipe_name: str | None, logs: list[str]) -> dict:
         out.append({"stage": name, "steps": steps[-1]["step"], "batch_size": stage["train"]["batch_size"],
                     "train_wall_seconds": round(seconds, 1),
                     "eval_token_accuracy": round(evals[-1]["eval/token_accuracy"], 4) if evals else None,
-                    "log": path})
+                    "log": path, "machines": stage_machines(Path(path))})
     return {"recipe": recipe_name, "init_from": stages[0].get("init_from"), "stages": out,
             "steps": sum(s["steps"] for s in out),
             "train_wall_minutes": round(sum(s["train_wall_seconds"] for s in out) / 60, 1),

@@ -36,6 +36,25 @@ def list_trained() -> dict[str, Path]:
     return {p.name: p for p in sorted(TRAINED_DIR.iterdir()) if (p / SAVED_CONFIG_FILE).is_file()}
 
 
+def trained_or_saved(source: str | Path, what: str) -> Path:
+    """The folder of a shipped trained compressor named ``source`` (``soft-smollm2-4x``), else ``source`` as a saved
+    folder (found as recipe data paths are: ``../runs/x`` works from a worktree beside the repository too); ``what``
+    names the setting in the error (``init_from``)."""
+    from .data_paths import resolve_data_path
+
+    shipped = list_trained()
+    if str(source) in shipped:
+        return shipped[str(source)]
+    try:
+        folder = resolve_data_path(source)
+    except ConfigError:
+        folder = None
+    if folder is None or not (folder / SAVED_CONFIG_FILE).is_file():
+        raise ConfigError(f"{what}: {source} is neither a shipped trained compressor ({', '.join(shipped) or 'none'}) "
+                          "nor a folder saved by a trainable compressor; train the run that writes it first")
+    return folder
+
+
 def trained_card(name: str) -> dict[str, Any]:
     """The card of a shipped trained compressor (``{}`` when it has none)."""
     card = TRAINED_DIR / name / TRAINED_CARD

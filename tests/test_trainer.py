@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -84,6 +85,10 @@ def test_checkpoint_holds_only_trainable_parameters_and_resume_is_exact(tmp_path
     resumed = Regressor()
     Trainer(resumed, _config(tmp_path / "b", max_steps=40, grad_accum=2, resume=True), data).train()
     assert torch.allclose(resumed.head.weight, straight.head.weight, atol=1e-6)
+    # each piece of the run names the machine it trained on
+    pieces = [json.loads(line) for line in (tmp_path / "b" / "run" / "machines.jsonl").read_text().splitlines()]
+    assert [p["start_step"] for p in pieces] == [0, 20]
+    assert all(p["machine"]["cores"] == os.cpu_count() and p["machine"]["torch"] == torch.__version__ for p in pieces)
 
 
 def test_bad_settings_are_config_errors(tmp_path):

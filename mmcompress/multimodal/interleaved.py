@@ -376,13 +376,10 @@ class InterleavedSoftCompressor(SlotDecoding, InterleavedCompressor):
         """Start the soft encoder (its LoRA, the decoder adapter if any, the task markers) from a trained text
         compressor of the same style: a shipped name (``soft-smollm2-4x``) or a folder saved by ``meanpool`` / ``kv``
         / ``icae``. The image path is not touched; the settings that shape those tensors must match."""
-        from ..factory import list_trained, load_saved_weights, read_saved_meta
+        from ..factory import load_saved_weights, read_saved_meta, trained_or_saved
         from ..soft.base import CONFIG_FILE, WEIGHTS_FILE
 
-        folder = list_trained().get(str(source)) or Path(source)
-        if not (folder / CONFIG_FILE).is_file():
-            raise ConfigError(f"init_text_compressor: {source} is neither a shipped trained compressor "
-                              f"({', '.join(list_trained()) or 'none'}) nor a folder saved by a soft compressor")
+        folder = trained_or_saved(source, "init_text_compressor")
         meta = read_saved_meta(folder, CONFIG_FILE)
         if meta.get("compressor") != self.config.style:
             raise ConfigError(f"{source} is a {meta.get('compressor')!r} compressor; style={self.config.style!r} "

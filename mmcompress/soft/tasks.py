@@ -271,23 +271,8 @@ def teacher_answers(compressor: Any, cache: Path) -> Callable[[list[dict[str, An
     return answer
 
 
-def trained_start(init_from: str | Path) -> Path:
-    """``init_from``'s folder: a shipped trained compressor's name (``soft-smollm2-4x``, so that a recipe runs from a
-    wheel install) or a folder saved by ``save_pretrained``."""
-    from ..factory import list_trained
-
-    shipped = list_trained()
-    if str(init_from) in shipped:
-        return shipped[str(init_from)]
-    try:
-        return resolve_data_path(init_from)
-    except ConfigError:
-        raise ConfigError(f"init_from: {init_from} is neither a shipped trained compressor ({', '.join(shipped) or 'none'})"
-                          " nor a saved folder; train the run that writes it first") from None
-
-
 def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
-    from ..factory import create_compressor
+    from ..factory import create_compressor, trained_or_saved
     from ..registry import COMPRESSORS
 
     data = {**DATA_DEFAULTS, **(recipe.get("data") or {})}
@@ -301,7 +286,7 @@ def _build(recipe: dict[str, Any], method: str) -> TaskSetup:
     check_cloze(data)
     fields = dict(recipe.get("model") or {})
     if recipe.get("init_from"):
-        compressor = COMPRESSORS.get(method).from_pretrained(trained_start(recipe["init_from"]), **fields)
+        compressor = COMPRESSORS.get(method).from_pretrained(trained_or_saved(recipe["init_from"], "init_from"), **fields)
     else:
         compressor = create_compressor(method, **fields)
     tokenizer = compressor.tokenizer

@@ -28,6 +28,7 @@ from ..errors import ConfigError
 
 CHECKPOINT_PREFIX = "checkpoint-"
 RUN_FILE = "run.json"
+MACHINES_FILE = "machines.jsonl"  # one line per start (fresh or resumed): the step it started at and the machine
 CHECKPOINT_FILE = "checkpoint.json"
 # train settings that fix the data order and so must match on resume; the others (max_steps, lr...) may change
 ORDER_SETTINGS = ("seed", "batch_size", "grad_accum")
@@ -107,7 +108,7 @@ def clear_run(output_dir: Path) -> None:
     to be replaced by the new run's."""
     for path in output_dir.glob(f"{CHECKPOINT_PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
-    for name in (RUN_FILE, "log.jsonl", "recipe.yaml"):
+    for name in (RUN_FILE, MACHINES_FILE, "log.jsonl", "recipe.yaml"):
         (output_dir / name).unlink(missing_ok=True)
 
 

@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from ..models.compile import compile_blocks
 from .run_folder import (
     CHECKPOINT_PREFIX,
+    MACHINES_FILE,
     ORDER_SETTINGS,
     RunClaim,
     checkpoint_step,
@@ -220,6 +221,7 @@ class Trainer:
             logger.warning("resume requested but no checkpoint of this run in %s; starting fresh", self.output_dir)
         start_step = self.step
         log_file = self._open_log()
+        self._stamp_machine(start_step)
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not cfg.progress or not self.accelerator.is_main_process,
                    desc="train", dynamic_ncols=True)
         self.module.train()
@@ -268,6 +270,17 @@ class Trainer:
                 self._log({"step": self.step, **{f"eval/{k}": v for k, v in self.evaluate().items()}}, f)
         return TrainResult(steps=self.step, seconds=time.perf_counter() - t_start, last_loss=last_loss,
                            history=self.history, output_dir=str(self.output_dir), start_step=start_step)
+
+    def _stamp_machine(self, start_step: int) -> None:
+        """Append the machine this piece of the run trains on to ``machines.jsonl`` (a run in pieces with --resume
+        may move between machines), so a reported wall time names its machine."""
+        if self.accelerator.is_main_process:
+            from ..machine import machine_stamp
+
+            record = {"start_step": start_step, "processes": self.accelerator.num_processes,
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine_stamp()}
+            with (self.output_dir / MACHINES_FILE).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
 
     def _open_log(self):
         """The run's log for appending: records after the resumed step (written before an interruption, and about
