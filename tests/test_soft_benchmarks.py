@@ -99,3 +99,55 @@ def test_soft_squad_reads_settings_after_the_compressor_and_each_ones_own_full_c
     monkeypatch.setattr(sys, "argv", ["soft_squad.py", "--compressor", f"{c},question_focus", "--data", str(data)])
     with pytest.raises(SystemExit, match="error: a compressor setting must be name=value"):
         soft_squad.main()
+
+
+def test_recipe_reproduction_compares_each_stages_log_and_the_trained_tensors(tiny_dir, tmp_path, monkeypatch):
+    """Two runs of the same staged recipe give identical logs and tensors; a perturbed tensor and a changed loss are
+    counted as such."""
+    import yaml
+
+    import recipe_reproduction
+    from mmcompress.cli import main
+    from tiny_models import CORPUS
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n\n".join([CORPUS] * 6))
+    recipe = {"task": "meanpool",
+              "model": {"model": str(tiny_dir), "pool_ratio": 4, "chunk_tokens": 16, "lora_r": 4, "device": "cpu",
+                        "dtype": "float32"},
+              "data": {"text": str(text), "eval_fraction": 0.34, "context_tokens": 16, "eval_examples": 2},
+              "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "save_every": 0, "log_every": 1,
+                        "eval_every": 0, "progress": False},
+              "stages": [{"name": "one"}, {"name": "two", "train": {"max_steps": 3}}]}
+    for run in ("a", "b"):
+        recipe["train"]["output_dir"] = str(tmp_path / run)
+        (tmp_path / f"{run}.yaml").write_text(yaml.safe_dump(recipe))
+        assert main(["train", "--config", str(tmp_path / f"{run}.yaml")]) == 0
+    logs = [str(tmp_path / "b" / f"{i}-{n}" / "log.jsonl") for i, n in ((1, "one"), (2, "two"))]
+    out = tmp_path / "repro"
+
+    def compare() -> list[dict]:
+        argv = ["recipe_reproduction.py", "--recipe", str(tmp_path / "a.yaml"), "--result", str(tmp_path / "a" / "final"),
+                "--reference", str(tmp_path / "b" / "final"), *[a for log in logs for a in ("--reference-log", log)],
+                "--out", str(out)]
+        monkeypatch.setattr(sys, "argv", argv)
+        recipe_reproduction.main()
+        return json.loads(out.with_suffix(".json").read_text())["rows"]
+
+    rows = compare()
+    assert [(r["compared"], r["identical"]) for r in rows[:2]] == [(2, 2), (3, 3)]
+    assert rows[2]["identical"] == rows[2]["compared"] > 0 and rows[2]["max_abs_difference"] == 0
+    from safetensors.torch import load_file, save_file
+
+    weights = tmp_path / "b" / "final" / "trainable.safetensors"
+    tensors = load_file(str(weights))
+    first = sorted(tensors)[0]
+    tensors[first] = tensors[first] + 1e-3
+    save_file(tensors, str(weights))
+    second = Path(logs[1])
+    lines = [json.loads(line) for line in second.read_text().splitlines()]
+    lines[0]["loss"] += 0.5
+    second.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    rows = compare()
+    assert rows[1]["identical"] == 2 and rows[1]["max_abs_difference"] == pytest.approx(0.5)
+    assert rows[2]["identical"] == rows[2]["compared"] - 1 and rows[2]["max_abs_difference"] == pytest.approx(1e-3, rel=1e-2)
