@@ -26,17 +26,14 @@ def held_out_rows(rows: list[dict], eval_fraction: float, split: str) -> list[di
     return held_out_part(rows[qa_cut(rows, eval_fraction):], split)
 
 
-def parse_settings(pairs: list[str]) -> dict:
-    """``["question_focus=0.5", ...]`` -> ``{"question_focus": 0.5, ...}`` (values read as YAML)."""
-    import yaml
+def compressor_settings(pairs: list[str]) -> dict:
+    """``["question_focus=0.5", ...]`` -> ``{"question_focus": 0.5, ...}``, values read as ``--set`` reads them."""
+    from mmcompress.cli.common import parse_overrides
 
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise SystemExit(f"error: a compressor setting must be name=value, got {pair!r}")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
+    bad = [pair for pair in pairs if "=" not in pair or not pair.partition("=")[0].strip()]
+    if bad:
+        raise SystemExit(f"error: a compressor setting must be name=value, got {bad[0]!r}")
+    return parse_overrides(pairs)
 
 
 def main() -> None:
@@ -80,7 +77,7 @@ def main() -> None:
     results, baselines = [], {}  # reader (name, template) -> its (no context, full context) rows
     for i, spec in enumerate(args.compressor):
         name, *settings = spec.split(",")
-        settings = parse_settings(settings)
+        settings = compressor_settings(settings)
         compressor = create_compressor(name, device="cpu", **settings)
         reader = (name, settings.get("qa_template"))  # what reads the text (question_focus does not change it)
         if i == 0 or (args.own_baselines and reader not in baselines):
@@ -98,15 +95,16 @@ def main() -> None:
         lost = sum(b and not a for a, b in zip(r["hits"], none["hits"]))
         return won, lost, mcnemar_exact(won, lost)
 
+    def shares(r: dict, full: dict, suffix: str) -> dict:
+        return {f"{k}_of_{suffix}": r[k] / full[k] if full[k] else None for k in ("f1", "contains")}
+
     for r in results:
-        r["f1_of_full"] = r["f1"] / full["f1"] if full["f1"] else None
-        r["contains_of_full"] = r["contains"] / full["contains"] if full["contains"] else None
+        r.update(shares(r, full, "full"))
         r["won_vs_no_context"], r["lost_vs_no_context"], r["mcnemar_p"] = paired(r, none)
         own = r.pop("own", None)
         if args.own_baselines and own is not None:
             own_none, own_full = own
-            r["f1_of_own_full"] = r["f1"] / own_full["f1"] if own_full["f1"] else None
-            r["contains_of_own_full"] = r["contains"] / own_full["contains"] if own_full["contains"] else None
+            r.update(shares(r, own_full, "own_full"))
             r["won_vs_own_no_context"], r["lost_vs_own_no_context"], r["own_mcnemar_p"] = paired(r, own_none)
     write_results(args.out, f"Soft compressors on SQuAD ({args.split} part of the held-out tail, {len(rows)} rows)",
                   results, columns=["condition", "ratio", "exact_match", "f1", "contains", "f1_of_full",

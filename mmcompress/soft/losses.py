@@ -14,6 +14,7 @@ cross-entropy (:func:`sliced_lm_loss`).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass, field
@@ -261,13 +262,12 @@ class ClozeDataset(torch.utils.data.Dataset):
 
 def marked_runs(marks: list[bool]) -> list[tuple[int, int]]:
     """The ``(start, end)`` of each run of consecutive True values."""
-    runs, start = [], None
-    for i, m in enumerate(list(marks) + [False]):
-        if m and start is None:
-            start = i
-        elif not m and start is not None:
-            runs.append((start, i))
-            start = None
+    runs, start = [], 0
+    for mark, run in itertools.groupby(marks):
+        end = start + len(list(run))
+        if mark:
+            runs.append((start, end))
+        start = end
     return runs
 
 

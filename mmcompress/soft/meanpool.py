@@ -28,8 +28,8 @@ question must then be given when compressing, and the soft prompt serves that qu
 Question-focused (``question_focus > 0``, off by default; :mod:`.focus`): the same number of positions, spent
 unevenly - the context's sentences closest to the question (a frozen sentence encoder ranks them) keep up to that
 share of the positions at ``focus_ratio`` tokens each, the rest is pooled more coarsely. It needs no training: the
-decoder reads a focused sentence's keys and values as it reads a pooled group's. The question must be given when
-compressing.
+decoder reads a focused sentence's keys and values as it reads a pooled group's. The question is read when
+compressing; without one there is nothing to focus on, and the span is pooled uniformly.
 """
 from __future__ import annotations
 
