@@ -46,8 +46,8 @@ def spy_layout(compressor) -> dict:
     """``seen["chunks"]``: the chunks of the compressor's last question-focused layout, with their groups."""
     seen, lay_out = {}, compressor.lay_out_focus
 
-    def spy(texts, questions, chunks):
-        lay_out(texts, questions, chunks)
+    def spy(texts, questions, chunks, offsets):
+        lay_out(texts, questions, chunks, offsets)
         seen["chunks"] = chunks
 
     compressor.lay_out_focus = spy
@@ -121,6 +121,21 @@ def test_question_focus_keeps_the_ratio_and_pools_the_question_sentence_finer(ti
     assert plain_f.chunk_layout == plain_u.chunk_layout and torch.equal(plain_f.kv[0][0], plain_u.kv[0][0])
     with pytest.raises(InvalidPromptError, match="question"):
         build(tiny_dir, question_aware=True).compress(CONTEXT)
+
+
+@pytest.mark.parametrize("encoder_bos", [False, True])
+def test_the_layout_reads_offsets_from_the_encoders_own_tokenizer_call(tiny_dir, encoder_bos):
+    """The focus layout gets one character span per encoder id, from the call that gave the ids (a BOS at (0, 0),
+    pooled with the first sentence): the same ids as without offsets, and spans that cover the text in order."""
+    c = build(tiny_dir, question_focus=0.5, encoder_bos=encoder_bos)
+    ids, offsets = c.tokenize_spans([CONTEXT, QUESTION], offsets=True)
+    assert ids == c.tokenize_spans([CONTEXT, QUESTION])
+    assert [len(row) for row in offsets] == [len(row) for row in ids]
+    for text, row, spans in zip([CONTEXT, QUESTION], ids, offsets):
+        own = spans[1:] if encoder_bos else spans
+        if encoder_bos:
+            assert row[0] == c.tokenizer.bos_token_id is not None and spans[0] == (0, 0)
+        assert own[0][0] == 0 and own[-1][1] == len(text) and all(a[1] <= b[0] for a, b in zip(own, own[1:]))
 
 
 def test_training_lays_out_a_qa_example_as_inference_does(tiny_dir, bag_of_words):

@@ -382,10 +382,15 @@ class EncoderCompressor(SlotDecoding):
     def build_module(self):
         return self.module_class(self.llm, self.config)
 
-    def tokenize_spans(self, texts: Sequence[str]) -> list[list[int]]:
-        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    def tokenize_spans(self, texts: Sequence[str], offsets: bool = False):
+        """The encoder's ids of each text (after a BOS when ``encoder_bos``); with ``offsets``, also each token's
+        character span in its text (the BOS's is ``(0, 0)``), from the same tokenizer call: ``(ids, offsets)``."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=offsets)
+        ids, spans = enc["input_ids"], enc.get("offset_mapping")
         if self.config.encoder_bos:
             ids = [[self.tokenizer.bos_token_id, *row] for row in ids]
+            if offsets:
+                spans = [[(0, 0), *row] for row in spans]
         for text, row in zip(texts, ids):
             if len(row) > self.config.max_input_tokens:
                 from ..errors import InvalidPromptError
@@ -393,7 +398,7 @@ class EncoderCompressor(SlotDecoding):
                 raise InvalidPromptError(
                     f"a segment has {len(row)} tokens, more than max_input_tokens={self.config.max_input_tokens}; "
                     "raise max_input_tokens or split the document")
-        return ids
+        return (ids, spans) if offsets else ids
 
     def chunk_padding(self) -> tuple[int, int]:
         """``(pad id, pad_to)`` of the encoder's chunks: attended right padding to ``pad_to`` (EOS unless ``pad_id``
@@ -424,18 +429,23 @@ class EncoderCompressor(SlotDecoding):
         return self.reads_question
 
     def encode_chunks(self, texts: Sequence[str], prefixes: Sequence[Sequence[int]] | None = None,
-                      layout: Callable[[Chunks], None] | None = None) -> tuple[list[Any], Chunks]:
+                      layout: Callable[[Chunks, list], None] | None = None) -> tuple[list[Any], Chunks]:
         """Encode every chunk of every text (in batches of ``encode_batch_chunks``); per-chunk outputs + chunks.
         ``prefixes``: ids read before each chunk of each text (a question-aware encoder's question). ``layout``:
-        called on the chunks before they are encoded (it may set their pooling ``groups``)."""
+        called with the chunks and each text's token offsets (:meth:`tokenize_spans`) before the chunks are encoded
+        (it may set their pooling ``groups``)."""
         module = self.module
         pad, pad_to = self.chunk_padding()
-        chunks = make_chunks(self.tokenize_spans(texts), self.config.chunk_tokens, pad, pad_to=pad_to, prefixes=prefixes)
+        if layout is None:
+            ids, offsets = self.tokenize_spans(texts), None
+        else:
+            ids, offsets = self.tokenize_spans(texts, offsets=True)
+        chunks = make_chunks(ids, self.config.chunk_tokens, pad, pad_to=pad_to, prefixes=prefixes)
         if self.config.encoder_bos:  # the texts' own tokens are what was compressed (origin_tokens), not the BOS
             chunks.lengths = [n - 1 for n in chunks.lengths]
             chunks.sizes = [n - (i == 0) for n, i in zip(chunks.sizes, chunks.index.tolist())]
         if layout is not None:
-            layout(chunks)
+            layout(chunks, offsets)
         outs = [module.compress_chunks(chunks.rows(part)) for part in span_batches(chunks, self.encode_batch_chunks)]
         return outs, chunks
 

@@ -196,14 +196,12 @@ class MeanPoolCompressor(KvCompressor):
         spans = self.module.per_span(per_chunk, chunks)
         return kv_segments(spans, chunks, [row[0][0].shape[-2] for row in per_chunk], texts)
 
-    def lay_out_focus(self, texts, questions, chunks: Chunks) -> None:
-        """Set ``chunks.groups``: uniform groups of ``pool_ratio``, replaced by :mod:`.focus`'s layout per text."""
-        own = chunks.own_mask
-        offsets = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-        if self.config.encoder_bos:  # the BOS is pooled with the first sentence's tokens
-            offsets = [[(0, 0), *row] for row in offsets]
+    def lay_out_focus(self, texts, questions, chunks: Chunks, offsets) -> None:
+        """Set ``chunks.groups``: uniform groups of ``pool_ratio``, replaced by :mod:`.focus`'s layout per text.
+        ``offsets``: each text's token character spans, as the encoder read them (a BOS, at ``(0, 0)``, is pooled
+        with the first sentence's tokens)."""
         layouts = self.focus.groups(texts, questions, offsets, chunks.own_sizes_per_span())
-        chunks.groups = group_tensor(own, int(self.config.pool_ratio), layouts)
+        chunks.groups = group_tensor(chunks.own_mask, int(self.config.pool_ratio), layouts)
 
     def training_collate(self):
         """Training batches lay out the question-focused pooling of the QA examples that carry a ``focus``."""
