@@ -101,16 +101,15 @@ def test_soft_squad_reads_settings_after_the_compressor_and_each_ones_own_full_c
         soft_squad.main()
 
 
-def test_recipe_reproduction_compares_each_stages_log_and_the_trained_tensors(tiny_dir, tmp_path, monkeypatch):
-    """Two runs of the same staged recipe give identical logs and tensors; a perturbed tensor and a changed loss are
-    counted as such."""
+def train_tiny_staged_recipe(tiny_dir: Path, folder: Path, runs: tuple[str, ...]) -> None:
+    """Train a two-stage meanpool recipe (2 + 3 steps) on the tiny model once per name in ``runs``:
+    ``folder/<run>.yaml`` into ``folder/<run>/``."""
     import yaml
 
-    import recipe_reproduction
     from mmcompress.cli import main
     from tiny_models import CORPUS
 
-    text = tmp_path / "corpus.txt"
+    text = folder / "corpus.txt"
     text.write_text("\n\n".join([CORPUS] * 6))
     recipe = {"task": "meanpool",
               "model": {"model": str(tiny_dir), "pool_ratio": 4, "chunk_tokens": 16, "lora_r": 4, "device": "cpu",
@@ -119,10 +118,18 @@ def test_recipe_reproduction_compares_each_stages_log_and_the_trained_tensors(ti
               "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "save_every": 0, "log_every": 1,
                         "eval_every": 0, "progress": False},
               "stages": [{"name": "one"}, {"name": "two", "train": {"max_steps": 3}}]}
-    for run in ("a", "b"):
-        recipe["train"]["output_dir"] = str(tmp_path / run)
-        (tmp_path / f"{run}.yaml").write_text(yaml.safe_dump(recipe))
-        assert main(["train", "--config", str(tmp_path / f"{run}.yaml")]) == 0
+    for run in runs:
+        recipe["train"]["output_dir"] = str(folder / run)
+        (folder / f"{run}.yaml").write_text(yaml.safe_dump(recipe))
+        assert main(["train", "--config", str(folder / f"{run}.yaml")]) == 0
+
+
+def test_recipe_reproduction_compares_each_stages_log_and_the_trained_tensors(tiny_dir, tmp_path, monkeypatch):
+    """Two runs of the same staged recipe give identical logs and tensors; a perturbed tensor and a changed loss are
+    counted as such."""
+    import recipe_reproduction
+
+    train_tiny_staged_recipe(tiny_dir, tmp_path, ("a", "b"))
     logs = [str(tmp_path / "b" / f"{i}-{n}" / "log.jsonl") for i, n in ((1, "one"), (2, "two"))]
     out = tmp_path / "repro"
 
@@ -151,3 +158,43 @@ def test_recipe_reproduction_compares_each_stages_log_and_the_trained_tensors(ti
     rows = compare()
     assert rows[1]["identical"] == 2 and rows[1]["max_abs_difference"] == pytest.approx(0.5)
     assert rows[2]["identical"] == rows[2]["compared"] - 1 and rows[2]["max_abs_difference"] == pytest.approx(1e-3, rel=1e-2)
+
+
+def test_recipe_wall_clock_sums_each_stage_and_copies_its_logs(tiny_dir, tmp_path, monkeypatch):
+    """Per stage: its steps, the training minutes summed from the logged steps per second, the stage's whole wall
+    clock from the trainer's start stamp to the saved result; the total over stages; the logs copied beside the
+    results. A stage resumed in pieces has no whole wall clock (its gaps are not training), nor has the total."""
+    import recipe_wall_clock
+
+    train_tiny_staged_recipe(tiny_dir, tmp_path, ("a",))
+    out = tmp_path / "results" / "tiny_recipe"
+    out.parent.mkdir()
+    first = tmp_path / "a" / "1-one" / "log.jsonl"  # as if each of its 2 steps had taken 100 s
+    rows = [json.loads(line) for line in first.read_text().splitlines()]
+    first.write_text("".join(json.dumps({**r, "steps_per_s": 0.01} if "steps_per_s" in r else r) + "\n" for r in rows))
+
+    def measure() -> list[dict]:
+        monkeypatch.setattr(sys, "argv", ["recipe_wall_clock.py", "--recipe", str(tmp_path / "a.yaml"),
+                                          "--out", str(out)])
+        recipe_wall_clock.main()
+        return json.loads(out.with_suffix(".json").read_text())["rows"]
+
+    rows = measure()
+    assert [(r["stage"], r["steps"]) for r in rows] == [("one", 2), ("two", 3), ("all", 5)]
+    assert rows[0]["train_wall_minutes"] == 3.3
+    assert rows[2]["train_wall_minutes"] == pytest.approx(3.3 + rows[1]["train_wall_minutes"])
+    for stage, row in zip(("1-one", "2-two"), rows):
+        logged = [json.loads(line) for line in (tmp_path / "a" / stage / "log.jsonl").read_text().splitlines()]
+        speeds = [r["steps_per_s"] for r in logged if "steps_per_s" in r]  # log_every 1: one row per step
+        assert row["train_wall_minutes"] == round(sum(1 / v for v in speeds) / 60, 1)
+        assert 0 <= row["stage_wall_minutes"] < 5 and "cores" in row["machine"]
+        copy = out.with_name(f"tiny_recipe_{stage[2:]}_train_log.jsonl")
+        assert copy.read_text() == (tmp_path / "a" / stage / "log.jsonl").read_text()
+        assert out.with_name(f"tiny_recipe_{stage[2:]}_machines.jsonl").is_file()
+    assert rows[2]["stage_wall_minutes"] >= max(r["stage_wall_minutes"] for r in rows[:2])
+
+    machines = tmp_path / "a" / "2-two" / "machines.jsonl"
+    machines.write_text(machines.read_text() * 2)  # as after one --resume
+    rows = measure()
+    assert rows[1]["stage_wall_minutes"] is None and rows[2]["stage_wall_minutes"] is None
+    assert rows[0]["stage_wall_minutes"] is not None
