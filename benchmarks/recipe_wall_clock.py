@@ -56,17 +56,16 @@ def main() -> None:
         logs.append(str(out.with_name(f"{out.name}_{name}_train_log.jsonl")))
     training = recipe_training(args.recipe, logs)
 
-    rows, pieces = [], []
-    for stage, folder in zip(training["stages"], folders):
-        starts = started(folder / "machines.jsonl")
-        pieces.append(len(starts))
-        whole = (saved(folder) - starts[0]).total_seconds() if len(starts) == 1 else None  # resumed: gaps inside
+    starts = [started(folder / "machines.jsonl") for folder in folders]
+    rows = []
+    for stage, folder, begun in zip(training["stages"], folders, starts):
+        whole = (saved(folder) - begun[0]).total_seconds() if len(begun) == 1 else None  # resumed: gaps inside
         rows.append({"stage": stage["stage"], "steps": stage["steps"], "batch_size": stage["batch_size"],
                      "train_wall_minutes": round(stage["train_wall_seconds"] / 60, 1),
                      "stage_wall_minutes": None if whole is None else round(whole / 60, 1),
                      "eval_token_accuracy": stage["eval_token_accuracy"], "machine": "; ".join(stage["machines"])})
-    first_start, last_save = started(folders[0] / "machines.jsonl")[0], saved(folders[-1])
-    one_piece = all(n == 1 for n in pieces)
+    first_start, last_save = starts[0][0], saved(folders[-1])
+    one_piece = all(len(begun) == 1 for begun in starts)
     total = {"stage": "all", "steps": training["steps"], "batch_size": None,
              "train_wall_minutes": training["train_wall_minutes"],
              "stage_wall_minutes": round((last_save - first_start).total_seconds() / 60, 1) if one_piece else None,

@@ -42,19 +42,20 @@ class QuestionOverlap(HardCompressor):
     def words(self, text: str) -> set[str]:
         return {w for w in WORD.findall(text.lower()) if len(w) >= self.config.min_length}
 
+    def overlap(self, sentences: list[str], question: set[str]) -> np.ndarray:
+        return np.array([len(self.words(s) & question) - 1e-3 * i for i, s in enumerate(sentences)])
+
     def compress_segments(self, request: Request) -> list[SegmentOutcome]:
         question = self.words(request.prompt.question or "")
-        units, scores, costs = [], [], []
+        units = []
         for k, segment in enumerate(request.text_segments):
             if segment.policy is Policy.KEEP:  # instruction, question, or a document marked keep
-                units.append(None), scores.append(None), costs.append(None)
+                units.append(None)
                 continue
             offsets = self.tokenize_with_offsets([segment.text])[0][1]
-            sentences = request.split(k, sentence_units(segment.text), offsets)[0]  # too long ones cut to fit
-            strings = sentences.strings()
-            units.append(sentences)
-            scores.append(np.array([len(self.words(s) & question) - 1e-3 * i for i, s in enumerate(strings)]))
-            costs.append(np.asarray(self.count_tokens(strings), dtype=np.float64))
+            units.append(request.split(k, sentence_units(segment.text), offsets)[0])  # too long ones cut to fit
+        scores = [None if u is None else self.overlap(u.strings(), question) for u in units]
+        costs = [None if u is None else np.asarray(self.count_tokens(u.strings()), dtype=np.float64) for u in units]
         masks = allocate(request, scores, costs)  # the budget plan over all documents, as every hard method uses
         return [keep_whole(s) if u is None else unit_outcome(u, m, "sentence", sc)
                 for s, u, m, sc in zip(request.text_segments, units, masks, scores)]
