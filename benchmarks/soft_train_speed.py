@@ -21,13 +21,15 @@ of every layer, forward and input gradient, over the encoder's and the decoder's
 the labelled rows): best of 5 timings of bare bfloat16 matmuls, no norms, attention, adapters or autograd. No path
 can be faster than it, so ``old`` over it is the largest speed-up any change outside the matmul kernels can give,
 and its MFU is the ceiling at these shapes (measured minutes after the peak: where the machine's speed moves within a
-run, compare the seconds, not the two MFUs).
+run, compare the seconds, not the two MFUs). ``int8_matmul_floor_s`` is the same with the layers' products in int8
+(``torch._int_mm``, what the ``*-int8`` paths run): the floor of a path whose layers multiply in int8.
 
     PYTHONPATH=. python benchmarks/soft_train_speed.py --threads 2 --rounds 3
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import time
@@ -52,6 +54,13 @@ PATHS = {
     # not in the default set: both levers together (compiled layers, adapter in bfloat16)
     "meanpool-compiled-bf16-lora": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
                                     "compile_layers": True, "adapter_dtype": "bfloat16"},
+    # not in the default sets: the compiled paths with the frozen layers' matmuls in int8 (SwitchBack,
+    # mmcompress/models/switchback.py; the trainer's `frozen_matmuls: int8`)
+    "meanpool-compiled-int8": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
+                               "compile_layers": True, "frozen_matmuls": "int8"},
+    "meanpool-compiled-bf16-lora-int8": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager",
+                                         "autocast": False, "compile_layers": True, "adapter_dtype": "bfloat16",
+                                         "frozen_matmuls": "int8"},
 }
 DEFAULT_PATHS = ("old", "kv-new", "meanpool-new", "meanpool-compiled")
 
@@ -86,8 +95,9 @@ def step_tokens(batch: dict, slots_per_chunk: int, decoder_prefix: int) -> tuple
     return encoder_tokens, decoder_tokens, int((batch["labels"] != -100).sum())
 
 
-def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5) -> float:
-    """Seconds of the step's bare bfloat16 matmuls at the model's shapes (forward + input gradient)."""
+def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5, int8: bool = False) -> float:
+    """Seconds of the step's bare matmuls at the model's shapes (forward + input gradient): bfloat16, or with the
+    layers' matmuls in int8 (``int8``, what SwitchBack runs; the LM head stays bfloat16 there too)."""
     from torch import nn
 
     layers = llm.get_decoder().layers if hasattr(llm, "get_decoder") else llm.model.layers
@@ -95,18 +105,23 @@ def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5) -> 
               if isinstance(m, nn.Linear) and "lora_" not in n]  # the base weights (peft keeps them as base_layer)
     cfg = llm.config
     encoder_tokens, decoder_tokens, labelled = tokens
-    work = [(t, i, o, len(layers)) for t in (encoder_tokens, decoder_tokens) for i, o in shapes]
-    work.append((labelled, cfg.hidden_size, cfg.vocab_size, 1))
+    work = [(t, i, o, len(layers), int8) for t in (encoder_tokens, decoder_tokens) for i, o in shapes]
+    work.append((labelled, cfg.hidden_size, cfg.vocab_size, 1, False))
     total = 0.0
-    for t, i, o, times in work:
-        x, w, g = (torch.randn(t, i, dtype=torch.bfloat16), torch.randn(i, o, dtype=torch.bfloat16),
-                   torch.randn(t, o, dtype=torch.bfloat16))
-        x @ w, g @ w.T  # first calls build the kernels for these shapes
+    for t, i, o, times, in_int8 in work:
+        if in_int8:  # both operands of each product laid out as SwitchBack keeps them
+            x, w, g, w_t = (torch.randint(-127, 128, shape, dtype=torch.int8)
+                            for shape in ((t, i), (i, o), (t, o), (o, i)))
+            forward, backward = functools.partial(torch._int_mm, x, w), functools.partial(torch._int_mm, g, w_t)
+        else:
+            x, w, g = (torch.randn(shape, dtype=torch.bfloat16) for shape in ((t, i), (i, o), (t, o)))
+            forward, backward = functools.partial(torch.matmul, x, w), functools.partial(torch.matmul, g, w.T)
+        forward(), backward()  # first calls build the kernels for these shapes
         best = float("inf")
         for _ in range(trials):
             t0 = time.perf_counter()
-            x @ w
-            g @ w.T
+            forward()
+            backward()
             best = min(best, time.perf_counter() - t0)
         total += best * times
     return total
@@ -115,6 +130,7 @@ def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5) -> 
 def build(path: dict, args):
     from mmcompress import create_compressor
     from mmcompress.models.compile import compile_blocks
+    from mmcompress.models.switchback import int8_frozen_linears
 
     from mmcompress.soft.kv import KvConfig
 
@@ -124,6 +140,8 @@ def build(path: dict, args):
     c = create_compressor(path["method"], model=args.model, device="cpu", dtype=path["dtype"],
                           chunk_tokens=args.window, lora_r=args.lora_r, lora_alpha=args.lora_r, **sizes)
     c.llm.set_attn_implementation(path["attn"])
+    if path.get("frozen_matmuls") == "int8":  # before compiling, as the trainer does
+        int8_frozen_linears(c.module)
     if path.get("compile_layers"):  # per layer, not the whole step: the step switches adapters and graph-breaks
         compile_blocks(c.module)
     module = c.module
@@ -191,15 +209,19 @@ def main() -> None:
         path = PATHS[name]
         slots = 0 if path["method"] == "meanpool" else args.window // 4
         flops = statistics.mean(step_flops(c.llm, b, slots, args.window // 4) for b in batches[1:])
-        floor = matmul_floor_seconds(c.llm, step_tokens(batches[1], slots, args.window // 4))
+        tokens = step_tokens(batches[1], slots, args.window // 4)
+        floor = matmul_floor_seconds(c.llm, tokens)
+        int8_floor = matmul_floor_seconds(c.llm, tokens, int8=True)
         median = statistics.median(seconds[name])
         rows.append({"path": name, "method": path["method"], "weights": path["dtype"],
                      "adapter": path.get("adapter_dtype", "float32"),  # peft keeps adapters in float32
+                     "frozen_matmuls": path.get("frozen_matmuls", "native"),
                      "attention": path["attn"],
                      "autocast": path["autocast"], "warmup_s": warmup[name], "s_per_step": median, "min_s": min(seconds[name]),
                      "max_s": max(seconds[name]), "model_tflop_per_step": flops / 1e12,
                      "mfu_vs_bf16_peak": flops / median / peak, "speedup_vs_old": base / median,
                      "matmul_floor_s": floor, "floor_mfu": flops / floor / peak, "old_over_floor": base / floor,
+                     "int8_matmul_floor_s": int8_floor, "old_over_int8_floor": base / int8_floor,
                      "losses_finite": all(math.isfinite(x) for x in losses[name])})
     notes = (f"bfloat16 matmul peak measured in this process: {peak / 1e12:.3f} TFLOP/s. Batch {args.batch_size} "
              f"windows of {args.window} tokens at 4x, LoRA r={args.lora_r}; median of {args.rounds} alternating rounds.")

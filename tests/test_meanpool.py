@@ -113,7 +113,9 @@ def _chunks(n, size=16):
     return split_into_chunks(list(range(n)), size)
 
 
-def test_tiny_meanpool_learns_to_reconstruct(tiny_lm):
+@pytest.mark.parametrize("frozen_matmuls", ["native", "int8"])
+def test_tiny_meanpool_learns_to_reconstruct(tiny_lm, frozen_matmuls):
+    from mmcompress.models.switchback import int8_frozen_linears
     from tiny_models import CORPUS, learn_reconstruction, make_learnable_llama
 
     _, tok = tiny_lm
@@ -122,6 +124,8 @@ def test_tiny_meanpool_learns_to_reconstruct(tiny_lm):
     torch.manual_seed(0)
     c = MeanPoolCompressor(model=make_learnable_llama(tok), tokenizer=tok, pool_ratio=2, chunk_tokens=8, lora_r=8,
                            lora_alpha=16)
+    if frozen_matmuls == "int8":  # train.frozen_matmuls: int8 (SwitchBack); evaluated with the weights as they are
+        assert int8_frozen_linears(c.module) > 0
     first, final = learn_reconstruction(c, spans, tok, 8)
     assert first < 0.3 and final >= 0.9
 

@@ -191,10 +191,13 @@ class QADataset(torch.utils.data.Dataset):
             answer = answers[0] if answers and isinstance(answers[0], str) else (answers[0].get("text") if answers else None)
             if not answer:
                 continue
-            context = tokenizer(row["context"], add_special_tokens=False)["input_ids"][:max_context_tokens]
+            # one tokenizer call gives the ids and, for question_focus, each token's character span
+            encoded = tokenizer(row["context"], add_special_tokens=False, return_offsets_mapping=focus is not None)
+            context = encoded["input_ids"][:max_context_tokens]
             example = qa_example(tokenizer, template, context, row["question"], answer)
-            if focus is not None:  # (text, question, max tokens) -> (focus per token, ratio): question_focus
-                example.focus, example.focus_ratio = focus(row["context"], row["question"], max_context_tokens)
+            if focus is not None:  # (text, question, token offsets) -> (focus per token, ratio): question_focus
+                offsets = encoded["offset_mapping"][:max_context_tokens]
+                example.focus, example.focus_ratio = focus(row["context"], row["question"], offsets)
             self.examples.append(example)
 
     def __len__(self) -> int:

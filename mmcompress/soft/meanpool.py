@@ -208,15 +208,14 @@ class MeanPoolCompressor(KvCompressor):
         return functools.partial(super().training_collate(), pool_ratio=int(self.config.pool_ratio))
 
     def question_focus_of(self):
-        """``(text, question, max tokens) -> (focus per token, ratio)`` for training QA examples, or None without
-        ``question_focus``: the layout :meth:`lay_out_focus` gives the same context at inference."""
+        """``(text, question, offsets) -> (focus per token, ratio)`` for training QA examples, or None without
+        ``question_focus``; ``offsets``: the character span of each context token the example keeps, from the call
+        that tokenized it. The layout :meth:`lay_out_focus` gives the same context at inference."""
         if not self.config.question_focus > 0:
             return None
         ratio, chunk_tokens = int(self.config.pool_ratio), int(self.config.chunk_tokens)
 
-        def focus(text: str, question: str, max_tokens: int):
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            offsets = enc["offset_mapping"][:max_tokens]
+        def focus(text: str, question: str, offsets: list[tuple[int, int]]):
             positions = sum(math.ceil(len(c) / ratio) for c in split_into_chunks(offsets, chunk_tokens))
             return self.focus.token_focus(text, question, offsets, positions)
 

@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..config_base import Config
 from ..errors import ConfigError
 from ..models.compile import compile_blocks
+from ..models.switchback import int8_frozen_linears
 from .run_folder import (
     CHECKPOINT_PREFIX,
     MACHINES_FILE,
@@ -80,6 +81,9 @@ class TrainConfig(Config):
     # torch.compile: "layers" compiles each decoder layer (soft steps 1.22x faster on CPU after minutes of
     # compiling); "step" the whole training step (did not finish compiling on 2 cores); true means "layers"
     compile: bool | str = False
+    # "int8": the frozen linear layers' matmuls (forward and input gradient) in int8 while training, SwitchBack
+    # (mmcompress/models/switchback.py; CPU only, a VNNI int8 matmul is 2x a bfloat16 one); "native": their dtype
+    frozen_matmuls: str = "native"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -95,6 +99,8 @@ class TrainConfig(Config):
         self.compile = {False: "no", True: "layers"}.get(self.compile, self.compile)
         if self.compile not in ("no", "layers", "step"):
             raise ConfigError(f"compile must be no, layers or step (or false / true), got {self.compile!r}")
+        if self.frozen_matmuls not in ("native", "int8"):
+            raise ConfigError(f"frozen_matmuls must be native or int8, got {self.frozen_matmuls!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
@@ -192,6 +198,8 @@ class Trainer:
         # the step runs as a module's forward, so that a data-parallel wrapper (DDP over several processes) sees it:
         # DDP synchronises gradients only for what went through its forward; a bare training_step call would leave
         # every process training its own copy
+        if config.frozen_matmuls == "int8":  # before compiling, so that the compiled layers fuse the quantizing
+            int8_frozen_linears(module)
         if config.compile == "layers":
             compile_blocks(module)
         step = TrainingStep(module, compile=config.compile == "step")
