@@ -21,7 +21,6 @@ import contextlib
 import functools
 import json
 import shutil
-import sys
 import time
 from pathlib import Path
 

@@ -33,7 +33,6 @@ import functools
 import math
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
