@@ -52,6 +52,7 @@ CURRENT: list[tuple[str, str, list[str]]] = [
                                  "soft_squad_validation_entity_cloze", "soft_squad_validation_focus", "soft_squad_test_focus",
                                  "soft_test_4x_declora", "soft_test_2x", "soft_test_4x_qa", "soft_squad_test_4x_qa",
                                  "soft_qa_recipe_reproduction", "soft_qa_recipe", "soft_4x_recipe",
+                                 "soft_4x_int8_recipe", "soft_validation_4x_int8_recipe",
                                  "soft_validation_4x_recipe", "soft_test_4x_recipe",
                                  "soft_squad_validation",
                                  "soft_qa_templates", "soft_squad_validation_chat", "soft_squad_validation_chat_decoder",
