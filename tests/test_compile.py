@@ -11,7 +11,7 @@ from mmcompress.models.compile import compile_blocks, repeated_blocks
 from mmcompress.soft.losses import Example, collate
 from mmcompress.soft.meanpool import MeanPoolCompressor
 from mmcompress.training.trainer import TrainConfig
-from tiny_models import make_bpe_tokenizer, make_llama, perturb
+from tiny_models import loss_and_grads, make_bpe_tokenizer, make_llama, perturb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -25,13 +25,6 @@ def llama_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-llama-32-heads")
     make_llama(make_bpe_tokenizer(), folder, hidden=128)
     return folder
-
-
-def loss_and_grads(module, batch):
-    module.zero_grad(set_to_none=True)
-    loss = module.training_step(batch)["loss"]
-    loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize(("dtype", "decoder_lora_r"), [("float32", 0), ("float32", 4), ("bfloat16", 0)])

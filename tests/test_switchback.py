@@ -12,7 +12,7 @@ from mmcompress.models.switchback import SwitchBackMatmul, int8_frozen_linears, 
 from mmcompress.soft.losses import Example, collate
 from mmcompress.soft.meanpool import MeanPoolCompressor
 from mmcompress.training.trainer import TrainConfig
-from tiny_models import perturb
+from tiny_models import loss_and_grads, perturb
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,13 +70,6 @@ def batch_of(c):
              "Paris is the capital and most populous city of France, on the Seine."]
     return collate([Example(ids[:16], [], ids[:16] + [tok.eos_token_id], "ae")
                     for ids in tok(texts, add_special_tokens=False)["input_ids"]], 16, tok.pad_token_id)
-
-
-def loss_and_grads(module, batch):
-    module.zero_grad(set_to_none=True)
-    loss = module.training_step(batch)["loss"]
-    loss.backward()
-    return float(loss), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
 def test_only_frozen_layers_below_the_head_change_and_the_adapter_gradients_keep_their_direction(tiny_dir):

@@ -154,6 +154,14 @@ def learn_reconstruction(compressor, spans, tokenizer, chunk_tokens: int, steps:
     return first, module.evaluation_step(batch)["token_accuracy"]
 
 
+def loss_and_grads(module, batch):
+    """One training step's loss and the gradient of every parameter it reaches (name -> a copy)."""
+    module.zero_grad(set_to_none=True)
+    loss = module.training_step(batch)["loss"]
+    loss.backward()
+    return float(loss), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
 def perturb(compressor, seed: int = 0):
     """Give the LoRA B matrices non-zero values (fresh LoRA is the identity), as after some training."""
     import torch
