@@ -36,6 +36,7 @@ CURRENT: list[tuple[str, str, list[str]]] = [
       "multidoc_reader_llmlingua2", "equal_budget"]),
     ("Soft methods", "soft.md", ["soft_train_speed", "soft_train_speed_floor", "soft_train_speed_compiled_bf16_lora",
                                  "soft_train_speed_amd", "soft_train_speed_int8",
+                                 "soft_train_speed_shared_graphs", "soft_train_speed_sdpa", "soft_grad_precision",
                                  "soft_design/table",
                                  "soft_design/meanpool",
                                  "soft_design/meanpool_continued", "soft_design/meanpool_cosine",

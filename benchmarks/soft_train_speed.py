@@ -46,6 +46,13 @@ PATHS = {
     # the trainer's `compile: layers`); compiling takes minutes on 2 cores, paid in the warm-up step
     "meanpool-compiled": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
                           "compile_layers": True},
+    # not in the default set: meanpool-compiled as it compiled before the layers shared one graph (each layer traced
+    # and compiled apart: minutes of warm-up, and a guard check over every layer's version at each call)
+    "meanpool-compiled-per-layer": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
+                                    "compile_layers": True, "share_graphs": False},
+    # not in the default set: meanpool-new with PyTorch's SDPA attention, whose gradients in bfloat16 stay near
+    # float32's where eager attention's do not (benchmarks/soft_grad_precision.py)
+    "meanpool-new-sdpa": {"method": "meanpool", "dtype": "bfloat16", "attn": "sdpa", "autocast": False},
     # not in the default set: meanpool-new with the LoRA adapter in bfloat16 too (no float32 casts of the
     # activations around every adapter; bfloat16 optimizer updates), the issue's "bf16 end to end" lever
     "meanpool-bf16-lora": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
@@ -142,7 +149,7 @@ def build(path: dict, args):
     if path.get("frozen_matmuls") == "int8":  # before compiling, as the trainer does
         int8_frozen_linears(c.module)
     if path.get("compile_layers"):  # per layer, not the whole step: the step switches adapters and graph-breaks
-        compile_blocks(c.module)
+        compile_blocks(c.module, share_graphs=path.get("share_graphs", True))
     module = c.module
     if path.get("adapter_dtype"):
         for p in module.parameters():

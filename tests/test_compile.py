@@ -136,3 +136,60 @@ def test_train_config_compile_values(given, meant):
 def test_train_config_refuses_an_unknown_compile_mode():
     with pytest.raises(ConfigError, match="compile must be"):
         TrainConfig(compile="everything")
+
+
+@pytest.mark.parametrize("layers", [2, 4])
+def test_every_layer_shares_one_compiled_graph_and_fills_its_own_cache_entry(layers):
+    """Each layer hands its cache its own index; seen through ``OneLayerCache`` all layers compile once (not once
+    per layer, which took minutes for SmolLM2's 30), and each still writes the keys and values of its own entry."""
+    from torch._dynamo.utils import counters
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                         num_key_value_heads=2, num_hidden_layers=layers, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    ids = torch.randint(0, 96, (2, 12))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        cache = new_cache(model)
+        model(ids, use_cache=True, **cache_kwargs(model, cache)).logits.square().mean().backward()
+        return [(layer.keys.detach(), layer.values.detach()) for layer in cache.layers]
+
+    eager = step()
+    graphs = {}
+    for share in (False, True):
+        torch._dynamo.reset()
+        counters.clear()
+        for block in repeated_blocks(model):  # undo the last compile_blocks (an instance attribute): compile afresh
+            block.__dict__.pop("forward", None)
+        compile_blocks(model, share_graphs=share)
+        compiled = step()
+        graphs[share] = counters["stats"]["unique_graphs"]
+        assert len(compiled) == layers
+        for i, ((k, v), (k0, v0)) in enumerate(zip(compiled, eager)):
+            torch.testing.assert_close(k, k0, msg=f"layer {i}'s keys")
+            torch.testing.assert_close(v, v0, msg=f"layer {i}'s values")
+    assert graphs[True] == 1
+    assert graphs[False] == layers  # what the view saves: a graph (and a trace of minutes) per layer
+
+
+def test_the_trainer_warns_of_bfloat16_eager_attention_only_uncompiled(caplog):
+    """bfloat16 eager attention's gradients stray far from float32's (benchmarks/soft_grad_precision.py): training it
+    uncompiled is warned of; SDPA, float32 and compiled layers are not."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mmcompress.training.trainer import warn_eager_bfloat16_attention
+
+    config = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_attention_heads=4,
+                         num_key_value_heads=2, num_hidden_layers=1)
+    model = LlamaForCausalLM(config)
+    for attention, dtype, warns in [("eager", torch.bfloat16, True), ("sdpa", torch.bfloat16, False),
+                                    ("eager", torch.float32, False)]:
+        model.set_attn_implementation(attention)
+        assert warn_eager_bfloat16_attention(model.to(dtype)) is warns, (attention, dtype)
+    with caplog.at_level("WARNING"):
+        model.set_attn_implementation("eager")
+        warn_eager_bfloat16_attention(torch.nn.ModuleDict({"llm": model.to(torch.bfloat16)}))
+    assert "attn_implementation: sdpa" in caplog.text
