@@ -46,6 +46,7 @@ CURRENT: list[tuple[str, str, list[str]]] = [
                                  "soft_design/curriculum_1x", "soft_design/curriculum_2x", "soft_design/curriculum_4x",
                                  "soft_design/compile_ab_compiled", "soft_design/compile_ab_eager",
                                  "soft_design/int8_ab_int8", "soft_design/int8_ab_native",
+                                 "soft_design/int8_ab_shared_int8", "soft_design/int8_ab_shared_native",
                                  "soft_validation_4x", "soft_validation_4x_declora", "soft_validation_4x_r8", "soft_validation_4x_uncut",
                                  "soft_test_4x", "soft_long_reconstruction_validation", "soft_long_reconstruction",
                                  "soft_long_reconstruction_spans_validation", "soft_squad_validation_spans_qa",

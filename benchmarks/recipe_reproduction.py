@@ -32,7 +32,7 @@ def main() -> None:
     from safetensors.torch import load_file
 
     from mmcompress.soft.base import WEIGHTS_FILE
-    from mmcompress.training.tasks import load_recipe, stage_recipes
+    from mmcompress.training.tasks import load_recipe, stage_names, stage_recipes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", required=True, help="the shipped staged recipe that was run (name or path)")
@@ -47,7 +47,7 @@ def main() -> None:
     if args.reference_log and len(args.reference_log) != len(stages):
         raise SystemExit(f"error: {args.recipe} has {len(stages)} stages; got {len(args.reference_log)} --reference-log")
     rows = []
-    for stage, name, reference in zip(stages, [s["name"] for s in recipe["stages"]], args.reference_log):
+    for stage, name, reference in zip(stages, stage_names(recipe), args.reference_log):
         ours, theirs = (read_log(Path(stage["train"]["output_dir"]) / "log.jsonl"), read_log(Path(reference)))
         common_steps = sorted(set(ours) & set(theirs))
         rows.append({"what": f"stage {name}: logged training loss", "compared": len(common_steps),

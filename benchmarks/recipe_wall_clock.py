@@ -36,7 +36,7 @@ def saved(folder: Path) -> datetime:
 
 
 def main() -> None:
-    from mmcompress.training.tasks import load_recipe, stage_recipes
+    from mmcompress.training.tasks import load_recipe, stage_names, stage_recipes
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", required=True, help="the shipped staged recipe that was run (name or path)")
@@ -45,7 +45,7 @@ def main() -> None:
 
     recipe = load_recipe(args.recipe)
     folders = [Path(stage["train"]["output_dir"]) for stage in stage_recipes(recipe)]
-    names = [stage["name"] for stage in recipe["stages"]]
+    names = stage_names(recipe)
     out = Path(args.out)
     logs = []
     for name, folder in zip(names, folders):  # the committed copies are what the card-style sums read

@@ -42,12 +42,12 @@ def recipe_training(recipe_name: str | None, logs: list[str]) -> dict:
     """The card's training entry for weights trained by a shipped staged recipe (``mmcompress train``): per stage,
     its steps and batch from the recipe, its wall-clock seconds (summed from the log's steps per second, evaluation
     excluded) and its last held-out evaluation, from the trainer's committed ``log.jsonl``."""
-    from mmcompress.training.tasks import load_recipe, stage_recipes
+    from mmcompress.training.tasks import load_recipe, stage_names, stage_recipes
 
     if recipe_name is None:
         raise SystemExit("error: --stage-log needs --recipe (the shipped staged recipe the logs come from)")
     recipe = load_recipe(recipe_name)
-    stages, names = stage_recipes(recipe), [stage["name"] for stage in recipe["stages"]]
+    stages, names = stage_recipes(recipe), stage_names(recipe)
     if len(logs) != len(stages):
         raise SystemExit(f"error: {recipe_name} has {len(stages)} stages; got {len(logs)} --stage-log")
     out = []

@@ -95,10 +95,13 @@ def test_shipped_recipes_pass_the_key_checks():
 
 
 def test_recipe_overrides_reach_into_a_stage_list_and_refuse_a_bad_index():
-    from mmcompress.training.tasks import load_recipe, stage_recipes
+    from mmcompress.training.tasks import load_recipe, stage_names, stage_recipes
 
     recipe = load_recipe("soft-smollm2-4x-qa", {"stages.2.data.qa_template": "plain", "stages.0.train.max_steps": 7})
     stages = stage_recipes(recipe)
+    names = stage_names(recipe)
+    assert len(names) == len(stages) and all(s["train"]["output_dir"].endswith(f"{i}-{n}")
+                                             for i, (s, n) in enumerate(zip(stages, names), 1))
     assert [s["data"].get("qa_template") for s in stages] == [None, "chatml", "plain"]
     assert stages[0]["train"]["max_steps"] == 7
     assert stages[1]["train"]["max_steps"] == 400  # the others untouched

@@ -112,6 +112,37 @@ def test_a_weight_written_in_place_is_quantized_again(tiny_dir):
     torch.testing.assert_close(after, 2 * before, rtol=1e-2, atol=1e-4)
 
 
+def test_a_compiled_layer_reads_a_weight_written_in_place_as_the_eager_layer_does(tiny_dir):
+    """The check cannot run inside a compiled graph: compiled layers quantize stale copies again before entering."""
+    from mmcompress.models.compile import compile_blocks
+
+    c = tiny_meanpool(tiny_dir)
+    module = c.module
+    int8_frozen_linears(module)
+    batch = batch_of(c)
+    torch._dynamo.reset()
+    compile_blocks(module)
+
+    def gradients():
+        return loss_and_grads(module, batch)[1]
+
+    before = gradients()  # traced and compiled with the weights as they were
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every converted layer of the first block gets new weights, in place
+        for sub in c.llm.get_decoder().layers[0].modules():
+            if hasattr(sub.forward, "int8_weights"):
+                sub.weight.copy_(torch.randn(sub.weight.shape, generator=g) * sub.weight.std())
+    compiled = gradients()
+    for block in c.llm.get_decoder().layers:  # the same layers, eager
+        block.__dict__.pop("forward", None)
+    eager = gradients()
+    # compiled layers give zeros where eager ones give no gradient (weights the loss does not reach): compare the rest
+    names = sorted(eager)
+    before, compiled, eager = (torch.cat([g[n].flatten() for n in names]) for g in (before, compiled, eager))
+    assert (before - eager).norm() > 0.1 * eager.norm()  # the write matters
+    assert (compiled - eager).norm() < 1e-3 * eager.norm()
+
+
 def test_the_trainer_setting_converts_the_frozen_layers_before_compiling(tiny_dir, tmp_path):
     from mmcompress.training.trainer import Trainer
 

@@ -104,12 +104,17 @@ def compiled_while_training(forward: Callable, layer_idx: int | None = None, **c
     """``forward`` under ``torch.compile`` when gradients are on, as it was otherwise: evaluation and generation
     (no gradients) would compile a new graph for nearly every length they meet, for minutes, to save little.
     ``layer_idx``: the block's index in its model's cache (see :class:`OneLayerCache`)."""
+    from .switchback import refresh_int8_weights
+
     compiled = torch.compile(forward, **compile_kwargs)
+    block = getattr(forward, "__self__", None)
 
     @functools.wraps(forward)
     def dispatch(*args: Any, **kwargs: Any) -> Any:
         if not torch.is_grad_enabled():
             return forward(*args, **kwargs)
+        if block is not None:  # int8 copies of weights written in place since: quantized again, outside the graph
+            refresh_int8_weights(block)
         return compiled(*args, **one_layer_views(kwargs, layer_idx))
 
     dispatch.compiled = compiled

@@ -75,8 +75,8 @@ class Int8Weights:
         self.version = (w.data_ptr(), w._version)
 
     def current(self) -> Int8Weights:
-        # checked on eager calls only: inside a compiled layer the check would break the graph, and there the copies
-        # stay those it was traced with (frozen weights are not written while training)
+        # checked on eager calls only: inside a compiled layer the check would break the graph, so compiled layers
+        # (mmcompress.models.compile) call refresh_int8_weights before entering theirs
         w = self.weight
         if not torch.compiler.is_compiling() and (w.data_ptr(), w._version) != self.version:
             self.refresh()
@@ -97,6 +97,15 @@ def switchback_forward(linear: nn.Linear, forward):
 
     dispatch.int8_weights = int8
     return dispatch
+
+
+def refresh_int8_weights(module: nn.Module) -> None:
+    """Quantize again the int8 copies of the converted layers inside ``module`` whose weights were written in place
+    since (what a compiled graph cannot check from inside)."""
+    for sub in module.modules():
+        int8 = getattr(sub.forward, "int8_weights", None)
+        if int8 is not None:
+            int8.current()
 
 
 def int8_frozen_linears(module: nn.Module) -> int:

@@ -143,6 +143,11 @@ def run_recipe(recipe: dict[str, Any]) -> TrainResult:
 STAGE_KEYS = ("name", "model", "data", "train")
 
 
+def stage_names(recipe: dict[str, Any]) -> list[str]:
+    """The stage names of a staged recipe, in order (:func:`stage_recipes` checks them)."""
+    return [stage["name"] for stage in recipe["stages"]]
+
+
 def stage_recipes(recipe: dict[str, Any]) -> list[dict[str, Any]]:
     """One plain recipe per entry of ``stages``: the base recipe with the stage's sections merged in, its own
     ``output_dir/<i>-<name>`` folder, and (after the first) ``init_from`` the previous stage's trained result. A
