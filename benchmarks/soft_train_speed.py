@@ -179,9 +179,16 @@ def main() -> None:
     ap.add_argument("--lora-r", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3, help="timed steps per path, in alternating order")
     ap.add_argument("--text", default="../shared/data/corpus_wiki_news.txt")
+    ap.add_argument("--cold-compile", action="store_true",
+                    help="compile into a fresh, empty inductor cache (a first run's warm-up) instead of the user's")
     add_common_args(ap, "benchmarks/results/soft_train_speed")
     args = ap.parse_args()
     apply_common_args(args)
+    if args.cold_compile:  # read when inductor first compiles, so setting it here is in time
+        import os
+        import tempfile
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
 
     from mmcompress.soft.losses import collate
     from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
