@@ -84,20 +84,24 @@ def measured_peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5, 
     return 2 * size**3 * repeats / best
 
 
-def step_flops(llm, batch: dict, slots_per_chunk: int, decoder_prefix: int) -> float:
+def step_flops(llm, batch: dict, slots_per_chunk: int) -> float:
     """Model FLOPs of one step (frozen base: 4N per token; LM head over the labelled rows)."""
     cfg = llm.config
     n_params = sum(p.numel() for n, p in llm.named_parameters()
                    if "embed" not in n and "lm_head" not in n and "lora_" not in n)
-    encoder_tokens, decoder_tokens, labelled = step_tokens(batch, slots_per_chunk, decoder_prefix)
+    encoder_tokens, decoder_tokens, labelled = step_tokens(batch, slots_per_chunk)
     return 4 * n_params * (encoder_tokens + decoder_tokens) + 4 * cfg.vocab_size * cfg.hidden_size * labelled
 
 
-def step_tokens(batch: dict, slots_per_chunk: int, decoder_prefix: int) -> tuple[int, int, int]:
-    """Encoder tokens, decoder tokens and labelled rows of one step."""
+def step_tokens(batch: dict, slots_per_chunk: int) -> tuple[int, int, int]:
+    """Encoder tokens, decoder tokens and labelled rows of one step. The decoder's layers run on each row's marker
+    and tail only: the soft prompt before them is its cache, made by the encoder (whose tokens count it), and costs
+    the decoder attention alone, which the 4N count leaves out. (Results before 2026-12-07's
+    ``soft_train_speed_mfu`` also counted ``window / 4`` prefix positions per row here: 128 of the
+    1,160 tokens of a meanpool step, so their FLOPs, MFU and matmul floors read about 10% high.)"""
     chunks = batch["chunk_ids"].shape[0]
     encoder_tokens = int(batch["chunk_mask"].sum()) + chunks * slots_per_chunk
-    decoder_tokens = int(batch["tail_mask"].sum()) + batch["tail_ids"].shape[0] * (decoder_prefix + 1)
+    decoder_tokens = int(batch["tail_mask"].sum()) + batch["tail_ids"].shape[0]  # + the task marker
     return encoder_tokens, decoder_tokens, int((batch["labels"] != -100).sum())
 
 
@@ -221,8 +225,8 @@ def main() -> None:
         c, module, _ = built[name]
         path = PATHS[name]
         slots = 0 if path["method"] == "meanpool" else args.window // 4
-        flops = statistics.mean(step_flops(c.llm, b, slots, args.window // 4) for b in batches[1:])
-        tokens = step_tokens(batches[1], slots, args.window // 4)
+        flops = statistics.mean(step_flops(c.llm, b, slots) for b in batches[1:])
+        tokens = step_tokens(batches[1], slots)
         floor = matmul_floor_seconds(c.llm, tokens)
         int8_floor = matmul_floor_seconds(c.llm, tokens, int8=True)
         median = statistics.median(seconds[name])

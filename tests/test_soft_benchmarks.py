@@ -198,3 +198,30 @@ def test_recipe_wall_clock_sums_each_stage_and_copies_its_logs(tiny_dir, tmp_pat
     rows = measure()
     assert rows[1]["stage_wall_minutes"] is None and rows[2]["stage_wall_minutes"] is None
     assert rows[0]["stage_wall_minutes"] is not None
+
+
+@pytest.mark.parametrize("method", ["meanpool", "kv"])
+def test_the_speed_benchmark_counts_the_tokens_the_layers_run_on(tiny_dir, method):
+    """soft_train_speed's FLOP count: the encoder's tokens (and slots) plus the decoder's marker and tail, as many as
+    the first layer sees in a training step (the soft prompt the decoder reads is its cache, not its input)."""
+    import soft_train_speed
+
+    from mmcompress import create_compressor
+    from mmcompress.soft.kv import KvConfig
+    from mmcompress.soft.losses import Example, collate
+
+    sizes = {"pool_ratio": 4} if method == "meanpool" else {"num_slots": 4, **KvConfig.MMCOMPRESS_VARIANT}
+    c = create_compressor(method, model=str(tiny_dir), device="cpu", dtype="float32", chunk_tokens=16, lora_r=4,
+                          **sizes)
+    batch = collate([Example(list(range(3, 19)), [], list(range(3, 19)) + [2], "ae")] * 3, 16, 0)
+    seen = []
+    layer = c.llm.get_decoder().layers[0]
+    handle = layer.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[:2].numel()))
+    try:
+        c.module.training_step(batch)
+    finally:
+        handle.remove()
+    slots = 0 if method == "meanpool" else 4
+    encoder, decoder, labelled = soft_train_speed.step_tokens(batch, slots)
+    assert seen == [encoder, decoder]  # full windows: no padding counted
+    assert labelled == int((batch["labels"] != -100).sum())
