@@ -193,3 +193,18 @@ def test_the_trainer_warns_of_bfloat16_eager_attention_only_uncompiled(caplog):
         model.set_attn_implementation("eager")
         warn_eager_bfloat16_attention(torch.nn.ModuleDict({"llm": model.to(torch.bfloat16)}))
     assert "attn_implementation: sdpa" in caplog.text
+
+
+def test_a_layer_asking_its_cache_more_than_update_gets_the_whole_caches_answer():
+    """Some architectures' layers read their cache's length or mask sizes: the one-layer view answers as the cache."""
+    from transformers import DynamicCache
+
+    from mmcompress.models.compile import OneLayerCache
+
+    cache = DynamicCache()
+    cache.update(torch.zeros(1, 2, 5, 4), torch.zeros(1, 2, 5, 4), 0)
+    view = OneLayerCache(cache, 1)  # a layer the cache has not reached yet: made as the cache would make it
+    keys, _ = view.update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4), 1)
+    assert keys.shape[-2] == 3 and len(cache.layers) == 2 and cache.layers[1].keys is keys
+    assert view.get_seq_length() == cache.get_seq_length() == 5
+    assert view.get_seq_length(1) == 3

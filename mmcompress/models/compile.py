@@ -78,10 +78,16 @@ class OneLayerCache:
     cores, and a guard check over all of them at every call). Through this view all layers share one graph."""
 
     def __init__(self, cache: Any, layer_idx: int):
+        self.cache = cache
         if getattr(cache, "layer_class_to_replicate", None) is not None:  # a DynamicCache grows its layers lazily
             while len(cache.layers) <= layer_idx:
                 cache.layers.append(cache.layer_class_to_replicate())
         self.layer = cache.layers[layer_idx]
+
+    def __getattr__(self, name: str) -> Any:  # anything else a layer asks of its cache, as the cache answers it
+        if name == "cache":  # not set yet (a copy being built): no endless lookup
+            raise AttributeError(name)
+        return getattr(self.cache, name)
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
