@@ -438,15 +438,15 @@ def process_state():
 
 def warn_eager_bfloat16_attention(module: nn.Module) -> bool:
     """Warn when a bfloat16 transformers model inside ``module`` trains with eager attention, uncompiled: its
-    gradients are far from float32's (relative error 2.0 on SmolLM2's 4x meanpool step, against 0.05-0.06 with SDPA
-    or compiled layers; ``benchmarks/soft_grad_precision.py``). Returns whether it warned."""
+    gradients may be far from float32's (relative error 2.0 on SmolLM2's 4x meanpool step, against 0.05-0.06 with
+    SDPA or compiled layers; ``benchmarks/soft_grad_precision.py``). Returns whether it warned."""
     for sub in module.modules():
         config = getattr(sub, "config", None)
         if (getattr(config, "_attn_implementation", None) == "eager" and hasattr(sub, "get_input_embeddings")
                 and sub.get_input_embeddings().weight.dtype == torch.bfloat16):
-            logger.warning("training %s in bfloat16 with eager attention, uncompiled: its gradients stray far from "
-                           "float32's; set model_kwargs: {attn_implementation: sdpa} or train.compile: layers "
-                           "(docs/training.md)", type(sub).__name__)
+            logger.warning("training %s in bfloat16 with eager attention, uncompiled: its gradients may stray far "
+                           "from float32's (SmolLM2's did); set model_kwargs: {attn_implementation: sdpa} or "
+                           "train.compile: layers (docs/training.md)", type(sub).__name__)
             return True
     return False
 
