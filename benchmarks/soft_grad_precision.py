@@ -77,14 +77,15 @@ def main() -> None:
     from mmcompress.soft.losses import collate
     from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
 
-    reference, rows = None, []
+    reference, batch, rows = None, None, []
     for path, (dtype, attention, compiled, matmuls) in PATHS.items():
         c = build(args.model, dtype, args.window, args.lora_r, args.seed, attention)
-        tok = c.tokenizer
-        data = {**DATA_DEFAULTS, "text": args.text, "context_tokens": args.window,
-                "max_train_examples": args.batch_size}
-        train, _ = build_datasets(data, tok, tok.eos_token_id)
-        batch = collate([train[i] for i in range(args.batch_size)], args.window, tok.pad_token_id)
+        if batch is None:  # one batch for every path (the tokenizer is the same)
+            tok = c.tokenizer
+            data = {**DATA_DEFAULTS, "text": args.text, "context_tokens": args.window,
+                    "max_train_examples": args.batch_size}
+            train, _ = build_datasets(data, tok, tok.eos_token_id)
+            batch = collate([train[i] for i in range(args.batch_size)], args.window, tok.pad_token_id)
         if matmuls == "int8":
             int8_frozen_linears(c.module)
         if compiled:

@@ -189,10 +189,13 @@ def main() -> None:
     args = ap.parse_args()
     apply_common_args(args)
     if args.cold_compile:  # read when inductor first compiles, so setting it here is in time
+        import atexit
         import os
+        import shutil
         import tempfile
 
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold = tempfile.mkdtemp(prefix="inductor-cold-")
+        atexit.register(shutil.rmtree, cold, ignore_errors=True)
 
     from mmcompress.soft.losses import collate
     from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
