@@ -7,6 +7,8 @@ Each stage's log and machine stamps are copied beside the results (``<out>_<stag
 
     mmcompress train --config soft-smollm2-4x                           # runs/soft-smollm2-4x
     PYTHONPATH=. python benchmarks/recipe_wall_clock.py --recipe soft-smollm2-4x --out benchmarks/results/soft_4x_recipe
+
+A run written elsewhere (``mmcompress train --config ... --output runs/other``) is read with ``--output runs/other``.
 """
 from __future__ import annotations
 
@@ -41,9 +43,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--recipe", required=True, help="the shipped staged recipe that was run (name or path)")
     ap.add_argument("--out", required=True, help="path prefix of the results (.json, .md) and the copied logs")
+    ap.add_argument("--output", help="the folder the run wrote (`mmcompress train --output`; default: the recipe's)")
     args = ap.parse_args()
 
     recipe = load_recipe(args.recipe)
+    if args.output:
+        recipe["train"]["output_dir"] = args.output
     folders = [Path(stage["train"]["output_dir"]) for stage in stage_recipes(recipe)]
     names = stage_names(recipe)
     out = Path(args.out)

@@ -113,7 +113,9 @@ def test_recipe_overrides_reach_into_a_stage_list_and_refuse_a_bad_index():
 
 def test_the_shipped_qa_recipe_is_the_three_runs_that_trained_its_weights():
     """soft-smollm2-4x-qa's stages are the committed recipes of the runs whose result ships (docs/soft.md): the same
-    model, data and train settings, stage by stage; only the folders differ."""
+    model, data and train settings, stage by stage; only the folders differ, and how the step is run: the recipe
+    compiles its layers and runs the frozen matmuls in int8, where the shipped weights were trained eager and native
+    (what ``--set train.compile=no --set train.frozen_matmuls=native`` restores)."""
     from pathlib import Path
 
     from mmcompress.training.tasks import stage_recipes
@@ -126,4 +128,6 @@ def test_the_shipped_qa_recipe_is_the_three_runs_that_trained_its_weights():
         for recipe in (stage, run):
             recipe.pop("init_from")
             recipe["train"].pop("output_dir")
+        assert (stage["train"].pop("compile"), stage["train"].pop("frozen_matmuls")) == ("layers", "int8")
+        assert "compile" not in run["train"] and "frozen_matmuls" not in run["train"]
         assert stage == run

@@ -163,7 +163,8 @@ def test_recipe_reproduction_compares_each_stages_log_and_the_trained_tensors(ti
 def test_recipe_wall_clock_sums_each_stage_and_copies_its_logs(tiny_dir, tmp_path, monkeypatch):
     """Per stage: its steps, the training minutes summed from the logged steps per second, the stage's whole wall
     clock from the trainer's start stamp to the saved result; the total over stages; the logs copied beside the
-    results. A stage resumed in pieces has no whole wall clock (its gaps are not training), nor has the total."""
+    results. A stage resumed in pieces has no whole wall clock (its gaps are not training), nor has the total. A run
+    written to another folder (``mmcompress train --output``) is read from there with ``--output``."""
     import recipe_wall_clock
 
     train_tiny_staged_recipe(tiny_dir, tmp_path, ("a",))
@@ -173,9 +174,9 @@ def test_recipe_wall_clock_sums_each_stage_and_copies_its_logs(tiny_dir, tmp_pat
     rows = [json.loads(line) for line in first.read_text().splitlines()]
     first.write_text("".join(json.dumps({**r, "steps_per_s": 0.01} if "steps_per_s" in r else r) + "\n" for r in rows))
 
-    def measure() -> list[dict]:
+    def measure(*extra: str) -> list[dict]:
         monkeypatch.setattr(sys, "argv", ["recipe_wall_clock.py", "--recipe", str(tmp_path / "a.yaml"),
-                                          "--out", str(out)])
+                                          "--out", str(out), *extra])
         recipe_wall_clock.main()
         return json.loads(out.with_suffix(".json").read_text())["rows"]
 
@@ -198,6 +199,11 @@ def test_recipe_wall_clock_sums_each_stage_and_copies_its_logs(tiny_dir, tmp_pat
     rows = measure()
     assert rows[1]["stage_wall_minutes"] is None and rows[2]["stage_wall_minutes"] is None
     assert rows[0]["stage_wall_minutes"] is not None
+
+    (tmp_path / "a").rename(tmp_path / "elsewhere")
+    with pytest.raises(SystemExit, match="not found"):
+        measure()
+    assert measure("--output", str(tmp_path / "elsewhere"))[0]["train_wall_minutes"] == 3.3
 
 
 @pytest.mark.parametrize("method", ["meanpool", "kv"])
