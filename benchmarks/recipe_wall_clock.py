@@ -46,9 +46,7 @@ def main() -> None:
     ap.add_argument("--output", help="the folder the run wrote (`mmcompress train --output`; default: the recipe's)")
     args = ap.parse_args()
 
-    recipe = load_recipe(args.recipe)
-    if args.output:
-        recipe["train"]["output_dir"] = args.output
+    recipe = load_recipe(args.recipe, {"train.output_dir": args.output} if args.output else None)  # as train --output
     folders = [Path(stage["train"]["output_dir"]) for stage in stage_recipes(recipe)]
     names = stage_names(recipe)
     out = Path(args.out)
