@@ -38,6 +38,7 @@ CURRENT: list[tuple[str, str, list[str]]] = [
                                  "soft_train_speed_amd", "soft_train_speed_int8",
                                  "soft_train_speed_shared_graphs", "soft_train_speed_cold_shared",
                                  "soft_train_speed_cold_per_layer", "soft_train_speed_sdpa", "soft_train_speed_mfu",
+                                 "soft_train_speed_chunked_loss",
                                  "soft_grad_precision",
                                  "soft_design/table",
                                  "soft_design/meanpool",

@@ -9,7 +9,14 @@ Paths (same model, same batch of windows, same 4x ratio, autoencoding loss on th
   adapter stays float32 as peft keeps it) and plain matmul ("eager") attention, whose backward is far cheaper on CPU
   than the fused flash kernel at these lengths;
 - ``meanpool-new``: the new path with mean-pooling (:mod:`mmcompress.soft.meanpool`): no slots, so the encoder reads
-  ``window`` tokens instead of ``window + K``.
+  ``window`` tokens instead of ``window + K``;
+- ``meanpool-compiled``: each layer under ``torch.compile`` (the trainer's ``compile: layers``), and
+  ``meanpool-compiled-int8``: with the frozen layers' matmuls in int8 as well (``frozen_matmuls: int8``), the step
+  the shipped QA recipe runs.
+
+Every path but ``old`` (and the ``*-sliced`` ones, kept to measure the difference) computes the loss with the LM head
+and the cross-entropy fused over chunks of the labelled rows (``SlotModel.lm_loss = "chunked"``, the trainer's
+default); ``old`` with the labelled rows' logits at once, as it trained.
 
 Rounds alternate the order of the paths (old, new, ..., then reversed) so a loaded machine slows them alike; the
 table reports the median over rounds. MFU counts ``4 N`` FLOPs per token for the frozen base (forward ``2N`` plus
@@ -22,7 +29,9 @@ the labelled rows): best of 5 timings of bare bfloat16 matmuls, no norms, attent
 can be faster than it, so ``old`` over it is the largest speed-up any change outside the matmul kernels can give,
 and its MFU is the ceiling at these shapes (measured minutes after the peak: where the machine's speed moves within a
 run, compare the seconds, not the two MFUs). ``int8_matmul_floor_s`` is the same with the layers' products in int8
-(``torch._int_mm``, what the ``*-int8`` paths run): the floor of a path whose layers multiply in int8.
+(``torch._int_mm``, what the ``*-int8`` paths run): the floor of a path whose layers multiply in int8. An int8 path
+can pass the bfloat16 peak (MFU above 1 where this CPU's int8 matmuls are several times its bfloat16 ones);
+``own_floor_share`` is the share of its step that the floor of the matmuls it runs (int8 or not) accounts for.
 
     PYTHONPATH=. python benchmarks/soft_train_speed.py --threads 2 --rounds 3
 """
@@ -39,7 +48,7 @@ import torch
 from common import add_common_args, apply_common_args, write_results
 
 PATHS = {
-    "old": {"method": "kv", "dtype": "float32", "attn": "sdpa", "autocast": True},
+    "old": {"method": "kv", "dtype": "float32", "attn": "sdpa", "autocast": True, "loss": "sliced"},
     "kv-new": {"method": "kv", "dtype": "bfloat16", "attn": "eager", "autocast": False},
     "meanpool-new": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False},
     # meanpool-new with each decoder layer under torch.compile (inductor's C++ kernels fuse the elementwise work;
@@ -67,8 +76,14 @@ PATHS = {
     "meanpool-compiled-bf16-lora-int8": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager",
                                          "autocast": False, "compile_layers": True, "adapter_dtype": "bfloat16",
                                          "frozen_matmuls": "int8"},
+    # not in the default sets: paths with the loss that trained before 2026-12-08 (the labelled rows' float32 logits
+    # at once, SlotModel.lm_loss "sliced") instead of the chunked, fused LM head + cross-entropy every other path runs
+    "meanpool-compiled-sliced": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
+                                 "compile_layers": True, "loss": "sliced"},
+    "meanpool-compiled-int8-sliced": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
+                                      "compile_layers": True, "frozen_matmuls": "int8", "loss": "sliced"},
 }
-DEFAULT_PATHS = ("old", "kv-new", "meanpool-new", "meanpool-compiled")
+DEFAULT_PATHS = ("old", "meanpool-new", "meanpool-compiled", "meanpool-compiled-int8")
 
 
 def measured_peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
@@ -155,6 +170,7 @@ def build(path: dict, args):
     if path.get("compile_layers"):  # per layer, not the whole step: the step switches adapters and graph-breaks
         compile_blocks(c.module, share_graphs=path.get("share_graphs", True))
     module = c.module
+    module.lm_loss = path.get("loss", "chunked")
     if path.get("adapter_dtype"):
         for p in module.parameters():
             if p.requires_grad:
@@ -236,12 +252,13 @@ def main() -> None:
         rows.append({"path": name, "method": path["method"], "weights": path["dtype"],
                      "adapter": path.get("adapter_dtype", "float32"),  # peft keeps adapters in float32
                      "frozen_matmuls": path.get("frozen_matmuls", "native"),
-                     "attention": path["attn"],
+                     "attention": path["attn"], "loss": path.get("loss", "chunked"),
                      "autocast": path["autocast"], "warmup_s": warmup[name], "s_per_step": median, "min_s": min(seconds[name]),
                      "max_s": max(seconds[name]), "model_tflop_per_step": flops / 1e12,
                      "mfu_vs_bf16_peak": flops / median / peak, "speedup_vs_old": base / median,
                      "matmul_floor_s": floor, "floor_mfu": flops / floor / peak, "old_over_floor": base / floor,
                      "int8_matmul_floor_s": int8_floor, "old_over_int8_floor": base / int8_floor,
+                     "own_floor_share": (int8_floor if path.get("frozen_matmuls") == "int8" else floor) / median,
                      "losses_finite": all(math.isfinite(x) for x in losses[name])})
     notes = (f"bfloat16 matmul peak measured in this process: {peak / 1e12:.3f} TFLOP/s. Batch {args.batch_size} "
              f"windows of {args.window} tokens at 4x, LoRA r={args.lora_r}; median of {args.rounds} alternating rounds.")

@@ -115,7 +115,8 @@ def test_the_shipped_qa_recipe_is_the_three_runs_that_trained_its_weights():
     """soft-smollm2-4x-qa's stages are the committed recipes of the runs whose result ships (docs/soft.md): the same
     model, data and train settings, stage by stage; only the folders differ, and how the step is run: the recipe
     compiles its layers and runs the frozen matmuls in int8, where the shipped weights were trained eager and native
-    (what ``--set train.compile=no --set train.frozen_matmuls=native`` restores)."""
+    with the sliced loss (what ``--set train.compile=no --set train.frozen_matmuls=native --set train.lm_loss=sliced``
+    restores; the loss is the trainer's default, not the recipe's)."""
     from pathlib import Path
 
     from mmcompress.training.tasks import stage_recipes

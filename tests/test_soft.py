@@ -14,7 +14,7 @@ from mmcompress.soft.chunking import TASK_IDS, make_chunks, split_into_chunks
 from mmcompress.soft.icae import Icae
 from mmcompress.soft.kv import KvCompressor, shift_rotary_keys
 from mmcompress.soft.meanpool import MeanPoolCompressor
-from mmcompress.soft.losses import IGNORE, Example, collate, full_lm_loss, sliced_lm_loss
+from mmcompress.soft.losses import IGNORE, Example, chunked_lm_loss, collate, full_lm_loss, sliced_lm_loss
 from tiny_models import perturb
 
 METHODS = [Icae, KvCompressor]
@@ -98,6 +98,84 @@ def test_sliced_loss_equals_full_vocabulary_loss(tiny_dir):
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(acc_a, acc_b)
     assert (labels != IGNORE).sum() == sum(len(c.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
                                            for t in (DOC, DOC2))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_chunked_loss_equals_sliced_loss_and_its_gradient(dtype, weighted):
+    """The fused, chunked LM head + cross-entropy gives the sliced loss's value, accuracy and hidden-state gradient,
+    whatever the chunk size (one row, an uneven split, all rows at once), with and without loss weights."""
+    torch.manual_seed(0)
+    vocab, width = 50, 16
+    head = torch.nn.Linear(width, vocab, bias=False).to(dtype).requires_grad_(False)
+    hidden = torch.randn(3, 9, width, dtype=dtype)
+    labels = torch.randint(0, vocab, (3, 9))
+    labels[0, :4] = IGNORE
+    labels[2, 6:] = IGNORE
+    weights = torch.rand(3, 9) + 0.5 if weighted else None
+
+    def loss_and_grad(fn, **kwargs):
+        h = hidden.clone().requires_grad_(True)
+        loss, accuracy = fn(h, labels, head, weights, **kwargs)
+        loss.backward()
+        return loss, accuracy, h.grad
+
+    ref_loss, ref_acc, ref_grad = loss_and_grad(sliced_lm_loss)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for rows in (1, 7, 100):
+        loss, acc, grad = loss_and_grad(chunked_lm_loss, chunk_bytes=rows * 4 * vocab)
+        assert abs(float(loss) - float(ref_loss)) < tol and float(acc) == float(ref_acc)
+        assert torch.allclose(grad.float(), ref_grad.float(), atol=tol, rtol=tol), rows
+    with torch.no_grad():  # evaluation: the same loss, no gradient built
+        assert abs(float(chunked_lm_loss(hidden, labels, head, weights)[0]) - float(ref_loss)) < tol
+
+
+def test_chunked_loss_falls_back_to_sliced_for_a_head_that_trains():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 20, bias=False)
+    hidden, labels = torch.randn(2, 5, 8), torch.randint(0, 20, (2, 5))
+    loss, _ = chunked_lm_loss(hidden, labels, head)
+    loss.backward()
+    assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
+    assert torch.allclose(loss, sliced_lm_loss(hidden, labels, head)[0])
+    head.requires_grad_(False)  # no labelled row: a zero loss that still backpropagates
+    hidden.requires_grad_(True)
+    loss, accuracy = chunked_lm_loss(hidden, torch.full_like(labels, IGNORE), head)
+    loss.backward()
+    assert float(loss) == 0.0 and float(accuracy) == 0.0 and hidden.grad is not None
+
+
+def test_the_trainer_sets_the_soft_model_loss_and_both_train_alike(tiny_dir, tmp_path, monkeypatch):
+    """``train.lm_loss`` reaches the soft model; a step under either loss gives the same loss and LoRA gradients."""
+    from mmcompress.soft.losses import LinearCrossEntropy
+    from mmcompress.training.trainer import TrainConfig, Trainer
+
+    fused = []  # the chunked loss runs fused here (no fallback to the sliced one)
+    apply = LinearCrossEntropy.apply
+    monkeypatch.setattr(LinearCrossEntropy, "apply", staticmethod(lambda *a: fused.append(1) or apply(*a)))
+
+    c = build(MeanPoolCompressor, tiny_dir, pool_ratio=4)
+    perturb(c)
+    assert c.module.lm_loss == "chunked"  # the default
+    batch = batch_for(c, [DOC, DOC2])
+
+    def step(loss):
+        c.module.lm_loss = loss
+        c.module.zero_grad(set_to_none=True)
+        out = c.module.training_step(batch)
+        out["loss"].backward()
+        return out["loss"].detach(), {n: p.grad.clone() for n, p in c.module.named_parameters() if p.grad is not None}
+
+    (chunked, g_chunked), (sliced, g_sliced) = step("chunked"), step("sliced")
+    assert fused == [1]
+    assert torch.allclose(chunked, sliced, atol=1e-5) and g_chunked.keys() == g_sliced.keys() and g_chunked
+    assert all(torch.allclose(g_chunked[n], g_sliced[n], atol=1e-5, rtol=1e-4) for n in g_chunked)
+    data = [Example(list(range(3, 19)), [], list(range(3, 19)) + [2], "ae")] * 2
+    Trainer(c.module, TrainConfig(output_dir=str(tmp_path / "run"), max_steps=1, batch_size=2, lm_loss="sliced",
+                                  progress=False), data, collate_fn=lambda rows: collate(rows, 16, 0))
+    assert c.module.lm_loss == "sliced"
+    with pytest.raises(ConfigError, match="lm_loss must be chunked or sliced"):
+        TrainConfig(lm_loss="full")
 
 
 # ---------------------------------------------------------------------------------- masks and positions

@@ -36,3 +36,31 @@ def test_kv_cache_contract_on_smollm2():
         with module.encoder.decoder():
             manual = module.encoder.backbone(inputs_embeds=inputs).last_hidden_state[0, 4:]
     assert torch.allclose(hidden[0], manual, atol=1e-3)
+
+
+def test_the_fused_chunked_loss_trains_the_4x_step_as_the_sliced_one_on_smollm2(squad_rows):
+    """The trainer's default loss on the real 4x step (bfloat16, SmolLM2's 49,152-word head over several chunks of
+    rows): the sliced loss's value and the same LoRA gradients, to bfloat16's precision."""
+    c = create_compressor("meanpool", model="smollm2-135m", device="cpu", dtype="bfloat16", pool_ratio=4,
+                          chunk_tokens=64, lora_r=8)
+    tok = c.tokenizer
+    examples = []
+    for row in squad_rows[:4]:
+        ids = tok(row["context"], add_special_tokens=False)["input_ids"][:64]
+        examples.append(Example(ids, [], ids + [tok.eos_token_id], "ae"))
+    batch = collate(examples, 64, tok.pad_token_id)
+    for p in c.module.parameters():  # LoRA B away from zero, so that the A matrices get gradients too
+        if p.requires_grad and p.dim() == 2:
+            torch.nn.init.normal_(p, std=0.01)
+
+    def step(loss):
+        c.module.lm_loss = loss
+        c.module.zero_grad(set_to_none=True)
+        out = c.module.training_step(batch)
+        out["loss"].backward()
+        grads = torch.cat([p.grad.float().flatten() for p in c.module.parameters() if p.grad is not None])
+        return float(out["loss"]), float(out["token_accuracy"]), grads
+
+    chunked, sliced = step("chunked"), step("sliced")
+    assert abs(chunked[0] - sliced[0]) < 1e-3 and chunked[1] == sliced[1]
+    assert (chunked[2] - sliced[2]).norm() < 0.02 * sliced[2].norm()

@@ -14,7 +14,7 @@ from ..soft.encoder import SlotModel
 from ..soft.icae import IcaeModel
 from ..soft.kv import KvModel
 from ..soft.meanpool import MeanPoolModel
-from ..soft.losses import IGNORE, sliced_lm_loss
+from ..soft.losses import IGNORE, LM_LOSSES, chunked_lm_loss
 from .config import InterleavedConfig
 from .embedding import scatter_image_tokens
 
@@ -84,7 +84,7 @@ class InterleavedSlotModel(ImagePathEmbedding, SlotModel):
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         encoded, chunks = self.compress_embedded(batch)
         hidden, labels = self.decoder_hidden(encoded, chunks, batch)
-        loss, accuracy = sliced_lm_loss(hidden, labels, self.encoder.lm_head)
+        loss, accuracy = LM_LOSSES[self.lm_loss](hidden, labels, self.encoder.lm_head)
         return {"loss": loss, "token_accuracy": accuracy}
 
 
@@ -159,7 +159,7 @@ class InterleavedFullModel(ImagePathEmbedding, nn.Module):
         labels, _ = right_pad(labels, IGNORE)
         backbone = getattr(self._llm, self._llm.base_model_prefix)
         out = backbone(inputs_embeds=inputs, attention_mask=mask, use_cache=False)
-        loss, accuracy = sliced_lm_loss(out.last_hidden_state, labels, self._llm.get_output_embeddings())
+        loss, accuracy = chunked_lm_loss(out.last_hidden_state, labels, self._llm.get_output_embeddings())
         return {"loss": loss, "token_accuracy": accuracy}
 
     @torch.no_grad()

@@ -232,7 +232,10 @@ class SlotModel(nn.Module):
     encoder_output = "hidden"
     positions = "standard"
     memory_slots = True  # False: the soft prompt is made from the text's own positions (mean-pooling), no slots
-    full_vocab_loss = False  # True: the unoptimised loss (full-vocab float32 logits everywhere), for benchmarks
+    # the next-token loss: "chunked" (LM head and cross-entropy fused over chunks of the labelled rows), "sliced" (the
+    # labelled rows' logits at once, what the recipes trained with before 2026-12-08) or "full" (full-vocabulary
+    # float32 logits at every position, the unoptimised reference); the same values, at different speeds
+    lm_loss = "chunked"
 
     def __init__(self, llm: nn.Module, config: EncoderConfig):
         super().__init__()
@@ -257,16 +260,16 @@ class SlotModel(nn.Module):
         return self.training_step(batch)
 
     def training_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        from .losses import full_lm_loss, sliced_lm_loss
+        from .losses import LM_LOSSES
 
         chunks = self.chunks_from_batch(batch)
         encoded = self.compress_chunks(chunks)
         hidden, labels = self.decoder_hidden(encoded, chunks, batch)
+        loss_fn = LM_LOSSES[self.lm_loss]
         if "label_weights" in batch:
-            loss, accuracy = sliced_lm_loss(hidden, labels, self.encoder.lm_head,
-                                            weights=aligned_weights(batch["label_weights"], batch["labels"], labels))
+            loss, accuracy = loss_fn(hidden, labels, self.encoder.lm_head,
+                                     weights=aligned_weights(batch["label_weights"], batch["labels"], labels))
         else:
-            loss_fn = full_lm_loss if self.full_vocab_loss else sliced_lm_loss
             loss, accuracy = loss_fn(hidden, labels, self.encoder.lm_head)
         return {"loss": loss, "token_accuracy": accuracy}
 

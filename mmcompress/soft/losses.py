@@ -10,7 +10,8 @@ labels)``:
 
 The loss is computed where labels are, only: hidden states are sliced *before* the LM head, so a step never builds
 full-vocabulary logits for the compressed context or the prompt, and only the labelled rows go through float32
-cross-entropy (:func:`sliced_lm_loss`).
+cross-entropy (:func:`sliced_lm_loss`); :func:`chunked_lm_loss`, the default, also never holds those rows'
+logits at once.
 """
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ from .chunking import TASK_IDS, make_chunks
 IGNORE = -100
 
 
+def labelled_rows(hidden: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None):
+    """``(hidden rows [M, D], their next tokens [M], their float32 weights [M] or None)``: the rows with a label."""
+    targets = labels[:, 1:]
+    where = targets != IGNORE
+    return hidden[:, :-1][where], targets[where], None if weights is None else weights[:, 1:][where].float()
+
+
 def sliced_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module,
                    weights: torch.Tensor | None = None):
     """Next-token cross-entropy over the labelled positions of ``labels`` ``[B, T]`` (hidden ``[B, T, D]``).
@@ -38,30 +46,95 @@ def sliced_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn
     go through ``lm_head``, so the logits are ``[M, V]`` instead of ``[B, T, V]``. ``weights`` ``[B, T]`` (aligned
     with ``labels``) makes the loss the weighted mean over the labelled tokens; the accuracy stays unweighted.
     """
-    targets = labels[:, 1:]
-    where = targets != IGNORE
-    picked = hidden[:, :-1][where]  # [M, D]
+    picked, gold, w = labelled_rows(hidden, labels, weights)
     if picked.shape[0] == 0:
         zero = hidden.sum() * 0.0
         return zero, zero.detach()
     logits = lm_head(picked).float()
-    gold = targets[where]
-    if weights is None:
+    if w is None:
         loss = F.cross_entropy(logits, gold)
     else:
-        w = weights[:, 1:][where].float()
         loss = (F.cross_entropy(logits, gold, reduction="none") * w).sum() / w.sum()
     accuracy = (logits.detach().argmax(-1) == gold).float().mean()
     return loss, accuracy
 
 
-def full_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module):
+# float32 logits held at once by chunked_lm_loss: under glibc's largest mmap threshold (32 MiB), so each chunk's
+# buffer is reused from the heap; a larger allocation is mapped afresh and page-faulted in at every step
+CHUNK_BYTES = 24 << 20
+
+
+def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module,
+                    weights: torch.Tensor | None = None, chunk_bytes: int = CHUNK_BYTES):
+    """:func:`sliced_lm_loss` with the LM head and the cross-entropy fused, a chunk of labelled rows at a time.
+
+    The ``[M, V]`` float32 logits (100 MB for 512 rows of SmolLM2's 49,152-word vocabulary) are never held at once:
+    each chunk's logits give its loss, accuracy and the gradient of its hidden rows (``(softmax - onehot) W``),
+    computed in the forward pass, and are freed; the backward pass only scales the stored gradient (the fused
+    linear cross-entropy of Liger-Kernel). Same values as :func:`sliced_lm_loss` up to summation order: logits in
+    the head's dtype, softmax in float32, the gradient cast back to the head's dtype before its matmul, as autograd
+    does there. A head that trains, has a bias or is not a plain linear layer goes through :func:`sliced_lm_loss`.
+    """
+    weight = getattr(lm_head, "weight", None)
+    if (type(lm_head) is not torch.nn.Linear or lm_head.bias is not None or weight.requires_grad
+            or weight.dtype != hidden.dtype):
+        return sliced_lm_loss(hidden, labels, lm_head, weights)
+    picked, gold, row_weights = labelled_rows(hidden, labels, weights)
+    if picked.shape[0] == 0:
+        return sliced_lm_loss(hidden, labels, lm_head, weights)  # its zero loss, still connected to the graph
+    if row_weights is None:
+        row_weights = torch.ones(gold.shape, device=gold.device)
+    rows = max(1, chunk_bytes // (4 * weight.shape[0]))
+    loss, correct = LinearCrossEntropy.apply(picked, weight, gold, row_weights / row_weights.sum(), rows)
+    return loss, correct / gold.numel()
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """``sum_i w_i CE(h_i W^T, y_i)`` over chunks of ``rows`` rows; the gradient of ``h`` is made in the forward."""
+
+    @staticmethod
+    def forward(ctx, picked, weight, gold, row_weights, rows):
+        needs_grad = picked.requires_grad
+        grad = torch.empty_like(picked) if needs_grad else None
+        loss = picked.new_zeros((), dtype=torch.float32)
+        correct = picked.new_zeros((), dtype=torch.float32)
+        for start in range(0, picked.shape[0], rows):
+            end = min(start + rows, picked.shape[0])
+            logits = (picked[start:end] @ weight.T).float()  # [rows, V]
+            y, w = gold[start:end], row_weights[start:end]
+            gold_logit = logits.gather(1, y[:, None]).squeeze(1)
+            top, best = logits.max(-1)  # one pass: the softmax's shift and the accuracy's argmax
+            correct += (best == y).sum()
+            exp = logits.sub_(top[:, None]).exp_()  # in place: the chunk holds one [rows, V] buffer
+            total = exp.sum(-1)
+            loss += ((top + total.log() - gold_logit) * w).sum()
+            if needs_grad:  # d loss / d logits = w (softmax - onehot)
+                probs = exp.mul_((w / total)[:, None])
+                probs[torch.arange(end - start, device=probs.device), y] -= w
+                grad[start:end] = probs.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        ctx.mark_non_differentiable(correct)
+        return loss, correct
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_correct):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_loss.to(grad.dtype), None, None, None, None
+
+
+def full_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module,
+                 weights: torch.Tensor | None = None):
     """The unoptimised reference: full-vocabulary float32 logits at every position, then the masked loss."""
+    if weights is not None:
+        raise ConfigError("the full-vocabulary reference loss takes no loss weights")
     logits = lm_head(hidden).float()
     loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=IGNORE)
     where = labels[:, 1:] != IGNORE
     accuracy = (logits[:, :-1].argmax(-1)[where] == labels[:, 1:][where]).float().mean()
     return loss, accuracy
+
+
+LM_LOSSES = {"chunked": chunked_lm_loss, "sliced": sliced_lm_loss, "full": full_lm_loss}  # SlotModel.lm_loss
 
 
 # ------------------------------------------------------------------------------------------------ examples

@@ -84,6 +84,10 @@ class TrainConfig(Config):
     # "int8": the frozen linear layers' matmuls (forward and input gradient) in int8 while training, SwitchBack
     # (mmcompress/models/switchback.py; CPU only, a VNNI int8 matmul is 2x a bfloat16 one); "native": their dtype
     frozen_matmuls: str = "native"
+    # the next-token loss of soft methods: "chunked" (LM head and cross-entropy fused over chunks of the labelled rows,
+    # never all their logits at once) or "sliced" (all labelled rows' logits at once, what trained every run before
+    # 2026-12-08: reproduces them bit for bit); the same loss up to summation order
+    lm_loss: str = "chunked"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -101,6 +105,8 @@ class TrainConfig(Config):
             raise ConfigError(f"compile must be no, layers or step (or false / true), got {self.compile!r}")
         if self.frozen_matmuls not in ("native", "int8"):
             raise ConfigError(f"frozen_matmuls must be native or int8, got {self.frozen_matmuls!r}")
+        if self.lm_loss not in ("chunked", "sliced"):
+            raise ConfigError(f"lm_loss must be chunked or sliced, got {self.lm_loss!r}")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> TrainConfig:
@@ -198,6 +204,9 @@ class Trainer:
         # the step runs as a module's forward, so that a data-parallel wrapper (DDP over several processes) sees it:
         # DDP synchronises gradients only for what went through its forward; a bare training_step call would leave
         # every process training its own copy
+        for sub in module.modules():  # a soft method's model (the interleaved model holds one inside)
+            if hasattr(sub, "lm_loss"):
+                sub.lm_loss = config.lm_loss
         if config.frozen_matmuls == "int8":  # before compiling, so that the compiled layers fuse the quantizing
             int8_frozen_linears(module)
         if config.compile == "layers":
