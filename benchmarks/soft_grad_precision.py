@@ -2,6 +2,9 @@
 compressor (SmolLM2 meanpool, LoRA with non-zero B, as after some training), gradients of every trained parameter
 in float32 (the reference) and in bfloat16: with transformers' eager attention, with PyTorch's SDPA, with eager
 attention in compiled layers (the trainer's ``compile: layers``), and with compiled layers and int8 frozen matmuls.
+Each path computes the loss as the trainer does by default (LM head and cross-entropy fused over chunks of the
+labelled rows, ``lm_loss: chunked``) or, where its name says so, with the labelled rows' logits at once (``sliced``,
+the default before 2026-12-08; results before ``soft_grad_precision_chunked_loss`` used it throughout).
 
 Each row: the cosine between the path's gradient and the reference's over all trained parameters, the relative
 error ``|g - g_ref| / |g_ref|``, and the same for the "low" parameters (the LoRA weights of the two lowest layers
@@ -18,12 +21,18 @@ import torch
 
 from common import add_common_args, apply_common_args, write_results
 
-PATHS = {  # path -> (dtype, attention, compiled layers, frozen matmuls)
-    "float32, eager attention (reference)": ("float32", "eager", False, "native"),
-    "bfloat16, eager attention": ("bfloat16", "eager", False, "native"),
-    "bfloat16, sdpa attention": ("bfloat16", "sdpa", False, "native"),
-    "bfloat16, eager attention, compiled layers": ("bfloat16", "eager", True, "native"),
-    "bfloat16, eager attention, compiled layers, int8 frozen matmuls": ("bfloat16", "eager", True, "int8"),
+PATHS = {  # path -> (dtype, attention, compiled layers, frozen matmuls, loss)
+    "float32, eager attention (reference)": ("float32", "eager", False, "native", "sliced"),
+    "float32, eager attention, chunked loss": ("float32", "eager", False, "native", "chunked"),
+    "bfloat16, eager attention": ("bfloat16", "eager", False, "native", "chunked"),
+    "bfloat16, sdpa attention": ("bfloat16", "sdpa", False, "native", "chunked"),
+    "bfloat16, eager attention, compiled layers": ("bfloat16", "eager", True, "native", "chunked"),
+    "bfloat16, eager attention, compiled layers, sliced loss": ("bfloat16", "eager", True, "native", "sliced"),
+    "bfloat16, eager attention, compiled layers, int8 frozen matmuls": ("bfloat16", "eager", True, "int8", "chunked"),
+    "bfloat16, eager attention, compiled layers, int8 frozen matmuls, sliced loss": ("bfloat16", "eager", True, "int8",
+                                                                                     "sliced"),
+    "bfloat16, eager attention, int8 frozen matmuls (uncompiled)": ("bfloat16", "eager", False, "int8", "chunked"),
+    "bfloat16, sdpa attention, compiled layers, int8 frozen matmuls": ("bfloat16", "sdpa", True, "int8", "chunked"),
 }
 
 
@@ -78,8 +87,9 @@ def main() -> None:
     from mmcompress.soft.tasks import DATA_DEFAULTS, build_datasets
 
     reference, batch, rows = None, None, []
-    for path, (dtype, attention, compiled, matmuls) in PATHS.items():
+    for path, (dtype, attention, compiled, matmuls, lm_loss) in PATHS.items():
         c = build(args.model, dtype, args.window, args.lora_r, args.seed, attention)
+        c.module.lm_loss = lm_loss
         if batch is None:  # one batch for every path (the tokenizer is the same)
             tok = c.tokenizer
             data = {**DATA_DEFAULTS, "text": args.text, "context_tokens": args.window,
@@ -97,7 +107,7 @@ def main() -> None:
         low = [n for n in names if is_low(n)]
         cosine, error, _ = compare(grads, reference, names)
         low_cosine, low_error, low_norm = compare(grads, reference, low)
-        rows.append({"path": path, "loss": loss, "cosine": cosine, "relative_error": error,
+        rows.append({"path": path, "lm_loss": lm_loss, "loss": loss, "cosine": cosine, "relative_error": error,
                      "low_cosine": low_cosine, "low_relative_error": low_error, "low_norm_ratio": low_norm})
         print(rows[-1], flush=True)
     notes = (f"One batch of {args.batch_size} windows of {args.window} tokens at 4x, meanpool, LoRA r={args.lora_r} "

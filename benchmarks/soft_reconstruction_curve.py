@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--compile", default="no", choices=["no", "layers"], help="the trainer's compile setting")
     ap.add_argument("--frozen-matmuls", default="native", choices=["native", "int8"],
                     help="the trainer's frozen_matmuls setting (int8: SwitchBack)")
+    ap.add_argument("--lm-loss", default="chunked", choices=["chunked", "sliced"],
+                    help="the trainer's lm_loss setting (sliced: the loss of every curve before 2026-12-08)")
     ap.add_argument("--eval-texts", type=int, default=8)
     ap.add_argument("--eval-batches", type=int, default=4, help="teacher-forced held-out batches per point")
     ap.add_argument("--init-from", default=None, help="continue from a saved compressor folder (fresh optimizer)")
@@ -86,7 +88,7 @@ def main() -> None:
         "train.warmup_steps": args.warmup, "train.schedule": args.schedule, "train.save_every": 0,
         "train.eval_every": 0, "train.eval_batches": args.eval_batches, "train.log_every": 1,
         "train.output_dir": str(out_dir), "train.progress": False, "train.compile": args.compile,
-        "train.frozen_matmuls": args.frozen_matmuls,
+        "train.frozen_matmuls": args.frozen_matmuls, "train.lm_loss": args.lm_loss,
     })
     if args.init_from:  # another data seed, so the continuation sees examples the first run did not
         recipe["init_from"] = args.init_from
@@ -239,6 +241,8 @@ def command(args) -> str:
                 "--compile": getattr(args, "compile", "no") if getattr(args, "compile", "no") != "no" else None,
                 "--frozen-matmuls": (getattr(args, "frozen_matmuls", "native")
                                      if getattr(args, "frozen_matmuls", "native") != "native" else None),
+                "--lm-loss": getattr(args, "lm_loss", "chunked") if getattr(args, "lm_loss", "chunked") != "chunked"
+                else None,
                 "--out": args.out}
     parts += [f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}".rstrip()
               for flag, value in optional.items() if value is not None]

@@ -76,6 +76,10 @@ PATHS = {
     "meanpool-compiled-bf16-lora-int8": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager",
                                          "autocast": False, "compile_layers": True, "adapter_dtype": "bfloat16",
                                          "frozen_matmuls": "int8"},
+    # not in the default sets: the compiled int8 path with PyTorch's SDPA attention, whose gradients stay near
+    # float32's where eager attention's, compiled with int8 matmuls, do not (benchmarks/soft_grad_precision.py)
+    "meanpool-compiled-int8-sdpa": {"method": "meanpool", "dtype": "bfloat16", "attn": "sdpa", "autocast": False,
+                                    "compile_layers": True, "frozen_matmuls": "int8"},
     # not in the default sets: paths with the loss that trained before 2026-12-08 (the labelled rows' float32 logits
     # at once, SlotModel.lm_loss "sliced") instead of the chunked, fused LM head + cross-entropy every other path runs
     "meanpool-compiled-sliced": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
