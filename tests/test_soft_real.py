@@ -39,9 +39,10 @@ def test_kv_cache_contract_on_smollm2():
 
 
 def test_the_fused_chunked_loss_trains_the_4x_step_as_the_sliced_one_on_smollm2(squad_rows):
-    """The trainer's default loss on the real 4x step (bfloat16, SmolLM2's 49,152-word head over several chunks of
-    rows): the sliced loss's value and the same LoRA gradients, to bfloat16's precision."""
-    c = create_compressor("meanpool", model="smollm2-135m", device="cpu", dtype="bfloat16", pool_ratio=4,
+    """The trainer's default loss on the real 4x step (SmolLM2's 49,152-word head over several chunks of rows): the
+    sliced loss's value and LoRA gradients. In float32: in bfloat16 the two differ by rounding, which the step's
+    backward amplifies by a thread-count-dependent amount (benchmarks/soft_grad_precision.py compares both there)."""
+    c = create_compressor("meanpool", model="smollm2-135m", device="cpu", dtype="float32", pool_ratio=4,
                           chunk_tokens=64, lora_r=8)
     tok = c.tokenizer
     examples = []
@@ -62,5 +63,5 @@ def test_the_fused_chunked_loss_trains_the_4x_step_as_the_sliced_one_on_smollm2(
         return float(out["loss"]), float(out["token_accuracy"]), grads
 
     chunked, sliced = step("chunked"), step("sliced")
-    assert abs(chunked[0] - sliced[0]) < 1e-3 and chunked[1] == sliced[1]
-    assert (chunked[2] - sliced[2]).norm() < 0.02 * sliced[2].norm()
+    assert abs(chunked[0] - sliced[0]) < 1e-4 and chunked[1] == sliced[1]
+    assert (chunked[2] - sliced[2]).norm() < 1e-3 * sliced[2].norm()
