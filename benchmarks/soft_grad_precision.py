@@ -33,12 +33,17 @@ PATHS = {  # path -> (dtype, attention, compiled layers, frozen matmuls, loss)
                                                                                      "sliced"),
     "bfloat16, eager attention, int8 frozen matmuls (uncompiled)": ("bfloat16", "eager", False, "int8", "chunked"),
     "bfloat16, sdpa attention, compiled layers, int8 frozen matmuls": ("bfloat16", "sdpa", True, "int8", "chunked"),
+    "bfloat16, float32 eager attention": ("bfloat16", "eager_float32", False, "native", "chunked"),
+    "bfloat16, float32 eager attention, compiled layers, int8 frozen matmuls": ("bfloat16", "eager_float32", True,
+                                                                                "int8", "chunked"),
 }
 
 
 def build(model: str, dtype: str, window: int, lora_r: int, seed: int, attention: str = "eager"):
     from mmcompress import create_compressor
+    from mmcompress.models.attention import register as register_float32_attention
 
+    register_float32_attention()  # "eager_float32": the model's eager attention in float32
     torch.manual_seed(seed)  # the same LoRA A and markers for every path
     c = create_compressor("meanpool", model=model, device="cpu", dtype=dtype, chunk_tokens=window, lora_r=lora_r,
                           lora_alpha=lora_r, pool_ratio=4)

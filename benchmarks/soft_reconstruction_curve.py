@@ -33,7 +33,8 @@ def main() -> None:
     ap.add_argument("--method", default="icae", choices=["icae", "kv", "meanpool"])
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                     help="the base model's weights (bfloat16: no per-step casts on AMX CPUs; the adapter stays float32)")
-    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"], help="attention implementation")
+    ap.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "eager_float32"],
+                    help="attention implementation (eager_float32: the model's eager attention in float32)")
     ap.add_argument("--window", type=int, default=128, help="tokens per window")
     ap.add_argument("--ratio", type=int, default=4, help="compression ratio: tokens per pooled group or per slot")
     ap.add_argument("--lora-r", type=int, default=0, help="LoRA rank (0: the recipe's)")
@@ -66,6 +67,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from mmcompress.models.attention import register as register_float32_attention
     from mmcompress.evaluation.reconstruction import evaluate_reconstruction
     from mmcompress.soft.tasks import held_out_windows
     import mmcompress  # noqa: F401  (registers the training tasks)
@@ -108,6 +110,7 @@ def main() -> None:
     trainer = Trainer(module, TrainConfig.from_dict(recipe["train"]), setup.train_dataset, setup.eval_dataset,
                       setup.collate_fn)
     compressor = _compressor_of(setup)
+    register_float32_attention()  # so that eager_float32 is a name transformers knows
     compressor.llm.set_attn_implementation(args.attn)
     tok = compressor.tokenizer
     texts = [tok.decode(w) for w in held_out_windows(recipe, tok)[: args.eval_texts]]

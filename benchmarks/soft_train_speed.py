@@ -80,6 +80,10 @@ PATHS = {
     # float32's where eager attention's, compiled with int8 matmuls, do not (benchmarks/soft_grad_precision.py)
     "meanpool-compiled-int8-sdpa": {"method": "meanpool", "dtype": "bfloat16", "attn": "sdpa", "autocast": False,
                                     "compile_layers": True, "frozen_matmuls": "int8"},
+    # not in the default sets: the compiled int8 path with the model's eager attention run in float32
+    # (mmcompress/models/attention.py), whose gradients also stay near float32's
+    "meanpool-compiled-int8-fp32-attention": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager_float32",
+                                              "autocast": False, "compile_layers": True, "frozen_matmuls": "int8"},
     # not in the default sets: paths with the loss that trained before 2026-12-08 (the labelled rows' float32 logits
     # at once, SlotModel.lm_loss "sliced") instead of the chunked, fused LM head + cross-entropy every other path runs
     "meanpool-compiled-sliced": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
@@ -158,6 +162,7 @@ def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5, int
 
 def build(path: dict, args):
     from mmcompress import create_compressor
+    from mmcompress.models.attention import register as register_float32_attention
     from mmcompress.models.compile import compile_blocks
     from mmcompress.models.switchback import int8_frozen_linears
 
@@ -168,6 +173,7 @@ def build(path: dict, args):
         sizes.update(KvConfig.MMCOMPRESS_VARIANT)  # markers), which the batches below are built for
     c = create_compressor(path["method"], model=args.model, device="cpu", dtype=path["dtype"],
                           chunk_tokens=args.window, lora_r=args.lora_r, lora_alpha=args.lora_r, **sizes)
+    register_float32_attention()  # "eager_float32" among transformers' attention implementations
     c.llm.set_attn_implementation(path["attn"])
     if path.get("frozen_matmuls") == "int8":  # before compiling, as the trainer does
         int8_frozen_linears(c.module)
