@@ -41,9 +41,7 @@ PATHS = {  # path -> (dtype, attention, compiled layers, frozen matmuls, loss)
 
 def build(model: str, dtype: str, window: int, lora_r: int, seed: int, attention: str = "eager"):
     from mmcompress import create_compressor
-    from mmcompress.models.attention import register as register_float32_attention
 
-    register_float32_attention()  # "eager_float32": the model's eager attention in float32
     torch.manual_seed(seed)  # the same LoRA A and markers for every path
     c = create_compressor("meanpool", model=model, device="cpu", dtype=dtype, chunk_tokens=window, lora_r=lora_r,
                           lora_alpha=lora_r, pool_ratio=4)

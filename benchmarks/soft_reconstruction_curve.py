@@ -67,7 +67,6 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from mmcompress.models.attention import register as register_float32_attention
     from mmcompress.evaluation.reconstruction import evaluate_reconstruction
     from mmcompress.soft.tasks import held_out_windows
     import mmcompress  # noqa: F401  (registers the training tasks)
@@ -110,7 +109,6 @@ def main() -> None:
     trainer = Trainer(module, TrainConfig.from_dict(recipe["train"]), setup.train_dataset, setup.eval_dataset,
                       setup.collate_fn)
     compressor = _compressor_of(setup)
-    register_float32_attention()  # so that eager_float32 is a name transformers knows
     compressor.llm.set_attn_implementation(args.attn)
     tok = compressor.tokenizer
     texts = [tok.decode(w) for w in held_out_windows(recipe, tok)[: args.eval_texts]]

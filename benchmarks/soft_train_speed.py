@@ -162,7 +162,6 @@ def matmul_floor_seconds(llm, tokens: tuple[int, int, int], trials: int = 5, int
 
 def build(path: dict, args):
     from mmcompress import create_compressor
-    from mmcompress.models.attention import register as register_float32_attention
     from mmcompress.models.compile import compile_blocks
     from mmcompress.models.switchback import int8_frozen_linears
 
@@ -173,7 +172,6 @@ def build(path: dict, args):
         sizes.update(KvConfig.MMCOMPRESS_VARIANT)  # markers), which the batches below are built for
     c = create_compressor(path["method"], model=args.model, device="cpu", dtype=path["dtype"],
                           chunk_tokens=args.window, lora_r=args.lora_r, lora_alpha=args.lora_r, **sizes)
-    register_float32_attention()  # "eager_float32" among transformers' attention implementations
     c.llm.set_attn_implementation(path["attn"])
     if path.get("frozen_matmuls") == "int8":  # before compiling, as the trainer does
         int8_frozen_linears(c.module)

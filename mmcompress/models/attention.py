@@ -8,8 +8,10 @@ error 21 on one 4x step). This implementation casts the query, keys, values and 
 file's own ``eager_attention_forward`` (so a model's softcapping, sliding window or sinks stay its own) and casts the
 output back. The attention's matmuls are a small share of a soft training step at these lengths.
 
-    from mmcompress.models.attention import EAGER_FLOAT32
-    llm.set_attn_implementation(EAGER_FLOAT32)          # or model_kwargs: {attn_implementation: eager_float32}
+Every model mmcompress loads can take it (loading registers it with transformers); for a model loaded elsewhere,
+call :func:`register` first.
+
+    llm.set_attn_implementation("eager_float32")        # or model_kwargs: {attn_implementation: eager_float32}
 """
 from __future__ import annotations
 

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, ModelNotFoundError
-from .attention import EAGER_FLOAT32
 from .attention import register as register_float32_attention
 
 logger = logging.getLogger(__name__)
@@ -377,8 +376,7 @@ def place_pretrained(auto_class: Any, path: str, name: str, device: str, dtype: 
     it with a ``device_map``). A missing model is a ModelNotFoundError, and a ``model_kwargs`` entry
     ``from_pretrained`` refuses a ConfigError naming them, said before any traceback from deep inside."""
     kwargs = {"dtype": dtype, **(model_kwargs or {})}
-    if kwargs.get("attn_implementation") == EAGER_FLOAT32:
-        register_float32_attention()
+    register_float32_attention()  # eager_float32 is then a name from_pretrained and set_attn_implementation know
     try:
         model = auto_class.from_pretrained(path, **kwargs)
     except OSError as e:
