@@ -16,7 +16,8 @@ Paths (same model, same batch of windows, same 4x ratio, autoencoding loss on th
 
 Every path but ``old`` (and the ``*-sliced`` ones, kept to measure the difference) computes the loss with the LM head
 and the cross-entropy fused over chunks of the labelled rows (``SlotModel.lm_loss = "chunked"``, the trainer's
-default); ``old`` with the labelled rows' logits at once, as it trained.
+default); ``old`` with the labelled rows' logits at once, as it trained. Results before
+``soft_train_speed_chunked_loss`` (2026-12-08) ran every path with the latter.
 
 Rounds alternate the order of the paths (old, new, ..., then reversed) so a loaded machine slows them alike; the
 table reports the median over rounds. MFU counts ``4 N`` FLOPs per token for the frozen base (forward ``2N`` plus
@@ -91,7 +92,8 @@ PATHS = {
     "meanpool-compiled-int8-sliced": {"method": "meanpool", "dtype": "bfloat16", "attn": "eager", "autocast": False,
                                       "compile_layers": True, "frozen_matmuls": "int8", "loss": "sliced"},
 }
-DEFAULT_PATHS = ("old", "meanpool-new", "meanpool-compiled", "meanpool-compiled-int8")
+# the paths of the committed default run (soft_train_speed.md, docs/soft.md's first table); later runs name theirs
+DEFAULT_PATHS = ("old", "kv-new", "meanpool-new", "meanpool-compiled")
 
 
 def measured_peak_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5, trials: int = 5) -> float:
