@@ -171,6 +171,7 @@ def test_the_trainer_sets_the_soft_model_loss_and_both_train_alike(tiny_dir, tmp
     assert torch.allclose(chunked, sliced, atol=1e-5) and g_chunked.keys() == g_sliced.keys() and g_chunked
     assert all(torch.allclose(g_chunked[n], g_sliced[n], atol=1e-5, rtol=1e-4) for n in g_chunked)
     data = [Example(list(range(3, 19)), [], list(range(3, 19)) + [2], "ae")] * 2
+    c.module.lm_loss = "chunked"  # as built; the trainer's setting must change it
     Trainer(c.module, TrainConfig(output_dir=str(tmp_path / "run"), max_steps=1, batch_size=2, lm_loss="sliced",
                                   progress=False), data, collate_fn=lambda rows: collate(rows, 16, 0))
     assert c.module.lm_loss == "sliced"
